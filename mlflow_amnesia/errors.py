@@ -1,0 +1,49 @@
+"""Errors a user can act on.
+
+Every error this package raises for bad input or a damaged store derives from
+:class:`AmnesiaError`. Its message names the input, says what is wrong and what to do;
+the CLI prints it without a traceback and exits non-zero.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class AmnesiaError(Exception):
+    """Base class: a problem the user can fix (bad input, damaged store, missing key)."""
+
+
+class StoreError(AmnesiaError):
+    """The delta store cannot be opened, read or written."""
+
+
+class ChunkCorruptedError(StoreError):
+    """A chunk's bytes do not match its recorded size or sha256."""
+
+
+class ManifestFormatError(StoreError):
+    """A manifest is unreadable or of a format this version does not understand."""
+
+
+class RecordKeyError(AmnesiaError):
+    """The record-hashing key is missing, malformed, or not the one an index was built with."""
+
+
+class UnknownRecordsError(AmnesiaError):
+    """Some requested record ids are not in the index; ``.unknown`` lists them."""
+
+    def __init__(self, unknown: Iterable[str], *, where: str = "the record index", total: int | None = None):
+        self.unknown = list(unknown)
+        shown = ", ".join(repr(u) for u in self.unknown[:20])
+        more = f" (and {len(self.unknown) - 20} more)" if len(self.unknown) > 20 else ""
+        of = f" of {total}" if total is not None else ""
+        super().__init__(
+            f"{len(self.unknown)}{of} record id(s) are not in {where}: {shown}{more}. "
+            "Check the ids (list valid ones with `mlflow-amnesia records --model NAME`) "
+            "and that this is the model version that trained on them."
+        )
+
+
+class InputError(AmnesiaError):
+    """A user-supplied file, option or name is wrong."""
