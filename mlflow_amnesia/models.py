@@ -1,0 +1,222 @@
+"""Architectures from a JSON spec.
+
+A model version stores its architecture as a small JSON dict (``arch.json``) next to its weights,
+never as a pickled module: :func:`build_model` turns the dict back into a module, and the state
+dict (read with ``weights_only=True``) fills it. Specs:
+
+``{"arch": "resnet18", "stem": "cifar" | "imagenet", "in_channels": C, "num_classes": K}``
+    torchvision's ResNet18. The ``cifar`` stem is a 3x3 stride-1 convolution and no max-pool
+    (11,220,132 parameters for 3 channels and 100 classes); ``imagenet`` keeps the 7x7 stride-2
+    convolution and the max-pool. Both accept inputs down to 8x8 (adaptive average pooling).
+``{"arch": "cnn", "in_channels": C, "num_classes": K, "image_size": S | [H, W]}``
+    A small fast CNN: conv3x3(32)-ReLU-maxpool, conv3x3(64)-ReLU-maxpool, fc(128)-ReLU, fc(K).
+    No BatchNorm, so every state tensor is a parameter (handy for DDP and exact-rollback tests).
+``{"arch": "builder", "builder": "package.module:function" | "<entry point name>", "kwargs": {...}}``
+    The user's own architecture: ``function(**kwargs)`` must return a ``torch.nn.Module``. A
+    name without ``:`` is looked up in the entry-point group ``mlflow_amnesia.architectures``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+from importlib.metadata import entry_points
+from typing import Any, Callable, Mapping, Optional, Union
+
+import torch
+from torch import nn
+
+from .errors import InputError
+
+ENTRY_POINT_GROUP = "mlflow_amnesia.architectures"
+ARCHS = ("resnet18", "cnn", "builder")
+STEMS = ("cifar", "imagenet")
+
+_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {  # arch -> (required, optional)
+    "resnet18": (frozenset({"arch", "stem", "in_channels", "num_classes"}), frozenset()),
+    "cnn": (frozenset({"arch", "in_channels", "num_classes", "image_size"}), frozenset()),
+    "builder": (frozenset({"arch", "builder"}), frozenset({"kwargs"})),
+}
+
+__all__ = ["ARCHS", "ENTRY_POINT_GROUP", "SmallCNN", "build_model", "default_arch_spec", "validate_spec"]
+
+
+class SmallCNN(nn.Module):
+    """conv3x3(32)-ReLU-maxpool2, conv3x3(64)-ReLU-maxpool2, fc(128)-ReLU, fc(num_classes)."""
+
+    def __init__(self, in_channels: int, num_classes: int, image_size: tuple[int, int]) -> None:
+        super().__init__()
+        h, w = image_size
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64 * (h // 4) * (w // 4), 128),
+            nn.ReLU(inplace=True),
+            nn.Linear(128, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _positive_int(spec: Mapping[str, Any], key: str, minimum: int = 1) -> int:
+    v = spec[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
+        raise InputError(f"architecture spec {spec.get('arch')!r}: {key} must be an integer >= {minimum}, got {v!r}.")
+    return v
+
+
+def _image_size(spec: Mapping[str, Any]) -> tuple[int, int]:
+    v = spec["image_size"]
+    hw = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if (not isinstance(hw, (list, tuple)) or len(hw) != 2
+            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 4 for s in hw)):
+        raise InputError(f"architecture spec 'cnn': image_size must be an integer >= 4 or [height, width], got {v!r}.")
+    return int(hw[0]), int(hw[1])
+
+
+def validate_spec(spec: Any) -> dict[str, Any]:
+    """Check an architecture spec (a JSON-able dict with known keys) and return a plain copy.
+
+    Raises InputError naming the arch, the unknown or missing keys, or the bad value.
+    """
+    if not isinstance(spec, Mapping):
+        raise InputError(f"an architecture spec must be a JSON object (dict), got {type(spec).__name__}.")
+    try:
+        plain = json.loads(json.dumps(dict(spec), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"architecture spec {dict(spec)!r} is not JSON-serialisable ({e}); use plain numbers, strings, lists and dicts.") from None
+    arch = plain.get("arch")
+    if arch not in _KEYS:
+        raise InputError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)} (builder for your own).")
+    required, optional = _KEYS[arch]
+    missing, unknown = required - plain.keys(), plain.keys() - required - optional
+    if missing or unknown:
+        parts = ([f"missing {', '.join(sorted(missing))}"] if missing else []) + (
+            [f"unknown {', '.join(sorted(unknown))}"] if unknown else [])
+        raise InputError(
+            f"architecture spec {arch!r}: {'; '.join(parts)}. Its keys are {', '.join(sorted(required | optional))}."
+        )
+    if arch in ("resnet18", "cnn"):
+        _positive_int(plain, "in_channels")
+        _positive_int(plain, "num_classes")
+    if arch == "resnet18" and plain["stem"] not in STEMS:
+        raise InputError(f"architecture spec 'resnet18': stem must be one of {', '.join(STEMS)}, got {plain['stem']!r}.")
+    if arch == "cnn":
+        _image_size(plain)
+    if arch == "builder":
+        if not isinstance(plain["builder"], str) or not plain["builder"].strip():
+            raise InputError(f"architecture spec 'builder': builder must be 'package.module:function' or an entry-point name, got {plain['builder']!r}.")
+        if not isinstance(plain.get("kwargs", {}), dict):
+            raise InputError(f"architecture spec 'builder': kwargs must be a JSON object, got {plain['kwargs']!r}.")
+    return plain
+
+
+def _resnet18(stem: str, in_channels: int, num_classes: int) -> nn.Module:
+    from torchvision.models import resnet18
+
+    m = resnet18(weights=None, num_classes=num_classes)
+    if stem == "cifar":
+        m.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        m.maxpool = nn.Identity()
+    elif in_channels != 3:
+        m.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return m
+
+
+def _resolve_builder(name: str) -> Callable[..., Any]:
+    if ":" in name:
+        mod_name, _, attr = name.partition(":")
+        try:
+            obj: Any = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise InputError(f"architecture builder {name!r}: cannot import module {mod_name!r} ({e}); is its package installed?") from None
+        for part in attr.split("."):
+            if not hasattr(obj, part):
+                raise InputError(f"architecture builder {name!r}: module {mod_name!r} has no attribute {attr!r}.")
+            obj = getattr(obj, part)
+    else:
+        eps = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == name]
+        if not eps:
+            known = sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+            raise InputError(
+                f"unknown architecture {name!r}: not one of resnet18, cnn, not 'package.module:function', and "
+                f"no installed entry point in group {ENTRY_POINT_GROUP!r} has that name "
+                f"(installed: {', '.join(known) or 'none'})."
+            )
+        try:
+            obj = eps[0].load()
+        except (ImportError, AttributeError) as e:
+            raise InputError(f"architecture builder entry point {name!r} ({eps[0].value}) cannot be loaded: {e}.") from None
+    if not callable(obj):
+        raise InputError(f"architecture builder {name!r} is a {type(obj).__name__}, not a function or class.")
+    return obj
+
+
+def build_model(spec: Mapping[str, Any], *, seed: Optional[int] = None) -> nn.Module:
+    """Build the module a spec describes (see the module docstring).
+
+    With ``seed``, parameters are initialised from that seed without touching the global RNG,
+    so two builds with the same (spec, seed) have identical weights.
+    """
+    s = validate_spec(spec)
+    if seed is None:
+        return _build(s)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        return _build(s)
+
+
+def _build(s: dict[str, Any]) -> nn.Module:
+    arch = s["arch"]
+    if arch == "resnet18":
+        return _resnet18(s["stem"], s["in_channels"], s["num_classes"])
+    if arch == "cnn":
+        return SmallCNN(s["in_channels"], s["num_classes"], _image_size(s))
+    fn = _resolve_builder(s["builder"])
+    kwargs = s.get("kwargs", {})
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as e:
+        raise InputError(f"architecture builder {s['builder']!r} does not accept kwargs {sorted(kwargs)}: {e}.") from None
+    except ValueError:
+        pass  # no introspectable signature (a builtin): let the call decide
+    module = fn(**kwargs)
+    if not isinstance(module, nn.Module):
+        raise InputError(f"architecture builder {s['builder']!r} returned {type(module).__name__}, not a torch.nn.Module.")
+    return module
+
+
+def default_arch_spec(arch: str, records: Any) -> dict[str, Any]:
+    """The spec of ``arch`` sized for ``records`` (a :class:`mlflow_amnesia.data.Records`).
+
+    ``resnet18`` gets the cifar stem for images up to 64 pixels, else the imagenet stem. A
+    builder path or entry-point name gets whichever of ``in_channels``, ``num_classes`` and
+    ``image_size`` its signature accepts.
+    """
+    h, w = records.image_size
+    c, k = int(records.in_channels), int(records.num_classes)
+    size: Union[int, list[int]] = h if h == w else [h, w]
+    if arch == "resnet18":
+        return {"arch": "resnet18", "stem": "cifar" if max(h, w) <= 64 else "imagenet", "in_channels": c, "num_classes": k}
+    if arch == "cnn":
+        return {"arch": "cnn", "in_channels": c, "num_classes": k, "image_size": size}
+    if arch == "builder" or not isinstance(arch, str) or not arch.strip():
+        raise InputError(f"architecture {arch!r}: name one of resnet18, cnn, or a builder 'package.module:function' / entry-point name.")
+    fn = _resolve_builder(arch)
+    offer = {"in_channels": c, "num_classes": k, "image_size": size}
+    try:
+        params = inspect.signature(fn).parameters
+    except ValueError:
+        params = {}
+    takes_all = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    kwargs = {key: v for key, v in offer.items() if takes_all or key in params}
+    return {"arch": "builder", "builder": arch, "kwargs": kwargs}
