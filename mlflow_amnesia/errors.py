@@ -26,6 +26,10 @@ class ManifestFormatError(StoreError):
     """A manifest is unreadable or of a format this version does not understand."""
 
 
+class IndexFormatError(AmnesiaError):
+    """A record index file is unreadable, corrupt, or of a newer format than this version reads."""
+
+
 class RecordKeyError(AmnesiaError):
     """The record-hashing key is missing, malformed, or not the one an index was built with."""
 
