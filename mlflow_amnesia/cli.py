@@ -1,0 +1,201 @@
+"""The ``mlflow-amnesia`` command line.
+
+Every command talks to the tracking server in ``MLFLOW_TRACKING_URI`` (default
+``sqlite:///mlflow.db`` in the current directory). Errors print one line naming the input and
+what to do, and exit with status 1 (2 for usage errors).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from typing import Optional
+
+import click
+
+from .errors import AmnesiaError
+
+
+def _friendly(fn):
+    """Turn AmnesiaError (and an unreachable tracking server) into a one-line error, exit 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except AmnesiaError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted: nothing was registered", err=True)
+            sys.exit(130)
+        except Exception as e:  # noqa: BLE001 - classify only tracking-server failures
+            from mlflow.exceptions import MlflowException
+
+            if isinstance(e, MlflowException) and ("Connection" in str(e) or "Max retries" in str(e)):
+                import mlflow
+
+                raise click.ClickException(
+                    f"cannot reach the tracking server at {mlflow.get_tracking_uri()}: {str(e).splitlines()[0]} "
+                    "(start it, or set MLFLOW_TRACKING_URI)"
+                ) from None
+            raise
+
+    return wrapper
+
+
+def _version_options(fn):
+    fn = click.option("--alias", default=None, help="Use the version this alias points to (e.g. production).")(fn)
+    fn = click.option("--version", "version", type=int, default=None, help="Model version (default: the latest).")(fn)
+    fn = click.option("--model", "model_name", required=True, help="Registered model name, as `train` registered it.")(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlflow-amnesia")
+def main() -> None:
+    """Amnesiac machine learning for MLflow: train with every step recorded, forget records on
+    request (a new registered model version), and audit every version.
+
+    \b
+    Quick start (tracking store: $MLFLOW_TRACKING_URI, default sqlite:///mlflow.db):
+      mlflow-amnesia train                         # digits, resnet18 -> version 1
+      mlflow-amnesia records --model digits-resnet --limit 3 > ids.txt
+      mlflow-amnesia forget --model digits-resnet --records ids.txt --repair finetune --yes
+      mlflow-amnesia lineage --model digits-resnet
+    """
+    import os
+
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        import mlflow
+
+        mlflow.set_tracking_uri("sqlite:///mlflow.db")
+
+
+@main.command()
+@click.option("--dataset", default="digits", show_default=True,
+              help="digits (offline, scikit-learn's bundled set), mnist, cifar100 (downloaded by torchvision), or idx:<dir> (MNIST-format files).")
+@click.option("--arch", default="resnet18", show_default=True,
+              help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.")
+@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
+@click.option("--lr", default=0.05, show_default=True, type=float)
+@click.option("--momentum", default=0.9, show_default=True, type=float)
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--codec", default=None, help="Delta codec: int8 (default), bf16, f32 (lossless).")
+@click.option("--store-uri", default=None, help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
+@click.option("--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).")
+@click.option("--data-root", default=None, help="Where mnist/cifar100 are (or are downloaded to).")
+@_friendly
+def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root):
+    """Train a model with every optimizer step recorded; register it as a new model version."""
+    from .train import train as run_train
+
+    r = run_train(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
+                  weight_decay=weight_decay, seed=seed, codec=codec or None, store_uri=store_uri or None,
+                  model_name=model_name or None, data_root=data_root)
+    click.echo(f"{r.model_name} v{r.version}: acc.test {r.metrics.get('acc.test', float('nan')):.4f}, {r.steps} steps recorded (run {r.run_id})")
+
+
+@main.command()
+@_version_options
+@click.option("--records", "records_file", type=click.Path(dir_okay=False), default=None,
+              help="Text file, one record id per line (# comments and blank lines ignored).")
+@click.option("--class", "cls", default=None, help="Forget every training record of this class (index or name).")
+@click.option("--method", default="amnesiac", show_default=True, help="Unlearning method (amnesiac).")
+@click.option("--repair", type=click.Choice(["none", "finetune"]), default="none", show_default=True,
+              help="After rollback: fine-tune on the retained records to restore accuracy.")
+@click.option("--repair-epochs", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option("--repair-lr", default=None, type=float, help="Learning rate of the repair (default: the training lr).")
+@click.option("--max-step-share", default=0.01, show_default=True, type=float,
+              help="Warn and ask (refuse without --yes) above this share of rolled-back steps.")
+@click.option("--dry-run", is_flag=True, help="Report the affected steps and what would be registered; change nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Proceed without asking, also above --max-step-share.")
+@click.option("--set-alias", default=None, help="Move this alias (e.g. production) to the new version.")
+@click.option("--store-uri", default=None, help="fsspec URL for deltas recorded by a repair (default: as at training).")
+@click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
+@_friendly
+def forget(model_name, version, alias, records_file, cls, method, repair, repair_epochs, repair_lr, max_step_share,
+           dry_run, yes, set_alias, store_uri, data_root):
+    """Forget records: register version n+1 without their contribution, with lineage tags."""
+    from .forget import forget as run_forget
+
+    confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
+    r = run_forget(model_name, records_file=records_file, cls=cls, version=version, alias=alias, method=method,
+                   repair=repair, repair_epochs=repair_epochs, repair_lr=repair_lr, dry_run=dry_run, yes=yes,
+                   max_step_share=max_step_share, set_alias=set_alias, store_uri=store_uri, data_root=data_root,
+                   confirm=confirm)
+    if r.version is None:
+        click.echo(f"dry run: {r.plan.describe()}")
+    else:
+        m = r.metrics
+        click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}): rolled back {len(r.plan.steps)} steps; "
+                   f"acc.test {m.get('acc.test', float('nan')):.4f}, acc.forget {m.get('acc.forget', float('nan')):.4f}")
+
+
+@main.command()
+@_version_options
+@click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
+@_friendly
+def audit(model_name, version, alias, data_root):
+    """Compute a version's audit figures (acc.test, acc.retain, acc.forget) and log them on its run."""
+    from .audit import audit_version
+
+    m = audit_version(model_name, version=version, alias=alias, data_root=data_root)
+    for k in sorted(m):
+        click.echo(f"{k}\t{m[k]:.4f}")
+
+
+@main.command()
+@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@_friendly
+def lineage(model_name, fmt):
+    """Print the version tree: method, records, steps rolled back, accuracy."""
+    from .lineage import lineage_rows, render_text
+
+    rows = lineage_rows(model_name)
+    click.echo(json.dumps(rows, indent=2) if fmt == "json" else render_text(model_name, rows))
+
+
+@main.command()
+@_version_options
+@click.option("--class", "cls", default=None, help="Only records of this class (index or name).")
+@click.option("--split", "part", type=click.Choice(["train", "holdout"]), default="train", show_default=True)
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="At most this many records.")
+@click.option("--labels/--no-labels", default=False, help="Print the label beside each id (tab-separated).")
+@click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
+@_friendly
+def records(model_name, version, alias, cls, part, limit, labels, data_root):
+    """List record ids of a version's training data (rebuilt from its recorded data spec),
+    one per line, to write an ids file for `forget`. Already forgotten records are left out."""
+    from .records import list_records
+
+    for rid, label in list_records(model_name, version=version, alias=alias, cls=cls, part=part, limit=limit, data_root=data_root):
+        click.echo(f"{rid}\t{label}" if labels else rid)
+
+
+@main.command()
+@_version_options
+@_friendly
+def verify(model_name, version, alias):
+    """Check every delta chunk a version refers to (size, sha256, decodes)."""
+    from .flavor import load_model
+    from . import registry
+
+    mv = registry.resolve_version(model_name, version=version, alias=alias)
+    am = load_model(registry.model_uri(mv))
+    bad = 0
+    for seg in am.segments:
+        problems = seg.open_store().verify()
+        bad += len(problems)
+        for p in problems:
+            click.echo(f"{seg.role} {seg.store_url}: {p}", err=True)
+        click.echo(f"{seg.role}: {seg.n_steps} steps at {seg.store_url}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+    if bad:
+        raise click.ClickException(f"{bad} damaged chunk(s): forgets that need them will fail; see above")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

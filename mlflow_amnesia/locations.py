@@ -1,0 +1,82 @@
+"""Where a training phase keeps its delta store and its lossless training state.
+
+Each recorded phase gets a *base* URL holding ``deltas/`` (the DeltaStore) and ``training/``
+(initial weights, batch order, final optimizer state). By default the base lies inside the
+run's artifact location, when fsspec can address it; an ``mlflow-artifacts:`` proxy (or any
+scheme fsspec does not know) needs ``--store-uri``.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from typing import Any
+from urllib.parse import urlparse
+
+import fsspec
+import numpy as np
+import torch
+
+from .errors import InputError
+
+_PROXY_SCHEMES = {"mlflow-artifacts", "runs", "models", "dbfs", "http", "https"}
+
+
+def phase_base(artifact_uri: str, run_id: str, store_uri: str | None) -> str:
+    """The base URL of a run's recorded phase (``<base>/deltas``, ``<base>/training``)."""
+    if store_uri:
+        return f"{store_uri.rstrip('/')}/{run_id}"
+    scheme = urlparse(artifact_uri).scheme
+    if scheme in _PROXY_SCHEMES or (scheme and len(scheme) > 1 and scheme not in fsspec.available_protocols()):
+        raise InputError(
+            f"the run's artifact location {artifact_uri!r} is not addressable by fsspec, so the delta store "
+            "cannot live there: pass --store-uri (a local path, s3://bucket/prefix, ...)."
+        )
+    return f"{artifact_uri.rstrip('/')}/amnesia"
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = path + ".tmp"
+    with fs.open(tmp, "wb") as f:
+        f.write(data)
+    fs.mv(tmp, path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        raise InputError(f"{url} does not exist: the training state of this model version is missing (was it purged or moved?).")
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def save_state(url: str, state: Any) -> None:
+    """torch.save a state dict (tensors, numbers, nested dicts) to an fsspec URL."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    write_bytes(url, buf.getvalue())
+
+
+def load_state(url: str) -> Any:
+    return torch.load(io.BytesIO(read_bytes(url)), map_location="cpu", weights_only=True)
+
+
+def save_array(url: str, a: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    write_bytes(url, buf.getvalue())
+
+
+def load_array(url: str) -> np.ndarray:
+    return np.load(io.BytesIO(read_bytes(url)), allow_pickle=False)
+
+
+def start_run(run_name: str, experiment_id: str | None = None):
+    """Start this job's MLflow run; under ``mlflow run`` (MLFLOW_RUN_ID set) reuse the project's run."""
+    import mlflow
+
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.start_run()
+    return mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=mlflow.active_run() is not None)

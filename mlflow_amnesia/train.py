@@ -1,0 +1,167 @@
+"""The `train` job: train a model while recording every step, register version 1.
+
+Python API: :func:`train`. CLI: ``mlflow-amnesia train`` and ``mlflow run . -e train``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import registry
+from .audit import accuracy_metrics
+from .errors import InputError
+from .flavor import AmnesiaModel, log_model
+from .locations import phase_base, save_array, save_state, start_run
+from .progress import info as say
+from .training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
+
+
+@dataclass
+class TrainResult:
+    model_name: str
+    version: int
+    run_id: str
+    store_url: str
+    steps: int
+    metrics: dict
+
+
+def default_model_name(dataset: str, arch: str) -> str:
+    """``digits-resnet``, ``cifar100-resnet``, ``mnist-cnn``, ``idx-t10k-resnet`` ..."""
+    base = dataset
+    if dataset.startswith("idx:"):
+        base = "idx-" + dataset[4:].rstrip("/").rsplit("/", 1)[-1]
+    short = "resnet" if arch.startswith("resnet") else arch
+    return f"{base}-{short}".replace(":", "-")
+
+
+def open_records(dataset: str, data_root: Optional[str]):
+    from .data import load_dataset
+
+    return load_dataset(dataset, root=data_root)
+
+
+def train(
+    *,
+    dataset: str = "digits",
+    arch: str = "resnet18",
+    epochs: int = 3,
+    batch_size: int = 128,
+    lr: float = 0.05,
+    momentum: float = 0.9,
+    weight_decay: float = 5e-4,
+    seed: int = 0,
+    codec: Optional[str] = None,
+    store_uri: Optional[str] = None,
+    model_name: Optional[str] = None,
+    data_root: Optional[str] = None,
+    holdout_fraction: float = 0.2,
+) -> TrainResult:
+    """Train ``arch`` on ``dataset`` with every step recorded; register version 1 (or n+1)."""
+    import mlflow
+
+    from .data import split as make_split
+    from .keys import key_id, load_key
+    from .models import build_model, default_arch_spec
+    from .store import DEFAULT_CODEC
+
+    if epochs < 1 or batch_size < 1 or lr <= 0:
+        raise InputError("epochs and batch_size must be >= 1 and lr > 0")
+    codec = codec or DEFAULT_CODEC
+    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
+    model_name = model_name or default_model_name(dataset, arch)
+
+    say(f"loading data set {dataset!r}")
+    records = open_records(dataset, data_root)
+    sp = make_split(records, seed=seed, holdout_fraction=holdout_fraction)
+    torch.manual_seed(seed)
+    arch_spec = default_arch_spec(arch, records)
+    model = build_model(arch_spec)
+    optimizer = make_optimizer(model, recipe)
+    key = load_key(create=True)
+    train_idx = np.asarray(sp.train, dtype=np.int64)
+    hold_idx = np.asarray(sp.holdout, dtype=np.int64)
+    orders = epoch_orders(train_idx, seed, epochs)
+
+    with start_run(f"train-{model_name}") as run:
+        run_id = run.info.run_id
+        base = phase_base(run.info.artifact_uri, run_id, store_uri)
+        store_url = f"{base}/deltas"
+        mlflow.log_params({
+            "dataset": dataset, "arch": arch, **recipe.to_dict(), "codec": codec,
+            "store_uri": store_uri or "", "model_name": model_name, "n_train": len(train_idx),
+            "n_holdout": len(hold_idx),
+        })
+        mlflow.set_tags({"amnesia.role": "train", "amnesia.store": store_url})
+        n_params = sum(p.numel() for p in model.parameters())
+        say(f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
+            f"{len(hold_idx)} held out; recording every step to {store_url} (codec {codec})")
+        save_state(f"{base}/training/initial_state.pt", {k: v.detach().clone() for k, v in model.state_dict().items()})
+        save_array(f"{base}/training/batch_order.npy", orders.astype(np.int32 if len(records.ids) < 2**31 else np.int64))
+
+        def on_epoch(r: EpochResult) -> None:
+            acc, loss = evaluate(model, records.x[hold_idx], records.y[hold_idx])
+            mlflow.log_metrics({"train.loss": r.loss, "train.acc": r.accuracy, "holdout.acc": acc,
+                                "holdout.loss": loss, "epoch.seconds": r.seconds}, step=r.epoch)
+            say(f"epoch {r.epoch + 1}/{epochs}: loss {r.loss:.4f} train acc {r.accuracy:.4f} "
+                f"held-out acc {acc:.4f} ({r.steps / max(r.seconds, 1e-9):.2f} steps/s)")
+
+        t0 = time.monotonic()
+        segment = record_phase(model, optimizer, records.x, records.y, list(records.ids), orders,
+                               batch_size=batch_size, base_url=base, codec=codec, role="train",
+                               key=key, run_id=run_id, on_epoch=on_epoch)
+        steps = segment.last_step + 1
+        train_seconds = time.monotonic() - t0
+        save_state(f"{base}/training/optimizer_state.pt", optimizer.state_dict())
+
+        metrics = accuracy_metrics(model, records, train_idx, hold_idx, np.zeros(0, np.int64))
+        metrics.update({"train.seconds": train_seconds, "steps.total": steps})
+        mlflow.log_metrics(metrics)
+
+        am = AmnesiaModel(
+            module=model,
+            arch=arch_spec,
+            info={
+                "dataset": records.spec,
+                "split": sp.to_dict(),
+                "recipe": recipe.to_dict(),
+                "codec": codec,
+                "input_shape": list(records.x.shape[1:]),
+                "num_classes": int(records.num_classes),
+                "classes": [str(c) for c in records.classes],
+                "model_name": model_name,
+                "key_id": key_id(key),
+                "training_url": f"{base}/training",
+                "store_uri": store_uri,
+                "history": [{"method": "train", "run_id": run_id, "steps": steps}],
+            },
+            segments=[segment],
+        )
+        say(f"registering model {model_name!r}")
+        info = log_model(am, name="model", registered_model_name=model_name)
+        version = int(info.registered_model_version)
+        mv = registry.client().get_model_version(model_name, str(version))
+        registry.annotate_version(
+            mv,
+            tags={registry.TAG_METHOD: "train", registry.TAG_FORMAT: "1", "amnesia.steps_total": steps,
+                  "amnesia.codec": codec, "amnesia.dataset": dataset, "amnesia.arch": arch},
+            description=describe_training(model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url),
+        )
+    say(f"registered {model_name} version {version} (run {run_id}); {steps} steps recorded")
+    return TrainResult(model_name, version, run_id, store_url, steps, metrics)
+
+
+def describe_training(name, version, dataset, arch, recipe: Recipe, steps, n_train, metrics, store_url) -> str:
+    return (
+        f"**{name} v{version}**: trained by mlflow-amnesia on `{dataset}` ({n_train} training records), "
+        f"`{arch}`, {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}, momentum {recipe.momentum}, "
+        f"weight decay {recipe.weight_decay}, seed {recipe.seed}.\n\n"
+        f"Every one of its {steps} optimizer steps is recorded (delta store `{store_url}`), so records can be "
+        f"forgotten later with `mlflow-amnesia forget --model {name} --records ids.txt`.\n\n"
+        + registry.metrics_table({"this version": metrics})
+    )

@@ -1,0 +1,83 @@
+"""The pluggable surface of unlearning methods (Opacus-style: tiny base class + name registry).
+
+A method receives a :class:`ForgetContext` (the parent version, already loaded, the records to
+forget as keyed hashes, the steps that saw them) and changes ``ctx.model.module`` in place,
+returning what it did. It must not register anything: `forget` does that once the method has
+succeeded, so a failing method leaves the registry untouched.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Optional
+
+import numpy as np
+
+from ..errors import InputError
+from ..flavor import AmnesiaModel, Segment
+
+
+@dataclass
+class ForgetContext:
+    model: AmnesiaModel  # a private copy of the parent: methods modify it in place
+    key: bytes
+    target_hashes: np.ndarray  # (n, 16) keyed hashes of the records to forget now
+    steps: np.ndarray  # steps that saw them and are not rolled back yet (sorted int64)
+    load_records: Callable[[], Any]  # rebuilds the training data on demand (lazy: rollback needs none)
+    phase_base: Callable[[], str]  # base URL for a new recorded phase of this forget run
+    run_id: str
+    options: dict = field(default_factory=dict)
+
+    @property
+    def next_step(self) -> int:
+        return self.model.next_step
+
+
+@dataclass
+class MethodResult:
+    rolled_back: np.ndarray  # steps whose deltas were subtracted (may be empty)
+    new_segments: list[Segment] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    summary: str = ""
+
+
+class UnlearningMethod(abc.ABC):
+    """Base class: set ``name`` and implement :meth:`apply`."""
+
+    name: ClassVar[str]
+    needs_data: ClassVar[bool] = False  # True when the method trains on the data set
+
+    @abc.abstractmethod
+    def apply(self, ctx: ForgetContext) -> MethodResult:  # pragma: no cover - interface
+        ...
+
+
+_METHODS: dict[str, type[UnlearningMethod]] = {}
+
+
+def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
+    """Class decorator: make a method available to ``forget --method NAME``."""
+    _METHODS[cls.name] = cls
+    return cls
+
+
+def available_methods() -> list[str]:
+    return sorted(_METHODS)
+
+
+def get_method(name: str) -> UnlearningMethod:
+    try:
+        return _METHODS[name]()
+    except KeyError:
+        raise InputError(f"unknown unlearning method {name!r}; available: {', '.join(available_methods())}") from None
+
+
+REPAIRS = ("none", "finetune")
+
+
+def check_repair(repair: Optional[str]) -> str:
+    r = repair or "none"
+    if r not in REPAIRS:
+        raise InputError(f"unknown repair {repair!r}; available: {', '.join(REPAIRS)}")
+    return r

@@ -1,0 +1,247 @@
+"""The product's main path through the CLI: train -> forget -> forget again, on digits.
+
+One tiny training run (small CNN, 2 epochs, f32 codec so the rollback is checked exactly) is
+shared by the tests of this module; each forget test works on its own copy of the registry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mlflow_amnesia.cli import main
+
+MODEL = "digits-cnn"
+
+
+def _invoke(*args: str, ok: bool = True):
+    r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    if ok:
+        assert r.exit_code == 0, r.output
+    return r
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A registry with v1 of digits-cnn; returns (workdir). Tests copy it before changing it."""
+    base = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_AMNESIA_QUIET", "1")
+    mp.setenv("MLFLOW_AMNESIA_KEY", "22" * 32)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+    mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{base / 'mlflow.db'}")
+    mp.chdir(base)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{base / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{base / 'mlflow.db'}")
+    _invoke("train", "--arch", "cnn", "--epochs", "2", "--batch-size", "64", "--codec", "f32")
+    mp.undo()
+    return base
+
+
+@pytest.fixture
+def registry_copy(trained, tmp_path, monkeypatch):
+    """A private copy of the trained registry (db + artifacts at the same absolute paths)."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_AMNESIA_KEY", "22" * 32)
+    db = tmp_path / "mlflow.db"
+    shutil.copy(trained / "mlflow.db", db)
+    # artifacts are referenced by absolute path: share them read-only-by-convention, new runs
+    # write under tmp_path's mlruns because the experiment's artifact root is in the db.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{db}")
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.set_registry_uri(f"sqlite:///{db}")
+    monkeypatch.chdir(trained)
+    return tmp_path
+
+
+def _ids(n: int, *extra: str) -> list[str]:
+    r = _invoke("records", "--model", MODEL, "--limit", str(n))
+    return r.output.split() + list(extra)
+
+
+def _write(tmp_path: Path, ids: list[str]) -> str:
+    p = tmp_path / "ids.txt"
+    p.write_text("\n".join(ids) + "\n")
+    return str(p)
+
+
+def _all_artifact_bytes(root: Path) -> bytes:
+    out = []
+    for p in root.rglob("*"):
+        if p.is_file() and p.name != "ids.txt":  # the request file the user wrote
+            out.append(p.read_bytes())
+    return b"\n".join(out)
+
+
+def test_train_registers_version_1_with_tags(registry_copy):
+    from mlflow_amnesia import registry
+
+    mv = registry.resolve_version(MODEL)
+    assert int(mv.version) == 1
+    assert mv.tags["amnesia.method"] == "train"
+    assert int(mv.tags["amnesia.steps_total"]) > 0
+    assert "mlflow-amnesia" in mv.description
+
+
+def test_forget_chain_is_exact_and_never_stores_ids(registry_copy, trained):
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.keys import load_key
+
+    ids1 = _ids(3)
+    assert len(ids1) == 3
+    v1 = load_model("models:/%s/1" % MODEL)
+    key = load_key()
+    idx = v1.segments[0].open_index(key)
+    steps1 = idx.steps_for(ids1)
+
+    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids1), "--yes")
+    v2mv = registry.resolve_version(MODEL)
+    assert int(v2mv.version) == 2
+    t = v2mv.tags
+    assert t["amnesia.parent_version"] == "1"
+    assert t["amnesia.method"] == "amnesiac"
+    assert t["amnesia.n_records"] == "3"
+    assert int(t["amnesia.steps_rolled_back"]) == len(steps1)
+    assert len(t["amnesia.forget_request"]) >= 32
+
+    # weights equal v1 - sum(deltas of the steps), exactly up to float32 rounding (f32 codec)
+    v2 = load_model("models:/%s/2" % MODEL)
+    store = v1.segments[0].open_store()
+    sums = store.sum(steps1.tolist())
+    for name, t1 in v1.module.state_dict().items():
+        t2 = v2.module.state_dict()[name]
+        if name in sums:
+            expect = (t1.double().numpy() - sums[name].reshape(t1.shape)).astype(np.float32)
+            np.testing.assert_array_equal(t2.numpy(), expect, err_msg=name)
+    assert set(v2.rolled_back.tolist()) == set(steps1.tolist())
+
+    # forget more, from v2: v3 never re-subtracts a step v2 rolled back
+    ids2 = _ids(6)
+    ids2 = [i for i in ids2 if i not in ids1][:3]
+    assert ids2, "records must list records not yet forgotten"
+    r = _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids2), "--yes")
+    v3 = load_model("models:/%s/3" % MODEL)
+    steps2 = set(idx.steps_for(ids2).tolist())
+    new = set(v3.rolled_back.tolist()) - set(v2.rolled_back.tolist())
+    assert new == steps2 - set(steps1.tolist())
+    mv3 = registry.resolve_version(MODEL)
+    assert mv3.tags["amnesia.parent_version"] == "2"
+    assert int(mv3.tags["amnesia.steps_rolled_back"]) == len(new)
+    assert registry.resolve_version(MODEL, version=2).tags["amnesia.superseded_by"] == "3"
+
+    # the ids never appear in clear text: not in tags, descriptions, or any artifact
+    c = registry.client()
+    for v in ("1", "2", "3"):
+        mv = c.get_model_version(MODEL, v)
+        text = json.dumps(mv.tags) + (mv.description or "")
+        run = c.get_run(mv.run_id)
+        text += json.dumps(run.data.params) + json.dumps(run.data.tags)
+        for rid in ids1 + ids2:
+            assert rid not in text
+    blob = _all_artifact_bytes(trained) + _all_artifact_bytes(registry_copy)  # incl. the sqlite db
+    for rid in ids1 + ids2:
+        assert rid.encode() not in blob
+
+    # lineage shows the chain
+    out = _invoke("lineage", "--model", MODEL).output
+    assert "v1" in out and "v2" in out and "v3" in out and "amnesiac" in out
+    rows = json.loads(_invoke("lineage", "--model", MODEL, "--format", "json").output)
+    assert [r["parent"] for r in rows] == [None, 1, 2]
+
+
+def test_dry_run_registers_nothing(registry_copy):
+    from mlflow_amnesia import registry
+
+    r = _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(2)), "--dry-run")
+    assert "dry run" in r.output
+    assert int(registry.resolve_version(MODEL).version) == 1
+
+
+def test_share_threshold_refuses_without_yes(registry_copy):
+    from mlflow_amnesia import registry
+
+    r = _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(1)), ok=False)
+    assert r.exit_code == 1
+    assert "--yes" in r.output and "max-step-share" in r.output
+    assert int(registry.resolve_version(MODEL).version) == 1
+
+
+def test_forget_with_finetune_repair_records_new_segment(registry_copy):
+    from mlflow_amnesia.flavor import load_model
+
+    ids = _ids(2)
+    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids), "--yes", "--repair", "finetune")
+    v2 = load_model("models:/%s/2" % MODEL)
+    assert [s.role for s in v2.segments] == ["train", "repair"]
+    rep = v2.segments[1]
+    assert rep.first_step == v2.segments[0].last_step + 1 and rep.n_steps > 0
+    # the repair never fed a forgotten record
+    from mlflow_amnesia.keys import load_key
+
+    ridx = rep.open_index(load_key())
+    assert not ridx.contains(ids).any()
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (None, "does not exist"),
+        (b"", "no record ids"),
+        (b"# only a comment\n\n", "no record ids"),
+        (b"\x00\x01\x02binary", "binary"),
+        (b"digits:1\n\xff\xfe\n", "UTF-8"),
+    ],
+)
+def test_bad_ids_files(registry_copy, content, needle):
+    from mlflow_amnesia import registry
+
+    p = registry_copy / "bad.txt"
+    if content is not None:
+        p.write_bytes(content)
+    r = _invoke("forget", "--model", MODEL, "--records", str(p), "--yes", ok=False)
+    assert r.exit_code == 1 and needle in r.output, r.output
+    assert str(p) in r.output
+    assert int(registry.resolve_version(MODEL).version) == 1
+
+
+def test_unknown_ids_are_listed(registry_copy):
+    from mlflow_amnesia import registry
+
+    r = _invoke("forget", "--model", MODEL, "--records",
+                _write(registry_copy, _ids(1, "digits:999999", "nobody@example.com")), "--yes", ok=False)
+    assert r.exit_code == 1
+    assert "'digits:999999'" in r.output and "'nobody@example.com'" in r.output
+    assert int(registry.resolve_version(MODEL).version) == 1
+
+
+def test_unknown_model_version_and_class(registry_copy):
+    r = _invoke("forget", "--model", "no-such-model", "--records", "x", ok=False)
+    assert r.exit_code == 1 and "no registered model named 'no-such-model'" in r.output
+    r = _invoke("forget", "--model", MODEL, "--version", "7", "--class", "3", ok=False)
+    assert r.exit_code == 1 and "no version 7" in r.output
+    r = _invoke("forget", "--model", MODEL, "--class", "eleven", "--yes", ok=False)
+    assert r.exit_code == 1 and "unknown class 'eleven'" in r.output
+
+
+def test_wrong_key_is_a_clear_error(registry_copy, monkeypatch):
+    monkeypatch.setenv("MLFLOW_AMNESIA_KEY", "33" * 32)
+    r = _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ["digits:1"]), "--yes", ok=False)
+    assert r.exit_code == 1 and "key" in r.output.lower()
+
+
+def test_help_on_every_command():
+    for cmd in ("train", "forget", "audit", "lineage", "records", "verify"):
+        r = _invoke(cmd, "--help")
+        assert "Usage" in r.output and len(r.output) > 200
