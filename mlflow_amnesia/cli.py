@@ -77,9 +77,9 @@ def main() -> None:
               help="digits (offline, scikit-learn's bundled set), mnist, cifar100 (downloaded by torchvision), or idx:<dir> (MNIST-format files).")
 @click.option("--arch", default="resnet18", show_default=True,
               help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.")
-@click.option("--epochs", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=0.05, show_default=True, type=float)
+@click.option("--lr", default=0.02, show_default=True, type=float)
 @click.option("--momentum", default=0.9, show_default=True, type=float)
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float)
 @click.option("--seed", default=0, show_default=True, type=int)

@@ -80,3 +80,15 @@ def start_run(run_name: str, experiment_id: str | None = None):
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow.start_run()
     return mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=mlflow.active_run() is not None)
+
+
+def log_params_once(params: dict) -> None:
+    """Log params the active run does not have yet (``mlflow run`` logged the project's already,
+    as typed, and MLflow refuses to change a param)."""
+    import mlflow
+
+    run = mlflow.active_run()
+    have = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
+    new = {k: v for k, v in params.items() if k not in have}
+    if new:
+        mlflow.log_params(new)

@@ -16,7 +16,7 @@ from . import registry
 from .audit import accuracy_metrics
 from .errors import InputError
 from .flavor import AmnesiaModel, log_model
-from .locations import phase_base, save_array, save_state, start_run
+from .locations import log_params_once, phase_base, save_array, save_state, start_run
 from .progress import info as say
 from .training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
 
@@ -50,9 +50,9 @@ def train(
     *,
     dataset: str = "digits",
     arch: str = "resnet18",
-    epochs: int = 3,
+    epochs: int = 4,
     batch_size: int = 128,
-    lr: float = 0.05,
+    lr: float = 0.02,
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     seed: int = 0,
@@ -92,12 +92,13 @@ def train(
         run_id = run.info.run_id
         base = phase_base(run.info.artifact_uri, run_id, store_uri)
         store_url = f"{base}/deltas"
-        mlflow.log_params({
+        log_params_once({
             "dataset": dataset, "arch": arch, **recipe.to_dict(), "codec": codec,
             "store_uri": store_uri or "", "model_name": model_name, "n_train": len(train_idx),
             "n_holdout": len(hold_idx),
         })
-        mlflow.set_tags({"amnesia.role": "train", "amnesia.store": store_url})
+        mlflow.set_tags({"amnesia.role": "train", "amnesia.store": store_url, "amnesia.codec": codec,
+                         "amnesia.model_name": model_name})
         n_params = sum(p.numel() for p in model.parameters())
         say(f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
             f"{len(hold_idx)} held out; recording every step to {store_url} (codec {codec})")

@@ -23,9 +23,9 @@ from .progress import Progress
 class Recipe:
     """Hyper-parameters of a training phase (recorded with every model version)."""
 
-    epochs: int = 3
+    epochs: int = 4
     batch_size: int = 128
-    lr: float = 0.05
+    lr: float = 0.02
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0

@@ -245,3 +245,76 @@ def test_help_on_every_command():
     for cmd in ("train", "forget", "audit", "lineage", "records", "verify"):
         r = _invoke(cmd, "--help")
         assert "Usage" in r.output and len(r.output) > 200
+
+
+def test_alias_moves_and_forget_by_alias(registry_copy):
+    from mlflow_amnesia import registry
+
+    ids = _ids(4)
+    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids[:1]), "--yes", "--set-alias", "production")
+    assert int(registry.resolve_version(MODEL, alias="production").version) == 2
+    assert registry.resolve_version(MODEL, version=1).tags["amnesia.superseded_by"] == "2"
+    _invoke("forget", "--model", MODEL, "--alias", "production", "--records", _write(registry_copy, ids[1:2]), "--yes",
+            "--set-alias", "production")
+    mv = registry.resolve_version(MODEL, alias="production")
+    assert int(mv.version) == 3 and mv.tags["amnesia.parent_version"] == "2"
+    # forgetting from a superseded version would resurrect v2's forgotten records: refused
+    r = _invoke("forget", "--model", MODEL, "--version", "1", "--records", _write(registry_copy, ids[2:3]), "--yes", ok=False)
+    assert r.exit_code == 1 and "superseded by v2" in r.output
+
+
+def test_forget_class_dry_run_counts_the_class(registry_copy):
+    from mlflow_amnesia.data import class_records, load_dataset, split
+
+    r = _invoke("forget", "--model", MODEL, "--class", "3", "--dry-run")
+    recs = load_dataset("digits")
+    sp = split(recs, seed=0)
+    n = len(np.intersect1d(class_records(recs, 3), sp.train))
+    assert f"{n} record(s) to forget" in r.output
+
+
+def test_already_forgotten_records_are_skipped(registry_copy):
+    ids = _ids(2)
+    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids[:1]), "--yes")
+    # `records` no longer lists the forgotten record
+    assert ids[0] not in _invoke("records", "--model", MODEL).output.split()
+    r = _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids[:1]), "--yes", ok=False)
+    assert r.exit_code == 1 and "already forgotten" in r.output
+
+
+def test_training_state_is_kept_losslessly(registry_copy):
+    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.locations import load_array, load_state
+    from mlflow_amnesia.data import load_dataset, split
+    from mlflow_amnesia.training import epoch_orders
+
+    v1 = load_model("models:/%s/1" % MODEL)
+    url = v1.info["training_url"]
+    init = load_state(f"{url}/initial_state.pt")
+    opt = load_state(f"{url}/optimizer_state.pt")
+    order = load_array(f"{url}/batch_order.npy")
+    assert set(init) == set(v1.module.state_dict())
+    assert opt["state"] and "momentum_buffer" in next(iter(opt["state"].values()))
+    recs = load_dataset("digits")
+    sp = split(recs, seed=v1.info["recipe"]["seed"])
+    np.testing.assert_array_equal(order, epoch_orders(sp.train, v1.info["recipe"]["seed"], v1.info["recipe"]["epochs"]))
+    # the whole store rolled back returns the initial weights (f32 codec: float rounding only)
+    store = v1.segments[0].open_store()
+    sums = store.sum(store.steps)
+    for name, t in v1.module.state_dict().items():
+        if name in sums:
+            back = t.double().numpy() - sums[name].reshape(t.shape)
+            np.testing.assert_allclose(back, init[name].double().numpy(), rtol=0, atol=2e-6, err_msg=name)
+
+
+def test_store_uri_option(tmp_path, monkeypatch):
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.flavor import load_model
+
+    monkeypatch.chdir(tmp_path)
+    _invoke("train", "--arch", "cnn", "--epochs", "1", "--batch-size", "256", "--store-uri", str(tmp_path / "stores"),
+            "--model-name", "custom-store")
+    mv = registry.resolve_version("custom-store")
+    am = load_model(registry.model_uri(mv))
+    assert am.segments[0].store_url == f"{tmp_path / 'stores'}/{mv.run_id}/deltas"
+    assert (tmp_path / "stores" / mv.run_id / "deltas" / "manifest.json").exists()
