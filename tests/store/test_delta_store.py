@@ -1,0 +1,531 @@
+"""DeltaStore: exact round trips, rollback, random access, crash safety, integrity, purge."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import torch
+
+from mlflow_amnesia.errors import ChunkCorruptedError, InputError, ManifestFormatError, StoreError
+from mlflow_amnesia.store import DeltaStore, PurgedStepsError, UnknownStepsError, get_codec
+from mlflow_amnesia.store.codecs import Int8Codec
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Three parts at part_bytes=4000: [w1, b1] (2.6 KB), [w2] (4.8 KB, alone: larger than a part), [b2, bn].
+LAYOUT = [
+    {"name": "w1", "shape": [16, 40], "dtype": "float32"},
+    {"name": "b1", "shape": [16], "dtype": "float32"},
+    {"name": "w2", "shape": [30, 40], "dtype": "float32"},
+    {"name": "b2", "shape": [30], "dtype": "float32"},
+    {"name": "bn.running_var", "shape": [30], "dtype": "float32"},
+]
+PART_BYTES = 4000
+
+
+def _delta(step: int, scale: float = 1e-3) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(1000 + step)
+    return {t["name"]: (rng.standard_normal(t["shape"]) * scale).astype(np.float32) for t in LAYOUT}
+
+
+@pytest.fixture(params=["path", "file", "memory"])
+def url(request, tmp_path):
+    if request.param == "memory":
+        u = f"memory://amnesia-test-{uuid.uuid4().hex}/store"
+        yield u
+        fsspec.filesystem("memory").rm(u.removeprefix("memory://").split("/")[0], recursive=True)
+        return
+    path = tmp_path / "store"
+    yield str(path) if request.param == "path" else path.as_uri()
+
+
+def _write(url: str, steps, codec: str = "f32", **kw) -> dict[int, dict[str, np.ndarray]]:
+    deltas = {s: _delta(s) for s in steps}
+    with DeltaStore.create(url, layout=LAYOUT, codec=codec, meta={"optimizer": "SGD"}, part_bytes=PART_BYTES, **kw) as st:
+        for s, d in deltas.items():
+            st.append(s, d, meta={"lr": 0.1 / (1 + s)})
+    return deltas
+
+
+def _local(tmp_path: Path) -> str:
+    return str(tmp_path / "store")
+
+
+# ---------------------------------------------------------------- round trips and layout
+
+
+def test_f32_roundtrip_is_exact(url):
+    deltas = _write(url, range(6))
+    st = DeltaStore.open(url)
+    assert st.steps == list(range(6))
+    assert st.codec.name == "f32" and st.meta == {"optimizer": "SGD"} and st.layout == LAYOUT
+    assert st.step_meta(3) == {"lr": 0.1 / 4}
+    for s, d in deltas.items():
+        got = st.read(s)
+        assert list(got) == [t["name"] for t in LAYOUT]
+        for k in d:
+            assert got[k].dtype == np.float32 and got[k].shape == d[k].shape
+            np.testing.assert_array_equal(got[k].view(np.uint32), d[k].view(np.uint32))
+
+
+def test_parts_split_at_tensor_boundaries_and_a_big_tensor_stands_alone(tmp_path):
+    _write(_local(tmp_path), range(2))
+    st = DeltaStore.open(_local(tmp_path))
+    assert st.parts == [(0, 2), (2, 3), (3, 5)]
+    assert len(st.chunk_files(1)) == 3
+    st.stats.reset()
+    st.read(1)
+    assert st.stats.chunks_read == 3
+    size = st.size([0, 1])
+    assert size.raw == 2 * 4 * st.n_values and size.chunks == 6 and 0 < size.stored < size.raw
+
+
+def test_appends_accept_torch_tensors_and_are_copied(tmp_path):
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="f32")
+    buf = {k: torch.from_numpy(v.copy()) for k, v in _delta(0).items()}
+    st.append(0, buf)
+    for t in buf.values():  # the caller reuses its buffers at once
+        t.fill_(123.0)
+    st.close()
+    got = DeltaStore.open(_local(tmp_path)).read(0)
+    for k, v in _delta(0).items():
+        np.testing.assert_array_equal(got[k], v)
+
+
+def test_append_validates_steps_names_shapes_and_meta(tmp_path):
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="f32")
+    st.append(5, _delta(5))
+    with pytest.raises(InputError, match="step 5 was already recorded"):
+        st.append(5, _delta(5))
+    with pytest.raises(InputError, match="increase strictly"):
+        st.append(4, _delta(4))
+    d = _delta(6)
+    del d["b1"]
+    with pytest.raises(InputError, match="missing: b1"):
+        st.append(6, d)
+    d = _delta(6)
+    d["w1"] = d["w1"].reshape(-1)
+    with pytest.raises(InputError, match="'w1' has shape"):
+        st.append(6, d)
+    with pytest.raises(InputError, match="JSON"):
+        st.append(6, _delta(6), meta={"lr": object()})
+    with pytest.raises(InputError, match="non-negative int"):
+        st.append(-1, _delta(6))
+    st.append(6, _delta(6))  # the failed attempts did not consume the step
+    st.close()
+    assert DeltaStore.open(_local(tmp_path)).steps == [5, 6]
+
+
+def test_create_refuses_an_existing_store_and_open_a_missing_one(tmp_path):
+    _write(_local(tmp_path), range(1))
+    with pytest.raises(StoreError, match="already exists"):
+        DeltaStore.create(_local(tmp_path), layout=LAYOUT)
+    with pytest.raises(StoreError, match="manifest.json is missing"):
+        DeltaStore.open(str(tmp_path / "nowhere"))
+    with pytest.raises(InputError, match="unknown codec"):
+        DeltaStore.create(str(tmp_path / "other"), layout=LAYOUT, codec="fp4")
+
+
+def test_read_only_store_refuses_writes(tmp_path):
+    _write(_local(tmp_path), range(2))
+    st = DeltaStore.open(_local(tmp_path))
+    with pytest.raises(StoreError, match="mode='a'"):
+        st.append(2, _delta(2))
+    with pytest.raises(StoreError, match="mode='a'"):
+        st.purge([0])
+
+
+def test_resume_appending_after_reopen(tmp_path):
+    _write(_local(tmp_path), range(3))
+    with DeltaStore.open(_local(tmp_path), mode="a") as st:
+        with pytest.raises(InputError, match="already recorded"):
+            st.append(2, _delta(2))
+        st.append(3, _delta(3))
+    st = DeltaStore.open(_local(tmp_path))
+    assert st.steps == [0, 1, 2, 3]
+    np.testing.assert_array_equal(st.read(3)["w2"], _delta(3)["w2"])
+
+
+# ---------------------------------------------------------------- background writing
+
+
+class _GatedInt8(Int8Codec):
+    """int8 whose encode waits for a gate: the store's background work made visible."""
+
+    def __init__(self, gate: threading.Event) -> None:
+        super().__init__()
+        self.gate = gate
+
+    def encode(self, x):
+        assert self.gate.wait(10)
+        return super().encode(x)
+
+
+def test_append_returns_before_encoding_and_blocks_at_max_pending(tmp_path):
+    gate = threading.Event()
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec=_GatedInt8(gate), max_pending=2, part_bytes=PART_BYTES)
+    st.append(0, _delta(0))  # nothing encoded yet, both return at once
+    st.append(1, _delta(1))
+    third = threading.Thread(target=st.append, args=(2, _delta(2)))
+    third.start()
+    third.join(0.5)
+    assert third.is_alive(), "a third step in flight with max_pending=2: append must wait"
+    gate.set()
+    third.join(10)
+    assert not third.is_alive()
+    st.close()
+    assert DeltaStore.open(_local(tmp_path)).steps == [0, 1, 2]
+
+
+def test_background_error_surfaces_on_next_call_and_commits_nothing_after_it(tmp_path):
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="int8", part_bytes=PART_BYTES)
+    st.append(0, _delta(0))
+    st.flush()
+    bad = _delta(1)
+    bad["w2"][3, 3] = np.nan  # int8 cannot store it; encoding fails in a pool thread
+    st.append(1, bad)
+    with pytest.raises(StoreError, match="writing step 1") as e:
+        st.append(2, _delta(2))  # accepted if the failure is not known yet
+        st.flush()
+    assert "non-finite" in str(e.value)
+    with pytest.raises(StoreError, match="writing step 1"):
+        st.append(4, _delta(4))
+    with pytest.raises(StoreError, match="writing step 1"):
+        st.close()
+    st.close()  # idempotent
+    assert DeltaStore.open(_local(tmp_path)).steps == [0]
+    with DeltaStore.open(_local(tmp_path), mode="a") as again:  # resumes after the last committed step
+        again.append(1, _delta(1))
+    assert DeltaStore.open(_local(tmp_path)).steps == [0, 1]
+
+
+# ---------------------------------------------------------------- sums and rollback
+
+
+def test_sum_equals_in_memory_sum_and_reads_only_the_chunks_of_s(url):
+    deltas = _write(url, range(20), codec="bf16")
+    st = DeltaStore.open(url)
+    decoded = {s: st.read(s) for s in range(20)}
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        subset = [int(s) for s in rng.choice(20, size=int(rng.integers(1, 12)), replace=False)]
+        order = list(rng.permutation(subset))
+        st.stats.reset()
+        got = st.sum(order)
+        n_chunks = sum(len(st.chunk_files(s)) for s in subset)
+        assert st.stats.chunks_read == n_chunks == 3 * len(subset)
+        assert st.stats.bytes_read == st.size(subset).stored
+        for k in deltas[0]:
+            expected = np.zeros(got[k].shape, np.float64)
+            for s in sorted(subset):
+                expected += decoded[s][k].astype(np.float64)
+            assert got[k].dtype == np.float64
+            np.testing.assert_array_equal(got[k], expected)
+        again = st.sum(sorted(subset, reverse=True), read_ahead=1)
+        for k in got:  # the same bits whatever the order and read-ahead
+            np.testing.assert_array_equal(again[k], got[k])
+
+
+def test_sum_of_nothing_is_zero_and_float32_on_request(tmp_path):
+    _write(_local(tmp_path), range(3))
+    st = DeltaStore.open(_local(tmp_path))
+    st.stats.reset()
+    z = st.sum([])
+    assert st.stats.chunks_read == 0 and all(not v.any() and v.shape == tuple(t["shape"]) for v, t in zip(z.values(), LAYOUT))
+    s32 = st.sum([0, 2], dtype=np.float32)
+    assert s32["w1"].dtype == np.float32
+    np.testing.assert_allclose(s32["w1"], _delta(0)["w1"] + _delta(2)["w1"], rtol=1e-6)
+
+
+def test_unknown_repeated_and_purged_steps_are_named(tmp_path):
+    _write(_local(tmp_path), range(4))
+    st = DeltaStore.open(_local(tmp_path))
+    with pytest.raises(UnknownStepsError, match=r"2 step\(s\) are not in the delta store .*: 7, 9") as e:
+        st.sum([1, 9, 7])
+    assert e.value.steps == [7, 9]
+    with pytest.raises(UnknownStepsError, match="4"):
+        st.read(4)
+    with pytest.raises(InputError, match="repeat"):
+        st.sum([1, 2, 1])
+
+
+class _Trajectory:
+    """theta_t of a toy run: momentum-correlated updates, like SGD with momentum."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.theta = {t["name"]: self.rng.standard_normal(t["shape"]).astype(np.float32) * 0.1 for t in LAYOUT}
+        self.v = {k: np.zeros_like(v) for k, v in self.theta.items()}
+
+    def step(self) -> dict[str, np.ndarray]:
+        for k in self.theta:
+            g = self.rng.standard_normal(self.theta[k].shape).astype(np.float32) * 1e-2 + 0.3 * self.theta[k]
+            self.v[k] = 0.9 * self.v[k] + g
+            self.theta[k] = (self.theta[k] - 0.05 * self.v[k]).astype(np.float32)
+        return {k: v.copy() for k, v in self.theta.items()}
+
+
+def _record(store: DeltaStore, states: list[dict[str, np.ndarray]], *, feedback: bool = True) -> None:
+    """The Recorder's error feedback: d_t = quantize(theta_t - r_{t-1}), r_t = r_{t-1} + d_t."""
+    q = store.codec.quantize
+    r = {k: v.astype(np.float64) for k, v in states[0].items()}
+    for t in range(1, len(states)):
+        ref = r if feedback else {k: v.astype(np.float64) for k, v in states[t - 1].items()}
+        d = {k: q(torch.from_numpy((states[t][k] - ref[k]).astype(np.float32))).numpy() for k in r}
+        for k in r:
+            r[k] += d[k].astype(np.float64)
+        store.append(t, d)
+    store.flush()
+
+
+@pytest.mark.parametrize(
+    "codec, bound",
+    [
+        ("f32", 2.0**-23),  # float32 rounding of theta_T (|theta| < 1): about 1 ulp
+        ("bf16", 2.0**-8),  # half an ulp of one step's residual, relative to the largest delta
+        ("int8", 1 / 127),  # half a quantisation step of one block, relative to the largest delta
+        ("zstd", 2.0**-23),
+    ],
+)
+def test_rolling_back_every_step_with_error_feedback_returns_the_initial_state(tmp_path, codec, bound):
+    traj = _Trajectory(seed=1)
+    states = [{k: v.copy() for k, v in traj.theta.items()}] + [traj.step() for _ in range(40)]
+    with DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec=codec, part_bytes=PART_BYTES) as st:
+        _record(st, states)
+        total = st.sum(st.steps)
+    max_delta = max(np.abs(states[t][k] - states[t - 1][k]).max() for t in range(1, len(states)) for k in total)
+    scale = 1.0 if get_codec(codec).lossless else float(max_delta)
+    err = max(np.abs(states[-1][k].astype(np.float64) - total[k] - states[0][k]).max() for k in total)
+    assert err <= bound * scale, f"{codec}: rollback error {err:.3g} > {bound * scale:.3g}"
+    if not get_codec(codec).lossless:  # without feedback the error grows with the number of steps
+        with DeltaStore.create(str(tmp_path / "naive"), layout=LAYOUT, codec=codec, part_bytes=PART_BYTES) as naive:
+            _record(naive, states, feedback=False)
+            t2 = naive.sum(naive.steps)
+        naive_err = max(np.abs(states[-1][k].astype(np.float64) - t2[k] - states[0][k]).max() for k in t2)
+        assert naive_err > 3 * err
+
+
+# ---------------------------------------------------------------- integrity
+
+
+def _chunk_path(store_dir: Path, rel: str) -> Path:
+    return store_dir / rel
+
+
+def test_corrupted_chunk_is_detected_with_step_and_file(tmp_path):
+    _write(_local(tmp_path), range(4), codec="int8")
+    st = DeltaStore.open(_local(tmp_path))
+    rel = st.chunk_files(2)[1]
+    p = _chunk_path(tmp_path / "store", rel)
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    p.write_bytes(bytes(data))
+    for call in (lambda: st.read(2), lambda: st.sum([0, 2, 3])):
+        with pytest.raises(ChunkCorruptedError, match=r"step 2: chunk file .*2\.1\.zst fails its sha256"):
+            call()
+    st.read(1)  # other steps are unaffected
+    problems = st.verify()
+    assert [(pr.step, pr.file) for pr in problems] == [(2, rel)]
+    with pytest.raises(ChunkCorruptedError, match=r"step 2: chunks/2\.1\.zst"):
+        st.verify(raise_errors=True)
+
+
+def test_truncated_and_missing_chunks_are_detected(tmp_path):
+    _write(_local(tmp_path), range(4))
+    st = DeltaStore.open(_local(tmp_path))
+    p = _chunk_path(tmp_path / "store", st.chunk_files(1)[0])
+    p.write_bytes(p.read_bytes()[:-10])
+    (tmp_path / "store" / st.chunk_files(3)[2]).unlink()
+    with pytest.raises(ChunkCorruptedError, match=r"step 1: chunk file .*1\.0\.zst has \d+ bytes, the manifest records"):
+        st.read(1)
+    with pytest.raises(ChunkCorruptedError, match=r"step 3: chunk file .*3\.2\.zst is missing"):
+        st.sum([3])
+    assert sorted((pr.step, pr.file) for pr in st.verify()) == [(1, "chunks/1.0.zst"), (3, "chunks/3.2.zst")]
+
+
+def test_verify_of_a_sound_store_finds_nothing(url):
+    _write(url, range(5), codec="bf16")
+    assert DeltaStore.open(url).verify() == []
+
+
+# ---------------------------------------------------------------- manifests
+
+
+def test_newer_manifest_format_is_refused(tmp_path):
+    _write(_local(tmp_path), range(2))
+    mpath = tmp_path / "store" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    m["format_version"] = 99
+    mpath.write_text(json.dumps(m))
+    with pytest.raises(ManifestFormatError, match="format version 99, newer .* upgrade mlflow-amnesia"):
+        DeltaStore.open(_local(tmp_path))
+    with pytest.raises(ManifestFormatError, match="newer"):
+        DeltaStore.open(_local(tmp_path), manifest=m)
+
+
+def test_garbled_manifests_are_refused(tmp_path):
+    _write(_local(tmp_path), range(2))
+    mpath = tmp_path / "store" / "manifest.json"
+    good = json.loads(mpath.read_text())
+    for bad in ("{not json", json.dumps({"format": "something-else"}), json.dumps({**good, "layout": "w1"}),
+                json.dumps({**good, "codec": {"name": "lz4"}})):
+        mpath.write_text(bad)
+        with pytest.raises(ManifestFormatError):
+            DeltaStore.open(_local(tmp_path))
+
+
+def test_copied_manifest_reads_chunks_from_the_url(url):
+    _write(url, range(3))
+    with DeltaStore.open(url, mode="a") as st:
+        copy = st.manifest_bytes()
+        st.append(3, _delta(3))
+    assert json.loads(copy)["steps"][-1]["step"] == 2
+    old = DeltaStore.open(url, manifest=copy)
+    assert old.steps == [0, 1, 2]  # the copy's view, not the store's newer steps
+    np.testing.assert_array_equal(old.read(2)["w1"], _delta(2)["w1"])
+    assert DeltaStore.open(url, manifest=json.loads(copy)).steps == [0, 1, 2]
+    with pytest.raises(InputError, match="read-only"):
+        DeltaStore.open(url, mode="a", manifest=copy)
+    with DeltaStore.open(url, mode="a") as st:
+        st.purge([1])
+    with pytest.raises(ChunkCorruptedError, match="step 1: chunk file .* is missing. The step may have been purged"):
+        old.read(1)
+
+
+# ---------------------------------------------------------------- purge
+
+
+def test_purge_deletes_chunks_and_later_reads_fail_clearly(url):
+    _write(url, range(5))
+    fs, root = fsspec.core.url_to_fs(url)
+    with DeltaStore.open(url, mode="a") as st:
+        files = st.chunk_files(1) + st.chunk_files(3)
+        assert st.purge([3, 1]) == [1, 3]
+        assert st.purge([1]) == []  # idempotent
+        with pytest.raises(UnknownStepsError, match="7"):
+            st.purge([7])
+        st.append(5, _delta(5))
+    for f in files:
+        assert not fs.exists(f"{root}/{f}")
+    st = DeltaStore.open(url)
+    assert st.steps == [0, 2, 4, 5] and st.purged_steps == [1, 3]
+    assert st.step_meta(1) == {"lr": 0.1 / 2}
+    with pytest.raises(PurgedStepsError, match=r"were purged .*: 1\b"):
+        st.read(1)
+    with pytest.raises(PurgedStepsError, match=r"1, 3"):
+        st.sum([0, 1, 2, 3])
+    assert st.verify() == []
+    np.testing.assert_array_equal(st.sum([0, 2])["b2"], _delta(0)["b2"].astype(np.float64) + _delta(2)["b2"])
+
+
+# ---------------------------------------------------------------- crash safety
+
+
+def test_debris_is_ignored_by_readers_and_cleaned_on_append(tmp_path):
+    """A step committed only by its marker is picked up; chunks without a marker are debris."""
+    store = tmp_path / "store"
+    _write(str(store), range(3))
+    # step 3 committed by marker only (the writer died before consolidating the manifest)
+    donor = tmp_path / "donor"
+    with DeltaStore.create(str(donor), layout=LAYOUT, codec="f32", part_bytes=PART_BYTES) as d:
+        d.append(3, _delta(3), meta={"lr": 0.5})
+        entry = json.loads(d.manifest_bytes())["steps"][0]
+    for rel in [c["file"] for c in entry["chunks"]]:
+        (store / rel).write_bytes((donor / rel).read_bytes())
+    (store / "chunks" / "3.json").write_text(json.dumps(entry))
+    # step 4: two chunks written, no marker; step 5: a torn marker; a temp file of a manifest write
+    (store / "chunks" / "4.0.zst").write_bytes(b"partial")
+    (store / "chunks" / "4.1.zst").write_bytes(b"partial too")
+    (store / "chunks" / "5.json").write_text('{"step": 5, "chu')
+    (store / "manifest.json.tmp-0123").write_text("{")
+    (store / "chunks" / "5.0.zst.tmp-77").write_bytes(b"")
+
+    reader = DeltaStore.open(str(store))
+    assert reader.steps == [0, 1, 2, 3] and reader.step_meta(3) == {"lr": 0.5}
+    np.testing.assert_array_equal(reader.read(3)["w2"], _delta(3)["w2"])
+    assert (store / "chunks" / "4.0.zst").exists()  # a reader changes nothing
+
+    with DeltaStore.open(str(store), mode="a") as st:
+        left = sorted(p.name for p in (store / "chunks").iterdir())
+        assert left == sorted(f"{s}.{p}.zst" for s in range(4) for p in range(3))
+        st.append(4, _delta(4))
+    st = DeltaStore.open(str(store))
+    assert st.steps == [0, 1, 2, 3, 4] and st.verify() == []
+    assert [e["step"] for e in json.loads((store / "manifest.json").read_text())["steps"]] == [0, 1, 2, 3, 4]
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from mlflow_amnesia.store import DeltaStore
+
+    url = sys.argv[1]
+    layout = [{"name": "a", "shape": [400_000], "dtype": "float32"}, {"name": "b", "shape": [300_000], "dtype": "float32"}]
+
+    def delta(step):
+        rng = np.random.default_rng(step)
+        return {t["name"]: rng.standard_normal(t["shape"]).astype(np.float32) for t in layout}
+
+    st = DeltaStore.create(url, layout=layout, codec="f32", part_bytes=1_000_000, threads=2, max_pending=3)
+    for step in range(10_000):
+        st.append(step, delta(step), meta={"step": step})
+        if step % 4 == 3:
+            st.flush()
+            print("flushed", step, flush=True)
+    """
+)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_write_leaves_committed_steps_and_appending_resumes(tmp_path):
+    url = str(tmp_path / "store")
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.Popen([sys.executable, str(script), url], stdout=subprocess.PIPE, text=True, env=env)
+    flushed = -1
+    try:
+        deadline = time.monotonic() + 60
+        while flushed < 11 and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            assert line, f"writer exited early with {proc.wait()}"
+            flushed = int(line.split()[1])
+        time.sleep(0.15)  # let it get into the middle of the next steps' writes
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL and flushed >= 11
+
+    layout_child = {"a": 400_000, "b": 300_000}
+    st = DeltaStore.open(url)
+    committed = st.steps
+    assert committed == list(range(len(committed))) and committed[-1] >= flushed
+    for step in committed:
+        rng = np.random.default_rng(step)
+        got = st.read(step)
+        for name, n in layout_child.items():
+            np.testing.assert_array_equal(got[name], rng.standard_normal(n).astype(np.float32))
+        assert st.step_meta(step) == {"step": step}
+
+    nxt = committed[-1] + 1
+    with DeltaStore.open(url, mode="a") as st:
+        names = {p.name for p in (tmp_path / "store" / "chunks").iterdir()}
+        assert names == {f"{s}.{p}.zst" for s in committed for p in range(2)}  # debris and markers gone
+        st.append(nxt, {n: np.full(k, 1.5, np.float32) for n, k in layout_child.items()})
+    st = DeltaStore.open(url)
+    assert st.steps == committed + [nxt] and st.verify() == []
+    np.testing.assert_array_equal(st.sum([nxt, 0])["a"], 1.5 + st.read(0)["a"].astype(np.float64))
