@@ -103,9 +103,17 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @click.option("--records", "records_file", type=click.Path(dir_okay=False), default=None,
               help="Text file, one record id per line (# comments and blank lines ignored).")
 @click.option("--class", "cls", default=None, help="Forget every training record of this class (index or name).")
-@click.option("--method", default="amnesiac", show_default=True, help="Unlearning method (amnesiac).")
-@click.option("--repair", type=click.Choice(["none", "finetune"]), default="none", show_default=True,
-              help="After rollback: fine-tune on the retained records to restore accuracy.")
+@click.option("--method", default="amnesiac", show_default=True,
+              help="Unlearning method: amnesiac (roll back the steps that saw the records), relabel (train on "
+                   "the records with wrong labels), finetune (continue training without them), retrain (from the "
+                   "initial weights without them: the reference).")
+@click.option("--epochs", "method_epochs", default=None, type=click.IntRange(min=1),
+              help="Training epochs of relabel / finetune (default 1) and retrain (default: as trained).")
+@click.option("--copies", default=4, show_default=True, type=click.IntRange(min=1),
+              help="relabel: copies of each forgotten record inserted with random wrong labels.")
+@click.option("--repair", type=click.Choice(["none", "finetune", "replay"]), default="none", show_default=True,
+              help="After amnesiac rollback: finetune on the retained records, or replay the rolled-back steps "
+                   "without the forgotten records.")
 @click.option("--repair-epochs", default=1, show_default=True, type=click.IntRange(min=1))
 @click.option("--repair-lr", default=None, type=float, help="Learning rate of the repair (default: the training lr).")
 @click.option("--max-step-share", default=0.01, show_default=True, type=float,
@@ -116,14 +124,15 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @click.option("--store-uri", default=None, help="fsspec URL for deltas recorded by a repair (default: as at training).")
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
 @_friendly
-def forget(model_name, version, alias, records_file, cls, method, repair, repair_epochs, repair_lr, max_step_share,
-           dry_run, yes, set_alias, store_uri, data_root):
+def forget(model_name, version, alias, records_file, cls, method, method_epochs, copies, repair, repair_epochs, repair_lr,
+           max_step_share, dry_run, yes, set_alias, store_uri, data_root):
     """Forget records: register version n+1 without their contribution, with lineage tags."""
     from .forget import forget as run_forget
 
     confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
     r = run_forget(model_name, records_file=records_file, cls=cls, version=version, alias=alias, method=method,
-                   repair=repair, repair_epochs=repair_epochs, repair_lr=repair_lr, dry_run=dry_run, yes=yes,
+                   repair=repair, repair_epochs=repair_epochs, repair_lr=repair_lr, method_epochs=method_epochs,
+                   copies=copies, dry_run=dry_run, yes=yes,
                    max_step_share=max_step_share, set_alias=set_alias, store_uri=store_uri, data_root=data_root,
                    confirm=confirm)
     if r.version is None:

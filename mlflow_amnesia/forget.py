@@ -157,6 +157,8 @@ def forget(
     repair: Optional[str] = None,
     repair_epochs: int = 1,
     repair_lr: Optional[float] = None,
+    method_epochs: Optional[int] = None,
+    copies: int = 4,
     dry_run: bool = False,
     yes: bool = False,
     max_step_share: float = DEFAULT_MAX_STEP_SHARE,
@@ -186,7 +188,8 @@ def forget(
     say(plan.describe())
     if len(plan.steps) == 0:
         say("no recorded step saw these records that is not already rolled back")
-    if plan.share > max_step_share:
+    m = get_method(method)
+    if m.rolls_back and plan.share > max_step_share:
         warn = (f"rolling back {plan.share:.2%} of the steps exceeds --max-step-share {max_step_share:.2%}: the paper "
                 "finds that rolling back more than ~1% of batches costs accuracy that then needs repair "
                 "(--repair finetune) or another method.")
@@ -198,7 +201,6 @@ def forget(
         say(f"dry run: would register {model_name} v(next) with method {method}" + (f" and repair {repair}" if repair != "none" else ""))
         return ForgetResult(plan)
 
-    m = get_method(method)
     cache: dict = {}
 
     def load_records():
@@ -213,7 +215,7 @@ def forget(
         store_base = store_uri or am.info.get("store_uri")
         mlflow.log_params({"model_name": model_name, "parent_version": mv.version, "method": method,
                            "repair": repair, "repair_epochs": repair_epochs, "n_records": plan.n_records,
-                           "max_step_share": max_step_share})
+                           "max_step_share": max_step_share, "epochs": method_epochs or "", "copies": copies})
         mlflow.set_tags({"amnesia.role": "forget", registry.TAG_REQUEST: plan.request_hash})
         if mv.model_id:
             mlflow.MlflowClient().log_inputs(run_id, models=[LoggedModelInput(mv.model_id)])
@@ -222,11 +224,16 @@ def forget(
         ctx = ForgetContext(
             model=child, key=key, target_hashes=target_hashes, steps=plan.steps, load_records=load_records,
             phase_base=lambda: phase_base(run.info.artifact_uri, run_id, store_base), run_id=run_id,
-            options={"repair": repair, "repair_epochs": repair_epochs, "repair_lr": repair_lr},
+            options={"repair": repair, "repair_epochs": repair_epochs, "repair_lr": repair_lr,
+                     "epochs": method_epochs, "copies": copies},
         )
         result = m.apply(ctx)
-        child.segments = list(am.segments) + result.new_segments
-        child.rolled_back = np.union1d(am.rolled_back, result.rolled_back).astype(np.int64)
+        if result.replace_segments is not None:
+            child.segments = list(result.replace_segments)
+            child.rolled_back = np.zeros(0, np.int64)
+        else:
+            child.segments = list(am.segments) + result.new_segments
+            child.rolled_back = np.union1d(am.rolled_back, result.rolled_back).astype(np.int64)
         child.forgotten = np.concatenate([am.forgotten.reshape(-1, 16), target_hashes.reshape(-1, 16)])
 
         recs = load_records()

@@ -62,6 +62,7 @@ class Amnesiac(UnlearningMethod):
 
     name = "amnesiac"
     needs_data = False
+    rolls_back = True
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
         repair = check_repair(ctx.options.get("repair"))

@@ -37,7 +37,10 @@ class ForgetContext:
 @dataclass
 class MethodResult:
     rolled_back: np.ndarray  # steps whose deltas were subtracted (may be empty)
-    new_segments: list[Segment] = field(default_factory=list)
+    new_segments: list[Segment] = field(default_factory=list)  # appended after the parent's segments
+    # A method whose result no longer descends from the parent's recorded steps (retrain from the
+    # initial weights) sets this: the child's segments become exactly these, nothing rolled back.
+    replace_segments: Optional[list[Segment]] = None
     metrics: dict[str, float] = field(default_factory=dict)
     summary: str = ""
 
@@ -47,6 +50,7 @@ class UnlearningMethod(abc.ABC):
 
     name: ClassVar[str]
     needs_data: ClassVar[bool] = False  # True when the method trains on the data set
+    rolls_back: ClassVar[bool] = False  # True when it subtracts recorded steps (the step-share check applies)
 
     @abc.abstractmethod
     def apply(self, ctx: ForgetContext) -> MethodResult:  # pragma: no cover - interface
@@ -73,7 +77,7 @@ def get_method(name: str) -> UnlearningMethod:
         raise InputError(f"unknown unlearning method {name!r}; available: {', '.join(available_methods())}") from None
 
 
-REPAIRS = ("none", "finetune")
+REPAIRS = ("none", "finetune", "replay")
 
 
 def check_repair(repair: Optional[str]) -> str:
