@@ -51,6 +51,21 @@ def _version_options(fn):
     return fn
 
 
+def _audit_options(fn):
+    fn = click.option("--inversion-iterations", default=1000, show_default=True, type=click.IntRange(min=1),
+                      help="Model-inversion gradient steps per class (a PROCESS denoising step every 500).")(fn)
+    fn = click.option("--shadows", default=None, type=click.IntRange(min=2),
+                      help="Shadow models for membership inference (default 4 on digits, 16 otherwise; cached).")(fn)
+    return fn
+
+
+def _settings(shadows, inversion_iterations):
+    from .audit.privacy import AuditSettings
+
+    return AuditSettings(shadows=shadows, inversion_iterations=inversion_iterations,
+                         process_every=min(500, inversion_iterations))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlflow-amnesia")
 def main() -> None:
@@ -87,14 +102,19 @@ def main() -> None:
 @click.option("--store-uri", default=None, help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
 @click.option("--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).")
 @click.option("--data-root", default=None, help="Where mnist/cifar100 are (or are downloaded to).")
+@click.option("--audit/--no-audit", default=True, show_default=True,
+              help="Run the privacy audit (membership inference, inversion) on the new version.")
+@_audit_options
 @_friendly
-def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root):
+def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root,
+          audit, shadows, inversion_iterations):
     """Train a model with every optimizer step recorded; register it as a new model version."""
     from .train import train as run_train
 
     r = run_train(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, seed=seed, codec=codec or None, store_uri=store_uri or None,
-                  model_name=model_name or None, data_root=data_root)
+                  model_name=model_name or None, data_root=data_root, audit=audit,
+                  audit_settings=_settings(shadows, inversion_iterations))
     click.echo(f"{r.model_name} v{r.version}: acc.test {r.metrics.get('acc.test', float('nan')):.4f}, {r.steps} steps recorded (run {r.run_id})")
 
 
@@ -123,9 +143,12 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @click.option("--set-alias", default=None, help="Move this alias (e.g. production) to the new version.")
 @click.option("--store-uri", default=None, help="fsspec URL for deltas recorded by a repair (default: as at training).")
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
+@click.option("--audit/--no-audit", default=True, show_default=True,
+              help="Run the privacy audit (membership inference, inversion) on the new version.")
+@_audit_options
 @_friendly
 def forget(model_name, version, alias, records_file, cls, method, method_epochs, copies, repair, repair_epochs, repair_lr,
-           max_step_share, dry_run, yes, set_alias, store_uri, data_root):
+           max_step_share, dry_run, yes, set_alias, store_uri, data_root, audit, shadows, inversion_iterations):
     """Forget records: register version n+1 without their contribution, with lineage tags."""
     from .forget import forget as run_forget
 
@@ -134,7 +157,7 @@ def forget(model_name, version, alias, records_file, cls, method, method_epochs,
                    repair=repair, repair_epochs=repair_epochs, repair_lr=repair_lr, method_epochs=method_epochs,
                    copies=copies, dry_run=dry_run, yes=yes,
                    max_step_share=max_step_share, set_alias=set_alias, store_uri=store_uri, data_root=data_root,
-                   confirm=confirm)
+                   confirm=confirm, audit=audit, audit_settings=_settings(shadows, inversion_iterations))
     if r.version is None:
         click.echo(f"dry run: {r.plan.describe()}")
     else:
@@ -146,12 +169,18 @@ def forget(model_name, version, alias, records_file, cls, method, method_epochs,
 @main.command()
 @_version_options
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
+@click.option("--privacy/--accuracy-only", default=True, show_default=True,
+              help="Include membership inference and model inversion (default), or accuracy figures only.")
+@_audit_options
 @_friendly
-def audit(model_name, version, alias, data_root):
-    """Compute a version's audit figures (acc.test, acc.retain, acc.forget) and log them on its run."""
+def audit(model_name, version, alias, data_root, privacy, shadows, inversion_iterations):
+    """Audit a version: accuracy (acc.*), membership inference (audit.mia.*, audit.lira.*) on its
+    forgotten records (or a sample of training records), model inversion (audit.inversion.score);
+    logged on the run that produced the version, and its description table refreshed."""
     from .audit import audit_version
 
-    m = audit_version(model_name, version=version, alias=alias, data_root=data_root)
+    m = audit_version(model_name, version=version, alias=alias, data_root=data_root, privacy=privacy,
+                      settings=_settings(shadows, inversion_iterations))
     for k in sorted(m):
         click.echo(f"{k}\t{m[k]:.4f}")
 

@@ -9,6 +9,7 @@ unless every step before registration succeeded.
 from __future__ import annotations
 
 import copy
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Sequence
@@ -166,6 +167,8 @@ def forget(
     store_uri: Optional[str] = None,
     data_root: Optional[str] = None,
     confirm: Optional[Callable[[str], bool]] = None,
+    audit: bool = True,
+    audit_settings=None,
 ) -> ForgetResult:
     """Forget records from a registered model; returns the new version (or the plan, for a dry run).
 
@@ -175,7 +178,7 @@ def forget(
     import mlflow
     from mlflow.entities import LoggedModelInput
 
-    from .audit import accuracy_metrics, forgotten_positions
+    from .audit import forgotten_positions, full_audit
     from .data import Split, rebuild
     from .locations import phase_base, start_run
     from .unlearn import ForgetContext, get_method
@@ -239,8 +242,12 @@ def forget(
         recs = load_records()
         sp = Split.from_json(am.info["split"], recs)
         fidx = forgotten_positions(recs, sp.train, target_hashes, key)
-        retain = np.setdiff1d(sp.train, forgotten_positions(recs, sp.train, child.forgotten, key))
-        metrics = accuracy_metrics(child.module, recs, retain, sp.holdout, fidx)
+        all_idx = forgotten_positions(recs, sp.train, child.forgotten, key)
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = full_audit(child.module, recs, sp, fidx, all_idx, arch_spec=child.arch,
+                                 recipe=child.info["recipe"], privacy=audit, settings=audit_settings, artifact_dir=tmp)
+            if audit:
+                mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
         metrics.update(result.metrics)
         metrics.update({"forget.seconds": time.monotonic() - t0, "steps.rolled_back": float(len(result.rolled_back)),
                         "steps.share": plan.share})

@@ -21,7 +21,11 @@ TAG_SUPERSEDED = "amnesia.superseded_by"
 TAG_REPAIR = "amnesia.repair"
 TAG_FORMAT = "amnesia.flavor"
 
-HEADLINE_METRICS = ("acc.test", "acc.retain", "acc.forget", "loss.forget")
+HEADLINE_METRICS = (
+    "acc.test", "acc.retain", "acc.forget", "loss.forget",
+    "audit.mia.auc", "audit.mia.recall", "audit.mia.tpr_at_1pct_fpr", "audit.lira.auc", "audit.lira.tpr_at_1pct_fpr",
+    "audit.retain.lira.auc", "audit.inversion.score",
+)
 
 
 def client():
@@ -106,3 +110,9 @@ def annotate_version(mv, *, tags: dict[str, str], description: str, aliases: tup
     c.update_model_version(mv.name, mv.version, description=description)
     for a in aliases:
         c.set_registered_model_alias(mv.name, a, mv.version)
+
+
+def replace_table(description: str, table: str) -> str:
+    """``description`` with its metrics table (from the first ``| metric |`` line) replaced."""
+    head = description.split("| metric |", 1)[0].rstrip()
+    return f"{head}\n\n{table}" if head else table

@@ -5,6 +5,7 @@ Python API: :func:`train`. CLI: ``mlflow-amnesia train`` and ``mlflow run . -e t
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Optional
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 
 from . import registry
-from .audit import accuracy_metrics
+from .audit import full_audit
 from .errors import InputError
 from .flavor import AmnesiaModel, log_model
 from .locations import log_params_once, phase_base, save_array, save_state, start_run
@@ -61,6 +62,8 @@ def train(
     model_name: Optional[str] = None,
     data_root: Optional[str] = None,
     holdout_fraction: float = 0.2,
+    audit: bool = True,
+    audit_settings=None,
 ) -> TrainResult:
     """Train ``arch`` on ``dataset`` with every step recorded; register version 1 (or n+1)."""
     import mlflow
@@ -120,7 +123,12 @@ def train(
         train_seconds = time.monotonic() - t0
         save_state(f"{base}/training/optimizer_state.pt", optimizer.state_dict())
 
-        metrics = accuracy_metrics(model, records, train_idx, hold_idx, np.zeros(0, np.int64))
+        none = np.zeros(0, np.int64)
+        with tempfile.TemporaryDirectory() as tmp:
+            metrics = full_audit(model, records, sp, none, none, arch_spec=arch_spec, recipe=recipe.to_dict(),
+                                 privacy=audit, settings=audit_settings, artifact_dir=tmp)
+            if audit:
+                mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
         metrics.update({"train.seconds": train_seconds, "steps.total": steps})
         mlflow.log_metrics(metrics)
 

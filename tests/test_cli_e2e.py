@@ -22,7 +22,10 @@ MODEL = "digits-cnn"
 
 
 def _invoke(*args: str, ok: bool = True):
-    r = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    args = list(args)
+    if args[0] in ("train", "forget") and not {"--audit", "--help"} & set(args):
+        args.append("--no-audit")  # the privacy audit has its own tests below
+    r = CliRunner().invoke(main, args, catch_exceptions=False)
     if ok:
         assert r.exit_code == 0, r.output
     return r
@@ -318,3 +321,33 @@ def test_store_uri_option(tmp_path, monkeypatch):
     am = load_model(registry.model_uri(mv))
     assert am.segments[0].store_url == f"{tmp_path / 'stores'}/{mv.run_id}/deltas"
     assert (tmp_path / "stores" / mv.run_id / "deltas" / "manifest.json").exists()
+
+
+AUDIT_NAMES = ["audit.mia.auc", "audit.mia.recall", "audit.mia.precision", "audit.mia.tpr_at_1pct_fpr",
+               "audit.mia.tpr_at_0.1pct_fpr", "audit.lira.auc", "audit.lira.tpr_at_1pct_fpr",
+               "audit.lira.tpr_at_0.1pct_fpr", "acc.test", "acc.forget", "acc.retain", "audit.inversion.score"]
+
+
+def test_forget_and_audit_log_the_privacy_audit(registry_copy):
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.audit.privacy import SHADOW_EXPERIMENT
+
+    small = ["--audit", "--shadows", "2", "--inversion-iterations", "30"]
+    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(3)), "--yes", *small)
+    c = registry.client()
+    mv = registry.resolve_version(MODEL)
+    run = c.get_run(mv.run_id)
+    for name in AUDIT_NAMES:
+        assert name in run.data.metrics, name
+    assert 0.0 <= run.data.metrics["audit.lira.auc"] <= 1.0
+    assert "audit.lira.auc" in mv.description and "(parent)" in mv.description
+    assert [a.path for a in c.list_artifacts(mv.run_id, "audit")] == ["audit/inversion.png"]
+
+    # a later audit of version 1 logs to the train run and reuses the cached shadow models
+    r = _invoke("audit", "--model", MODEL, "--version", "1", "--shadows", "2", "--inversion-iterations", "30")
+    assert "audit.lira.auc" in r.output
+    v1 = registry.resolve_version(MODEL, version=1)
+    assert "audit.mia.auc" in c.get_run(v1.run_id).data.metrics
+    assert "audit.lira.auc" in v1.description
+    exp = c.get_experiment_by_name(SHADOW_EXPERIMENT)
+    assert len(c.search_runs([exp.experiment_id])) == 1

@@ -1,8 +1,9 @@
 """Audit of a model version: what it still does well, and what it still gives away.
 
-This module computes the accuracy side of the audit (``acc.test``, ``acc.retain``,
-``acc.forget``, ``loss.*``) and logs it on the run that produced the version. Metric names
-are a contract: dashboards and later features read them.
+Accuracy (``acc.test``, ``acc.retain``, ``acc.forget``, ``loss.*``, here) and privacy
+(``audit.mia.*``, ``audit.lira.*``, ``audit.inversion.score``: :mod:`.privacy`), logged on the
+run that produced the version. Metric names are a contract: dashboards and later features
+read them.
 """
 
 from __future__ import annotations
@@ -40,26 +41,58 @@ def accuracy_metrics(module, records, train_idx, holdout_idx, forget_idx) -> dic
     return out
 
 
+def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_spec: dict, recipe: dict,
+               privacy: bool = True, settings=None, artifact_dir: Optional[str] = None) -> dict[str, float]:
+    """Accuracy figures, plus (``privacy``) membership inference and inversion; with
+    ``artifact_dir`` the inversion grid is written there as ``inversion.png``."""
+    retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
+    metrics = accuracy_metrics(module, records, retain, split.holdout, forget_idx)
+    if privacy:
+        from .privacy import privacy_audit
+
+        png = f"{artifact_dir}/inversion.png" if artifact_dir else None
+        metrics.update(privacy_audit(module, records, split, forget_idx, forgotten_all_idx, arch_spec=arch_spec,
+                                     recipe=recipe, settings=settings, png_path=png))
+    return metrics
+
+
 def audit_version(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None,
-                  data_root: Optional[str] = None, log: bool = True) -> dict[str, float]:
-    """Compute the audit of a registered version and log it on the run that produced it."""
+                  data_root: Optional[str] = None, privacy: bool = True, settings=None, log: bool = True) -> dict[str, float]:
+    """Audit a registered version and log the figures on the run that produced it (and its
+    inversion grid as ``audit/inversion.png``); the version's description table is refreshed."""
+    import tempfile
+
     import mlflow
 
     from .. import registry
-    from ..data import rebuild
+    from ..data import Split, rebuild
     from ..flavor import load_model
     from ..keys import load_key
-    from ..data import Split
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
     records = rebuild(am.info["dataset"], root=data_root)
     sp = Split.from_json(am.info["split"], records)
     key = load_key(create=False)
-    fidx = forgotten_positions(records, sp.train, am.forgotten, key)
-    metrics = accuracy_metrics(am.module, records, sp.train, sp.holdout, fidx)
-    if log and mv.run_id:
-        mlflow.MlflowClient().log_batch(
-            mv.run_id, metrics=[mlflow.entities.Metric(k, float(v), mlflow.utils.time.get_current_time_millis(), 0) for k, v in metrics.items()]
-        )
+    all_forgotten = forgotten_positions(records, sp.train, am.forgotten, key)
+    last = (am.info.get("history") or [{}])[-1]
+    n = int(last.get("n_records", 0)) if last.get("method", "train") != "train" else 0
+    # forgotten hashes are appended request by request: this version's request is the last n
+    this_request = forgotten_positions(records, sp.train, am.forgotten[len(am.forgotten) - n:], key) if n else np.zeros(0, np.int64)
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = full_audit(am.module, records, sp, this_request, all_forgotten, arch_spec=am.arch,
+                             recipe=am.info["recipe"], privacy=privacy, settings=settings, artifact_dir=tmp)
+        if log and mv.run_id:
+            c = mlflow.MlflowClient()
+            now = mlflow.utils.time.get_current_time_millis()
+            c.log_batch(mv.run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()])
+            if privacy:
+                c.log_artifact(mv.run_id, f"{tmp}/inversion.png", "audit")
+            parent = registry.run_metrics(
+                registry.client().get_model_version(model_name, mv.tags[registry.TAG_PARENT]).run_id
+            ) if registry.TAG_PARENT in (mv.tags or {}) else None
+            cols = {f"v{mv.version}": metrics}
+            if parent is not None:
+                cols[f"v{mv.tags[registry.TAG_PARENT]} (parent)"] = parent
+            c.update_model_version(mv.name, mv.version, description=registry.replace_table(mv.description or "", registry.metrics_table(cols)))
     return metrics
