@@ -102,10 +102,12 @@ class AmnesiaModel:
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """Class probabilities for a batch of images shaped (N, C, H, W)."""
+        """Class probabilities for a batch of images shaped (N, C, H, W) or flattened (N, C*H*W)."""
         self.module.eval()
         t = torch.as_tensor(np.asarray(x, dtype=np.float32))
         shape = tuple(self.info["input_shape"])
+        if t.ndim == 2 and t.shape[1] == int(np.prod(shape)):  # flattened images (tabular serving)
+            t = t.reshape(-1, *shape)
         if t.ndim != 4 or tuple(t.shape[1:]) != shape:
             raise InputError(
                 f"expected images shaped (N, {', '.join(map(str, shape))}), got {tuple(t.shape)}"

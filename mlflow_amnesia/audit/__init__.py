@@ -56,6 +56,25 @@ def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_sp
     return metrics
 
 
+def audit_model(am, *, data_root: Optional[str] = None, privacy: bool = True, settings=None,
+                artifact_dir: Optional[str] = None) -> dict[str, float]:
+    """The full audit of a loaded version (:class:`~mlflow_amnesia.flavor.AmnesiaModel`): its
+    own request's forgotten records are the membership targets (see :mod:`.privacy`)."""
+    from ..data import Split, rebuild
+    from ..keys import load_key
+
+    records = rebuild(am.info["dataset"], root=data_root)
+    sp = Split.from_json(am.info["split"], records)
+    key = load_key(create=False)
+    all_forgotten = forgotten_positions(records, sp.train, am.forgotten, key)
+    last = (am.info.get("history") or [{}])[-1]
+    n = int(last.get("n_records", 0)) if last.get("method", "train") != "train" else 0
+    # forgotten hashes are appended request by request: this version's request is the last n
+    this_request = forgotten_positions(records, sp.train, am.forgotten[len(am.forgotten) - n:], key) if n else np.zeros(0, np.int64)
+    return full_audit(am.module, records, sp, this_request, all_forgotten, arch_spec=am.arch,
+                      recipe=am.info["recipe"], privacy=privacy, settings=settings, artifact_dir=artifact_dir)
+
+
 def audit_version(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None,
                   data_root: Optional[str] = None, privacy: bool = True, settings=None, log: bool = True) -> dict[str, float]:
     """Audit a registered version and log the figures on the run that produced it (and its
@@ -65,23 +84,12 @@ def audit_version(model_name: str, *, version: Optional[int] = None, alias: Opti
     import mlflow
 
     from .. import registry
-    from ..data import Split, rebuild
     from ..flavor import load_model
-    from ..keys import load_key
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
-    records = rebuild(am.info["dataset"], root=data_root)
-    sp = Split.from_json(am.info["split"], records)
-    key = load_key(create=False)
-    all_forgotten = forgotten_positions(records, sp.train, am.forgotten, key)
-    last = (am.info.get("history") or [{}])[-1]
-    n = int(last.get("n_records", 0)) if last.get("method", "train") != "train" else 0
-    # forgotten hashes are appended request by request: this version's request is the last n
-    this_request = forgotten_positions(records, sp.train, am.forgotten[len(am.forgotten) - n:], key) if n else np.zeros(0, np.int64)
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = full_audit(am.module, records, sp, this_request, all_forgotten, arch_spec=am.arch,
-                             recipe=am.info["recipe"], privacy=privacy, settings=settings, artifact_dir=tmp)
+        metrics = audit_model(am, data_root=data_root, privacy=privacy, settings=settings, artifact_dir=tmp)
         if log and mv.run_id:
             c = mlflow.MlflowClient()
             now = mlflow.utils.time.get_current_time_millis()
