@@ -102,18 +102,20 @@ def main() -> None:
 @click.option("--store-uri", default=None, help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
 @click.option("--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).")
 @click.option("--data-root", default=None, help="Where mnist/cifar100 are (or are downloaded to).")
+@click.option("--holdout-fraction", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
+              help="Share of records held out (data sets without a predefined test split).")
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="Run the privacy audit (membership inference, inversion) on the new version.")
 @_audit_options
 @_friendly
 def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root,
-          audit, shadows, inversion_iterations):
+          holdout_fraction, audit, shadows, inversion_iterations):
     """Train a model with every optimizer step recorded; register it as a new model version."""
     from .train import train as run_train
 
     r = run_train(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, seed=seed, codec=codec or None, store_uri=store_uri or None,
-                  model_name=model_name or None, data_root=data_root, audit=audit,
+                  model_name=model_name or None, data_root=data_root, holdout_fraction=holdout_fraction, audit=audit,
                   audit_settings=_settings(shadows, inversion_iterations))
     click.echo(f"{r.model_name} v{r.version}: acc.test {r.metrics.get('acc.test', float('nan')):.4f}, {r.steps} steps recorded (run {r.run_id})")
 
