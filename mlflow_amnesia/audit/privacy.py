@@ -11,7 +11,7 @@ What is attacked:
   should look like held-out non-members, AUC near 0.5), plus a sample of retained training
   records as a control (``audit.retain.mia.*`` ...: these should still look like members);
 - a version that forgot nothing (version 1): a sample of its training records.
-Non-members are always the held-out records. Inversion targets the classes of the forgotten
+Non-members are always held-out records (those in the shadows' pool, :func:`audit_pool`). Inversion targets the classes of the forgotten
 records (up to 3), or the first 10 classes of a version that forgot nothing.
 """
 
@@ -45,14 +45,25 @@ class AuditSettings:
         return 4 if str(dataset_spec.get("spec", "")) == "digits" else 16
 
 
+def audit_pool(split, seed: int) -> np.ndarray:
+    """The records the shadows draw on: every training record plus as many held-out ones (all of
+    them when there are fewer), so each shadow trains on about as many records as the target and
+    every audited record has shadows that trained on it and shadows that did not (online LiRA)."""
+    train = np.asarray(split.train, np.int64)
+    hold = np.asarray(split.holdout, np.int64)
+    if len(hold) > len(train):
+        hold = np.sort(np.random.default_rng(seed).choice(hold, size=len(train), replace=False))
+    return np.union1d(train, hold)
+
+
 def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int):
     """(ShadowSet, AttackModels, run id of the cache): from the cache, else trained and cached."""
     import mlflow
 
     from .membership import AttackModels
-    from .shadow import ShadowSet, default_pool, shadow_cache_key, train_shadows
+    from .shadow import ShadowSet, shadow_cache_key, train_shadows
 
-    pool = default_pool(split)
+    pool = audit_pool(split, seed)
     key = shadow_cache_key(records.fingerprint, arch_spec, recipe, n, seed, pool)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(SHADOW_EXPERIMENT)
@@ -95,7 +106,7 @@ def privacy_audit(module, records, split, forget_idx: np.ndarray, forgotten_all_
     s = settings or AuditSettings()
     n = s.n_shadows(records.spec)
     shadows, attack, _ = get_shadows(records, split, arch_spec, recipe, n, s.shadow_seed)
-    holdout = np.asarray(split.holdout, np.int64)
+    holdout = np.intersect1d(np.asarray(split.holdout, np.int64), audit_pool(split, s.shadow_seed))
     retained = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     rng = np.random.default_rng(s.shadow_seed)
     sample = np.sort(rng.choice(retained, size=min(s.retain_sample, len(retained)), replace=False))
