@@ -1,0 +1,263 @@
+"""Recording overhead: wall time of training with the Recorder / without it, in one run.
+
+    python bench/recording.py            # ResNet18 (CIFAR stem) + small CNN, int8 and bf16
+    python bench/recording.py --quick    # a smoke run (a few steps; figures are not meaningful)
+
+Blocks of steps with and without recording alternate (ABBA order) in the same process on the
+same model, so machine drift and other load cancel out of the ratio. One Recorder and store
+live through the run; every recorded block ends with ``rec.flush()`` (all its steps compressed,
+written, committed and fsync'ed), so a recorded block's time is wall time until durable and no
+background compression spills into the next plain block. The recorded total also includes
+building the Recorder (its float64 snapshot) and closing the store (the final manifest).
+
+Data: the real MNIST t10k images (bench/common.py parses the idx.gz), padded to 32x32 and
+repeated to 3 channels for ResNet18; as 28x28 for the small CNN. Writes
+bench/out/recording.json and appends "## Recording overhead" to docs/BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from common import OUT, REPO, SmallCNN, cifar_resnet18, load_mnist_t10k, machine, mnist_tensor, n_params, sgd_step, write_json
+
+from mlflow_amnesia.index import RecordIndexBuilder
+from mlflow_amnesia.recorder import Recorder, optimizer_meta, state_layout
+from mlflow_amnesia.store import DEFAULT_CODEC, DeltaStore
+
+SECTION = "## Recording overhead"
+
+
+def _batches(n: int, batch: int, seed: int = 0) -> Iterator[np.ndarray]:
+    """Endless shuffled batches of record positions."""
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        for s in range(0, n - batch + 1, batch):
+            yield perm[s : s + batch]
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all threads (training, compression, writing)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class _Timed:
+    """Wraps an object and adds the wall time of the named method's calls to ``seconds``."""
+
+    def __init__(self, obj: Any, method: str) -> None:
+        self._obj = obj
+        self.seconds = 0.0
+        fn = getattr(obj, method)
+
+        def timed(*a: Any, **k: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.seconds += time.perf_counter() - t0
+
+        setattr(self, method, timed)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._obj, name)
+
+
+def measure(
+    name: str,
+    make_model: Callable[[], torch.nn.Module],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    codec: str,
+    batch: int,
+    block: int,
+    pairs: int,
+    warmup: int,
+    tmp: Path,
+) -> dict[str, Any]:
+    torch.manual_seed(0)
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    ids = [f"mnist:t10k:{i}" for i in range(len(x))]
+    it = _batches(len(x), batch)
+    model.train()
+
+    def train_step() -> np.ndarray:
+        pos = next(it)
+        idx = torch.from_numpy(pos)
+        sgd_step(model, opt, x[idx], y[idx])
+        return pos
+
+    for _ in range(warmup):
+        train_step()
+
+    url = str(tmp / f"{name}-{codec}")
+    t0 = time.perf_counter()
+    store = _Timed(
+        DeltaStore.create(url, layout=state_layout(model), codec=codec, meta={"optimizer": optimizer_meta(opt)}), "append"
+    )
+    index = _Timed(RecordIndexBuilder(os.urandom(32)), "add")
+    rec = Recorder(model, store, index, optimizer=opt)
+    quantize = _Timed(rec.codec, "quantize")
+    rec.codec = quantize  # time the codec's quantise inside rec.step
+    setup = time.perf_counter() - t0
+
+    wall = {"plain": 0.0, "recorded": 0.0}
+    cpu = {"plain": 0.0, "recorded": 0.0}
+    step_call = flush = 0.0
+    blocks = []
+    for p in range(pairs):
+        for kind in ("plain", "recorded") if p % 2 == 0 else ("recorded", "plain"):
+            c0, t0 = _cpu(), time.perf_counter()
+            for _ in range(block):
+                pos = train_step()
+                if kind == "recorded":
+                    s0 = time.perf_counter()
+                    rec.step([ids[i] for i in pos])
+                    step_call += time.perf_counter() - s0
+            if kind == "recorded":
+                f0 = time.perf_counter()
+                rec.flush()
+                flush += time.perf_counter() - f0
+            dt = time.perf_counter() - t0
+            wall[kind] += dt
+            cpu[kind] += _cpu() - c0
+            blocks.append({"kind": kind, "seconds": round(dt, 4)})
+    t0 = time.perf_counter()
+    rec.close()
+    store.close()
+    close = time.perf_counter() - t0
+    size = DeltaStore.open(url).size()
+
+    steps = pairs * block
+    recorded_total = wall["recorded"] + setup + close
+    return {
+        "model": name,
+        "parameters": n_params(model),
+        "recorded_values": sum(int(np.prod(e["shape"])) for e in state_layout(model)),
+        "codec": codec,
+        "batch": batch,
+        "steps_per_mode": steps,
+        "block_steps": block,
+        "ratio": recorded_total / wall["plain"],
+        "ratio_blocks_only": wall["recorded"] / wall["plain"],
+        "plain_step_s": wall["plain"] / steps,
+        "recorded_step_s": recorded_total / steps,
+        "rec_step_call_s": step_call / steps,
+        "quantize_s": quantize.seconds / steps,
+        "store_append_s": store.seconds / steps,
+        "index_add_s": index.seconds / steps,
+        "delta_and_feedback_s": (step_call - quantize.seconds - store.seconds - index.seconds) / steps,
+        "flush_per_block_s": flush / pairs,
+        "setup_s": setup,
+        "close_s": close,
+        "cpu_per_step_plain_s": cpu["plain"] / steps,
+        "cpu_per_step_recorded_s": cpu["recorded"] / steps,
+        "stored_bytes_per_step": size.stored / max(size.steps, 1),
+        "raw_bytes_per_step": size.raw / max(size.steps, 1),
+        "blocks": blocks,
+    }
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1000:.1f}"
+
+
+def markdown(results: list[dict[str, Any]], info: dict[str, Any], command: str) -> str:
+    lines = [
+        SECTION,
+        "",
+        f"`{command}` ({info['seconds']:.0f} s; {info['cpus']} CPUs, torch {info['torch']}, "
+        f"{info['torch_threads']} torch threads; store on local disk in a temp dir, 2 compression "
+        f"threads; 1-min load average {info['load_average_1min'][0]} at start, "
+        f"{info['load_average_1min'][1]} at end: other jobs shared the cores). Raw figures: "
+        "`bench/out/recording.json`.",
+        "",
+        "Ratio = wall time of the recorded steps (including building the Recorder, flushing after "
+        "every recorded block until durable, and closing the store) / wall time of as many plain "
+        "steps, interleaved ABBA in one run. Per-step columns are averages over the recorded steps; "
+        "`rec.step` is the training thread's share (delta, quantise, error feedback, the store's "
+        "copy in `append`, index).",
+        "",
+        "| model | codec | steps | ratio | plain step ms | rec.step ms | delta+feedback ms | quantize ms | append ms | drain ms/block | CPU s/step plain -> recorded | stored MB/step |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r['model']} | {r['codec']} | {r['steps_per_mode']} | **{r['ratio']:.3f}** "
+            f"({r['ratio_blocks_only']:.3f} w/o setup+close) | {_ms(r['plain_step_s'])} | {_ms(r['rec_step_call_s'])} | "
+            f"{_ms(r['delta_and_feedback_s'])} | {_ms(r['quantize_s'])} | {_ms(r['store_append_s'])} | "
+            f"{_ms(r['flush_per_block_s'])} | {r['cpu_per_step_plain_s']:.3f} -> {r['cpu_per_step_recorded_s']:.3f} | "
+            f"{r['stored_bytes_per_step'] / 1e6:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def append_section(path: Path, text: str) -> None:
+    """Replace our section if present (rerun), else append; other sections are left as they are."""
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    start = old.find(SECTION)
+    if start >= 0:
+        nxt = old.find("\n## ", start + len(SECTION))
+        old = old[:start].rstrip("\n") + ("\n\n" + old[nxt + 1 :] if nxt >= 0 else "")
+    body = old.rstrip("\n") + "\n\n" + text
+    path.write_text(body)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--codecs", default=f"{DEFAULT_CODEC},bf16", help="comma-separated codecs (default: the store's default, bf16)")
+    ap.add_argument("--models", default="resnet18,cnn")
+    ap.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    ap.add_argument("--no-docs", action="store_true", help="do not touch docs/BENCHMARKS.md")
+    args = ap.parse_args()
+
+    load_before = os.getloadavg()[0]
+    t_start = time.perf_counter()
+    images, labels = load_mnist_t10k()
+    y = torch.from_numpy(labels)
+    configs = {
+        # (make_model, inputs, batch, block steps, pairs, warmup)
+        "resnet18": (lambda: cifar_resnet18(100), mnist_tensor(images, as_cifar=True), 128, 4, 4, 2),
+        "cnn": (lambda: SmallCNN(10), mnist_tensor(images), 128, 50, 6, 20),
+    }
+    results = []
+    with tempfile.TemporaryDirectory(prefix="amnesia-bench-rec-") as tmp:
+        for name in args.models.split(","):
+            make, x, batch, block, pairs, warmup = configs[name]
+            if args.quick:
+                block, pairs, warmup = (1, 2, 1) if name == "resnet18" else (5, 2, 2)
+            for codec in args.codecs.split(","):
+                r = measure(name, make, x, y, codec=codec, batch=batch, block=block, pairs=pairs, warmup=warmup, tmp=Path(tmp))
+                print(
+                    f"{name:9s} {codec:5s} ratio {r['ratio']:.3f} (blocks {r['ratio_blocks_only']:.3f})  "
+                    f"plain {_ms(r['plain_step_s'])} ms/step  rec.step {_ms(r['rec_step_call_s'])} ms "
+                    f"(delta+fb {_ms(r['delta_and_feedback_s'])}, quantize {_ms(r['quantize_s'])}, "
+                    f"append {_ms(r['store_append_s'])}, index {_ms(r['index_add_s'])})  "
+                    f"drain {_ms(r['flush_per_block_s'])} ms/block  cpu/step {r['cpu_per_step_plain_s']:.3f} -> "
+                    f"{r['cpu_per_step_recorded_s']:.3f} s",
+                    flush=True,
+                )
+                results.append(r)
+    info = machine()
+    info["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    info["seconds"] = round(time.perf_counter() - t_start, 1)
+    command = "python bench/recording.py" + (" --quick" if args.quick else "")
+    write_json(OUT / "recording.json", {"command": command, "machine": info, "results": results})
+    if not args.quick and not args.no_docs:
+        append_section(REPO / "docs" / "BENCHMARKS.md", markdown(results, info, command))
+
+
+if __name__ == "__main__":
+    main()

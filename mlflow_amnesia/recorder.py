@@ -1,0 +1,673 @@
+"""Record every optimizer step's state delta while the user's own loop trains.
+
+The :class:`Recorder` wraps a training loop it does not own (the Opacus shape): the loop calls
+``rec.step(ids)`` right after ``optimizer.step()`` with the record ids of the batch, or calls
+``rec.set_batch(ids)`` before stepping once ``rec.attach(optimizer)`` has hooked the optimizer.
+Each step it
+
+1. computes ``theta_t - r_{t-1}`` for every floating-point tensor of ``model.state_dict()``
+   (parameters *and* float buffers such as BatchNorm running statistics),
+2. quantises it with the store's codec and keeps the *reconstructed* trajectory
+   ``r_t = r_{t-1} + d_t`` (error feedback, below),
+3. hands the quantised arrays and the step's hyper-parameters to ``store.append`` (which
+   compresses and writes in background threads) and the batch's ids to the index builder.
+
+Error feedback: the store can only ever give back the quantised deltas ``d_t``. Recording
+``d_t = quantize(theta_t - r_{t-1})`` instead of ``quantize(theta_t - theta_{t-1})`` makes
+``sum(d_t) = r_T - theta_0``, so rolling back every step returns ``theta_0 + (theta_T - r_T)``:
+one step's quantisation error, not the sum of T of them. ``r`` is kept in float64 on the
+model's device (8 bytes per recorded value): exact enough that float32 rounding of ``r`` never
+shows, and simpler and no larger than a float32 value + float32 compensation pair.
+
+Integer buffers (BatchNorm's ``num_batches_tracked``) are not deltas and are not recorded: the
+number of recorded steps is known, so a rollback decrements them by the number of steps it rolls
+back (one forward pass per optimizer step; it only matters for BatchNorm with ``momentum=None``).
+Complex tensors are refused.
+
+CUDA: deltas are computed and quantised on the device, copied with ``non_blocking=True`` into a
+small pool of pinned host buffers, and a CUDA event recorded after the copies; a hand-off thread
+waits for the event (off the training thread) before passing the buffers to ``store.append``.
+A pinned buffer returns to the pool when the store has dropped every array viewing it. The
+store is then called from that thread: leave it alone while recording (``rec.flush()`` first).
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import weakref
+from collections import deque
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .errors import AmnesiaError, InputError, StoreError
+from .store.codecs import get_codec
+
+__all__ = [
+    "Recorder",
+    "float_state",
+    "integer_state_names",
+    "optimizer_meta",
+    "state_layout",
+    "step_meta",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorded state of a model
+
+
+def _check_state_entry(name: str, t: torch.Tensor) -> None:
+    if t.is_complex():
+        raise InputError(
+            f"state_dict entry {name!r} is complex ({t.dtype}); the recorder stores real float32 "
+            "deltas only. Keep complex values as two real tensors (torch.view_as_real)."
+        )
+
+
+def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The recorded state: every floating-point tensor of ``model.state_dict()``, in its order.
+
+    Parameters and float buffers (BatchNorm running mean/var) alike; the tensors are detached
+    views of the model's own storage, not copies. Integer and bool buffers are left out
+    (see :func:`integer_state_names`); complex tensors raise :class:`InputError`.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        _check_state_entry(name, t)
+        if t.is_floating_point():
+            out[name] = t
+    return out
+
+
+def integer_state_names(model: torch.nn.Module) -> list[str]:
+    """Names of the ``state_dict`` tensors that are *not* recorded (integer and bool buffers).
+
+    For BatchNorm's ``num_batches_tracked`` a rollback of ``k`` steps decrements it by ``k``
+    (the recorder's steps are counted; one forward pass per step).
+    """
+    return [
+        name
+        for name, t in model.state_dict().items()
+        if isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex()
+    ]
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def state_layout(model: torch.nn.Module) -> list[dict]:
+    """The layout to create a store with: ``[{"name", "shape", "dtype"}]`` of :func:`float_state`.
+
+    ``dtype`` is the model tensor's (``"float32"``, ``"bfloat16"``...); deltas are stored as
+    float32 whatever it is.
+    """
+    return [
+        {"name": name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
+        for name, t in float_state(model).items()
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimizer hyper-parameters
+
+
+def _number(v: Any) -> Optional[float | int]:
+    """``v`` as a JSON number when it is a real scalar (bools excluded), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1 or v.is_complex():
+            return None
+        v = v.item()  # a tensor lr (capturable optimizers): one sync, only for such optimizers
+    if isinstance(v, (int, np.integer)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        f = float(v)
+        return f if math.isfinite(f) else None
+    return None
+
+
+def _hparams(group: Mapping[str, Any], *, flags: bool) -> dict:
+    """The scalar hyper-parameters of a param group (numbers, number tuples; bools if ``flags``)."""
+    out: dict[str, Any] = {}
+    for k, v in group.items():
+        if k == "params":
+            continue
+        if flags and isinstance(v, (bool, str)):
+            out[k] = v
+            continue
+        n = _number(v)
+        if n is not None:
+            out[k] = n
+        elif isinstance(v, (tuple, list)) and v and all(_number(x) is not None for x in v):
+            out[k] = [_number(x) for x in v]
+    return out
+
+
+def step_meta(optimizer: Optional[torch.optim.Optimizer]) -> dict:
+    """One step's meta: ``{"lr": <group 0's lr>, "param_groups": [{lr, momentum, betas...}]}``.
+
+    Only numeric hyper-parameters (they change under schedulers); flags such as ``nesterov``
+    are in the store-level :func:`optimizer_meta`. Empty without an optimizer.
+    """
+    if optimizer is None:
+        return {}
+    groups = [_hparams(g, flags=False) for g in optimizer.param_groups]
+    meta: dict[str, Any] = {"param_groups": groups}
+    if groups and "lr" in groups[0]:
+        meta = {"lr": groups[0]["lr"], **meta}
+    return meta
+
+
+def optimizer_meta(optimizer: torch.optim.Optimizer) -> dict:
+    """The optimizer for the store-level meta: ``{"class", "name", "defaults", "param_groups"}``.
+
+    Pass it as ``DeltaStore.create(..., meta={"optimizer": optimizer_meta(opt), ...})``.
+    ``class`` is the qualified class name (``torch.optim.sgd.SGD``); ``defaults`` and each
+    param group hold the scalar hyper-parameters and flags, each group also its number of tensors.
+    """
+    cls = type(optimizer)
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "name": cls.__name__,
+        "defaults": _hparams(optimizer.defaults, flags=True),
+        "param_groups": [
+            {**_hparams(g, flags=True), "n_tensors": len(g["params"])} for g in optimizer.param_groups
+        ],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Handing quantised deltas to the store
+
+
+class _DirectStaging:
+    """CPU tensors: the quantised deltas are fresh tensors; the store gets numpy views of them."""
+
+    def __init__(self, store: Any) -> None:
+        self._store = store
+
+    def put(self, step: int, deltas: dict[str, torch.Tensor], meta: dict) -> None:
+        self._store.append(step, {name: q.numpy() for name, q in deltas.items()}, meta=meta)
+
+    def drain(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _PooledStaging:
+    """Device tensors: copy into a pool of pinned host buffers, hand over once the copy is done.
+
+    The training thread only enqueues the device-to-host copies (``non_blocking``) and records an
+    event; a hand-off thread waits for the event (releasing the GIL) and calls ``store.append``
+    in step order. A buffer goes back to the pool when the store has dropped every array that
+    views it (a weakref finaliser on the per-step numpy array: views of views keep it alive).
+    On CPU (tests) the copies are synchronous and there is no event.
+    """
+
+    def __init__(
+        self,
+        store: Any,
+        shapes: Mapping[str, torch.Size],
+        device: torch.device,
+        n_buffers: int,
+        *,
+        pin: bool,
+    ) -> None:
+        if n_buffers < 1:
+            raise InputError(f"pinned_buffers must be >= 1, got {n_buffers}")
+        self._store = store
+        self._device = device
+        self._async = device.type == "cuda"  # pinned + event; other devices copy synchronously
+        self._views: list[tuple[str, int, int, torch.Size]] = []
+        off = 0
+        for name, shape in shapes.items():
+            n = math.prod(shape)
+            self._views.append((name, off, n, shape))
+            off += n
+        self._buffers = [torch.empty(off, dtype=torch.float32, pin_memory=pin) for _ in range(n_buffers)]
+        self._free: deque[int] = deque(range(n_buffers))
+        self._cond = threading.Condition()
+        self._queue: "queue.Queue[Optional[tuple[int, int, Any, dict]]]" = queue.Queue()
+        self._error: Optional[tuple[int, BaseException]] = None
+        self._thread = threading.Thread(target=self._run, name="mlflow-amnesia-recorder", daemon=True)
+        self._thread.start()
+
+    # training thread -------------------------------------------------------------------------
+
+    def put(self, step: int, deltas: dict[str, torch.Tensor], meta: dict) -> None:
+        self.raise_error()
+        slot = self._acquire()
+        buf = self._buffers[slot]
+        for name, off, n, _shape in self._views:
+            buf[off : off + n].copy_(deltas[name].reshape(-1), non_blocking=self._async)
+        event = None
+        if self._device.type == "cuda":
+            event = torch.cuda.Event(blocking=True)  # the hand-off thread sleeps instead of spinning
+            event.record(torch.cuda.current_stream(self._device))
+        self._queue.put((step, slot, event, meta))
+
+    def _acquire(self) -> int:
+        with self._cond:
+            while not self._free:
+                if self._error is not None:
+                    break
+                self._cond.wait(timeout=1.0)
+            if self._free:
+                return self._free.popleft()
+        self.raise_error()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def drain(self) -> None:
+        """Wait until every queued step has been handed to the store; raise its error if any."""
+        self._queue.join()
+        self.raise_error()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+
+    @property
+    def failed_step(self) -> Optional[int]:
+        """The step whose hand-off to the store failed, if one did."""
+        return None if self._error is None else self._error[0]
+
+    def raise_error(self) -> None:
+        if self._error is not None:
+            step, exc = self._error
+            if isinstance(exc, AmnesiaError):
+                raise exc
+            raise StoreError(f"handing step {step} to the delta store failed: {exc!r}") from exc
+
+    # hand-off thread -------------------------------------------------------------------------
+
+    def _release(self, slot: int) -> None:
+        with self._cond:
+            self._free.append(slot)
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            try:
+                if item is None:
+                    return
+                step, slot, event, meta = item
+                if self._error is not None:
+                    self._release(slot)
+                    continue
+                try:
+                    if event is not None:
+                        event.synchronize()
+                    base = self._buffers[slot].numpy()
+                    weakref.finalize(base, self._release, slot)
+                    arrays = {name: base[off : off + n].reshape(shape) for name, off, n, shape in self._views}
+                    del base
+                    self._store.append(step, arrays, meta=meta)
+                    del arrays
+                except BaseException as exc:  # surfaced in the training thread by the next call
+                    with self._cond:
+                        self._error = (step, exc)
+                        self._cond.notify_all()
+            finally:
+                self._queue.task_done()
+
+
+#: Values per float64 slice when computing theta - r on CPU (512 KiB: stays in L2).
+_SLICE = 1 << 16
+
+
+def _sub_into(theta: torch.Tensor, r: torch.Tensor, d: torch.Tensor, scratch: Optional[torch.Tensor]) -> None:
+    """``d = float32(theta - r)``, computed in float64 and rounded once.
+
+    On CPU ``torch.sub(theta, r, out=d)`` casts on the output element by element (about 3x
+    slower than the same subtraction into float64); subtracting slice by slice into a small
+    float64 scratch, then casting the slice, is fast and needs no full-size float64 buffer.
+    Devices run the fused kernel.
+    """
+    if scratch is None or not theta.is_contiguous():
+        torch.sub(theta, r, out=d)
+        return
+    t, rr, dd = theta.view(-1), r.view(-1), d.view(-1)
+    n, step = t.numel(), scratch.numel()
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        sc = scratch[: e - s]
+        torch.sub(t[s:e], rr[s:e], out=sc)
+        dd[s:e].copy_(sc)
+
+
+def _use_pooled_staging(device: torch.device) -> bool:
+    """Device tensors go through pinned host buffers; CPU tensors are handed over directly."""
+    return device.type != "cpu"
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorder
+
+
+def _as_ids(ids: Sequence[str], step: int) -> list[str]:
+    if isinstance(ids, (str, bytes)):
+        raise InputError(
+            f"step {step}: the batch's record ids must be a sequence of strings, got a single "
+            f"{type(ids).__name__} {ids[:40]!r}; pass a list, e.g. [{ids[:40]!r}]."
+        )
+    out = list(ids)
+    for i, rid in enumerate(out):
+        if not isinstance(rid, str):
+            raise InputError(
+                f"step {step}: record id #{i} of the batch is {type(rid).__name__} {rid!r}, not a "
+                "string. Record ids are strings such as 'mnist:train:123'; map positions or "
+                "tensor indices to your data set's ids before recording."
+            )
+    return out
+
+
+class Recorder:
+    """Capture each optimizer step's state delta into a DeltaStore and its batch into an index.
+
+    ``Recorder(model, store, index_builder, optimizer=opt)`` snapshots the model's current state
+    as the start of the trajectory. Then, per optimizer step, either call ``rec.step(ids)``
+    right after ``optimizer.step()`` (before ``scheduler.step()``, so the meta holds the lr the
+    step used), or ``rec.attach(opt)`` once and ``rec.set_batch(ids)`` before each
+    ``optimizer.step()``: the optimizer's post-step hook records the step (and a step that a
+    ``GradScaler`` skips is not recorded). Use it as a context manager or call :meth:`close`,
+    which hands every step to the store and flushes it (the store stays open: the caller owns
+    it and closes it, which consolidates its manifest).
+
+    ``codec`` defaults to the store's codec; when given it must be the same codec.
+    ``error_feedback=False`` records ``quantize(theta_t - theta_{t-1})`` instead (errors then add
+    up over steps; for comparison only). ``pinned_buffers`` sizes the pinned host-buffer pool
+    used for CUDA models (each holds one step: 4 bytes per recorded value).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        store: Any,
+        index_builder: Any,
+        *,
+        optimizer: Optional[torch.optim.Optimizer] = None,
+        start_step: int = 0,
+        codec: Any = None,
+        error_feedback: bool = True,
+        pinned_buffers: int = 3,
+    ) -> None:
+        self.model = model
+        self.store = store
+        self.index_builder = index_builder
+        self.optimizer = optimizer
+        self.error_feedback = bool(error_feedback)
+        self.codec = _resolve_codec(codec, store)
+        if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or start_step < 0:
+            raise InputError(f"start_step must be a non-negative integer, got {start_step!r}")
+        self._next_step = int(start_step)
+        self._steps_recorded = 0
+        recorded = list(getattr(store, "steps", None) or [])
+        if recorded and self._next_step <= max(recorded):
+            raise InputError(
+                f"start_step {self._next_step} is not after the store's last step {max(recorded)}; "
+                f"resume with Recorder(..., start_step={max(recorded) + 1})."
+            )
+
+        state = float_state(model)
+        if not state:
+            raise InputError(f"{type(model).__name__} has no floating-point state to record")
+        _check_layout(state, getattr(store, "layout", None), store)
+        devices = {t.device for t in state.values()}
+        if len(devices) > 1:
+            raise InputError(
+                f"the model's state spans devices {sorted(str(d) for d in devices)}; the recorder "
+                "needs one device: move the model with model.to(device) before recording."
+            )
+        self.device: torch.device = devices.pop()
+        self._names = list(state)
+        with torch.no_grad():
+            # r_0 = theta_0, float64, contiguous (the deltas' layout) on the model's device.
+            self._r = {
+                n: t.detach().to(dtype=torch.float64, memory_format=torch.contiguous_format, copy=True)
+                for n, t in state.items()
+            }
+        # Scratch shared by all tensors of a step: theta - r in float32 (the codec's input; its
+        # output is a new tensor) and, on CPU, a cache-sized float64 slice (see _sub_into).
+        largest = max(t.numel() for t in state.values())
+        self._d = torch.empty(largest, dtype=torch.float32, device=self.device)
+        self._d64 = torch.empty(min(largest, _SLICE), dtype=torch.float64) if self.device.type == "cpu" else None
+        if _use_pooled_staging(self.device):
+            pin = self.device.type == "cuda"
+            self._staging: _DirectStaging | _PooledStaging = _PooledStaging(
+                store, {n: t.shape for n, t in state.items()}, self.device, pinned_buffers, pin=pin
+            )
+        else:
+            self._staging = _DirectStaging(store)
+        self._hook: Any = None
+        self._pending_ids: Optional[list[str]] = None
+        self._failed: Optional[BaseException] = None
+        self._failed_step = -1
+        self._closed = False
+
+    # -- the loop's calls ---------------------------------------------------------------------
+
+    @property
+    def next_step(self) -> int:
+        """The step number the next :meth:`step` records."""
+        return self._next_step
+
+    @property
+    def steps_recorded(self) -> int:
+        """How many steps this recorder has recorded (rollbacks decrement integer buffers by it)."""
+        return self._steps_recorded
+
+    def step(self, ids: Sequence[str]) -> int:
+        """Record the state change since the previous step (or since construction) as one step.
+
+        Call it right after ``optimizer.step()`` with the record ids of the batch. Returns the
+        step number. The work on this thread per tensor: ``theta - r`` (float64, rounded to
+        float32), the codec's quantise, ``r += d``, and the store's copy in ``append``;
+        compression and writing run in the store's background threads.
+        """
+        self._check_usable()
+        step = self._next_step
+        batch = _as_ids(ids, step)
+        try:
+            state = float_state(self.model)
+            if list(state) != self._names:
+                raise InputError(
+                    f"step {step}: the model's floating-point state changed since the recorder "
+                    f"started ({len(state)} tensors now, {len(self._names)} before; e.g. "
+                    f"{_first_difference(list(state), self._names)!r}). Create a new store and "
+                    "recorder for the new architecture."
+                )
+            deltas = self._deltas(state)
+            self._staging.put(step, deltas, step_meta(self.optimizer))
+            self.index_builder.add(step, batch)
+        except BaseException as exc:
+            # r may now be ahead of what the store holds: refuse further steps rather than record
+            # a trajectory the store cannot reconstruct.
+            self._fail(exc, step)
+            raise
+        self._next_step += 1
+        self._steps_recorded += 1
+        return step
+
+    @torch.no_grad()
+    def _deltas(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type != "cpu":
+            return self._deltas_on(state)
+        # One intra-op thread for this memory-bound work: the store's compression threads occupy
+        # cores, and torch's parallel regions then wait on their barriers (measured on 2 cores
+        # with 2 busy compression threads: ~0.5-4 s per step with 2 threads, ~0.1 s with 1).
+        threads = torch.get_num_threads()
+        if threads > 1:
+            torch.set_num_threads(1)
+        try:
+            return self._deltas_on(state)
+        finally:
+            if threads > 1:
+                torch.set_num_threads(threads)
+
+    def _deltas_on(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        quantize = self.codec.quantize
+        out: dict[str, torch.Tensor] = {}
+        for name, theta in state.items():
+            r = self._r[name]
+            if theta.shape != r.shape or theta.device != r.device:
+                raise InputError(
+                    f"state tensor {name!r} is now {list(theta.shape)} on {theta.device}; the recorder "
+                    f"started with {list(r.shape)} on {r.device}. Keep the model's shapes and device "
+                    "fixed while recording (move it before creating the Recorder)."
+                )
+            d = self._d[: theta.numel()].view(theta.shape)
+            _sub_into(theta, r, d, self._d64)
+            q = quantize(d)
+            if q.untyped_storage().data_ptr() == d.untyped_storage().data_ptr():
+                q = q.clone()  # the codec gave back its input: the scratch is reused by the next tensor
+            if self.error_feedback:
+                r.add_(q)
+            else:
+                r.copy_(theta)
+            out[name] = q
+        return out
+
+    def set_batch(self, ids: Sequence[str]) -> None:
+        """Hook mode: the ids of the batch the next ``optimizer.step()`` trains on."""
+        self._check_usable()
+        self._pending_ids = _as_ids(ids, self._next_step)
+
+    def attach(self, optimizer: Optional[torch.optim.Optimizer] = None) -> "Recorder":
+        """Hook mode: record a step after every ``optimizer.step()`` (its post-step hook).
+
+        The loop then only calls :meth:`set_batch` before stepping. Returns ``self``.
+        """
+        self._check_usable()
+        optimizer = optimizer if optimizer is not None else self.optimizer
+        if optimizer is None:
+            raise InputError("attach() needs the optimizer: rec.attach(optimizer)")
+        if self.optimizer is not None and optimizer is not self.optimizer:
+            raise InputError(
+                "attach() got a different optimizer than the one the recorder was built with; "
+                "the step meta (lr...) must come from the optimizer that steps."
+            )
+        if self._hook is not None:
+            raise InputError("the recorder is already attached to an optimizer; call detach() first")
+        self.optimizer = optimizer
+        self._hook = optimizer.register_step_post_hook(self._on_optimizer_step)
+        return self
+
+    def detach(self) -> None:
+        """Remove the optimizer hook installed by :meth:`attach` (no-op when not attached)."""
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _on_optimizer_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        ids, self._pending_ids = self._pending_ids, None
+        if ids is None:
+            raise InputError(
+                f"optimizer.step() ran for recorded step {self._next_step} but no batch ids were "
+                "set: call rec.set_batch(ids) before every optimizer.step()."
+            )
+        self.step(ids)
+
+    # -- ending -------------------------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Hand every recorded step to the store and flush it (durable when this returns)."""
+        self._check_usable()
+        try:
+            self._staging.drain()
+            self.store.flush()
+        except BaseException as exc:
+            self._fail(exc, self._next_step)
+            raise
+
+    def close(self) -> None:
+        """Detach, hand every step to the store, flush it. Idempotent; the store stays open."""
+        if self._closed:
+            return
+        self._closed = True
+        self.detach()
+        try:
+            if self._failed is None:
+                self._staging.drain()
+        finally:
+            self._staging.close()
+        self.store.flush()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _fail(self, exc: BaseException, step: int) -> None:
+        failed = getattr(self._staging, "failed_step", None)
+        self._failed = exc
+        self._failed_step = step if failed is None else failed
+
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise InputError("the recorder is closed; create a new Recorder (start_step=...) to record more steps")
+        if self._failed is not None:
+            s = self._failed_step
+            raise StoreError(
+                f"the recorder stopped at step {s} after an error ({type(self._failed).__name__}: "
+                f"{self._failed}); the store holds no step from {s} on. Fix the cause, then record into "
+                f"a new store, or reopen this one (mode='a') with Recorder(start_step={s}) on the "
+                f"model state of step {s}."
+            ) from self._failed
+
+
+def _first_difference(a: list[str], b: list[str]) -> str:
+    for x, y in zip(a, b):
+        if x != y:
+            return x
+    return a[len(b)] if len(a) > len(b) else b[len(a)]
+
+
+def _resolve_codec(codec: Any, store: Any) -> Any:
+    store_codec = getattr(store, "codec", None)
+    if isinstance(store_codec, str):
+        store_codec = get_codec(store_codec)
+    if codec is None:
+        if store_codec is None:
+            raise InputError("the store names no codec; pass codec='f32'|'bf16'|'int8' to Recorder")
+        return store_codec
+    if isinstance(codec, str):
+        codec = get_codec(codec)
+    if store_codec is not None and store_codec.name != codec.name:
+        raise InputError(
+            f"codec {codec.name!r} differs from the store's codec {store_codec.name!r}: error "
+            "feedback needs the recorder to quantise exactly as the store encodes. Leave codec "
+            "unset to use the store's."
+        )
+    return codec
+
+
+def _check_layout(state: Mapping[str, torch.Tensor], layout: Any, store: Any) -> None:
+    if layout is None:
+        return
+    want = [(e["name"], tuple(int(s) for s in e["shape"])) for e in layout]
+    have = [(n, tuple(t.shape)) for n, t in state.items()]
+    if want == have:
+        return
+    where = getattr(store, "url", None) or type(store).__name__
+    for i, (w, h) in enumerate(zip(want, have)):
+        if w != h:
+            diff = f"entry {i}: store has {w[0]!r} {list(w[1])}, model has {h[0]!r} {list(h[1])}"
+            break
+    else:
+        diff = f"store has {len(want)} tensors, model has {len(have)}"
+    raise InputError(
+        f"the delta store {where} was created for another model layout ({diff}). Create the store "
+        "with layout=state_layout(model) for this model."
+    )
