@@ -121,7 +121,7 @@ def plan_forget(
     hashes = hash_ids(wanted, key)
     hv = np.ascontiguousarray(hashes).view("V16").ravel()
     already = np.isin(hv, np.ascontiguousarray(am.forgotten, dtype=np.uint8).view("V16").ravel())
-    train_seg = next(s for s in am.segments if s.role == "train")
+    train_seg = next(s for s in am.segments if s.role in ("train", "retrain"))  # a retrained version trained anew
     train_index = train_seg.open_index(key)
     known = train_index.contains(wanted)
     unknown = [w for w, k, a in zip(wanted, known, already) if not k and not a]
@@ -228,7 +228,7 @@ def forget(
             model=child, key=key, target_hashes=target_hashes, steps=plan.steps, load_records=load_records,
             phase_base=lambda: phase_base(run.info.artifact_uri, run_id, store_base), run_id=run_id,
             options={"repair": repair, "repair_epochs": repair_epochs, "repair_lr": repair_lr,
-                     "epochs": method_epochs, "copies": copies},
+                     "epochs": method_epochs, "copies": copies, "cls": cls},
         )
         result = m.apply(ctx)
         if result.replace_segments is not None:

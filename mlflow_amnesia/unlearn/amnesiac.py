@@ -1,5 +1,6 @@
 """Amnesiac unlearning (Graves et al., AAAI 2021): subtract the recorded deltas of the steps
-that saw the records, then optionally repair accuracy by fine-tuning on the retained data.
+that saw the records, then optionally repair accuracy (fine-tune on the retained data, or
+replay the rolled-back steps without the forgotten records).
 
 The rollback reads only the chunks of the steps it subtracts (per segment, streamed by the
 store with bounded memory) and computes everything before touching the model, so a damaged
@@ -15,8 +16,8 @@ import torch
 
 from ..errors import InputError
 from ..flavor import AmnesiaModel
-from ..progress import info as say
 from .base import ForgetContext, MethodResult, UnlearningMethod, check_repair, register_method
+from .common import training_data
 
 
 def rolled_back_sums(model: AmnesiaModel, steps: np.ndarray) -> dict[str, np.ndarray]:
@@ -57,54 +58,50 @@ def subtract(module: torch.nn.Module, sums: dict[str, np.ndarray], n_steps: int)
 
 @register_method
 class Amnesiac(UnlearningMethod):
-    """Roll back the steps that saw the records; ``repair=finetune`` then trains K epochs on the
-    retained records (recorded as a new segment, so those steps can be rolled back later too)."""
+    """Roll back the steps that saw the records, then optionally repair:
+
+    * ``repair=finetune``: train ``repair_epochs`` on the retained records (a new ``repair`` segment);
+    * ``repair=replay``: re-run only the rolled-back steps on their batches minus the forgotten
+      records (a new ``replay`` segment; see :mod:`.replay`).
+
+    Repair segments are recorded, so their steps can be rolled back by a later forget too. The
+    data a repair needs is rebuilt and its batches planned *before* the rollback, so a version
+    whose data is gone fails with nothing changed.
+    """
 
     name = "amnesiac"
     needs_data = False
     rolls_back = True
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
+        from .finetune import finetune_retained
+        from .replay import plan_replay, replay
+
         repair = check_repair(ctx.options.get("repair"))
+        repair_epochs = int(ctx.options.get("repair_epochs") or 1)
+        if repair == "finetune" and repair_epochs < 1:
+            raise InputError("--repair-epochs must be >= 1")
+        data = training_data(ctx, f"--repair {repair}") if repair != "none" else None
+        plan = plan_replay(ctx.model, ctx.steps, data, ctx.key) if repair == "replay" else None
+
         t0 = time.monotonic()
         sums = rolled_back_sums(ctx.model, ctx.steps)
         subtract(ctx.model.module, sums, len(ctx.steps))
         metrics = {"unlearn.seconds": time.monotonic() - t0, "unlearn.steps": float(len(ctx.steps))}
         summary = f"rolled back {len(ctx.steps)} steps"
         segments = []
+        lr = ctx.options.get("repair_lr")
         if repair == "finetune":
-            seg, secs = finetune_retained(ctx, epochs=int(ctx.options.get("repair_epochs", 1)), role="repair")
+            seg, secs = finetune_retained(ctx, data, epochs=repair_epochs, role="repair", lr=lr)
             segments.append(seg)
-            metrics["repair.seconds"] = secs
-            metrics["repair.steps"] = float(max(0, seg.last_step - seg.first_step + 1))
-            summary += f", then fine-tuned {ctx.options.get('repair_epochs', 1)} epoch(s) on the retained records"
+            metrics.update({"repair.seconds": secs, "repair.steps": float(seg.n_steps)})
+            summary += f", then fine-tuned {repair_epochs} epoch(s) on the retained records"
+        elif repair == "replay":
+            seg, secs = replay(ctx, data, plan, lr=lr)
+            if seg is not None:
+                segments.append(seg)
+            metrics.update({"repair.seconds": secs, "repair.steps": float(len(plan.batches)),
+                            "repair.skipped": float(len(plan.skipped))})
+            summary += (f", then replayed {len(plan.batches)} of them without the forgotten records "
+                        f"({len(plan.skipped)} left empty, skipped)")
         return MethodResult(rolled_back=np.asarray(ctx.steps, np.int64), new_segments=segments, metrics=metrics, summary=summary)
-
-
-def finetune_retained(ctx: ForgetContext, *, epochs: int, role: str):
-    """Train ``epochs`` on the retained training records (all forgotten ones excluded), recorded."""
-    from ..audit import forgotten_positions
-    from ..data import Split
-    from ..training import Recipe, epoch_orders, make_optimizer, record_phase
-
-    if epochs < 1:
-        raise InputError("--repair-epochs must be >= 1")
-    records = ctx.load_records()
-    sp = Split.from_json(ctx.model.info["split"], records)
-    forgotten = np.concatenate([ctx.model.forgotten.reshape(-1, 16), ctx.target_hashes.reshape(-1, 16)])
-    drop = forgotten_positions(records, sp.train, forgotten, ctx.key)
-    retained = np.setdiff1d(np.asarray(sp.train, np.int64), drop)
-    recipe = Recipe.from_dict(ctx.model.info["recipe"])
-    if ctx.options.get("repair_lr"):
-        recipe.lr = float(ctx.options["repair_lr"])
-    seed = recipe.seed + 7919 * (ctx.next_step + 1)  # a fresh, reproducible order per phase
-    orders = epoch_orders(retained, seed, epochs)
-    optimizer = make_optimizer(ctx.model.module, recipe)
-    say(f"{role}: {epochs} epoch(s) on {len(retained)} retained records")
-    t0 = time.monotonic()
-    seg = record_phase(
-        ctx.model.module, optimizer, records.x, records.y, list(records.ids), orders,
-        batch_size=recipe.batch_size, base_url=ctx.phase_base(), codec=ctx.model.info["codec"],
-        role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step,
-    )
-    return seg, time.monotonic() - t0
