@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+
+from helpers import KEY, invoke
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -44,3 +47,41 @@ def mnist_dir() -> Path:
     if not (d / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST files not found in {d} (set MLFLOW_AMNESIA_MNIST_DIR)")
     return d
+
+
+# --------------------------------------------------------------------------------------------
+# A tiny trained registry (digits, small CNN, 2 epochs, batch 64, f32 codec so rollbacks are
+# exact, no privacy audit), trained once per test module; each test works on its own copy.
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_AMNESIA_QUIET", "1")
+    mp.setenv("MLFLOW_AMNESIA_KEY", KEY)
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
+    mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{base / 'mlflow.db'}")
+    mp.chdir(base)
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{base / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{base / 'mlflow.db'}")
+    invoke("train", "--arch", "cnn", "--epochs", "2", "--batch-size", "64", "--codec", "f32", "--no-audit")
+    mp.undo()
+    return base
+
+
+@pytest.fixture
+def registry_copy(trained, tmp_path, monkeypatch):
+    """A private copy of the trained registry's db (artifacts are shared, by absolute path)."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_AMNESIA_KEY", KEY)
+    db = tmp_path / "mlflow.db"
+    shutil.copy(trained / "mlflow.db", db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{db}")
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.set_registry_uri(f"sqlite:///{db}")
+    monkeypatch.chdir(trained)
+    return tmp_path

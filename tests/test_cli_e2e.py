@@ -1,71 +1,25 @@
 """The product's main path through the CLI: train -> forget -> forget again, on digits.
 
-One tiny training run (small CNN, 2 epochs, f32 codec so the rollback is checked exactly) is
-shared by the tests of this module; each forget test works on its own copy of the registry.
+One tiny training run (conftest's `trained`: small CNN, 2 epochs, f32 codec so the rollback is
+checked exactly) is shared by the tests of this module; each test works on its own copy of the
+registry (`registry_copy`).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from click.testing import CliRunner
-
-from mlflow_amnesia.cli import main
-
-MODEL = "digits-cnn"
+from helpers import MODEL, invoke
 
 
 def _invoke(*args: str, ok: bool = True):
     args = list(args)
     if args[0] in ("train", "forget") and not {"--audit", "--help"} & set(args):
         args.append("--no-audit")  # the privacy audit has its own tests below
-    r = CliRunner().invoke(main, args, catch_exceptions=False)
-    if ok:
-        assert r.exit_code == 0, r.output
-    return r
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A registry with v1 of digits-cnn; returns (workdir). Tests copy it before changing it."""
-    base = tmp_path_factory.mktemp("trained")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_AMNESIA_QUIET", "1")
-    mp.setenv("MLFLOW_AMNESIA_KEY", "22" * 32)
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
-    mp.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{base / 'mlflow.db'}")
-    mp.chdir(base)
-    import mlflow
-
-    mlflow.set_tracking_uri(f"sqlite:///{base / 'mlflow.db'}")
-    mlflow.set_registry_uri(f"sqlite:///{base / 'mlflow.db'}")
-    _invoke("train", "--arch", "cnn", "--epochs", "2", "--batch-size", "64", "--codec", "f32")
-    mp.undo()
-    return base
-
-
-@pytest.fixture
-def registry_copy(trained, tmp_path, monkeypatch):
-    """A private copy of the trained registry (db + artifacts at the same absolute paths)."""
-    import mlflow
-
-    monkeypatch.setenv("MLFLOW_AMNESIA_KEY", "22" * 32)
-    db = tmp_path / "mlflow.db"
-    shutil.copy(trained / "mlflow.db", db)
-    # artifacts are referenced by absolute path: share them read-only-by-convention, new runs
-    # write under tmp_path's mlruns because the experiment's artifact root is in the db.
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
-    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{db}")
-    mlflow.set_tracking_uri(f"sqlite:///{db}")
-    mlflow.set_registry_uri(f"sqlite:///{db}")
-    monkeypatch.chdir(trained)
-    return tmp_path
+    return invoke(*args, ok=ok)
 
 
 def _ids(n: int, *extra: str) -> list[str]:

@@ -19,7 +19,7 @@ import torch
 from mlflow_amnesia import training
 from mlflow_amnesia.errors import InputError
 
-from .conftest import MODEL, invoke
+from helpers import MODEL, invoke
 
 BATCH = 64
 
