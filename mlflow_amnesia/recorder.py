@@ -322,6 +322,13 @@ class _PooledStaging:
                 self._queue.task_done()
 
 
+#: Cores left to the store's compression threads (its default) while rec.step does its CPU math.
+#: That math is memory-bound, and a torch parallel region stalls at its barrier whenever one of
+#: its threads waits for a core another thread holds: on 2 cores beside 2 compressing threads
+#: the ResNet18 step's math took 1.7 s with 2 intra-op threads and 0.22 s with 1
+#: (docs/BENCHMARKS.md, "Recording overhead"). The setting is restored after the step.
+_STORE_THREADS = 2
+
 #: Values per float64 slice when computing theta - r on CPU (512 KiB: stays in L2).
 _SLICE = 1 << 16
 
@@ -501,19 +508,15 @@ class Recorder:
 
     @torch.no_grad()
     def _deltas(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if self.device.type != "cpu":
-            return self._deltas_on(state)
-        # One intra-op thread for this memory-bound work: the store's compression threads occupy
-        # cores, and torch's parallel regions then wait on their barriers (measured on 2 cores
-        # with 2 busy compression threads: ~0.5-4 s per step with 2 threads, ~0.1 s with 1).
         threads = torch.get_num_threads()
-        if threads > 1:
-            torch.set_num_threads(1)
+        mine = max(1, threads - _STORE_THREADS)
+        if self.device.type != "cpu" or mine == threads:
+            return self._deltas_on(state)
+        torch.set_num_threads(mine)
         try:
             return self._deltas_on(state)
         finally:
-            if threads > 1:
-                torch.set_num_threads(threads)
+            torch.set_num_threads(threads)
 
     def _deltas_on(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         quantize = self.codec.quantize
