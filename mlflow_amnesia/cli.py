@@ -164,7 +164,8 @@ def forget(model_name, version, alias, records_file, cls, method, method_epochs,
         click.echo(f"dry run: {r.plan.describe()}")
     else:
         m = r.metrics
-        click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}): rolled back {len(r.plan.steps)} steps; "
+        click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {method}): "
+                   f"rolled back {int(m.get('steps.rolled_back', 0))} of {r.plan.total_steps} steps; "
                    f"acc.test {m.get('acc.test', float('nan')):.4f}, acc.forget {m.get('acc.forget', float('nan')):.4f}")
 
 
