@@ -68,9 +68,8 @@ CLI_PLAN: list[tuple[str, list[str]]] = [
 
 def _keep_bn_stats_rollback(ctx) -> Any:
     """Diagnostic, not a method: amnesiac rollback of the parameters only, BatchNorm running
-    statistics left as trained. Shows how much of amnesiac's loss on a BatchNorm model comes from
-    subtracting running-statistic deltas (an exponential average forgets a step's delta by a
-    factor 0.9 per later step, a rollback subtracts it whole)."""
+    statistics left as trained. Amnesiac itself subtracts the running-statistic deltas decayed by
+    (1 - momentum) per later step; this row shows what the statistics still contribute."""
     from mlflow_amnesia.unlearn import MethodResult
     from mlflow_amnesia.unlearn.amnesiac import rolled_back_sums, subtract
 
@@ -313,10 +312,11 @@ def _bn_note(diag: Optional[dict], am_: dict, orig: dict) -> str:
     fall = orig["acc_test"] - am_["acc_test"]
     if not diag or fall <= 0.01:
         return ""
-    share = (diag["acc_test"] - am_["acc_test"]) / fall
-    return (f" Rolling back the parameters only, BatchNorm running statistics left as trained (diagnostic), "
-            f"gives acc.test {diag['acc_test']:.4f}: {max(share, 0):.0%} of the fall comes from subtracting "
-            "the running-statistic deltas, which an exponential average had mostly forgotten.")
+    return (f" amnesiac rolls BatchNorm running statistics back decayed by their momentum (docs/ARCHITECTURE.md); "
+            f"leaving them as trained (diagnostic) gives acc.test {diag['acc_test']:.4f} "
+            f"({diag['acc_test'] - am_['acc_test']:+.4f}), "
+            + ("so the fall comes from the parameters' rollback." if abs(diag["acc_test"] - am_["acc_test"]) < 0.01
+               else f"so the statistics' rollback accounts for {(diag['acc_test'] - am_['acc_test']) / fall:.0%} of the fall."))
 
 
 def findings(res: dict) -> list[str]:

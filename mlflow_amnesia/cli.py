@@ -54,9 +54,23 @@ def _version_options(fn):
 def _audit_options(fn):
     fn = click.option("--inversion-iterations", default=1000, show_default=True, type=click.IntRange(min=1),
                       help="Model-inversion gradient steps per class (a PROCESS denoising step every 500).")(fn)
-    fn = click.option("--shadows", default=None, type=click.IntRange(min=2),
-                      help="Shadow models for membership inference (default 4 on digits, 16 otherwise; cached).")(fn)
+    fn = click.option("--shadows", default=None, callback=_optional_count,
+                      help="Shadow models for membership inference, >= 2 (default, or empty: 4 on digits, 16 "
+                           "otherwise; trained once, then cached).")(fn)
     return fn
+
+
+def _optional_count(ctx, param, value):
+    """An integer >= 2, or None for an absent or empty value (MLproject passes "" for 'default')."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an integer") from None
+    if n < 2:
+        raise click.BadParameter(f"{n} is below 2: membership inference needs shadows that saw and did not see each record")
+    return n
 
 
 def _settings(shadows, inversion_iterations):

@@ -19,7 +19,8 @@ def test_mlflow_run_train_local_env(tmp_path):
     env.update(MLFLOW_TRACKING_URI=f"sqlite:///{db}", MLFLOW_REGISTRY_URI=f"sqlite:///{db}")
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     r = subprocess.run(
-        [str(mlflow_bin), "run", str(REPO), "-e", "train", "--env-manager", "local", "-P", "epochs=1"],
+        [str(mlflow_bin), "run", str(REPO), "-e", "train", "--env-manager", "local", "-P", "epochs=1",
+         "-P", "shadows=2", "-P", "inversion_iterations=20"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -32,3 +33,5 @@ def test_mlflow_run_train_local_env(tmp_path):
     run = mlflow.MlflowClient().get_run(mv.run_id)
     assert run.data.params["epochs"] == "1"
     assert "acc.test" in run.data.metrics
+    assert run.data.params["shadows"] == "2"
+    assert "audit.mia.auc" in run.data.metrics and "audit.inversion.score" in run.data.metrics

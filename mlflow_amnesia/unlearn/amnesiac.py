@@ -5,6 +5,15 @@ replay the rolled-back steps without the forgotten records).
 The rollback reads only the chunks of the steps it subtracts (per segment, streamed by the
 store with bounded memory) and computes everything before touching the model, so a damaged
 chunk fails the forget with nothing changed.
+
+BatchNorm running statistics are not parameters: they are exponential averages, so a step's
+update to them has already decayed by ``(1 - momentum)`` at every later step. Removing step t's
+update exactly (holding the later batches' statistics fixed, as the rollback of parameters does)
+subtracts ``d_t * (1 - momentum) ** k_t``, where ``k_t`` counts the steps after t that stay
+applied (not rolled back, now or before). Subtracting ``d_t`` in full over-corrects: on
+ResNet18 it caused most of the accuracy loss of a 1-record rollback (docs/BENCHMARKS.md).
+Only steps whose factor is above :data:`BN_NEGLIGIBLE` are read again for this; BatchNorm with
+``momentum=None`` (a cumulative average) keeps the full subtraction.
 """
 
 from __future__ import annotations
@@ -42,6 +51,58 @@ def rolled_back_sums(model: AmnesiaModel, steps: np.ndarray) -> dict[str, np.nda
         missing = steps[~covered][:20].tolist()
         raise InputError(f"steps {missing} are not recorded in any segment of this model version")
     return total
+
+
+BN_NEGLIGIBLE = 1e-7  # below this decay factor a step's running-stat update is gone (0.9**153)
+
+
+def batchnorm_momenta(module: torch.nn.Module) -> dict[str, float]:
+    """State-dict name -> EMA momentum of every tracked BatchNorm running statistic."""
+    out: dict[str, float] = {}
+    for prefix, m in module.named_modules():
+        if isinstance(m, torch.nn.modules.batchnorm._NormBase) and m.track_running_stats and m.momentum is not None:
+            for buf in ("running_mean", "running_var"):
+                out[f"{prefix}.{buf}" if prefix else buf] = float(m.momentum)
+    return out
+
+
+def live_after(model: AmnesiaModel, steps: np.ndarray) -> np.ndarray:
+    """For each of ``steps`` (sorted): how many steps after it stay applied to the model once
+    ``steps`` and every step rolled back before are subtracted."""
+    recorded = [np.arange(s.first_step, s.last_step + 1, dtype=np.int64) for s in model.segments if s.n_steps]
+    allsteps = np.unique(np.concatenate(recorded)) if recorded else np.zeros(0, np.int64)
+    live = np.setdiff1d(allsteps, np.union1d(np.asarray(model.rolled_back, np.int64), steps))
+    return len(live) - np.searchsorted(live, steps, side="right")
+
+
+def decay_batchnorm(model: AmnesiaModel, steps: np.ndarray, sums: dict[str, np.ndarray]) -> int:
+    """Replace the full running-stat sums in ``sums`` by their decayed sums (module docstring).
+    Returns the number of steps read again."""
+    momenta = {k: m for k, m in batchnorm_momenta(model.module).items() if k in sums}
+    if not momenta or not len(steps):
+        return 0
+    steps = np.unique(np.asarray(steps, np.int64))
+    k = live_after(model, steps)
+    decayed = {name: np.zeros_like(sums[name]) for name in momenta}
+    reread = set()
+    for seg in model.segments:
+        mask = seg.holds(steps)
+        if not mask.any():
+            continue
+        store = None
+        for t, kt in zip(steps[mask].tolist(), k[mask].tolist()):
+            weights = {name: (1.0 - m) ** kt for name, m in momenta.items()}
+            if max(weights.values()) < BN_NEGLIGIBLE:
+                continue
+            store = store or seg.open_store()
+            delta = store.read(int(t))
+            reread.add(t)
+            for name, w in weights.items():
+                if w >= BN_NEGLIGIBLE:
+                    decayed[name] += w * delta[name].astype(np.float64).reshape(-1)
+    for name, arr in decayed.items():
+        sums[name] = arr.reshape(sums[name].shape)
+    return len(reread)
 
 
 def subtract(module: torch.nn.Module, sums: dict[str, np.ndarray], n_steps: int) -> None:
@@ -86,9 +147,12 @@ class Amnesiac(UnlearningMethod):
 
         t0 = time.monotonic()
         sums = rolled_back_sums(ctx.model, ctx.steps)
+        reread = decay_batchnorm(ctx.model, ctx.steps, sums)
         subtract(ctx.model.module, sums, len(ctx.steps))
-        metrics = {"unlearn.seconds": time.monotonic() - t0, "unlearn.steps": float(len(ctx.steps))}
+        metrics = {"unlearn.seconds": time.monotonic() - t0, "unlearn.steps": float(len(ctx.steps)),
+                   "unlearn.bn_steps_reread": float(reread)}
         summary = f"rolled back {len(ctx.steps)} steps"
+        ctx.epoch_done(0)
         segments = []
         lr = ctx.options.get("repair_lr")
         if repair == "finetune":
@@ -100,6 +164,7 @@ class Amnesiac(UnlearningMethod):
             seg, secs = replay(ctx, data, plan, lr=lr)
             if seg is not None:
                 segments.append(seg)
+            ctx.epoch_done(1)  # the replay is one pass over the rolled-back batches
             metrics.update({"repair.seconds": secs, "repair.steps": float(len(plan.batches)),
                             "repair.skipped": float(len(plan.skipped))})
             summary += (f", then replayed {len(plan.batches)} of them without the forgotten records "
