@@ -42,7 +42,6 @@ import struct
 from array import array
 from typing import Iterable, Optional, Sequence
 
-import fsspec
 import numpy as np
 import zstandard
 from fsspec.implementations.local import LocalFileSystem
@@ -229,6 +228,24 @@ class RecordIndexBuilder:
         step = self._check_step(step)
         nums = self._table.lookup_or_add(hash_ids(ids, self._key))
         self._append(step, nums)
+
+    def hash(self, ids: Sequence[str]) -> np.ndarray:
+        """The keyed hashes ``(n, 16)`` of ``ids`` under this builder's key (nothing is added).
+
+        Lets a process hash its share of a batch where the index is not built (the other ranks of
+        a distributed run) without handing the key around.
+        """
+        return hash_ids(ids, self._key)
+
+    @property
+    def key_id(self) -> str:
+        """The public fingerprint of the builder's key (see :func:`mlflow_amnesia.keys.key_id`)."""
+        return key_id(self._key)
+
+    def add_hashes(self, step: int, hashes: np.ndarray) -> None:
+        """Like :meth:`add` with the ids' keyed hashes ``(n, 16)`` (from :meth:`hash` under this key)."""
+        step = self._check_step(step)
+        self._append(step, self._table.lookup_or_add(_as_hashes(hashes)))
 
     def add_positions(self, step: int, positions: Sequence[int] | np.ndarray) -> None:
         """Like :meth:`add` with ``ids = [all_ids[p] for p in positions]`` after :meth:`set_records`."""
@@ -544,7 +561,9 @@ class RecordIndex:
     @classmethod
     def load(cls, url: str, key: Optional[bytes] = None) -> "RecordIndex":
         """Read the index at ``url``; see :meth:`from_bytes` for the checks it makes."""
-        fs, path = fsspec.core.url_to_fs(url)
+        from .store.delta_store import url_to_fs
+
+        fs, path = url_to_fs(url)
         try:
             data = fs.cat_file(path)
         except FileNotFoundError:
@@ -705,9 +724,11 @@ def _undo_row_delta(d: np.ndarray, indptr: np.ndarray, S: int, bad) -> np.ndarra
 
 
 def _write(url: str, data: bytes) -> None:
-    fs, path = fsspec.core.url_to_fs(url)
+    from .store.delta_store import url_to_fs
+
+    fs, path = url_to_fs(url)
     parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent:
+    if parent and isinstance(fs, LocalFileSystem):  # object stores have no directories
         fs.makedirs(parent, exist_ok=True)
     if isinstance(fs, LocalFileSystem):
         tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"

@@ -24,6 +24,14 @@ number of recorded steps is known, so a rollback decrements them by the number o
 back (one forward pass per optimizer step; it only matters for BatchNorm with ``momentum=None``).
 Complex tensors are refused.
 
+Distributed data parallel (``torch.distributed`` initialised, e.g. under ``torchrun``): every
+rank builds a Recorder and calls ``rec.step(ids)`` with its *local* batch ids. Each rank hashes
+its ids with the record key, the hashes are gathered to rank 0 over a CPU (gloo) group, and
+rank 0 alone computes the delta, writes it and indexes the *global* batch; the other ranks keep
+the step count in sync and hold no store, no index and no copy of the state. After DDP's
+gradient all-reduce every rank holds the same parameters, so rank 0's delta is the global
+step's. Float buffers are rank 0's (docs/ARCHITECTURE.md, "BatchNorm under DDP").
+
 CUDA: deltas are computed and quantised on the device, copied with ``non_blocking=True`` into a
 small pool of pinned host buffers, and a CUDA event recorded after the copies; a hand-off thread
 waits for the event (off the training thread) before passing the buffers to ``store.append``.
@@ -43,7 +51,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from .errors import AmnesiaError, InputError, StoreError
+from .errors import AmnesiaError, InputError, RecordKeyError, StoreError
+from .keys import HASH_BYTES, hash_ids, key_id, load_key
 from .store.codecs import get_codec
 
 __all__ = [
@@ -53,6 +62,7 @@ __all__ = [
     "optimizer_meta",
     "state_layout",
     "step_meta",
+    "unwrap",
 ]
 
 
@@ -68,6 +78,18 @@ def _check_state_entry(name: str, t: torch.Tensor) -> None:
         )
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The module a ``DistributedDataParallel`` (or ``DataParallel``) wrapper trains, else ``model``.
+
+    Recorded names are the inner module's (``conv.weight``, not ``module.conv.weight``), so a
+    store recorded under DDP matches the model a version saves and a forget loads.
+    """
+    parallel = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    while isinstance(model, parallel):
+        model = model.module
+    return model
+
+
 def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The recorded state: every floating-point tensor of ``model.state_dict()``, in its order.
 
@@ -76,7 +98,7 @@ def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     (see :func:`integer_state_names`); complex tensors raise :class:`InputError`.
     """
     out: dict[str, torch.Tensor] = {}
-    for name, t in model.state_dict().items():
+    for name, t in unwrap(model).state_dict().items():
         if not isinstance(t, torch.Tensor):
             continue
         _check_state_entry(name, t)
@@ -93,7 +115,7 @@ def integer_state_names(model: torch.nn.Module) -> list[str]:
     """
     return [
         name
-        for name, t in model.state_dict().items()
+        for name, t in unwrap(model).state_dict().items()
         if isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex()
     ]
 
@@ -359,6 +381,119 @@ def _use_pooled_staging(device: torch.device) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Distributed data parallel: gathering every rank's batch to rank 0
+
+
+class _Ranks:
+    """The ranks that train one global step together, and the per-step gather of their batches.
+
+    Ids travel as keyed hashes (16 bytes each, no pickle, never an id in clear text on the
+    wire), in two collectives per step on a CPU (gloo) group: a ``[step, n]`` header from every
+    rank (all-gathered, so every rank sees a mismatch and raises the same error instead of
+    deadlocking), then the hashes, padded to the largest batch, gathered to rank 0. Under an
+    NCCL default group the Recorder creates a gloo group over the same ranks once, so the
+    gather never syncs the GPU stream.
+    """
+
+    def __init__(self, group: Any) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        if group is None:
+            group = dist.group.WORLD
+            if "gloo" not in str(dist.get_backend(group)):
+                group = dist.new_group(backend="gloo")  # collective: every rank builds a Recorder
+        elif "gloo" not in str(dist.get_backend(group)):
+            raise InputError(
+                f"process_group has backend {dist.get_backend(group)!r}; the recorder gathers batch ids as CPU "
+                "tensors: pass a gloo group over the same ranks (torch.distributed.new_group(ranks, backend='gloo'))."
+            )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.size = dist.get_world_size(group)
+        self._root = dist.get_global_rank(group, 0)
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the store and the index (rank 0 of the group)."""
+        return self.rank == 0
+
+    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
+        out = [torch.empty_like(t) for _ in range(self.size)]
+        self._dist.all_gather(out, t, group=self.group)
+        return out
+
+    def agree(self, kid: str, start_step: int, role_problem: Optional[str]) -> None:
+        """Check, in one collective, that every rank has its role, the same key and start step.
+
+        Every rank sees every rank's answer, so all of them raise the same error together (a
+        rank that raised alone would leave the others waiting in the next collective).
+        """
+        mine = torch.tensor(
+            [*bytes.fromhex(kid), *start_step.to_bytes(8, "little"), int(role_problem is not None)], dtype=torch.uint8
+        )
+        got = self._all_gather(mine)
+        kids = [bytes(g[:8].tolist()).hex() for g in got]
+        starts = [int.from_bytes(bytes(g[8:16].tolist()), "little") for g in got]
+        bad_roles = [r for r, g in enumerate(got) if int(g[16])]
+        if bad_roles:
+            raise InputError(
+                role_problem
+                or f"rank(s) {', '.join(map(str, bad_roles))} of the distributed run could not start recording; "
+                "the error on those ranks says why."
+            )
+        if len(set(kids)) > 1:
+            raise RecordKeyError(
+                f"the ranks of this distributed run hash record ids with different keys (key ids by rank: "
+                f"{', '.join(kids)}): their batches could never be matched to a deletion request. Give "
+                "every rank the same key: set MLFLOW_AMNESIA_KEY in the launcher's environment."
+            )
+        if len(set(starts)) > 1:
+            raise InputError(
+                f"the ranks' recorders start at different steps ({starts} by rank); pass the same start_step on every rank"
+            )
+
+    def gather(self, step: int, hashes: np.ndarray) -> Optional[np.ndarray]:
+        """The global batch's hashes ``(N, 16)`` in rank order on rank 0; None on the others."""
+        n = len(hashes)
+        heads = self._all_gather(torch.tensor([step, n], dtype=torch.int64))
+        steps = [int(h[0]) for h in heads]
+        counts = [int(h[1]) for h in heads]
+        if len(set(steps)) > 1:
+            raise InputError(
+                f"the ranks called rec.step() for different steps ({', '.join(f'rank {r}: step {s}' for r, s in enumerate(steps))}): "
+                "every rank must call rec.step(ids) once after every optimizer.step(), with its local batch ids."
+            )
+        width = max(counts) * HASH_BYTES
+        if width == 0:
+            return np.zeros((0, HASH_BYTES), np.uint8) if self.writes else None
+        buf = torch.zeros(width, dtype=torch.uint8)
+        if n:
+            buf[: n * HASH_BYTES] = torch.from_numpy(np.ascontiguousarray(hashes).reshape(-1))
+        out = [torch.empty_like(buf) for _ in range(self.size)] if self.writes else None
+        self._dist.gather(buf, out, dst=self._root, group=self.group)
+        if out is None:
+            return None
+        return np.concatenate([o[: c * HASH_BYTES].numpy().reshape(c, HASH_BYTES) for o, c in zip(out, counts)])
+
+
+def _distributed_ranks(process_group: Any, distributed: Optional[bool]) -> Optional[_Ranks]:
+    """The ranks to gather over, or None for a single-process recording."""
+    dist = torch.distributed
+    initialised = dist.is_available() and dist.is_initialized()
+    if distributed is None:
+        distributed = initialised and (process_group is not None or dist.get_world_size() > 1)
+    if not distributed:
+        return None
+    if not initialised:
+        raise InputError(
+            "Recorder(distributed=True) needs torch.distributed initialised first: call "
+            "torch.distributed.init_process_group(...) (torchrun sets the environment for it)."
+        )
+    return _Ranks(process_group)
+
+
+# ---------------------------------------------------------------------------------------------
 # The recorder
 
 
@@ -395,6 +530,16 @@ class Recorder:
     ``error_feedback=False`` records ``quantize(theta_t - theta_{t-1})`` instead (errors then add
     up over steps; for comparison only). ``pinned_buffers`` sizes the pinned host-buffer pool
     used for CUDA models (each holds one step: 4 bytes per recorded value).
+
+    Distributed data parallel: ``distributed=None`` (default) turns the distributed mode on when
+    ``torch.distributed`` is initialised with more than one process; ``process_group`` names
+    the ranks that train one global step together (default: all of them). Every rank builds a
+    Recorder on its model (a ``DistributedDataParallel`` wrapper is fine: its inner module is
+    recorded) and calls ``rec.step(local_ids)`` after each ``optimizer.step()``. Rank 0 passes the
+    store and a :class:`~mlflow_amnesia.index.RecordIndexBuilder` and records the global step;
+    the other ranks pass ``store=None`` and either ``index_builder=None`` (the key then comes
+    from :func:`~mlflow_amnesia.keys.load_key`) or a builder with the same key, used only to hash
+    their ids. Every rank must hash with the same key; a different key is an error on every rank.
     """
 
     def __init__(
@@ -408,17 +553,36 @@ class Recorder:
         codec: Any = None,
         error_feedback: bool = True,
         pinned_buffers: int = 3,
+        process_group: Any = None,
+        distributed: Optional[bool] = None,
     ) -> None:
-        self.model = model
+        self.model = unwrap(model)
         self.store = store
         self.index_builder = index_builder
         self.optimizer = optimizer
         self.error_feedback = bool(error_feedback)
-        self.codec = _resolve_codec(codec, store)
         if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or start_step < 0:
             raise InputError(f"start_step must be a non-negative integer, got {start_step!r}")
         self._next_step = int(start_step)
         self._steps_recorded = 0
+        self._hook: Any = None
+        self._pending_ids: Optional[list[str]] = None
+        self._failed: Optional[BaseException] = None
+        self._failed_step = -1
+        self._closed = False
+        self._ranks = _distributed_ranks(process_group, distributed)
+        self._staging: Optional[_DirectStaging | _PooledStaging] = None
+        if self._ranks is not None:
+            self._hasher = self._setup_ranks(index_builder)
+            if not self._ranks.writes:
+                self.codec = None
+                return  # nothing to snapshot: rank 0 records the global step
+        elif store is None or index_builder is None:
+            raise InputError(
+                "Recorder needs a store and an index builder (only the non-zero ranks of a distributed "
+                "run pass store=None)."
+            )
+        self.codec = _resolve_codec(codec, store)
         recorded = list(getattr(store, "steps", None) or [])
         if recorded and self._next_step <= max(recorded):
             raise InputError(
@@ -451,16 +615,38 @@ class Recorder:
         self._d64 = torch.empty(min(largest, _SLICE), dtype=torch.float64) if self.device.type == "cpu" else None
         if _use_pooled_staging(self.device):
             pin = self.device.type == "cuda"
-            self._staging: _DirectStaging | _PooledStaging = _PooledStaging(
+            self._staging = _PooledStaging(
                 store, {n: t.shape for n, t in state.items()}, self.device, pinned_buffers, pin=pin
             )
         else:
             self._staging = _DirectStaging(store)
-        self._hook: Any = None
-        self._pending_ids: Optional[list[str]] = None
-        self._failed: Optional[BaseException] = None
-        self._failed_step = -1
-        self._closed = False
+
+    def _setup_ranks(self, index_builder: Any) -> Any:
+        """Check the roles and the key of every rank (one collective); return this rank's hasher."""
+        ranks = self._ranks
+        assert ranks is not None
+        problem = None
+        if ranks.writes and (self.store is None or index_builder is None):
+            problem = (
+                f"rank 0 of the distributed run ({ranks.size} ranks) records the global step: pass it the "
+                "DeltaStore and the RecordIndexBuilder (the other ranks pass store=None)."
+            )
+        elif not ranks.writes and self.store is not None:
+            problem = (
+                f"rank {ranks.rank} got a store, but only rank 0 writes one (a store has one writer): create "
+                "the DeltaStore on rank 0 only and pass store=None on the other ranks."
+            )
+        hasher, kid = None, "00" * 8
+        if index_builder is not None:
+            hasher, kid = index_builder.hash, index_builder.key_id
+        else:
+            try:
+                key = load_key(create=False)
+                hasher, kid = (lambda ids: hash_ids(ids, key)), key_id(key)
+            except RecordKeyError as e:
+                problem = problem or f"rank {ranks.rank}: {e}"
+        ranks.agree(kid, self._next_step, problem)
+        return hasher
 
     # -- the loop's calls ---------------------------------------------------------------------
 
@@ -474,29 +660,42 @@ class Recorder:
         """How many steps this recorder has recorded (rollbacks decrement integer buffers by it)."""
         return self._steps_recorded
 
+    @property
+    def rank(self) -> int:
+        """This process's rank in the distributed group (0 when not distributed)."""
+        return 0 if self._ranks is None else self._ranks.rank
+
+    @property
+    def world_size(self) -> int:
+        """Processes whose batches form one recorded step (1 when not distributed)."""
+        return 1 if self._ranks is None else self._ranks.size
+
+    @property
+    def writes(self) -> bool:
+        """Whether this process writes the deltas and the index (rank 0, or not distributed)."""
+        return self._ranks is None or self._ranks.writes
+
     def step(self, ids: Sequence[str]) -> int:
         """Record the state change since the previous step (or since construction) as one step.
 
         Call it right after ``optimizer.step()`` with the record ids of the batch. Returns the
         step number. The work on this thread per tensor: ``theta - r`` (float64, rounded to
         float32), the codec's quantise, ``r += d``, and the store's copy in ``append``;
-        compression and writing run in the store's background threads.
+        compression and writing run in the store's background threads. In a distributed run
+        every rank calls it with its local ids (a collective: every rank, every step).
         """
         self._check_usable()
         step = self._next_step
         batch = _as_ids(ids, step)
         try:
-            state = float_state(self.model)
-            if list(state) != self._names:
-                raise InputError(
-                    f"step {step}: the model's floating-point state changed since the recorder "
-                    f"started ({len(state)} tensors now, {len(self._names)} before; e.g. "
-                    f"{_first_difference(list(state), self._names)!r}). Create a new store and "
-                    "recorder for the new architecture."
-                )
-            deltas = self._deltas(state)
-            self._staging.put(step, deltas, step_meta(self.optimizer))
-            self.index_builder.add(step, batch)
+            if self._ranks is None:
+                self._record(step)
+                self.index_builder.add(step, batch)
+            else:  # every rank's hashed share to rank 0, which records the global step
+                hashes = self._ranks.gather(step, self._hasher(batch))
+                if self._ranks.writes:
+                    self._record(step)
+                    self.index_builder.add_hashes(step, hashes)
         except BaseException as exc:
             # r may now be ahead of what the store holds: refuse further steps rather than record
             # a trajectory the store cannot reconstruct.
@@ -505,6 +704,18 @@ class Recorder:
         self._next_step += 1
         self._steps_recorded += 1
         return step
+
+    def _record(self, step: int) -> None:
+        """Compute this step's deltas (advancing ``r``) and hand them to the store."""
+        state = float_state(self.model)
+        if list(state) != self._names:
+            raise InputError(
+                f"step {step}: the model's floating-point state changed since the recorder "
+                f"started ({len(state)} tensors now, {len(self._names)} before; e.g. "
+                f"{_first_difference(list(state), self._names)!r}). Create a new store and "
+                "recorder for the new architecture."
+            )
+        self._staging.put(step, self._deltas(state), step_meta(self.optimizer))
 
     @torch.no_grad()
     def _deltas(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -586,6 +797,8 @@ class Recorder:
     def flush(self) -> None:
         """Hand every recorded step to the store and flush it (durable when this returns)."""
         self._check_usable()
+        if self._staging is None:
+            return  # a non-zero rank: nothing written here
         try:
             self._staging.drain()
             self.store.flush()
@@ -599,6 +812,8 @@ class Recorder:
             return
         self._closed = True
         self.detach()
+        if self._staging is None:
+            return  # a non-zero rank: nothing written here
         try:
             if self._failed is None:
                 self._staging.drain()

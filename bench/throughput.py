@@ -1,0 +1,422 @@
+"""Scale-out: the delta store's sustained write rate vs compression threads, and projected costs.
+
+    python bench/throughput.py            # about 3-4 minutes on 2 cores
+    python bench/throughput.py --quick    # a smoke run (figures not meaningful)
+
+(1) Write rate. Synthetic ResNet18-sized deltas (the CIFAR ResNet18's 122 float tensors,
+11,229,732 values, 44.9 MB of float32 per step; each tensor Gaussian with its own scale) are
+appended as fast as ``append`` accepts them, then the store is closed (every step compressed,
+hashed, written and committed). Rate = raw float32 bytes / wall time, in MB/s, for 1, 2 and 4
+threads, codecs int8 (the default) and f32, into three targets:
+
+* ``memory``: fsspec's in-memory file system: compression, hashing and the pipeline only;
+* ``disk``: a local directory, every chunk and marker fsync'ed;
+* ``object store, 40 ms/PUT``: in-memory, but every PUT first sleeps 40 ms (releasing the GIL),
+  a stand-in for an S3 round trip of a multi-MB object. It shows whether threads hide upload
+  latency behind compression, which a local S3 emulator (a Python server on the same 2 cores)
+  could not.
+
+Rounds interleave the thread counts (1, 2, 4, 1, 2, 4, ...) and keep each one's best, so load
+from other processes hits all of them alike; ratios are against 1 thread in the same run.
+
+(2) Rollback rate: ``sum()`` of 8 of 16 int8 steps on local disk, seconds per step (best of 3).
+
+(3) Projected costs for CIFAR-100 (50,000 records, batch 128: 391 steps an epoch) for the
+ResNet18 and a 10x larger model (112.3M values): storage per epoch and per 100 epochs (from
+the bytes per value real ResNet18 deltas took in bench/store.py, bench/out/store.json, when
+present; else from the synthetic deltas here), compression threads needed to keep up with a
+given step time, and forget latency (steps touched x measured sum time per step, scaled by
+model size) for 1, 10 and 100 records after 100 epochs.
+
+Writes bench/out/throughput.json and bench/out/throughput.md (the docs section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import fsspec
+import numpy as np
+from fsspec.implementations.memory import MemoryFileSystem
+
+from common import OUT, cifar_resnet18, layout_of, machine, write_json
+
+from mlflow_amnesia.store import DeltaStore
+
+THREADS = (1, 2, 4)
+CODECS = ("int8", "f32")
+PUT_LATENCY_S = 0.040
+CIFAR_RECORDS, BATCH = 50_000, 128
+STEPS_PER_EPOCH = math.ceil(CIFAR_RECORDS / BATCH)  # 391
+EPOCHS = 100
+SCALE_10X = 10
+
+
+class SlowPutFS(MemoryFileSystem):
+    """In-memory files where every whole-object write first waits ``PUT_LATENCY_S`` (GIL released)."""
+
+    protocol = "slowput"
+    root_marker = "/"
+    store: dict = {}  # its own files, not memory://'s
+    pseudo_dirs = [""]
+
+    @classmethod
+    def _strip_protocol(cls, path: str) -> str:
+        return super()._strip_protocol(str(path).removeprefix("slowput://"))
+
+    def pipe_file(self, path: str, value: bytes, *args: Any, **kwargs: Any) -> None:
+        time.sleep(PUT_LATENCY_S)
+        super().pipe_file(path, value, *args, **kwargs)
+
+
+fsspec.register_implementation("slowput", SlowPutFS, clobber=True)
+
+
+def synthetic_deltas(layout: list[dict], n: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
+    """``n`` deltas for ``layout``: per tensor Gaussian values with a log-uniform scale (1e-5..1e-2)."""
+    rng = np.random.default_rng(seed)
+    scales = {t["name"]: 10 ** rng.uniform(-5, -2) for t in layout}
+    out = []
+    for _ in range(n):
+        out.append({
+            t["name"]: (rng.standard_normal(t["shape"], dtype=np.float32) * np.float32(scales[t["name"]]))
+            for t in layout
+        })
+    return out
+
+
+def _target_url(target: str, tmp: Path) -> tuple[str, Callable[[], None]]:
+    name = f"w-{uuid.uuid4().hex[:8]}"
+    if target == "disk":
+        return str(tmp / name), lambda: None
+    proto = "memory" if target == "memory" else "slowput"
+    url = f"{proto}://bench-{name}"
+    fs = fsspec.filesystem(proto)
+    return url, lambda: fs.rm(f"/bench-{name}", recursive=True)
+
+
+def write_rate(layout: list[dict], deltas: list[dict], *, codec: str, threads: int, target: str, steps: int, tmp: Path) -> dict:
+    """Append ``steps`` deltas as fast as accepted, close; raw MB/s and the caller's blocked time."""
+    url, cleanup = _target_url(target, tmp)
+    raw = 4 * sum(math.prod(t["shape"]) for t in layout)
+    try:
+        c0, k0, t0 = _cpu(), _sys(), time.perf_counter()
+        st = DeltaStore.create(url, layout=layout, codec=codec, threads=threads, max_pending=max(4, threads + 2))
+        caller = 0.0
+        for s in range(steps):
+            a = time.perf_counter()
+            st.append(s, deltas[s % len(deltas)])
+            caller += time.perf_counter() - a
+        st.close()
+        dt, cpu, (k1, f1) = time.perf_counter() - t0, _cpu() - c0, _sys()
+        kernel, faults = k1 - k0[0], f1 - k0[1]
+        size = st.size()
+    finally:
+        cleanup()
+    return {
+        "codec": codec, "threads": threads, "target": target, "steps": steps, "seconds": dt,
+        "raw_MBps": steps * raw / dt / 1e6, "steps_per_s": steps / dt, "append_ms_per_step": 1000 * caller / steps,
+        "cpu_s": cpu, "sys_share": kernel / cpu, "page_faults_per_step": faults / steps, "raw_MB_per_cpu_s": steps * raw / cpu / 1e6,
+        "bytes_per_value": size.stored / (steps * raw / 4),
+    }
+
+
+def stage_breakdown(delta: dict[str, np.ndarray], repeats: int) -> dict[str, dict[str, float]]:
+    """CPU ms per step of each stage the store runs on a delta, one thread, best of ``repeats``."""
+    import hashlib
+
+    from mlflow_amnesia.store import get_codec
+    from mlflow_amnesia.store.codecs import _compressor
+
+    out = {}
+    for c in CODECS:
+        codec = get_codec(c)
+        arrays = list(delta.values())
+        stages = ("copy", "quantise+shuffle", "zstd", "sha256")
+        best = dict.fromkeys(stages, math.inf)
+        for _ in range(repeats):
+            t = dict.fromkeys(stages, 0.0)
+            for a in arrays:
+                c0 = time.process_time()
+                x = np.array(a, dtype=np.float32, copy=True).reshape(-1)
+                c1 = time.process_time()
+                payload = codec._pack(x)
+                c2 = time.process_time()
+                frame = _compressor(codec.level).compress(payload)
+                c3 = time.process_time()
+                hashlib.sha256(frame).digest()
+                c4 = time.process_time()
+                for k, dt in zip(stages, (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
+                    t[k] += dt
+            best = {k: min(best[k], t[k]) for k in stages}
+        out[c] = {k: 1000 * v for k, v in best.items()}
+    return out
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, all threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def _sys() -> tuple[float, int]:
+    """System (kernel) CPU seconds and minor page faults of this process so far."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_stime, r.ru_minflt
+
+
+def sum_rate(layout: list[dict], deltas: list[dict], tmp: Path, *, steps: int, subset: int, repeats: int) -> dict:
+    """Seconds per step of ``sum()`` over ``subset`` random steps of an int8 store on local disk."""
+    url = str(tmp / "sum-store")
+    with DeltaStore.create(url, layout=layout, codec="int8") as st:
+        for s in range(steps):
+            st.append(s, deltas[s % len(deltas)])
+    st = DeltaStore.open(url)
+    chosen = sorted(int(s) for s in np.random.default_rng(1).choice(steps, size=subset, replace=False))
+    st.sum(chosen)  # warm the page cache
+    best, best_cpu = math.inf, math.inf
+    for _ in range(repeats):
+        c0, t0 = _cpu(), time.perf_counter()
+        st.sum(chosen)
+        best, best_cpu = min(best, time.perf_counter() - t0), min(best_cpu, _cpu() - c0)
+    return {"codec": "int8", "store_steps": steps, "summed_steps": subset, "threads": 2, "seconds": best,
+            "s_per_step": best / subset, "cpu_s_per_step": best_cpu / subset,
+            "stored_bytes_per_step": st.size().stored / steps}
+
+
+def steps_touched(k: int, epochs: int = EPOCHS) -> float:
+    """Expected steps whose batch holds any of ``k`` random records (one pass per epoch)."""
+    return epochs * STEPS_PER_EPOCH * (1 - (1 - BATCH / CIFAR_RECORDS) ** k)
+
+
+def projections(values: int, bpv: dict[str, float], per_core_MBps: dict[str, float], sum_cpu_s_per_value: float) -> list[dict]:
+    """Storage, compression cores per step time, and forget CPU time, for ResNet18 and 10x."""
+    rows = []
+    for label, n in (("ResNet18 (CIFAR-100)", values), (f"{SCALE_10X}x ResNet18", SCALE_10X * values)):
+        raw_step = 4 * n
+        row: dict[str, Any] = {"model": label, "values": n, "raw_MB_per_step": raw_step / 1e6}
+        for c in CODECS:
+            row[f"{c}_GB_per_epoch"] = bpv[c] * n * STEPS_PER_EPOCH / 1e9
+            row[f"{c}_TB_per_{EPOCHS}_epochs"] = bpv[c] * n * STEPS_PER_EPOCH * EPOCHS / 1e12
+        for step_ms in (30, 100, 300):
+            need = raw_step / (step_ms / 1000) / 1e6  # MB/s of raw deltas
+            row[f"int8_cores_for_{step_ms}ms_step"] = math.ceil(need / per_core_MBps["int8"])
+        for k in (1, 10, 100):
+            s = steps_touched(k)
+            row[f"forget_{k}_steps"] = s
+            row[f"forget_{k}_cpu_s"] = s * sum_cpu_s_per_value * n
+            row[f"forget_{k}_GB_read"] = s * bpv["int8"] * n / 1e9
+        rows.append(row)
+    return rows
+
+
+def markdown(r: dict) -> str:
+    m = r["machine"]
+    w = {(x["codec"], x["target"], x["threads"]): x for x in r["write"]}
+    lines = [
+        "## Scale-out",
+        "",
+        "Every figure in this section comes from one run of",
+        "",
+        "```",
+        r["command"],
+        "```",
+        "",
+        f"({r['seconds']:.0f} s; raw figures in `bench/out/throughput.json`; {m['cpus']} CPUs shared with other "
+        f"jobs: 1-minute load average {m['load_average_1min'][0]} at the start, {m['load_average_1min'][1]} at the end). "
+        "**This machine has 2 cores**, and other jobs kept them busy during the run: 4 threads cannot compress "
+        "faster than 2 here, and wall-clock rates are what this process got of the cores. The CPU-time "
+        "figures (MB of raw deltas per CPU-second of the whole store) do not depend on that load; the "
+        "projections use them.",
+        "",
+        "**No GPU was lent to this session**, so the recording overhead on a GPU (device-to-host copies "
+        "through pinned buffers, a hand-off thread, compression threads) was not measured; "
+        "`python bench/recording.py` on a CUDA machine measures it (the Recorder takes the pinned, "
+        "pipelined path by itself for CUDA models).",
+        "",
+        "### Write rate vs compression threads",
+        "",
+        "Synthetic ResNet18-sized deltas (the CIFAR ResNet18's 122 float tensors, 11,229,732 values, 44.9 MB "
+        "of float32 a step; Gaussian values, one scale per tensor), appended as fast as `append` accepts them, "
+        "then `close()`: every step compressed, hashed, written and committed. Raw float32 MB/s, best of "
+        "the interleaved rounds, and in brackets the ratio to 1 thread in the same run; **CPU** = MB per "
+        "CPU-second of this process (1 thread); **append** = the caller's time per step in `append` (its "
+        "copy of the delta, plus waiting while `max_pending` steps are in flight), 1 -> 4 threads.",
+        "",
+        "| codec | target | B/value | 1 thread | 2 threads | 4 threads | CPU | append/step |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for c in CODECS:
+        for target, label in (("memory", "memory"), ("disk", "local disk (fsync)"),
+                              ("slowput", f"object store, {PUT_LATENCY_S * 1000:.0f} ms/PUT")):
+            rows = {t: w.get((c, target, t)) for t in THREADS}
+            if any(v is None for v in rows.values()):
+                continue
+            base = rows[1]["raw_MBps"]
+            cells = [f"{rows[t]['raw_MBps']:,.0f}" + ("" if t == 1 else f" ({rows[t]['raw_MBps'] / base:.2f}x)") for t in THREADS]
+            lines.append(
+                f"| {c} | {label} | {rows[1]['bytes_per_value']:.3f} | " + " | ".join(cells)
+                + f" | {rows[1]['raw_MB_per_cpu_s']:,.0f} | {rows[1]['append_ms_per_step']:.0f} -> {rows[4]['append_ms_per_step']:.0f} ms |"
+            )
+    s1, s4 = w[("int8", "slowput", 1)], w[("int8", "slowput", 4)]
+    m1, m2 = w[("int8", "memory", 1)], w[("int8", "memory", 2)]
+    core = r["per_core_MBps"]
+    st8 = r["stages_cpu_ms_per_step"]["int8"]
+    mem8 = [x for x in r["write"] if x["codec"] == "int8" and x["target"] == "memory"]
+    sys_share = float(np.median([x["sys_share"] for x in mem8]))
+    faults = float(np.median([x["page_faults_per_step"] for x in mem8]))
+    lines += [
+        "",
+        f"* **Threads without waiting**: in memory and on disk a second thread gave {m2['raw_MBps'] / m1['raw_MBps']:.2f}x "
+        "here: the 2 cores were saturated by other jobs, so more threads did not get this process more CPU. "
+        "The store's own limit is elsewhere: a step is 4 parts (<= 16 MiB) and `max_pending` steps may be in "
+        "flight (4 by default), so with `threads=16` and the cores for them 16 items compress at once.",
+        f"* **Per core** the store writes {core['int8']:,.0f} MB/s of raw deltas with int8 and {core['f32']:,.0f} "
+        "MB/s with f32 (median MB per CPU-second of the in-memory runs): copy, quantise, byte-shuffle, zstd, "
+        f"sha256 and commit. A ResNet18 step costs {44.9 / core['int8'] * 1000:.0f} ms of one core with int8, "
+        f"of which the stages below take {sum(st8.values()):.0f} ms; the rest is the pipeline's memory traffic "
+        f"(fresh buffers every step: {100 * sys_share:.0f}% of the store's CPU time was in the kernel, with "
+        f"{faults:,.0f} page faults a step, {faults * 4096 / 1e6:,.0f} MB of memory first touched), a saving for "
+        "a store that reuses its buffers.",
+        "* **Where a step's CPU goes** (one thread, CPU ms per ResNet18 step): "
+        + "; ".join(f"{c}: " + ", ".join(f"{k} {v:.0f}" for k, v in r["stages_cpu_ms_per_step"][c].items())
+                    for c in CODECS)
+        + ". For int8 most of it is the numpy quantisation (absmax per block, divide, round, clip, cast), "
+        "which the Recorder has already done once on the model's device: handing the store the int8 codes "
+        "and scales instead of float32 would remove that stage and cut the device-to-host copy to a quarter "
+        "(an `append` of encoded payloads: the open item for GPU-rate recording).",
+        f"* **Uploads overlap compression**: with {PUT_LATENCY_S * 1000:.0f} ms per PUT (5 a step: 4 chunks and a "
+        f"commit marker), one thread wrote {s1['raw_MBps']:,.0f} MB/s and four {s4['raw_MBps']:,.0f} MB/s "
+        f"({s4['raw_MBps'] / s1['raw_MBps']:.2f}x) on the same 2 busy cores: a thread waiting on the network holds "
+        "no core. On object storage give the store more threads than cores (`DeltaStore.create(url, threads=8)`).",
+        "* **Keeping up with a fast GPU step** takes cores, not a different pipeline: the device-to-host copy "
+        "into pinned buffers is queued on the training thread, a hand-off thread waits for it and calls "
+        "`append`, each step's 4 parts compress and upload on the store's threads (up to `max_pending` steps "
+        "in flight), and a committer writes the markers in step order; no stage that compresses is serial. "
+        "The table below gives the cores a step time needs at the per-core rate measured here.",
+        "",
+        "### Projected costs on CIFAR-100",
+        "",
+    ]
+    bpv, srate = r["bytes_per_value"], r["sum"]
+    lines += [
+        f"50,000 records, batch 128: {STEPS_PER_EPOCH} steps an epoch, {EPOCHS} epochs. Bytes per value: int8 "
+        f"{bpv['int8']:.3f}, f32 {bpv['f32']:.3f} ({r['bytes_per_value_source']}). **Cores** = raw MB/s a step time "
+        f"needs / {core['int8']:,.0f} MB/s per core (int8). **Forget**: the steps k random records touched "
+        f"(1 - (1 - 128/50000)^k of each epoch's steps, over {EPOCHS} epochs) x the measured CPU time of `sum()`, "
+        f"{1000 * srate['cpu_s_per_step']:.1f} ms per ResNet18 step (int8, local disk; read, sha256, "
+        "decompress, accumulate), scaled with the model's size: the time on one core (the store sums parts "
+        "in parallel: 2 threads were 1.7x faster than 1 in \"Delta store\"). From object storage add the "
+        "download of the GB read, "
+        "which a forget limits to exactly those steps' chunks (tests/test_s3.py counts the requests).",
+        "",
+        f"| model | values | raw/step | int8 per epoch | int8, {EPOCHS} epochs | f32 per epoch | cores for a 30 / 100 / 300 ms step | forget 1 record | 10 records | 100 records |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for row in r["projection"]:
+        def fg(k: int) -> str:
+            return f"{row[f'forget_{k}_steps']:,.0f} steps: {_dur(row[f'forget_{k}_cpu_s'])}, {row[f'forget_{k}_GB_read']:,.1f} GB"
+        lines.append(
+            f"| {row['model']} | {row['values'] / 1e6:.1f}M | {row['raw_MB_per_step']:.0f} MB | "
+            f"{row['int8_GB_per_epoch']:,.1f} GB | {row[f'int8_TB_per_{EPOCHS}_epochs']:,.2f} TB | {row['f32_GB_per_epoch']:,.1f} GB | "
+            f"{row['int8_cores_for_30ms_step']} / {row['int8_cores_for_100ms_step']} / {row['int8_cores_for_300ms_step']} | "
+            f"{fg(1)} | {fg(10)} | {fg(100)} |"
+        )
+    lines += [
+        "",
+        "* Forgetting one record costs one step per epoch it was trained on: seconds to a minute, not a "
+        "retrain. The 100-record row is the paper's warning in numbers: 22.6% of all steps, and an accuracy "
+        "loss that needs a repair (see \"Unlearning methods\").",
+        "* The 10x model is a projection (bytes per value and per-core rates scale with the number of values; "
+        "its steps split into about 27 parts of <= 16 MiB, so more cores help up to that many per step).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _dur(s: float) -> str:
+    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a smoke run: few steps, one round")
+    ap.add_argument("--markdown-only", action="store_true", help="rewrite bench/out/throughput.md from the json")
+    args = ap.parse_args()
+    if args.markdown_only:
+        md = markdown(json.loads((OUT / "throughput.json").read_text()))
+        (OUT / "throughput.md").write_text(md)
+        print(md)
+        return
+    load0 = os.getloadavg()[0]
+    t_start = time.perf_counter()
+    layout = layout_of(cifar_resnet18(100))
+    values = sum(math.prod(t["shape"]) for t in layout)
+    deltas = synthetic_deltas(layout, 2 if args.quick else 3)
+    steps, rounds = (3, 1) if args.quick else (12, 3)
+    best: dict[tuple, dict] = {}
+    runs: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="amnesia-bench-tp-") as tmpd:
+        tmp = Path(tmpd)
+        for rnd in range(rounds):
+            for codec in CODECS:
+                for target in ("memory", "disk", "slowput"):
+                    for threads in THREADS:
+                        x = write_rate(layout, deltas, codec=codec, threads=threads, target=target, steps=steps, tmp=tmp)
+                        runs.append(x)
+                        key = (codec, target, threads)
+                        if key not in best or x["raw_MBps"] > best[key]["raw_MBps"]:
+                            best[key] = x
+                        print(f"round {rnd + 1}/{rounds} {codec:4s} {target:7s} threads {threads}: "
+                              f"{x['raw_MBps']:7.0f} MB/s  {x['raw_MB_per_cpu_s']:6.0f} MB/CPU-s  "
+                              f"append {x['append_ms_per_step']:.0f} ms/step", flush=True)
+        srate = sum_rate(layout, deltas, tmp, steps=6 if args.quick else 16, subset=3 if args.quick else 8,
+                         repeats=1 if args.quick else 3)
+        print(f"sum(): {1000 * srate['s_per_step']:.1f} ms/step, {1000 * srate['cpu_s_per_step']:.1f} CPU ms/step", flush=True)
+    stages = stage_breakdown(deltas[0], repeats=1 if args.quick else 3)
+    print("CPU ms per step by stage:", {c: {k: round(v, 1) for k, v in d.items()} for c, d in stages.items()}, flush=True)
+    write = list(best.values())
+    # per core: raw MB per CPU-second of the whole store (copy, quantise, zstd, sha256, commit),
+    # median over the in-memory runs of every thread count: robust to other jobs' load
+    per_core = {c: float(np.median([x["raw_MB_per_cpu_s"] for x in runs if x["codec"] == c and x["target"] == "memory"]))
+                for c in CODECS}
+    store_json = OUT / "store.json"
+    if store_json.exists():
+        real = json.loads(store_json.read_text())["resnet18"]["codecs"]
+        bpv = {c: real[c]["bytes_per_value"] for c in CODECS}
+        src = "real ResNet18 deltas, bench/store.py"
+    else:
+        bpv = {c: best[(c, "memory", 1)]["bytes_per_value"] for c in CODECS}
+        src = "the synthetic deltas here"
+    info = machine()
+    info["load_average_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    result = {
+        "command": "python bench/throughput.py" + (" --quick" if args.quick else ""),
+        "machine": info,
+        "values": values,
+        "put_latency_s": PUT_LATENCY_S,
+        "write": write,
+        "sum": srate,
+        "bytes_per_value": bpv,
+        "bytes_per_value_source": src,
+        "per_core_MBps": per_core,
+        "stages_cpu_ms_per_step": stages,
+        "projection": projections(values, bpv, per_core, srate["cpu_s_per_step"] / values),
+        "seconds": time.perf_counter() - t_start,
+    }
+    write_json(OUT / "throughput.json", result)
+    md = markdown(result)
+    (OUT / "throughput.md").write_text(md)
+    print("\n" + md)
+
+
+if __name__ == "__main__":
+    main()
