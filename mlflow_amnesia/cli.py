@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from typing import Optional
 
 import click
 
@@ -23,11 +22,15 @@ def _friendly(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            from .tracking import check_reachable
+
+            check_reachable()  # seconds, not MLflow's ~4 minutes of retries, when the server is down
             return fn(*args, **kwargs)
         except AmnesiaError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: nothing was registered", err=True)
+            click.echo("interrupted: a version is registered only as the last step, complete; "
+                       "`mlflow-amnesia lineage` shows what exists, and re-running is safe", err=True)
             sys.exit(130)
         except Exception as e:  # noqa: BLE001 - classify only tracking-server failures
             from mlflow.exceptions import MlflowException
@@ -157,6 +160,9 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @click.option("--dry-run", is_flag=True, help="Report the affected steps and what would be registered; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Proceed without asking, also above --max-step-share.")
 @click.option("--set-alias", default=None, help="Move this alias (e.g. production) to the new version.")
+@click.option("--purge", "purge_parent", is_flag=True,
+              help="After registering, purge the version just superseded (GDPR erasure of its weights and of the "
+                   "deltas of the steps that saw the records; see `mlflow-amnesia purge --help`).")
 @click.option("--store-uri", default=None, help="fsspec URL for deltas recorded by a repair (default: as at training).")
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
 @click.option("--audit/--no-audit", default=True, show_default=True,
@@ -164,7 +170,8 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @_audit_options
 @_friendly
 def forget(model_name, version, alias, records_file, cls, method, method_epochs, copies, repair, repair_epochs, repair_lr,
-           max_step_share, dry_run, yes, set_alias, store_uri, data_root, audit, shadows, inversion_iterations):
+           max_step_share, dry_run, yes, set_alias, store_uri, data_root, audit, shadows, inversion_iterations,
+           purge_parent):
     """Forget records: register version n+1 without their contribution, with lineage tags."""
     from .forget import forget as run_forget
 
@@ -175,12 +182,73 @@ def forget(model_name, version, alias, records_file, cls, method, method_epochs,
                    max_step_share=max_step_share, set_alias=set_alias, store_uri=store_uri, data_root=data_root,
                    confirm=confirm, audit=audit, audit_settings=_settings(shadows, inversion_iterations))
     if r.version is None:
-        click.echo(f"dry run: {r.plan.describe()}")
+        click.echo(f"dry run: {r.plan.describe()}" + (f"; --purge would then purge v{r.plan.parent_version}" if purge_parent else ""))
     else:
         m = r.metrics
         click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {method}): "
                    f"rolled back {int(m.get('steps.rolled_back', 0))} of {r.plan.total_steps} steps; "
                    f"acc.test {m.get('acc.test', float('nan')):.4f}, acc.forget {m.get('acc.forget', float('nan')):.4f}")
+        if purge_parent:
+            from .purge import purge as run_purge
+
+            try:
+                click.echo(run_purge(model_name, [r.plan.parent_version], yes=True).summary())
+            except AmnesiaError as e:
+                raise click.ClickException(f"v{r.version} is registered, but v{r.plan.parent_version} was not purged: {e}") from None
+
+
+_PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left behind.
+
+    A forget registers a new version; the one it superseded still holds the forgotten records'
+    contribution, in its weights and in the recorded deltas of the steps that saw them. This
+    deletes, for each --version (a version a forget has superseded):
+
+    \b
+    ERASED
+      - the version's weights (data/weights.pt) and input examples: every model
+        artifact except the lineage metadata listed under KEPT;
+      - its source run's audit/ artifacts (the model-inversion grid of those weights);
+      - the recorded deltas (chunk files) of every step, in the stores of its lineage,
+        whose batch held a record the superseding forget removed;
+      - the final optimizer state (momentum buffers) of each phase with such a step.
+    \b
+    KEPT
+      - the version row, its tags and description (tags amnesia.purged and
+        amnesia.purge_started, a tombstone note), so `lineage` still shows it;
+      - data/amnesia.json, arch.json, segment manifests and record indexes (keyed
+        hashes, never ids), rolled_back.npy, forgotten.npy, MLmodel and env files;
+      - run params and metrics; each phase's initial weights and batch order
+        (random init and record positions: no record content);
+      - the records' indirect influence on later steps (their deltas were computed
+        at weights the records had moved: amnesiac unlearning's known limit);
+      - outside the registry: the data set itself, cached audit shadow models
+        (experiment mlflow-amnesia-shadows), and any copy made by hand.
+
+    It refuses, deleting nothing, when a version is not superseded (the current one), carries
+    an alias, or a version that stays still needs one of those steps (a relabel or finetune
+    forget keeps them; an unpurged ancestor still holds the records: purge it in the same call).
+    Loading a purged version raises an error saying so. A purge that was killed re-runs to
+    completion; re-running a finished one does nothing.
+    """
+
+
+@main.command(help=_PURGE_HELP, short_help="Erase superseded versions for good (GDPR): weights and the records' deltas.")
+@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option("--version", "versions", type=int, multiple=True, required=True,
+              help="A superseded version to purge; repeat to purge several at once (e.g. with its ancestors).")
+@click.option("--dry-run", is_flag=True, help="List what would be deleted, with byte counts; delete nothing.")
+@click.option("--yes", "-y", is_flag=True, help="Delete without asking for confirmation.")
+@_friendly
+def purge(model_name, versions, dry_run, yes):
+    from .purge import purge as run_purge
+
+    confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
+    try:
+        r = run_purge(model_name, list(versions), dry_run=dry_run, yes=yes, confirm=confirm)
+    except KeyboardInterrupt:
+        click.echo("interrupted: the purge is not finished; run the same command again to finish it", err=True)
+        sys.exit(130)
+    click.echo(r.summary())
 
 
 @main.command()
@@ -204,14 +272,35 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
 
 @main.command()
 @click.option("--model", "model_name", required=True, help="Registered model name.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "png"]), default="text", show_default=True,
+              help="text (a tree), json (one object per version), or png (a picture of the tree).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write to this file instead of stdout (png: default lineage-<model>.png).")
 @_friendly
-def lineage(model_name, fmt):
-    """Print the version tree: method, records, steps rolled back, accuracy."""
-    from .lineage import lineage_rows, render_text
+def lineage(model_name, fmt, output):
+    """Show the version tree: method, records, steps rolled back, accuracy and audit figures."""
+    import re
+
+    from .lineage import lineage_rows, render_png, render_text
+
+    from .errors import InputError
 
     rows = lineage_rows(model_name)
-    click.echo(json.dumps(rows, indent=2) if fmt == "json" else render_text(model_name, rows))
+    if fmt == "png":
+        output = output or f"lineage-{re.sub(r'[^A-Za-z0-9._-]+', '-', model_name)}.png"
+        data = render_png(model_name, rows)
+    else:
+        text = json.dumps(rows, indent=2) if fmt == "json" else render_text(model_name, rows)
+        if not output:
+            click.echo(text)
+            return
+        data = (text + "\n").encode("utf-8")
+    try:
+        with open(output, "wb") as f:
+            f.write(data)
+    except OSError as e:
+        raise InputError(f"cannot write the lineage to {output}: {e.strerror} (choose another --output)") from None
+    click.echo(f"wrote {output}: the lineage of {model_name} ({len(rows)} version(s))")
 
 
 @main.command()
@@ -235,19 +324,26 @@ def records(model_name, version, alias, cls, part, limit, labels, data_root):
 @_version_options
 @_friendly
 def verify(model_name, version, alias):
-    """Check every delta chunk a version refers to (size, sha256, decodes)."""
+    """Check every delta chunk a version still needs (size, sha256, decodes); chunks of steps it
+    already rolled back (deleted by `purge`) are reported but do not fail the check."""
     from .flavor import load_model
     from . import registry
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
     bad = 0
+    done = {int(s) for s in am.rolled_back}
     for seg in am.segments:
-        problems = seg.open_store().verify()
+        found = seg.open_store().verify()
+        # chunks of steps this version already rolled back are never read again (a purge deletes them)
+        problems = [p for p in found if p.step not in done]
+        gone = len({p.step for p in found if p.step in done})
         bad += len(problems)
         for p in problems:
             click.echo(f"{seg.role} {seg.store_url}: {p}", err=True)
-        click.echo(f"{seg.role}: {seg.n_steps} steps at {seg.store_url}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        note = f" ({gone} rolled-back step(s) without chunks: purged or lost, not needed)" if gone else ""
+        click.echo(f"{seg.role}: {seg.n_steps} steps at {seg.store_url}: "
+                   f"{'OK' if not problems else f'{len(problems)} problem(s)'}{note}")
     if bad:
         raise click.ClickException(f"{bad} damaged chunk(s): forgets that need them will fail; see above")
 

@@ -51,3 +51,18 @@ class UnknownRecordsError(AmnesiaError):
 
 class InputError(AmnesiaError):
     """A user-supplied file, option or name is wrong."""
+
+
+class ForgetConflictError(AmnesiaError):
+    """Another forget of the same model registered a child of the same parent first.
+
+    Nothing of this forget stays registered; re-running it builds on the other's version.
+    """
+
+
+class TrackingServerError(AmnesiaError):
+    """The MLflow tracking (or registry) server cannot be reached."""
+
+
+class PurgedVersionError(AmnesiaError):
+    """The model version was purged (GDPR erasure): its weights were deleted for good."""

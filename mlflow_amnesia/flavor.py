@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import InputError, PurgedVersionError  # noqa: F401 - PurgedVersionError re-exported
 
 FLAVOR_NAME = "mlflow_amnesia"
 FORMAT_VERSION = 1
@@ -39,6 +39,26 @@ _INFO = "amnesia.json"
 _ROLLED_BACK = "rolled_back.npy"
 _FORGOTTEN = "forgotten.npy"
 _SEGMENTS = "segments"
+TOMBSTONE = "purged.json"  # data/purged.json: written by `mlflow-amnesia purge` (see mlflow_amnesia.purge)
+
+
+def check_not_purged(data: Path) -> None:
+    """Raise :class:`PurgedVersionError` if ``data`` (a version's ``data/`` dir) holds a purge tombstone."""
+    tomb = data / TOMBSTONE
+    if not tomb.is_file():
+        return
+    try:
+        t = json.loads(tomb.read_text())
+    except ValueError:
+        t = {}
+    who = f"{t.get('model_name', 'this model')} v{t.get('version', '?')}"
+    when = t.get("completed_at") or (f"started {t.get('started_at', '?')} and not finished: re-run `mlflow-amnesia purge "
+                                     f"--model {t.get('model_name', 'NAME')} --version {t.get('version', 'N')}` to finish it")
+    instead = f"load v{t['superseded_by']} (which forgot the records) or a later version" if t.get("superseded_by") else "load a later version"
+    raise PurgedVersionError(
+        f"{who} was purged ({when}): its weights were deleted for good because a later version forgot records "
+        f"it held, so it cannot be loaded ({tomb}). Its lineage metadata is kept; {instead}."
+    )
 
 
 @dataclass
@@ -252,6 +272,7 @@ def _read_local(path: Path) -> AmnesiaModel:
             f"{path} is not an mlflow_amnesia model (no {_DATA}/{_INFO}).{hint} "
             "Use a model version registered by `mlflow-amnesia train` or `forget`."
         )
+    check_not_purged(data)
     info = json.loads((data / _INFO).read_text())
     fmt = int(info.get("format_version", 0))
     if fmt > FORMAT_VERSION:

@@ -12,14 +12,18 @@ import copy
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 from . import registry
-from .errors import InputError, RecordKeyError
+from .concurrency import check_forkable, one_forget_per_model, register_child
+from .errors import InputError, ManifestFormatError, RecordKeyError, StoreError
 from .flavor import AmnesiaModel, load_model, log_model
 from .progress import info as say
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_MAX_STEP_SHARE = 0.01  # the paper: rolling back more than ~1% of batches costs accuracy
 
@@ -89,13 +93,18 @@ def plan_forget(
     if not records_file and not ids and cls is None:
         raise InputError("nothing to forget: give --records FILE (one record id per line) and/or --class C")
     mv = registry.resolve_version(model_name, version=version, alias=alias)
-    sup = (mv.tags or {}).get(registry.TAG_SUPERSEDED)
-    if sup:
-        raise InputError(
-            f"{model_name} v{mv.version} was superseded by v{sup}, which forgot records this version still holds; "
-            f"forget from v{sup} (or the latest version) so those earlier forgets are kept."
-        )
-    am = load_model(registry.model_uri(mv))
+    check_forkable(mv)  # superseded, already has a child, or lost a concurrent forget: refuse
+    try:
+        am = load_model(registry.model_uri(mv))
+    except InputError as e:  # another flavor, a newer format: name the version, not a temp path only
+        raise InputError(f"{model_name} v{mv.version} cannot be forgotten from: {e}") from None
+    for seg in am.segments:  # a copied manifest this version cannot read fails here, before any run starts
+        try:
+            seg.open_store()
+        except ManifestFormatError as e:
+            raise ManifestFormatError(f"{model_name} v{mv.version}, {seg.role} segment (store {seg.store_url}): {e}") from None
+        except StoreError:
+            pass  # e.g. no fsspec driver here: only methods that read chunks need the store itself
     try:
         key = load_key(create=False)
     except RecordKeyError as e:
@@ -128,7 +137,12 @@ def plan_forget(
     if unknown:
         from .errors import UnknownRecordsError
 
-        raise UnknownRecordsError(unknown, where=f"the training records of {model_name} v{mv.version}", total=len(wanted))
+        err = UnknownRecordsError(unknown, where=f"the training records of {model_name} v{mv.version}", total=len(wanted))
+        if len(unknown) == len(wanted) and len(wanted) > 1:  # not one matches: most likely another model's request
+            data = (am.info.get("dataset") or {}).get("spec", "?")
+            err.args = (f"{err} None of them is: {model_name} was trained on data set {data!r}; is this the request "
+                        "for another model?",)
+        raise err
     todo = ~already
     if not todo.any():
         raise InputError(f"all {len(wanted)} record(s) were already forgotten along the lineage of {model_name} v{mv.version}; nothing to do")
@@ -146,6 +160,7 @@ def plan_forget(
     return plan, mv, am, key, target_hashes, records
 
 
+@one_forget_per_model  # forgets of one model on one machine queue; across machines, register_child decides
 def forget(
     model_name: str,
     *,
@@ -169,11 +184,18 @@ def forget(
     confirm: Optional[Callable[[str], bool]] = None,
     audit: bool = True,
     audit_settings=None,
+    on_epoch: Optional[Callable[[int, "torch.nn.Module"], Optional[Mapping[str, float]]]] = None,
 ) -> ForgetResult:
     """Forget records from a registered model; returns the new version (or the plan, for a dry run).
 
     ``confirm`` is asked when the steps to roll back exceed ``max_step_share`` of all steps and
     ``yes`` is False; without it such a request is refused.
+
+    ``on_epoch(epoch, module)`` is called with the model being built at each moment a curve
+    needs: ``epoch`` 0 right after a rollback (amnesiac), k after the k-th epoch the method or
+    its repair trains (a replay counts as one). The metrics it returns are logged on the forget
+    run at ``step=epoch``, so the MLflow UI plots them per epoch. Its time counts in the
+    method's ``unlearn.seconds`` / ``repair.seconds``.
     """
     import mlflow
     from mlflow.entities import LoggedModelInput
@@ -229,6 +251,7 @@ def forget(
             phase_base=lambda: phase_base(run.info.artifact_uri, run_id, store_base), run_id=run_id,
             options={"repair": repair, "repair_epochs": repair_epochs, "repair_lr": repair_lr,
                      "epochs": method_epochs, "copies": copies, "cls": cls},
+            on_epoch=None if on_epoch is None else _epoch_logger(on_epoch, child.module),
         )
         result = m.apply(ctx)
         if result.replace_segments is not None:
@@ -257,18 +280,19 @@ def forget(
             "n_records": plan.n_records, "steps_rolled_back": int(len(result.rolled_back)),
             "request": plan.request_hash,
         }]
-        info = log_model(child, name="model", registered_model_name=model_name)
-        new_version = int(info.registered_model_version)
-        new_mv = registry.client().get_model_version(model_name, str(new_version))
+        # Registration is the last step (docs/RELIABILITY.md): log_model returns once every artifact
+        # is uploaded; register_child then creates the version with its lineage tags in one call and
+        # settles a race with a concurrent forget of the same parent (one child survives).
+        info = log_model(child, name="model")
+        new_mv = register_child(model_name, info.model_uri, parent=int(mv.version), run_id=run_id, tags={
+            registry.TAG_METHOD: method, registry.TAG_N_RECORDS: plan.n_records,
+            registry.TAG_STEPS: len(result.rolled_back), registry.TAG_REQUEST: plan.request_hash,
+            registry.TAG_REPAIR: repair, registry.TAG_FORMAT: "1", "amnesia.n_records_total": len(child.forgotten),
+        })
+        new_version = int(new_mv.version)
         parent_metrics = registry.run_metrics(mv.run_id)
         registry.annotate_version(
-            new_mv,
-            tags={
-                registry.TAG_PARENT: mv.version, registry.TAG_METHOD: method, registry.TAG_N_RECORDS: plan.n_records,
-                registry.TAG_STEPS: len(result.rolled_back), registry.TAG_REQUEST: plan.request_hash,
-                registry.TAG_REPAIR: repair, registry.TAG_FORMAT: "1",
-                "amnesia.n_records_total": len(child.forgotten),
-            },
+            new_mv, tags={},
             description=describe_forget(model_name, new_version, plan, result.summary, metrics, parent_metrics),
             aliases=(set_alias,) if set_alias else (),
         )
@@ -285,3 +309,15 @@ def describe_forget(name: str, version: int, plan: ForgetPlan, summary: str, met
         f"{plan.total_steps} recorded steps ({plan.share:.2%}).\n\n"
         + registry.metrics_table({f"v{version}": metrics, f"v{plan.parent_version} (parent)": parent})
     )
+
+
+def _epoch_logger(on_epoch, module):
+    """ForgetContext's hook: call the user's ``on_epoch`` and log what it returns at step=epoch."""
+    import mlflow
+
+    def hook(epoch: int) -> None:
+        extra = on_epoch(epoch, module)
+        if extra:
+            mlflow.log_metrics({k: float(v) for k, v in extra.items()}, step=int(epoch))
+
+    return hook

@@ -1,6 +1,7 @@
 """Reading the ids file of a deletion request.
 
-Format: UTF-8 text, one record id per line; surrounding whitespace is stripped; blank lines and
+Format: UTF-8 text, one record id per line (lines end in ``\n``, ``\r\n`` or ``\r``; other
+Unicode line separators are part of an id); surrounding whitespace is stripped; blank lines and
 lines starting with ``#`` are ignored; duplicates are dropped (and counted). Anything else is an
 error that names the file and the line, before anything is changed.
 """
@@ -8,6 +9,7 @@ error that names the file and the line, before anything is changed.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from .errors import InputError
 
 MAX_BYTES = 256 * 1024 * 1024  # 256 MiB: ~10M ids of 24 bytes; larger requests should be split
 MAX_ID_LEN = 1024
+_LINES = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass
@@ -40,7 +43,7 @@ def parse_ids(text: bytes, source: str = "<ids>") -> IdsRequest:
     ids: list[str] = []
     seen: set[str] = set()
     dups = 0
-    for n, raw in enumerate(decoded.splitlines(), start=1):
+    for n, raw in enumerate(_LINES.split(decoded), start=1):
         s = raw.strip()
         if not s or s.startswith("#"):
             continue
@@ -70,4 +73,8 @@ def read_ids_file(path: str | os.PathLike) -> IdsRequest:
         raise InputError(
             f"ids file {p} is {size / 2**20:.0f} MiB, over the {MAX_BYTES // 2**20} MiB limit: split the request into several files."
         )
-    return parse_ids(p.read_bytes(), source=str(p))
+    try:
+        data = p.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read ids file {p}: {e.strerror or e}; check its permissions.") from None
+    return parse_ids(data, source=str(p))

@@ -152,13 +152,15 @@ def train(
             segments=[segment],
         )
         say(f"registering model {model_name!r}")
-        info = log_model(am, name="model", registered_model_name=model_name)
-        version = int(info.registered_model_version)
-        mv = registry.client().get_model_version(model_name, str(version))
+        # Registration last, tags in the same call (docs/RELIABILITY.md): a train killed before it
+        # leaves an unregistered run; re-running train starts afresh with a new run and store.
+        info = log_model(am, name="model")
+        mv = mlflow.register_model(info.model_uri, model_name, tags={
+            registry.TAG_METHOD: "train", registry.TAG_FORMAT: "1", "amnesia.steps_total": str(steps),
+            "amnesia.codec": codec, "amnesia.dataset": dataset, "amnesia.arch": arch})
+        version = int(mv.version)
         registry.annotate_version(
-            mv,
-            tags={registry.TAG_METHOD: "train", registry.TAG_FORMAT: "1", "amnesia.steps_total": steps,
-                  "amnesia.codec": codec, "amnesia.dataset": dataset, "amnesia.arch": arch},
+            mv, tags={},
             description=describe_training(model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url),
         )
     say(f"registered {model_name} version {version} (run {run_id}); {steps} steps recorded")

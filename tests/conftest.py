@@ -25,6 +25,7 @@ def _isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MLFLOW_AMNESIA_QUIET", "1")
     monkeypatch.setenv("XDG_CONFIG_HOME", str(base / "config"))
     monkeypatch.setenv("MLFLOW_AMNESIA_KEY", "11" * 32)
+    monkeypatch.setenv("MLFLOW_AMNESIA_LOCK_DIR", str(base / "locks"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{base / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{base / 'mlflow.db'}")
     monkeypatch.setenv("GIT_PYTHON_REFRESH", "quiet")

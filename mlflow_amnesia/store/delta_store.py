@@ -65,6 +65,7 @@ __all__ = [
     "StoreStats",
     "TensorSpec",
     "UnknownStepsError",
+    "url_to_fs",
 ]
 
 FORMAT = "mlflow-amnesia/delta-store"
@@ -353,8 +354,15 @@ class DeltaStore:
         self._part_bytes = part_bytes
         self._meta = _check_meta(meta, "store meta")
         self._created = _now()
-        self._fs.makedirs(self._path(CHUNKS), exist_ok=True)
-        self._write_manifest()
+        if self._local:  # object stores have no directories (and s3fs's makedirs would create a bucket)
+            self._fs.makedirs(self._path(CHUNKS), exist_ok=True)
+        try:
+            self._write_manifest()
+        except (FileNotFoundError, PermissionError) as e:
+            raise StoreError(
+                f"cannot create a delta store at {url}: {e!r}. Check that the bucket or directory exists and "
+                "is writable with these credentials (the store never creates buckets)."
+            ) from e
         self._start_writer()
         return self
 
@@ -407,7 +415,7 @@ class DeltaStore:
         self = cls(_private=_TOKEN)
         self.url = str(url)
         try:
-            self._fs, root = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
+            self._fs, root = url_to_fs(self.url, storage_options)
         except (ImportError, ValueError) as e:
             raise StoreError(f"cannot open {url}: {e}. Install the fsspec package for this URL scheme") from e
         self._root = root.rstrip("/") or "/"
@@ -699,7 +707,7 @@ class DeltaStore:
                     steps[s] = _Step(s, [], dict(e.get("meta") or {}), purged_at=str(e.get("purged_at") or "unknown"))
                 else:
                     steps[s] = _Step(s, self._check_chunks(e["chunks"], s), dict(e.get("meta") or {}))
-        except (KeyError, TypeError, ValueError, InputError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, InputError) as e:
             raise ManifestFormatError(f"{where} is malformed ({type(e).__name__}: {e}); the store cannot be read") from e
         if self._parts and (self._parts[0][0] != 0 or self._parts[-1][1] != len(self._layout)):
             raise ManifestFormatError(f"{where}: parts {self._parts} do not cover the {len(self._layout)} tensors")
@@ -710,8 +718,18 @@ class DeltaStore:
         if not isinstance(chunks, list) or len(chunks) != len(self._parts):
             raise ValueError(f"step {step} lists {len(chunks) if isinstance(chunks, list) else chunks!r} chunks, expected {len(self._parts)}")
         out = []
-        for c in chunks:
-            out.append({"file": str(c["file"]), "bytes": int(c["bytes"]), "raw_bytes": int(c["raw_bytes"]), "sha256": str(c["sha256"])})
+        for part, c in enumerate(chunks):
+            # the writer's own name, nothing else: a manifest never points a read outside chunks/
+            if c["file"] != f"{CHUNKS}/{step}.{part}.zst":
+                raise ValueError(f"step {step} part {part} names chunk file {c['file']!r}, expected {CHUNKS}/{step}.{part}.zst")
+            a, b = self._parts[part]
+            raw = 4 * sum(t.numel for t in self._layout[a:b])
+            if int(c["raw_bytes"]) != raw:
+                raise ValueError(f"step {step} part {part} records {c['raw_bytes']} raw bytes, its tensors hold {raw}")
+            size = int(c["bytes"])  # at most zstd's worst case (incompressible data) plus the chunk header
+            if not 0 < size <= raw + raw // 64 + 256 * (b - a + 1):
+                raise ValueError(f"step {step} part {part} records a chunk of {size} bytes for {raw} raw bytes")
+            out.append({"file": c["file"], "bytes": size, "raw_bytes": raw, "sha256": str(c["sha256"])})
         return out
 
     def _fold_markers(self, listing: Mapping[str, int]) -> list[str]:
@@ -747,7 +765,7 @@ class DeltaStore:
             if e.get("step") != step:
                 return None
             return _Step(step, self._check_chunks(e["chunks"], step), dict(e.get("meta") or {}))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             return None  # a torn marker: the step was not committed
 
     def _clean(self, debris: Sequence[str]) -> None:
@@ -787,8 +805,8 @@ class DeltaStore:
     def _read_chunk(self, step: int, chunk: Mapping[str, Any]) -> bytes:
         """A chunk's bytes, size and sha256 checked; ChunkCorruptedError names step and file."""
         rel = chunk["file"]
-        try:
-            data = self._fs.cat_file(self._path(rel))
+        try:  # never more than one byte past the recorded size: a swapped-in huge file is not read whole
+            data = self._fs.cat_file(self._path(rel), start=0, end=chunk["bytes"] + 1)
         except FileNotFoundError:
             raise ChunkCorruptedError(
                 f"step {step}: chunk file {self._path(rel)} is missing. The step may have been purged after "
@@ -796,8 +814,9 @@ class DeltaStore:
             ) from None
         self.stats._add(chunks_read=1, bytes_read=len(data))
         if len(data) != chunk["bytes"]:
+            got = f"more than {chunk['bytes']}" if len(data) > chunk["bytes"] else str(len(data))
             raise ChunkCorruptedError(
-                f"step {step}: chunk file {self._path(rel)} has {len(data)} bytes, the manifest records "
+                f"step {step}: chunk file {self._path(rel)} has {got} bytes, the manifest records "
                 f"{chunk['bytes']} (truncated or overwritten). This step's delta is lost; run verify()"
             )
         digest = hashlib.sha256(data).hexdigest()
@@ -1058,6 +1077,29 @@ class DeltaStore:
 
 _TOKEN = object()
 
+_S3_SCHEMES = ("s3://", "s3a://")
+
+
+def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
+    """``fsspec.core.url_to_fs`` with MLflow's S3 endpoint as the default for ``s3://`` URLs.
+
+    MLflow reaches S3-compatible storage (MinIO, Ceph, ...) through ``MLFLOW_S3_ENDPOINT_URL``;
+    s3fs reads only its own settings. Without this, a store next to a run's artifacts would
+    go to AWS instead of the endpoint the artifacts went to. Precedence: ``storage_options``,
+    then fsspec's configuration (``FSSPEC_S3_ENDPOINT_URL``...), then ``MLFLOW_S3_ENDPOINT_URL``,
+    then botocore's own (``AWS_ENDPOINT_URL_S3``).
+    """
+    options = dict(storage_options or {})
+    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "").strip()
+    if endpoint and str(url).startswith(_S3_SCHEMES):
+        conf = fsspec.config.conf.get("s3", {})
+        configured = [
+            src.get("endpoint_url") or (src.get("client_kwargs") or {}).get("endpoint_url") for src in (options, conf)
+        ]
+        if not any(configured):
+            options["endpoint_url"] = endpoint
+    return fsspec.core.url_to_fs(url, **options)
+
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
@@ -1070,8 +1112,8 @@ def _parse_manifest(raw: bytes | str | Mapping[str, Any], where: str) -> dict[st
     else:
         try:
             m = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise ManifestFormatError(f"{where} is not valid JSON ({e}); the store cannot be read") from e
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
+            raise ManifestFormatError(f"{where} is not valid JSON ({type(e).__name__}: {e}); the store cannot be read") from e
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ManifestFormatError(f"{where} is not a delta-store manifest (its 'format' is not {FORMAT!r})")
     v = m.get("format_version")

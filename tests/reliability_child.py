@@ -1,0 +1,102 @@
+"""Run ``mlflow-amnesia ARGS...`` in a child process with a fault injected (tests/test_crash.py).
+Not a test module: the tests start it with ``python THIS ARGS...``.
+
+``AMNESIA_TEST_KILL_AT`` makes the process SIGKILL itself at one point:
+
+* ``recording:N``  right after the N-th recorded optimizer step (train), chunks still in flight
+* ``audit``        after the unlearning method, as the forget's audit starts
+* ``upload``       halfway through uploading the model version's artifacts
+* ``registered``   right after the registry created the version, before anything else
+
+``AMNESIA_TEST_BARRIER=DIR:N`` holds a forget after its last check that the parent has no child,
+just before it registers, until N processes got there: two forgets from the same parent then
+register at the same moment, the window only the registry's tie-break can settle.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+
+def die() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install_kill(point: str) -> None:
+    if point.startswith("recording:"):
+        from mlflow_amnesia import recorder
+
+        n, orig, seen = int(point.split(":", 1)[1]), recorder.Recorder.step, [0]
+
+        def step(self, *args, **kwargs):
+            out = orig(self, *args, **kwargs)
+            seen[0] += 1
+            if seen[0] >= n:
+                die()
+            return out
+
+        recorder.Recorder.step = step
+    elif point == "audit":
+        import mlflow_amnesia.audit as audit
+
+        audit.full_audit = lambda *a, **k: die()
+    elif point == "upload":
+        from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+        orig_up = LocalArtifactRepository.log_artifacts
+
+        def log_artifacts(self, local_dir, artifact_path=None):
+            if not os.path.exists(os.path.join(local_dir, "MLmodel")):
+                return orig_up(self, local_dir, artifact_path)
+            files = sorted(p for p in Path(local_dir).rglob("*") if p.is_file())
+            for p in files[: len(files) // 2]:  # MLmodel sorts first: the half a reader would trust
+                rel = p.parent.relative_to(local_dir).as_posix()
+                self.log_artifact(str(p), None if rel == "." else rel)
+            die()
+
+        LocalArtifactRepository.log_artifacts = log_artifacts
+    elif point == "registered":
+        import mlflow.tracking._model_registry.fluent as fluent
+
+        orig_reg = fluent._register_model
+
+        def register(*args, **kwargs):
+            orig_reg(*args, **kwargs)
+            die()
+
+        fluent._register_model = register
+    elif point:
+        raise SystemExit(f"unknown AMNESIA_TEST_KILL_AT {point!r}")
+
+
+def install_barrier(spec: str) -> None:
+    import mlflow
+
+    where, n = spec.rsplit(":", 1)
+    d, orig = Path(where), mlflow.register_model
+
+    def register_model(*args, **kwargs):
+        (d / f"{os.getpid()}.ready").touch()
+        deadline = time.monotonic() + 180
+        while len(list(d.glob("*.ready"))) < int(n):
+            if time.monotonic() > deadline:
+                raise SystemExit("barrier: the other forget never arrived")
+            time.sleep(0.05)
+        return orig(*args, **kwargs)
+
+    mlflow.register_model = register_model
+
+
+if __name__ == "__main__":
+    install_kill(os.environ.get("AMNESIA_TEST_KILL_AT", ""))
+    if os.environ.get("AMNESIA_TEST_BARRIER"):
+        install_barrier(os.environ["AMNESIA_TEST_BARRIER"])
+    from mlflow_amnesia.cli import main
+
+    main(sys.argv[1:], prog_name="mlflow-amnesia")

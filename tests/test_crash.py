@@ -1,0 +1,244 @@
+"""Real processes: `train` and `forget` SIGKILLed at several points, and two forgets at once.
+
+Each test starts `mlflow-amnesia` in a child process (tests/reliability_child.py injects the
+fault) against its own copy of the module's trained registry, then checks what a user relies on:
+
+* every registered version has all its artifacts (it loads) and the tags it was registered with;
+* no parent ever has two live children (a second child would miss the first one's records);
+* re-running the killed command works (a killed train restarts afresh with a new run).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import MODEL, invoke
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CHILD = Path(__file__).with_name("reliability_child.py")
+KILLED = -signal.SIGKILL
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "MLFLOW_AMNESIA_QUIET": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _start(*args: str, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(CHILD), *args], env=_env(**extra),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _run(*args: str, **extra: str) -> tuple[int, str]:
+    p = _start(*args, **extra)
+    out, _ = p.communicate(timeout=300)
+    return p.returncode, out
+
+
+def _ids(n: int, skip: int = 0) -> list[str]:
+    return invoke("records", "--model", MODEL, "--limit", str(n + skip)).output.split()[skip:]
+
+
+def _write(d: Path, ids: list[str], name: str = "ids.txt") -> str:
+    p = d / name
+    p.write_text("\n".join(ids) + "\n")
+    return str(p)
+
+
+def _forget_args(ids_file: str, *extra: str) -> list[str]:
+    return ["forget", "--model", MODEL, "--records", ids_file, "--yes", "--no-audit", *extra]
+
+
+def _versions(name: str = MODEL):
+    from mlflow_amnesia import registry
+
+    return sorted(registry.client().search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+
+
+def _assert_sound(name: str = MODEL) -> None:
+    """Every registered version loads and carries its tags; no parent has two children; each
+    child's forgotten records include its parent's."""
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.flavor import load_model
+
+    vs = _versions(name)
+    parents = [v.tags[registry.TAG_PARENT] for v in vs if registry.TAG_PARENT in v.tags]
+    assert len(parents) == len(set(parents)), f"two children of one parent: {[(v.version, v.tags) for v in vs]}"
+    loaded = {}
+    for v in vs:
+        assert v.tags.get(registry.TAG_METHOD), f"v{v.version} was registered without its tags"
+        loaded[int(v.version)] = am = load_model(f"models:/{name}/{v.version}")  # artifacts complete
+        assert am.segments and am.segments[0].open_store().steps
+    for v in vs:
+        p = v.tags.get(registry.TAG_PARENT)
+        if p:
+            child, parent = loaded[int(v.version)].forgotten, loaded[int(p)].forgotten
+            assert set(map(bytes, parent)) <= set(map(bytes, child))
+
+
+def _run_status(run_name_prefix: str) -> list[str]:
+    from mlflow_amnesia import registry
+
+    c = registry.client()
+    runs = [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])]
+    return [r.info.status for r in runs if (r.info.run_name or "").startswith(run_name_prefix)]
+
+
+# --------------------------------------------------------------------------------------------
+# forget, killed
+
+
+@pytest.mark.parametrize("point", ["audit", "upload"])
+def test_forget_killed_before_registration_registers_nothing_and_reruns(registry_copy, point):
+    ids = _write(registry_copy, _ids(2))
+    rc, out = _run(*_forget_args(ids), AMNESIA_TEST_KILL_AT=point)
+    assert rc == KILLED, out
+    assert [int(v.version) for v in _versions()] == [1]
+    assert _run_status(f"forget-{MODEL}") == ["RUNNING"]  # MLflow cannot know the process died
+    _assert_sound()
+    invoke(*_forget_args(ids))
+    assert [int(v.version) for v in _versions()] == [1, 2]
+    _assert_sound()
+
+
+def test_forget_killed_right_after_registration_leaves_a_complete_version(registry_copy):
+    from mlflow_amnesia import registry
+
+    ids = _ids(2)
+    rc, out = _run(*_forget_args(_write(registry_copy, ids)), AMNESIA_TEST_KILL_AT="registered")
+    assert rc == KILLED, out
+    v1, v2 = _versions()
+    assert v2.tags[registry.TAG_PARENT] == "1" and v2.tags[registry.TAG_N_RECORDS] == "2"
+    assert registry.TAG_SUPERSEDED not in v1.tags  # the kill came before this last step...
+    _assert_sound()
+    r = invoke(*_forget_args(_write(registry_copy, ids[:1], "again.txt"), "--version", "1"), ok=False)
+    assert r.exit_code == 1 and "superseded by v2" in r.output  # ...yet v1 is known to have a child
+    r = invoke(*_forget_args(_write(registry_copy, ids, "same.txt")), ok=False)
+    assert r.exit_code == 1 and "already forgotten" in r.output  # the re-run finds the request done
+    invoke(*_forget_args(_write(registry_copy, _ids(1, skip=2), "next.txt")))
+    assert [(int(v.version), v.tags.get(registry.TAG_PARENT)) for v in _versions()] == [(1, None), (2, "1"), (3, "2")]
+    _assert_sound()
+
+
+def test_forget_killed_at_a_random_moment(registry_copy):
+    ids = _write(registry_copy, _ids(2))
+    p = _start(*_forget_args(ids))
+    deadline = time.monotonic() + 120
+    while not _run_status(f"forget-{MODEL}") and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.05)
+    time.sleep(random.Random(os.getpid()).uniform(0.0, 2.0))
+    p.send_signal(signal.SIGKILL)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode in (KILLED, 0), out
+    _assert_sound()
+    r = invoke(*_forget_args(ids), ok=False)
+    assert r.exit_code == 0 or "already forgotten" in r.output, r.output
+    assert [int(v.version) for v in _versions()] == [1, 2]
+    _assert_sound()
+
+
+# --------------------------------------------------------------------------------------------
+# train, killed
+
+
+def _train_args(name: str) -> list[str]:
+    return ["train", "--arch", "cnn", "--epochs", "1", "--batch-size", "128", "--no-audit", "--model-name", name]
+
+
+def test_train_killed_while_recording_restarts_cleanly(registry_copy):
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.store import DeltaStore
+
+    rc, out = _run(*_train_args("crash-train"), AMNESIA_TEST_KILL_AT="recording:5")
+    assert rc == KILLED, out
+    assert _versions("crash-train") == []
+    c = registry.client()
+    (killed,) = [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])
+                 if r.data.tags.get("amnesia.model_name") == "crash-train"]
+    assert killed.info.status == "RUNNING"
+    # the killed run's store holds an unbroken prefix of committed steps, every one sound
+    store = DeltaStore.open(killed.data.tags["amnesia.store"])
+    assert store.steps == list(range(len(store.steps))) and len(store.steps) <= 5
+    assert store.verify() == []
+
+    invoke(*_train_args("crash-train"))  # restart: a new run, a new store
+    (v1,) = _versions("crash-train")
+    assert v1.run_id != killed.info.run_id
+    _assert_sound("crash-train")
+
+
+def test_train_killed_right_after_registration_leaves_a_complete_tagged_version(registry_copy):
+    from mlflow_amnesia import registry
+
+    rc, out = _run(*_train_args("crash-reg"), AMNESIA_TEST_KILL_AT="registered")
+    assert rc == KILLED, out
+    (v1,) = _versions("crash-reg")
+    assert v1.tags[registry.TAG_METHOD] == "train" and int(v1.tags["amnesia.steps_total"]) > 0
+    assert not v1.description  # the description comes after: cosmetic, the version is whole
+    _assert_sound("crash-reg")
+
+
+# --------------------------------------------------------------------------------------------
+# two forgets at once
+
+
+def _two_forgets(tmp: Path, lock_dirs: tuple[str, str], barrier: str | None) -> tuple[list[tuple[int, str]], list[str]]:
+    ids = _ids(4)
+    files = [_write(tmp, ids[:2], "a.txt"), _write(tmp, ids[2:], "b.txt")]
+    procs = []
+    for f, lock in zip(files, lock_dirs):
+        extra = {"MLFLOW_AMNESIA_LOCK_DIR": lock}
+        if barrier:
+            extra["AMNESIA_TEST_BARRIER"] = barrier
+        procs.append(_start(*_forget_args(f), **extra))
+    return [(p.wait(timeout=300), p.stdout.read()) for p in procs], files
+
+
+def test_two_forgets_on_one_machine_queue_and_chain(registry_copy, tmp_path):
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.flavor import load_model
+
+    shared = str(tmp_path / "locks")
+    results, _ = _two_forgets(tmp_path, (shared, shared), barrier=None)
+    assert [rc for rc, _ in results] == [0, 0], results
+    vs = _versions()
+    assert [(int(v.version), v.tags.get(registry.TAG_PARENT)) for v in vs] == [(1, None), (2, "1"), (3, "2")]
+    assert len(load_model(f"models:/{MODEL}/3").forgotten) == 4  # the second kept the first's records
+    _assert_sound()
+
+
+def test_two_forgets_from_two_machines_leave_one_child_and_one_clear_refusal(registry_copy, tmp_path):
+    """Separate lock directories stand for two machines; the barrier makes both pass the
+    "parent has no child yet" check and register together: the tie-break alone decides."""
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.flavor import load_model
+
+    (tmp_path / "barrier").mkdir()
+    results, files = _two_forgets(tmp_path, (str(tmp_path / "m1"), str(tmp_path / "m2")),
+                                  barrier=f"{tmp_path / 'barrier'}:2")
+    codes = sorted(rc for rc, _ in results)
+    assert codes == [0, 1], results
+    loser_out = next(out for rc, out in results if rc == 1)
+    assert "another forget of" in loser_out and "re-run the same command" in loser_out
+    assert "v3, registered at the same moment, lost (lower version wins) and was deleted" in loser_out
+    assert "Traceback" not in loser_out
+    live = [v for v in _versions() if v.tags.get(registry.TAG_PARENT) == "1"]
+    assert [int(v.version) for v in live] == [2]  # never two children of v1: the lower one stays
+    _assert_sound()
+
+    loser_file = files[[rc for rc, _ in results].index(1)]
+    invoke(*_forget_args(loser_file))  # the re-run builds on the winner
+    last = _versions()[-1]
+    assert last.tags[registry.TAG_PARENT] == str(live[0].version)
+    assert len(load_model(f"models:/{MODEL}/{last.version}").forgotten) == 4
+    _assert_sound()
