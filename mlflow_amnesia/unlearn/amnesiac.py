@@ -12,8 +12,9 @@ update exactly (holding the later batches' statistics fixed, as the rollback of 
 subtracts ``d_t * (1 - momentum) ** k_t``, where ``k_t`` counts the steps after t that stay
 applied (not rolled back, now or before). Subtracting ``d_t`` in full over-corrects: on
 ResNet18 it caused most of the accuracy loss of a 1-record rollback (docs/BENCHMARKS.md).
-Only steps whose factor is above :data:`BN_NEGLIGIBLE` are read again for this; BatchNorm with
-``momentum=None`` (a cumulative average) keeps the full subtraction.
+Steps whose factor is above :data:`BN_NEGLIGIBLE` are read one by one for this (at most ~150
+with momentum 0.1), the rest stream through the store's sum; BatchNorm with ``momentum=None``
+(a cumulative average) keeps the full subtraction.
 """
 
 from __future__ import annotations
@@ -75,34 +76,51 @@ def live_after(model: AmnesiaModel, steps: np.ndarray) -> np.ndarray:
     return len(live) - np.searchsorted(live, steps, side="right")
 
 
-def decay_batchnorm(model: AmnesiaModel, steps: np.ndarray, sums: dict[str, np.ndarray]) -> int:
-    """Replace the full running-stat sums in ``sums`` by their decayed sums (module docstring).
-    Returns the number of steps read again."""
-    momenta = {k: m for k, m in batchnorm_momenta(model.module).items() if k in sums}
+def rollback_sums(model: AmnesiaModel, steps: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+    """What the rollback subtracts, per tensor name (float64): each step's delta in full for
+    parameters, decayed by ``(1 - momentum) ** k_t`` for BatchNorm running statistics (module
+    docstring). Returns the sums and how many steps were read one by one.
+
+    Steps whose running-statistic factor is still above :data:`BN_NEGLIGIBLE` are read one by one
+    (once: parameters and statistics from the same read); the rest stream through the store's
+    ``sum``, their running-statistic part dropped. A model without BatchNorm takes the plain
+    ``sum`` path, so its rollback stays bitwise ``v - sum(deltas)``.
+    """
+    from ..progress import Progress
+
+    steps = np.unique(np.asarray(steps, dtype=np.int64))
+    momenta = batchnorm_momenta(model.module)
     if not momenta or not len(steps):
-        return 0
-    steps = np.unique(np.asarray(steps, np.int64))
+        return rolled_back_sums(model, steps), 0
     k = live_after(model, steps)
-    decayed = {name: np.zeros_like(sums[name]) for name in momenta}
-    reread = set()
+    near_mask = (1.0 - min(momenta.values())) ** k >= BN_NEGLIGIBLE  # the slowest-decaying statistic decides
+    far, near = steps[~near_mask], steps[near_mask]
+    sums = rolled_back_sums(model, far) if len(far) else {}
+    for name in momenta:
+        if name in sums:
+            sums[name][...] = 0.0  # every far step's factor is below BN_NEGLIGIBLE
+    later = dict(zip(steps.tolist(), k.tolist()))
+    covered = np.zeros(len(near), dtype=bool)
     for seg in model.segments:
-        mask = seg.holds(steps)
+        mask = seg.holds(near)
         if not mask.any():
             continue
-        store = None
-        for t, kt in zip(steps[mask].tolist(), k[mask].tolist()):
-            weights = {name: (1.0 - m) ** kt for name, m in momenta.items()}
-            if max(weights.values()) < BN_NEGLIGIBLE:
-                continue
-            store = store or seg.open_store()
-            delta = store.read(int(t))
-            reread.add(t)
-            for name, w in weights.items():
-                if w >= BN_NEGLIGIBLE:
-                    decayed[name] += w * delta[name].astype(np.float64).reshape(-1)
-    for name, arr in decayed.items():
-        sums[name] = arr.reshape(sums[name].shape)
-    return len(reread)
+        covered |= mask
+        store = seg.open_store()
+        prog = Progress(f"rollback ({seg.role}, BatchNorm-decayed steps)", total=int(mask.sum()), unit="steps")
+        for t in near[mask].tolist():
+            for name, arr in store.read(int(t)).items():
+                w = (1.0 - momenta[name]) ** later[t] if name in momenta else 1.0
+                if w < BN_NEGLIGIBLE:
+                    continue
+                a = arr.astype(np.float64) * w if w != 1.0 else arr.astype(np.float64)
+                sums[name] = sums[name] + a if name in sums else a
+            prog.update()
+        prog.close()
+    if not covered.all():
+        missing = near[~covered][:20].tolist()
+        raise InputError(f"steps {missing} are not recorded in any segment of this model version")
+    return sums, len(near)
 
 
 def subtract(module: torch.nn.Module, sums: dict[str, np.ndarray], n_steps: int) -> None:
@@ -146,11 +164,10 @@ class Amnesiac(UnlearningMethod):
         plan = plan_replay(ctx.model, ctx.steps, data, ctx.key) if repair == "replay" else None
 
         t0 = time.monotonic()
-        sums = rolled_back_sums(ctx.model, ctx.steps)
-        reread = decay_batchnorm(ctx.model, ctx.steps, sums)
+        sums, one_by_one = rollback_sums(ctx.model, ctx.steps)
         subtract(ctx.model.module, sums, len(ctx.steps))
         metrics = {"unlearn.seconds": time.monotonic() - t0, "unlearn.steps": float(len(ctx.steps)),
-                   "unlearn.bn_steps_reread": float(reread)}
+                   "unlearn.steps_read_one_by_one": float(one_by_one)}
         summary = f"rolled back {len(ctx.steps)} steps"
         ctx.epoch_done(0)
         segments = []

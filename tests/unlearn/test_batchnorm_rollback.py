@@ -14,7 +14,7 @@ import torch
 
 from mlflow_amnesia.flavor import AmnesiaModel, Segment
 from mlflow_amnesia.store import DeltaStore
-from mlflow_amnesia.unlearn.amnesiac import decay_batchnorm, live_after, rolled_back_sums, subtract
+from mlflow_amnesia.unlearn.amnesiac import live_after, rollback_sums, rolled_back_sums, subtract
 
 T = 40
 
@@ -60,9 +60,7 @@ def _recorded(tmp_path) -> tuple[AmnesiaModel, torch.nn.Module]:
 
 def _rollback(am: AmnesiaModel, steps, *, decay=True) -> dict[str, torch.Tensor]:
     steps = np.asarray(sorted(steps), np.int64)
-    sums = rolled_back_sums(am, steps)
-    if decay:
-        decay_batchnorm(am, steps, sums)
+    sums = rollback_sums(am, steps)[0] if decay else rolled_back_sums(am, steps)
     subtract(am.module, sums, len(steps))
     am.rolled_back = np.union1d(am.rolled_back, steps)
     return {k: v.clone() for k, v in am.module.state_dict().items()}
@@ -93,7 +91,7 @@ def test_two_forgets_in_a_row_compose(tmp_path):
     np.testing.assert_allclose(got["0.running_var"].numpy(), want["0.running_var"].numpy(), rtol=0, atol=2e-5)
 
 
-def test_only_steps_that_still_matter_are_read_again(tmp_path, monkeypatch):
+def test_only_steps_that_still_matter_are_read_one_by_one(tmp_path, monkeypatch):
     from mlflow_amnesia.unlearn import amnesiac
 
     monkeypatch.setattr(amnesiac, "BN_NEGLIGIBLE", 0.01)  # 0.8**21 < 0.01: early steps are skipped
@@ -101,6 +99,34 @@ def test_only_steps_that_still_matter_are_read_again(tmp_path, monkeypatch):
     steps = np.arange(T, dtype=np.int64)[::3]
     k = live_after(am, steps)
     assert k.tolist() == [int(((np.arange(T) > s) & (np.arange(T) % 3 != 0)).sum()) for s in steps]
-    sums = rolled_back_sums(am, steps)
-    reread = decay_batchnorm(am, steps, sums)
-    assert 0 < reread == int(((1 - 0.2) ** k >= 0.01).sum()) < len(steps)
+    _, one_by_one = rollback_sums(am, steps)
+    assert 0 < one_by_one == int(((1 - 0.2) ** k >= 0.01).sum()) < len(steps)
+
+
+def test_parameters_are_subtracted_in_full_on_both_paths(tmp_path, monkeypatch):
+    """Steps read one by one and steps streamed through sum() give the same parameter rollback."""
+    from mlflow_amnesia.unlearn import amnesiac
+
+    monkeypatch.setattr(amnesiac, "BN_NEGLIGIBLE", 0.01)  # steps 0..~20 stream, later ones are read one by one
+    module = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3, momentum=0.2))
+    layout = [{"name": k, "shape": list(v.shape), "dtype": "float32"} for k, v in module.state_dict().items()
+              if v.is_floating_point()]
+    url = str(tmp_path / "deltas")
+    store = DeltaStore.create(url, layout=layout, codec="f32")
+    g = torch.Generator().manual_seed(1)
+    for t in range(T):
+        store.append(t, {d["name"]: torch.randn(d["shape"], generator=g).numpy() for d in layout})
+    store.close()
+    seg = Segment(role="train", store_url=url, first_step=0, last_step=T - 1,
+                  manifest=DeltaStore.open(url).manifest_bytes())
+    am = AmnesiaModel(module=module, arch={}, info={}, segments=[seg])
+    steps = np.array([1, 5, 30, 38], np.int64)
+    got, one_by_one = rollback_sums(am, steps)
+    full = rolled_back_sums(am, steps)
+    assert one_by_one == 2
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
+        np.testing.assert_allclose(got[name], full[name], rtol=0, atol=1e-12)
+    k = live_after(am, steps)
+    want_mean = sum((0.8 ** kt) * DeltaStore.open(url).read(int(t))["1.running_mean"].astype(np.float64)
+                    for t, kt in zip(steps, k) if 0.8 ** kt >= 0.01)
+    np.testing.assert_allclose(got["1.running_mean"], want_mean, rtol=0, atol=1e-12)
