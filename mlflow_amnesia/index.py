@@ -37,14 +37,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 from array import array
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
 import zstandard
-from fsspec.implementations.local import LocalFileSystem
 
 from . import __version__
 from .errors import IndexFormatError, InputError, RecordKeyError, UnknownRecordsError
@@ -724,22 +722,7 @@ def _undo_row_delta(d: np.ndarray, indptr: np.ndarray, S: int, bad) -> np.ndarra
 
 
 def _write(url: str, data: bytes) -> None:
-    from .store.delta_store import url_to_fs
+    """Write the index whole (temp + fsync + rename locally, one PUT on object stores)."""
+    from .locations import write_bytes
 
-    fs, path = url_to_fs(url)
-    parent = path.rsplit("/", 1)[0] if "/" in path else ""
-    if parent and isinstance(fs, LocalFileSystem):  # object stores have no directories
-        fs.makedirs(parent, exist_ok=True)
-    if isinstance(fs, LocalFileSystem):
-        tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-        try:
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return
-    fs.pipe_file(path, data)  # one PUT on object stores: readers see the old object or the new one
+    write_bytes(url, data)
