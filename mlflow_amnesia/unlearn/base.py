@@ -28,10 +28,23 @@ class ForgetContext:
     phase_base: Callable[[], str]  # base URL for a new recorded phase of this forget run
     run_id: str
     options: dict = field(default_factory=dict)
+    # Called with 0 right after a rollback and with k after the k-th epoch a method (or its
+    # repair) trains, while ``model.module`` holds the weights of that moment: forget's per-epoch
+    # metrics. Methods call it through :meth:`epoch_done`; None: nobody is listening.
+    on_epoch: Optional[Callable[[int], None]] = None
 
     @property
     def next_step(self) -> int:
         return self.model.next_step
+
+    def epoch_done(self, epoch: int) -> None:
+        """Report that the model now holds its weights after ``epoch`` (0: the rollback)."""
+        if self.on_epoch is not None:
+            self.on_epoch(int(epoch))
+
+    def epoch_hook(self) -> Optional[Callable[[Any], None]]:
+        """``record_phase``'s ``on_epoch`` reporting each trained epoch (1-based), or None."""
+        return None if self.on_epoch is None else (lambda r: self.epoch_done(r.epoch + 1))
 
 
 @dataclass

@@ -43,7 +43,7 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
     seg = record_phase(
         ctx.model.module, optimizer, data.records.x, data.records.y, list(data.records.ids), orders,
         batch_size=recipe.batch_size, base_url=base, codec=ctx.model.info["codec"],
-        role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step,
+        role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
     )
     seconds = time.monotonic() - t0
     save_array(f"{base}/training/batch_order.npy", orders.astype(np.int64))

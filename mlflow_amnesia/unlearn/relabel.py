@@ -105,7 +105,7 @@ class Relabel(UnlearningMethod):
         seg = record_phase(
             ctx.model.module, optimizer, x, targets, ids, orders, targets=targets,
             batch_size=recipe.batch_size, base_url=ctx.phase_base(), codec=ctx.model.info["codec"],
-            role="relabel", key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step,
+            role="relabel", key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
         )
         seconds = time.monotonic() - t0
         return MethodResult(

@@ -104,9 +104,10 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
 
 
 def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, codec: str, key: bytes,
-            run_id: Optional[str] = None, role: str = "retrain") -> tuple[Segment, float]:
+            run_id: Optional[str] = None, role: str = "retrain", on_epoch=None) -> tuple[Segment, float]:
     """Reset ``module`` to the initial weights and train it on ``inputs.orders`` exactly as
-    ``train`` did, every step recorded at ``base_url`` from step 0; (segment, loop seconds)."""
+    ``train`` did, every step recorded at ``base_url`` from step 0; (segment, loop seconds).
+    ``on_epoch``: :func:`~mlflow_amnesia.training.record_phase`'s per-epoch callback."""
     from ..locations import save_array, save_state
     from ..models import build_model
     from ..training import make_optimizer, record_phase
@@ -122,7 +123,7 @@ def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, co
         t0 = time.monotonic()
         seg = record_phase(module, optimizer, records.x, records.y, list(records.ids), inputs.orders,
                            batch_size=recipe.batch_size, base_url=base_url, codec=codec, role=role,
-                           key=key, run_id=run_id, first_step=0)
+                           key=key, run_id=run_id, first_step=0, on_epoch=on_epoch)
         seconds = time.monotonic() - t0
     save_array(f"{base_url}/training/batch_order.npy", inputs.orders)
     save_state(f"{base_url}/training/optimizer_state.pt", optimizer.state_dict())
@@ -143,7 +144,7 @@ class Retrain(UnlearningMethod):
         inputs = load_retrain_inputs(ctx.model.info, ctx.model.arch, data.records, data.split, data.excluded,
                                      epochs=epochs, module=ctx.model.module)
         seg, seconds = retrain(ctx.model.module, inputs, base_url=ctx.phase_base(), codec=ctx.model.info["codec"],
-                               key=ctx.key, run_id=ctx.run_id)
+                               key=ctx.key, run_id=ctx.run_id, on_epoch=ctx.epoch_hook())
         return MethodResult(
             rolled_back=np.zeros(0, np.int64), replace_segments=[seg],
             metrics={"unlearn.seconds": seconds, "unlearn.steps": float(seg.n_steps)},
