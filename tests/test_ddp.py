@@ -135,6 +135,10 @@ def _worker(rank: int, port: int, out: str) -> None:
             Recorder(ddp, store3, RecordIndexBuilder(key), optimizer=opt)
         except InputError as e:
             Path(f"{out}/roleerror{rank}.txt").write_text(str(e))
+        for s in (store2, store3):
+            if s is not None:
+                s.close()
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
