@@ -30,27 +30,30 @@ from .base import ForgetContext, MethodResult, UnlearningMethod, check_repair, r
 from .common import training_data
 
 
+def _by_segment(model: AmnesiaModel, steps: np.ndarray):
+    """Yield (segment, its share of ``steps``); InputError for steps no segment recorded."""
+    covered = np.zeros(len(steps), dtype=bool)
+    for seg in model.segments:
+        mask = seg.holds(steps)
+        if mask.any():
+            covered |= mask
+            yield seg, steps[mask]
+    if not covered.all():
+        missing = steps[~covered][:20].tolist()
+        raise InputError(f"steps {missing} are not recorded in any segment of this model version")
+
+
 def rolled_back_sums(model: AmnesiaModel, steps: np.ndarray) -> dict[str, np.ndarray]:
     """sum(delta_t for t in steps) per tensor name (float64), across the version's segments."""
     from ..progress import Progress
 
-    steps = np.unique(np.asarray(steps, dtype=np.int64))
     total: dict[str, np.ndarray] = {}
-    covered = np.zeros(len(steps), dtype=bool)
-    for seg in model.segments:
-        mask = seg.holds(steps)
-        if not mask.any():
-            continue
-        covered |= mask
-        store = seg.open_store()
-        prog = Progress(f"rollback ({seg.role})", total=int(mask.sum()), unit="steps")
-        sums = store.sum(steps[mask].tolist(), progress=prog)
+    for seg, mine in _by_segment(model, np.unique(np.asarray(steps, dtype=np.int64))):
+        prog = Progress(f"rollback ({seg.role})", total=len(mine), unit="steps")
+        sums = seg.open_store().sum(mine.tolist(), progress=prog)
         prog.close()
         for name, arr in sums.items():
             total[name] = total[name] + arr if name in total else arr
-    if not covered.all():
-        missing = steps[~covered][:20].tolist()
-        raise InputError(f"steps {missing} are not recorded in any segment of this model version")
     return total
 
 
@@ -100,26 +103,18 @@ def rollback_sums(model: AmnesiaModel, steps: np.ndarray) -> tuple[dict[str, np.
         if name in sums:
             sums[name][...] = 0.0  # every far step's factor is below BN_NEGLIGIBLE
     later = dict(zip(steps.tolist(), k.tolist()))
-    covered = np.zeros(len(near), dtype=bool)
-    for seg in model.segments:
-        mask = seg.holds(near)
-        if not mask.any():
-            continue
-        covered |= mask
+    for seg, mine in _by_segment(model, near):
         store = seg.open_store()
-        prog = Progress(f"rollback ({seg.role}, BatchNorm-decayed steps)", total=int(mask.sum()), unit="steps")
-        for t in near[mask].tolist():
+        prog = Progress(f"rollback ({seg.role}, BatchNorm-decayed steps)", total=len(mine), unit="steps")
+        for t in mine.tolist():
             for name, arr in store.read(int(t)).items():
                 w = (1.0 - momenta[name]) ** later[t] if name in momenta else 1.0
                 if w < BN_NEGLIGIBLE:
                     continue
-                a = arr.astype(np.float64) * w if w != 1.0 else arr.astype(np.float64)
+                a = arr.astype(np.float64) * w  # w == 1.0 (a parameter) is exact
                 sums[name] = sums[name] + a if name in sums else a
             prog.update()
         prog.close()
-    if not covered.all():
-        missing = near[~covered][:20].tolist()
-        raise InputError(f"steps {missing} are not recorded in any segment of this model version")
     return sums, len(near)
 
 
