@@ -530,13 +530,19 @@ class RecordIndex:
         return _PREFIX.pack(MAGIC, len(hb), hashlib.sha256(hb).digest()) + hb + payload
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: Optional[bytes] = None, *, name: str = "<bytes>") -> "RecordIndex":
+    def from_bytes(cls, data: bytes, key: Optional[bytes] = None, *, name: str = "<bytes>",
+                   steps: Optional[tuple[int, int]] = None) -> "RecordIndex":
         """Read an index written by :meth:`to_bytes`; ``name`` says where it came from in errors.
 
         ``key`` defaults to :func:`mlflow_amnesia.keys.load_key`. A key other than the one the
         index was built with is a :class:`RecordKeyError`, never an index that matches nothing.
+        ``steps``: the inclusive step range of the segment the index belongs to, when known; an
+        index listing more steps, or steps outside it, is an :class:`IndexFormatError`. Every
+        size the file declares is bounded (by the file, each other and ``steps``) before anything
+        is allocated, so a forged file costs at most a few times its own size in memory.
         """
         header, payload = _read_header(data, name)
+        _layout(header, len(data), name, steps)  # counts and sizes first: a forged one fails here
         key = load_key() if key is None else check_key(key)
         if header["key_id"] != key_id(key):
             raise RecordKeyError(
@@ -549,7 +555,7 @@ class RecordIndex:
                 f"the record index {name} is corrupt (its arrays do not match their sha256): "
                 "restore it from the model version's artifacts or rebuild it."
             )
-        a = _decode_arrays(header, payload, name)
+        a = _decode_arrays(header, payload, name, len(data), steps)
         return cls(key, a["hashes"], a["steps"], a["record_indptr"], a["record_steps"])
 
     def save(self, url: str, *, compress: bool = True) -> None:
@@ -571,6 +577,17 @@ class RecordIndex:
         except OSError as e:
             raise InputError(f"cannot read the record index {url}: {e}") from None
         return cls.from_bytes(data, key, name=url)
+
+
+def index_counts(data: bytes, *, name: str = "<bytes>", steps: Optional[tuple[int, int]] = None) -> tuple[int, int, int]:
+    """``(n_records, n_steps, n_entries)`` of an index file, from its header alone.
+
+    Runs the checks of :meth:`RecordIndex.from_bytes` that need neither the key nor the payload
+    (magic, header sha256, format version, counts, array table, size bounds, ``steps``), so a
+    loader can refuse a damaged, forged or foreign index without decompressing anything.
+    """
+    header, _ = _read_header(data, name)
+    return _layout(header, len(data), name, steps)[0]
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -613,12 +630,15 @@ def _read_header(data: bytes, name: str) -> tuple[dict, bytes]:
         raise IndexFormatError(f"the record index {name} is corrupt (its header does not match its sha256)")
     try:
         header = json.loads(hb)
+        if not isinstance(header, dict):
+            raise TypeError
         if header.get("format") != FORMAT_NAME:
             raise IndexFormatError(f"{name} is a {header.get('format')!r} file, not a {FORMAT_NAME}")
-        version = int(header["version"])
-        if not isinstance(header["key_id"], str) or not isinstance(header["payload_sha256"], str):
+        version = header["version"]
+        if (isinstance(version, bool) or not isinstance(version, int) or not isinstance(header["key_id"], str)
+                or not isinstance(header["payload_sha256"], str)):
             raise TypeError
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # RecursionError: absurd nesting
         raise IndexFormatError(f"the record index {name} has an unreadable header") from None
     if version > FORMAT_VERSION:
         raise IndexFormatError(
@@ -634,39 +654,97 @@ def _read_header(data: bytes, name: str) -> tuple[dict, bytes]:
     return header, payload
 
 
-def _decode_arrays(header: dict, payload: bytes, name: str) -> dict[str, np.ndarray]:
+#: What an index may decode to: _MAX_RATIO times its file, or _MIN_BUDGET bytes for a small one.
+#: Keyed hashes do not compress and step positions take 1-2 bytes an entry after zstd: measured,
+#: 1M records x 3 epochs (batch 128) decode to 1.5x their file, 100k x 30 epochs to 2.5x. Only
+#: rows of consecutive steps compress further (full-batch training: 1,000 records x 2,000 steps
+#: is 8 MB from 17 KB), and those stay below _MIN_BUDGET up to ~16,000 full-batch steps of 1,000.
+_MAX_RATIO = 64
+_MIN_BUDGET = 64 << 20
+
+
+def _layout(header: dict, file_bytes: int, name: str,
+            steps: Optional[tuple[int, int]] = None) -> tuple[tuple[int, int, int], dict[str, tuple], bool]:
+    """Check the counts and the array table of a header against each other, the file and the
+    segment's step range; return ``(n, S, E)``, each array's ``(dtype, shape, filters, offset, size)``
+    and whether arrays are compressed. Nothing is allocated: every size is bounded first."""
+
     def bad(what: str) -> IndexFormatError:
         return IndexFormatError(f"the record index {name} is inconsistent: {what}; rebuild it")
 
-    try:
-        n, S, E = (int(header[k]) for k in ("n_records", "n_steps", "n_entries"))
-        expect = {
-            "hashes": ("|u1", [n, HASH_BYTES], []),
-            "steps": ("<i8", [S], ["delta", "shuffle"]),
-            "record_counts": ("<u4", [n], ["shuffle"]),
-            "record_steps": ("<u4", [E], ["row-delta", "shuffle"]),
-        }
-        compressed = {"zstd": True, "none": False}[header["compression"]]
-        metas = {m["name"]: m for m in header["arrays"]}
-    except (KeyError, TypeError, ValueError):
-        raise bad("missing or malformed header fields") from None
-    if set(metas) != set(expect):
-        raise bad(f"arrays {sorted(metas)}, expected {sorted(expect)}")
-    dctx = zstandard.ZstdDecompressor()
-    raw: dict[str, np.ndarray] = {}
+    def count(key: str, limit: int) -> int:
+        v = header.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= limit:
+            raise bad(f"{key} is {v!r}, not an integer in 0..{limit}")
+        return v
+
+    n, S = count("n_records", 2**31 - 1), count("n_steps", 2**31 - 1)
+    E = count("n_entries", n * S)  # a record is in each step at most once
+    if header.get("compression") not in ("zstd", "none"):
+        raise bad(f"compression {header.get('compression')!r} is not zstd or none")
+    compressed = header["compression"] == "zstd"
+    if steps is not None:
+        first, last = steps
+        if S > max(0, last - first + 1):
+            raise IndexFormatError(
+                f"the record index {name} lists {S} steps, but its segment holds {max(0, last - first + 1)} "
+                f"(steps {first}..{last}): it belongs to another segment or model version; restore the version's "
+                "own copy or rebuild it."
+            )
+    expect = {
+        "hashes": ("|u1", [n, HASH_BYTES], []),
+        "steps": ("<i8", [S], ["delta", "shuffle"]),
+        "record_counts": ("<u4", [n], ["shuffle"]),
+        "record_steps": ("<u4", [E], ["row-delta", "shuffle"]),
+    }
+    arrays = header.get("arrays")
+    if not isinstance(arrays, list) or not all(isinstance(m, dict) for m in arrays):
+        raise bad("the arrays table is not a list of objects")
+    metas = {m.get("name"): m for m in arrays if isinstance(m.get("name"), str)}
+    if len(arrays) != len(expect) or set(metas) != set(expect):
+        raise bad(f"arrays {sorted(map(str, metas))}, expected {sorted(expect)}")
+    payload = int(header["payload_bytes"])
+    out: dict[str, tuple] = {}
     for nm, (dtype, shape, filters) in expect.items():
         m = metas[nm]
         if m.get("dtype") != dtype or m.get("shape") != shape or m.get("filters") != filters:
             got = f"{m.get('dtype')} {m.get('shape')} {m.get('filters')}"
             raise bad(f"array {nm} is {got}, expected {dtype} {shape} {filters}")
-        off, size = int(m["offset"]), int(m["size"])
-        if off < 0 or size < 0 or off + size > len(payload):
-            raise bad(f"array {nm} lies outside the payload")
+        off, size = m.get("offset"), m.get("size")
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in (off, size)) or off + size > payload:
+            raise bad(f"array {nm} lies outside the payload (offset {off!r}, size {size!r})")
+        out[nm] = (dtype, shape, filters, off, size)
+    decoded = HASH_BYTES * n + 8 * S + 4 * n + 4 * E
+    budget = max(_MIN_BUDGET, _MAX_RATIO * file_bytes)
+    if decoded > budget:
+        raise IndexFormatError(
+            f"the record index {name} claims {decoded / 2**20:,.1f} MiB of arrays ({n} records, {S} steps, {E} "
+            f"entries) in a file of {file_bytes / 2**10:,.1f} KiB, more than any real index decodes to (at most "
+            f"{_MAX_RATIO} times its file, or {_MIN_BUDGET >> 20} MiB): the file is forged or corrupt; restore it "
+            "from the model version's artifacts or rebuild it."
+        )
+    return (n, S, E), out, compressed
+
+
+def _decode_arrays(header: dict, payload: bytes, name: str, file_bytes: int,
+                   steps: Optional[tuple[int, int]] = None) -> dict[str, np.ndarray]:
+    def bad(what: str) -> IndexFormatError:
+        return IndexFormatError(f"the record index {name} is inconsistent: {what}; rebuild it")
+
+    (n, S, E), layout, compressed = _layout(header, file_bytes, name, steps)
+    dctx = zstandard.ZstdDecompressor()
+    raw: dict[str, np.ndarray] = {}
+    for nm in ("hashes", "steps", "record_counts", "record_steps"):
+        dtype, shape, filters, off, size = layout[nm]
         blob = payload[off : off + size]
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if compressed:
-            try:
-                blob = dctx.decompress(blob, max_output_size=nbytes) if nbytes else b""
+            try:  # the frame's declared size is checked before the decompressor allocates it
+                declared = zstandard.frame_content_size(blob)
+                if declared != nbytes:
+                    what = "no content size" if declared < 0 else f"{declared} bytes"
+                    raise bad(f"array {nm}'s zstd frame declares {what}, the header {nbytes} bytes")
+                blob = dctx.decompress(blob, max_output_size=nbytes, allow_extra_data=False) if nbytes else b""
             except zstandard.ZstdError as e:
                 raise bad(f"array {nm} does not decompress ({e})") from None
         if len(blob) != nbytes:
@@ -676,21 +754,30 @@ def _decode_arrays(header: dict, payload: bytes, name: str) -> dict[str, np.ndar
             item = np.dtype(dtype).itemsize
             a = a.reshape(item, -1).T.copy()
         raw[nm] = a.view(dtype).reshape(shape)
+        if nm == "record_counts":  # before the entries are decoded: their count follows from these
+            if n and int(raw[nm].max()) > S:
+                raise bad("a record lists more steps than the index has")
+            if int(raw[nm].sum(dtype=np.int64)) != E:
+                raise bad(f"steps per record sum to {int(raw[nm].sum(dtype=np.int64))}, expected {E} entries")
 
     hashes = raw["hashes"].copy()
-    steps = np.cumsum(raw["steps"].astype(np.int64))
+    steps_arr = np.cumsum(raw["steps"].astype(np.int64))
     counts = raw["record_counts"].astype(np.int64)
-    if int(counts.sum()) != E:
-        raise bad(f"steps per record sum to {int(counts.sum())}, expected {E} entries")
     indptr = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(counts, out=indptr[1:])
     record_steps = _undo_row_delta(raw.pop("record_steps"), indptr, S, bad)
-    if S and (steps[0] < 0 or (len(steps) > 1 and not (np.diff(steps) > 0).all())):
+    if S and (steps_arr[0] < 0 or (len(steps_arr) > 1 and not (np.diff(steps_arr) > 0).all())):
         raise bad("the step numbers are not strictly increasing")
+    if steps is not None and S and not (steps[0] <= steps_arr[0] and steps_arr[-1] <= steps[1]):
+        out = int(steps_arr[0]) if steps_arr[0] < steps[0] else int(steps_arr[-1])
+        raise IndexFormatError(
+            f"the record index {name} lists step {out}, outside its segment's steps {steps[0]}..{steps[1]}: it "
+            "belongs to another segment or model version; restore the version's own copy or rebuild it."
+        )
     hi, lo = _halves(hashes)
     if n > 1 and not ((hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] > lo[:-1]))).all():
         raise bad("the record hashes are not sorted and unique")
-    return {"hashes": hashes, "steps": steps, "record_indptr": indptr, "record_steps": record_steps}
+    return {"hashes": hashes, "steps": steps_arr, "record_indptr": indptr, "record_steps": record_steps}
 
 
 def _undo_row_delta(d: np.ndarray, indptr: np.ndarray, S: int, bad) -> np.ndarray:

@@ -196,3 +196,54 @@ def test_a_flipped_byte_in_an_index_is_refused(pos, flip):
     data[pos % len(data)] ^= flip
     with pytest.raises(AmnesiaError):
         RecordIndex.from_bytes(bytes(data), key, name="idx.bin")
+
+
+_json_value = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False),
+              st.sampled_from([0, 1, 2, 3, 4, 16, 2**31, 2**40, 2**63]), st.text(max_size=8)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
+_index_fields = st.sampled_from([
+    "version", "key_id", "n_records", "n_steps", "n_entries", "compression", "arrays", "payload_bytes",
+    "arrays.0.shape", "arrays.1.shape", "arrays.2.shape", "arrays.3.shape", "arrays.0.size", "arrays.1.offset",
+    "arrays.2.dtype", "arrays.3.filters", "arrays.3.name", "arrays.1",
+])
+
+
+@FUZZ
+@given(field=_index_fields, value=_json_value)
+def test_a_forged_index_header_is_read_or_refused_never_misread(field, value):
+    """Any header field set to any JSON value, with both sha256 recomputed (a hostile writer):
+    either the same index or IndexFormatError / RecordKeyError, never another exception."""
+    import hashlib
+    import struct
+
+    from mlflow_amnesia.errors import RecordKeyError
+    from mlflow_amnesia.index import RecordIndex, RecordIndexBuilder
+
+    key = b"k" * 32
+    b = RecordIndexBuilder(key)
+    for step in range(5):
+        b.add(step, [f"r{(step * 3 + j) % 7}" for j in range(3)])
+    good = b.build()
+    data = good.to_bytes()
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    header = json.loads(data[44 : 44 + hlen])
+    *path, last = field.split(".")
+    node = header
+    for p in path:
+        node = node[int(p)] if isinstance(node, list) else node[p]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+    hb = json.dumps(header).encode()
+    forged = data[:8] + struct.pack("<I", len(hb)) + hashlib.sha256(hb).digest() + hb + data[44 + hlen :]
+    try:
+        back = RecordIndex.from_bytes(forged, key, name="idx.bin", steps=(0, 4))
+    except (IndexFormatError, RecordKeyError) as e:
+        assert "idx.bin" in str(e)
+        return
+    assert back.n_records == good.n_records and np.array_equal(back.steps, good.steps)
+    assert np.array_equal(back.hashes, good.hashes) and back.n_entries == good.n_entries

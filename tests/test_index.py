@@ -376,3 +376,125 @@ def test_structurally_invalid_arrays_are_refused(record_steps, problem):
     bad = RecordIndex(KEY, h, np.array([4, 9], np.int64), np.array([0, 2, 3]), np.array(record_steps, np.int32))
     with pytest.raises(IndexFormatError, match=problem):
         RecordIndex.from_bytes(bad.to_bytes(), KEY, name="bad.bin")
+
+
+# --------------------------------------------------------------------------------------------
+# a forged index (valid checksums, hostile counts) is refused before anything is allocated
+
+
+def _forge(data: bytes, header: dict | None = None, arrays: dict[str, bytes] | None = None,
+           shapes: dict[str, list] | None = None) -> bytes:
+    """``data`` rewritten as a hostile writer would: header fields and array blobs replaced,
+    offsets, sizes and both sha256 recomputed so that only the counts can give it away."""
+    hlen = struct.unpack_from("<I", data, 8)[0]
+    h = json.loads(data[44 : 44 + hlen])
+    payload = data[44 + hlen :]
+    blobs = {m["name"]: payload[m["offset"] : m["offset"] + m["size"]] for m in h["arrays"]}
+    blobs.update(arrays or {})
+    out = b""
+    for m in h["arrays"]:
+        m["offset"], m["size"] = len(out), len(blobs[m["name"]])
+        if shapes and m["name"] in shapes:
+            m["shape"] = shapes[m["name"]]
+        out += blobs[m["name"]]
+    h.update(payload_bytes=len(out), payload_sha256=hashlib.sha256(out).hexdigest())
+    h.update(header or {})
+    hb = json.dumps(h).encode()
+    return data[:8] + struct.pack("<I", len(hb)) + hashlib.sha256(hb).digest() + hb + out
+
+
+def _frame_claiming(content_size: int) -> bytes:
+    """A zstd frame whose header declares ``content_size`` bytes but that holds one raw byte."""
+    block = (1 << 3) | 1  # one raw byte, last block
+    return struct.pack("<IBQ", 0xFD2FB528, 0b11100000, content_size) + struct.pack("<I", block)[:3] + b"x"
+
+
+def _bomb(nbytes: int) -> bytes:
+    """A real zstd frame of ``nbytes`` zeros (256 MiB compress to about 8 KB)."""
+    return zstandard.ZstdCompressor(level=1).compress(bytes(nbytes))
+
+
+def _forged_files() -> dict[str, bytes]:
+    data = _small().to_bytes()
+    n, S, E = 1 << 24, 1 << 40, 1 << 36
+    return {
+        # 256 MiB of hashes and 64 MiB of counts that really decompress (zeros), in a 20 KB file
+        "hashes bomb": _forge(data, {"n_records": n, "n_entries": 0}, {
+            "hashes": _bomb(16 * n), "record_counts": _bomb(4 * n), "record_steps": _bomb(0)},
+            {"hashes": [n, 16], "record_counts": [n], "record_steps": [0]}),
+        # frames whose headers declare 8 TiB of steps / 256 GiB of entries
+        "steps claim": _forge(data, {"n_steps": S}, {"steps": _frame_claiming(8 * S)}, {"steps": [S]}),
+        "entries claim": _forge(data, {"n_entries": E}, {"record_steps": _frame_claiming(4 * E)}, {"record_steps": [E]}),
+        # the sizes agree with the header, the frame inside does not
+        "frame larger than its array": _forge(data, None, {"steps": _frame_claiming(1 << 33)}),
+        "uncompressed claim": _forge(_small().to_bytes(compress=False), {"n_records": n}, None,
+                                     {"hashes": [n, 16], "record_counts": [n]}),
+    }
+
+
+_CHILD = """
+import resource, sys
+from mlflow_amnesia.errors import IndexFormatError
+from mlflow_amnesia.index import RecordIndex
+data = open(sys.argv[1], "rb").read()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    RecordIndex.from_bytes(data, bytes(range(32)), name=sys.argv[1])
+    print("LOADED")
+except IndexFormatError as e:
+    print("REFUSED", e)
+print("GREW_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+@pytest.mark.parametrize("case", list(_forged_files()))
+def test_a_forged_index_is_refused_with_bounded_memory(case, tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "forged.bin"
+    path.write_bytes(_forged_files()[case])
+    r = subprocess.run([sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    assert "REFUSED" in lines and str(path) in lines["REFUSED"], r.stdout
+    grew_mib = int(lines["GREW_KB"]) / 1024
+    assert grew_mib < 48, f"{case}: peak RSS grew by {grew_mib:.0f} MiB ({lines['REFUSED']})"
+
+
+@pytest.mark.parametrize("header, problem", [
+    ({"n_records": -1}, "n_records"),
+    ({"n_records": 2.5}, "n_records"),
+    ({"n_records": True}, "n_records"),
+    ({"n_steps": "4"}, "n_steps"),
+    ({"n_entries": 10**30}, "n_entries"),
+    ({"version": float("inf")}, "unreadable header"),
+    ({"arrays": [{"name": "hashes"}]}, "arrays"),
+    ({"arrays": "none"}, "arrays"),
+    ({"compression": "lz4"}, "compression"),
+])
+def test_forged_header_fields_are_index_errors(header, problem):
+    with pytest.raises(IndexFormatError, match=problem):
+        RecordIndex.from_bytes(_forge(_small().to_bytes(), header), KEY, name="forged.bin")
+
+
+def test_a_record_listing_more_steps_than_exist_is_refused():
+    # record "a" claims 5 steps of an index that has 4: the counts are checked before the entries
+    data = _small().to_bytes(compress=False)
+    idx = RecordIndex.from_bytes(data, KEY)
+    counts = np.diff(idx._indptr).astype("<u4")
+    counts[0] += 4
+    forged = _forge(data, {"n_entries": int(counts.sum())}, {"record_counts": counts.tobytes(),
+                    "record_steps": np.zeros(int(counts.sum()), "<u4").tobytes()},
+                    {"record_steps": [int(counts.sum())]})
+    with pytest.raises(IndexFormatError, match="more steps than the index has"):
+        RecordIndex.from_bytes(forged, KEY, name="forged.bin")
+
+
+def test_the_segment_step_range_is_checked():
+    data = _small().to_bytes()  # steps 3, 10, 11, 40
+    assert RecordIndex.from_bytes(data, KEY, steps=(3, 40)).n_steps == 4
+    with pytest.raises(IndexFormatError, match=r"seg.bin lists 4 steps, but its segment holds 2 \(steps 3\.\.4\)"):
+        RecordIndex.from_bytes(data, KEY, name="seg.bin", steps=(3, 4))
+    with pytest.raises(IndexFormatError, match=r"seg.bin lists step 40, outside its segment's steps 0\.\.3"):
+        RecordIndex.from_bytes(data, KEY, name="seg.bin", steps=(0, 3))
