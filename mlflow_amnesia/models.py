@@ -14,6 +14,12 @@ dict (read with ``weights_only=True``) fills it. Specs:
 ``{"arch": "builder", "builder": "package.module:function" | "<entry point name>", "kwargs": {...}}``
     The user's own architecture: ``function(**kwargs)`` must return a ``torch.nn.Module``. A
     name without ``:`` is looked up in the entry-point group ``mlflow_amnesia.architectures``.
+
+A spec read from an artifact (``build_model(spec, source=...)``, as the flavor does) never makes
+code run that nobody installed or allowed: a ``module:function`` builder is imported only if it
+is the target of an installed entry point of that group or on the allow-list
+(``MLFLOW_AMNESIA_ALLOWED_BUILDERS=pkg.mod:fn,...`` and ``builders=``), checked before any import.
+A spec the caller typed (``train --arch pkg.mod:fn``, a spec in the user's own code) is trusted.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import os
+import re
 from importlib.metadata import entry_points
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -30,6 +38,8 @@ from torch import nn
 from .errors import InputError
 
 ENTRY_POINT_GROUP = "mlflow_amnesia.architectures"
+ALLOWED_BUILDERS_ENV = "MLFLOW_AMNESIA_ALLOWED_BUILDERS"
+_BUILDER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 ARCHS = ("resnet18", "cnn", "builder")
 STEMS = ("cifar", "imagenet")
 
@@ -39,7 +49,8 @@ _KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {  # arch -> (required
     "builder": (frozenset({"arch", "builder"}), frozenset({"kwargs"})),
 }
 
-__all__ = ["ARCHS", "ENTRY_POINT_GROUP", "SmallCNN", "build_model", "default_arch_spec", "validate_spec"]
+__all__ = ["ALLOWED_BUILDERS_ENV", "ARCHS", "ENTRY_POINT_GROUP", "SmallCNN", "allowed_builders", "build_model",
+           "check_builder", "default_arch_spec", "validate_spec"]
 
 
 class SmallCNN(nn.Module):
@@ -161,18 +172,79 @@ def _resolve_builder(name: str) -> Callable[..., Any]:
     return obj
 
 
-def build_model(spec: Mapping[str, Any], *, seed: Optional[int] = None) -> nn.Module:
+def allowed_builders(builders: Iterable[str] = ()) -> frozenset[str]:
+    """The ``module:function`` builders a spec read from an artifact may name: ``builders`` plus
+    the comma-separated ``MLFLOW_AMNESIA_ALLOWED_BUILDERS``. InputError names a malformed entry."""
+    env = [b.strip() for b in os.environ.get(ALLOWED_BUILDERS_ENV, "").split(",") if b.strip()]
+    for b in env:
+        if not _BUILDER_PATH.fullmatch(b):
+            raise InputError(f"{ALLOWED_BUILDERS_ENV} lists {b!r}, which is not a builder 'package.module:function': "
+                             "fix the variable (comma-separated module:function names).")
+    given = [str(b).strip() for b in builders]
+    for b in given:
+        if not _BUILDER_PATH.fullmatch(b):
+            raise InputError(f"allowed builder {b!r} is not 'package.module:function'.")
+    return frozenset(env) | frozenset(given)
+
+
+def check_builder(spec: Mapping[str, Any], *, source: str, builders: Iterable[str] = ()) -> None:
+    """Refuse, before any import, a builder that ``spec`` (read from ``source``) may not run.
+
+    Allowed: an entry-point name of group ``mlflow_amnesia.architectures`` (installed code), a
+    ``module:function`` that an installed entry point of that group targets, or one on
+    :func:`allowed_builders`. Anything else is an InputError saying how to allow it.
+    """
+    if not isinstance(spec, Mapping) or spec.get("arch") != "builder":
+        return
+    name = spec.get("builder")
+    if not isinstance(name, str) or ":" not in name:
+        return  # an entry-point name (or invalid, which validate_spec reports): only installed code
+    if not _BUILDER_PATH.fullmatch(name):
+        raise InputError(f"{source} names the architecture builder {name!r}, which is not 'package.module:function': "
+                         "the file is damaged or was not written by mlflow-amnesia; restore it.")
+    if name in allowed_builders(builders) or name in {ep.value.replace(" ", "") for ep in entry_points(group=ENTRY_POINT_GROUP)}:
+        return
+    raise InputError(
+        f"{source} names the architecture builder {name}, and mlflow-amnesia never imports code that a model's "
+        f"files name unless you allow it. If you trust {name}, set {ALLOWED_BUILDERS_ENV}={name} (comma-separated "
+        f"for several) or install it as an entry point in group {ENTRY_POINT_GROUP!r}, then re-run."
+    )
+
+
+def build_model(spec: Mapping[str, Any], *, seed: Optional[int] = None, source: Optional[str] = None,
+                builders: Iterable[str] = ()) -> nn.Module:
     """Build the module a spec describes (see the module docstring).
 
     With ``seed``, parameters are initialised from that seed without touching the global RNG,
-    so two builds with the same (spec, seed) have identical weights.
+    so two builds with the same (spec, seed) have identical weights. ``source`` says the spec
+    was read from an artifact (named in errors): its builder must pass :func:`check_builder`.
     """
     s = validate_spec(spec)
+    if source is not None:
+        check_builder(s, source=source, builders=builders)
     if seed is None:
         return _build(s)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         return _build(s)
+
+
+def state_shapes(spec: Mapping[str, Any]) -> Optional[dict[str, tuple[int, ...]]]:
+    """The ``state_dict`` shapes of a built-in architecture, computed on the meta device (nothing
+    allocated, the RNG untouched); None for a builder, whose code alone knows them.
+
+    Lets a loader check that weights fit a spec before it builds anything: a spec claiming
+    10**12 classes would otherwise allocate terabytes. InputError when no module fits the spec.
+    """
+    s = validate_spec(spec)
+    if s["arch"] == "builder":
+        return None
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            m = _build(s)
+    except (RuntimeError, ValueError, OverflowError, TypeError) as e:
+        raise InputError(f"architecture spec {s} describes no buildable module ({type(e).__name__}: {e}).") from None
+    return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
 def _build(s: dict[str, Any]) -> nn.Module:
