@@ -15,20 +15,29 @@ A *segment* is one recorded training phase (the original training, or a repair a
 its own delta store, addressed by URL and never copied into the version, plus its record index.
 Step numbers are global across a version's segments, so "steps already rolled back" is one set.
 Loading a version reads these files only; delta chunks are read lazily by a forget.
+
+Loading trusts none of these files: each is parsed by one function here (``read_info``,
+``read_arch``, ``read_weights``, ``read_rolled_back``, ``read_forgotten``, ``read_tombstone``;
+``purge`` reads through the same ones) that checks types, ranges and sizes before allocating and
+raises an :class:`~mlflow_amnesia.errors.AmnesiaError` naming the version's file. No code an
+artifact names is imported (see :func:`mlflow_amnesia.models.check_builder`), nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import torch
 
-from .errors import InputError, PurgedVersionError  # noqa: F401 - PurgedVersionError re-exported
+from .errors import IndexFormatError, InputError, ManifestFormatError, PurgedVersionError  # noqa: F401 - re-exported
 
 FLAVOR_NAME = "mlflow_amnesia"
 FORMAT_VERSION = 1
@@ -40,6 +49,28 @@ _ROLLED_BACK = "rolled_back.npy"
 _FORGOTTEN = "forgotten.npy"
 _SEGMENTS = "segments"
 TOMBSTONE = "purged.json"  # data/purged.json: written by `mlflow-amnesia purge` (see mlflow_amnesia.purge)
+_MAX_JSON = 64 << 20  # amnesia.json holds a few KB (history grows by ~200 B a forget): a bigger one is not ours
+_MAX_SMALL_JSON = 1 << 20  # arch.json, purged.json
+_MAX_EPOCHS = 1_000_000  # a recipe's epochs: orders of epochs x records are allocated from it
+_RESTORE = ("restore the file from a copy of the version's artifacts, or train and register the model again "
+            "(`mlflow-amnesia train`)")
+
+
+def _text(v: Any, limit: int = 200) -> str:
+    """``v`` as one short line (values read from a file go into one-line error messages)."""
+    t = "".join(c if c.isprintable() else " " for c in str(v))
+    return t if len(t) <= limit else t[:limit] + "..."
+
+
+def read_tombstone(raw: bytes) -> dict:
+    """The purge tombstone's fields (a dict, empty when unreadable): only ever shown in a message."""
+    if len(raw) > _MAX_SMALL_JSON:
+        return {}
+    try:
+        t = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {}
+    return t if isinstance(t, dict) else {}
 
 
 def check_not_purged(data: Path) -> None:
@@ -48,16 +79,21 @@ def check_not_purged(data: Path) -> None:
     if not tomb.is_file():
         return
     try:
-        t = json.loads(tomb.read_text())
-    except ValueError:
+        t = read_tombstone(tomb.read_bytes()) if tomb.stat().st_size <= _MAX_SMALL_JSON else {}
+    except OSError:
         t = {}
-    who = f"{t.get('model_name', 'this model')} v{t.get('version', '?')}"
-    when = t.get("completed_at") or (f"started {t.get('started_at', '?')} and not finished: re-run `mlflow-amnesia purge "
-                                     f"--model {t.get('model_name', 'NAME')} --version {t.get('version', 'N')}` to finish it")
-    instead = f"load v{t['superseded_by']} (which forgot the records) or a later version" if t.get("superseded_by") else "load a later version"
+    name = _text(t.get("model_name") or "this model", 100)
+    version = t.get("version") if isinstance(t.get("version"), int) and not isinstance(t.get("version"), bool) else None
+    who = f"{name} v{version if version is not None else '?'}"
+    when = (_text(t["completed_at"], 40) if t.get("completed_at") else
+            f"started {_text(t.get('started_at', '?'), 40)} and not finished: re-run `mlflow-amnesia purge "
+            f"--model {name if t.get('model_name') else 'NAME'} --version {version if version is not None else 'N'}` to finish it")
+    sup = t.get("superseded_by")
+    ok = isinstance(sup, int) and not isinstance(sup, bool)
+    instead = f"load v{sup} (which forgot the records) or a later version" if ok else "load a later version"
     raise PurgedVersionError(
         f"{who} was purged ({when}): its weights were deleted for good because a later version forgot records "
-        f"it held, so it cannot be loaded ({tomb}). Its lineage metadata is kept; {instead}."
+        f"it held, so it cannot be loaded ({_text(tomb, 400)}). Its lineage metadata is kept; {instead}."
     )
 
 
@@ -72,6 +108,8 @@ class Segment:
     manifest: bytes = b""
     index: bytes = b""
     run_id: Optional[str] = None
+    #: how errors name the manifest and index copies (set by the loader: the version's files)
+    names: tuple[str, str] = field(default=("", ""), compare=False, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -93,12 +131,20 @@ class Segment:
         """The segment's DeltaStore, read through the manifest copied into the version."""
         from .store import DeltaStore
 
-        return DeltaStore.open(self.store_url, manifest=self.manifest)
+        try:
+            return DeltaStore.open(self.store_url, manifest=self.manifest)
+        except ManifestFormatError as e:
+            if not self.names[0]:
+                raise
+            raise ManifestFormatError(f"{self.names[0]} (the version's copy of the store's manifest): {e}; "
+                                      f"{_RESTORE}") from None
 
     def open_index(self, key: bytes):
+        """The segment's RecordIndex; one that lists other steps than the segment is refused."""
         from .index import RecordIndex
 
-        return RecordIndex.from_bytes(self.index, key, name=f"record index of the {self.role} segment")
+        return RecordIndex.from_bytes(self.index, key, name=self.names[1] or f"record index of the {self.role} segment",
+                                      steps=(self.first_step, self.last_step))
 
 
 @dataclass
@@ -261,7 +307,248 @@ def log_model(
     )
 
 
-def _read_local(path: Path) -> AmnesiaModel:
+# ---------------------------------------------------------------------------------------------
+# reading a version's files: every one checked, named in errors, bounded before allocating
+
+
+def _damaged(where: str, what: str) -> InputError:
+    return InputError(f"{where} {what}: the file is damaged or was not written by mlflow-amnesia; {_RESTORE}.")
+
+
+def _read_bytes(path: Path, where: str, limit: Optional[int] = None) -> bytes:
+    try:
+        size = path.stat().st_size
+        if limit is not None and size > limit:
+            raise _damaged(where, f"is {size:,} bytes, more than the {limit:,} such a file can hold")
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{where} is missing: the version's artifacts are incomplete; {_RESTORE}.") from None
+    except IsADirectoryError:
+        raise _damaged(where, "is a directory") from None
+    except OSError as e:
+        raise InputError(f"cannot read {where}: {e.strerror or e}") from None
+
+
+def _json_object(raw: bytes, where: str) -> dict:
+    try:
+        obj = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
+        raise _damaged(where, f"is not valid JSON ({_text(type(e).__name__ + ': ' + str(e), 120)})") from None
+    if not isinstance(obj, dict):
+        raise _damaged(where, f"is not a JSON object (it holds a {type(obj).__name__})")
+    return obj
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _check_fields(d: Any, where: str, what: str, checks: dict) -> None:
+    """Each key of ``checks`` present in ``d`` must pass its check (a predicate, with a phrase)."""
+    if not isinstance(d, dict):
+        raise _damaged(where, f"{what} is a {type(d).__name__}, not an object")
+    for key, (ok, phrase) in checks.items():
+        if key in d and not ok(d[key]):
+            raise _damaged(where, f"{what}{key} is {_text(repr(d[key]), 80)}, not {phrase}")
+
+
+def _list_of(pred) -> Any:
+    return lambda v: isinstance(v, list) and all(pred(x) for x in v)
+
+
+def _opt(pred) -> Any:
+    return lambda v: v is None or pred(v)
+
+
+_STR = (lambda v: isinstance(v, str), "text")
+_OPT_STR = (_opt(lambda v: isinstance(v, str)), "text or null")
+_INT = (_is_int, "an integer")
+_COUNT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
+_NUMBER = (_is_number, "a finite number")
+_NUMBERS = (_list_of(_is_number), "a list of finite numbers")
+_INFO_FIELDS = {
+    "input_shape": (lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_is_int(x) and 1 <= x <= 2**20 for x in v),
+                    "a list of up to 8 integers in 1..2**20 (channels, height, width)"),
+    "num_classes": (lambda v: _is_int(v) and 1 <= v <= 2**31, "an integer in 1..2**31"),
+    "classes": (_list_of(lambda x: isinstance(x, str)), "a list of class names"),
+    "codec": _STR, "key_id": _OPT_STR, "model_name": _OPT_STR, "training_url": _OPT_STR, "store_uri": _OPT_STR,
+    "history": (_list_of(lambda x: isinstance(x, dict)), "a list of objects"),
+    "dataset": (lambda v: isinstance(v, dict), "an object"),
+    "split": (lambda v: isinstance(v, dict), "an object"),
+    "recipe": (lambda v: isinstance(v, dict), "an object"),
+    "segments": (lambda v: isinstance(v, list), "a list"),
+}
+_DATASET_FIELDS = {
+    "format": _INT, "spec": _STR, "root": _OPT_STR, "fingerprint": _STR, "n_records": _COUNT,
+    "shape": (_list_of(_is_int), "a list of integers"), "classes": (_list_of(lambda x: isinstance(x, str)), "a list of names"),
+    "normalization": (lambda v: isinstance(v, dict) and _is_number(v.get("scale")) and v["scale"] > 0
+                      and _NUMBERS[0](v.get("mean")) and _NUMBERS[0](v.get("std")) and len(v["mean"]) <= 4096,
+                      "an object with a scale > 0 and lists mean and std of numbers"),
+    "parts": (_list_of(lambda x: isinstance(x, dict) and _is_int(x.get("start")) and _is_int(x.get("stop"))), "a list of parts"),
+    "predefined_split": (_opt(lambda v: isinstance(v, dict)), "an object or null"),
+}
+_SPLIT_FIELDS = {
+    "format": _INT, "method": _STR, "fingerprint": _STR, "seed": _INT, "holdout_fraction": (
+        lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"), "stratify": (lambda v: isinstance(v, bool), "true or false"),
+    "checksum": _STR, "n_train": _COUNT, "n_holdout": _COUNT,
+}
+_RECIPE_FIELDS = {
+    "epochs": (lambda v: _is_int(v) and 1 <= v <= _MAX_EPOCHS, f"an integer in 1..{_MAX_EPOCHS:,}"),
+    "batch_size": (lambda v: _is_int(v) and 1 <= v <= 2**31, "an integer in 1..2**31"),
+    "lr": _NUMBER, "momentum": _NUMBER, "weight_decay": _NUMBER, "seed": _INT,
+}
+_SEGMENT_FIELDS = {
+    "role": (lambda v: isinstance(v, str) and 0 < len(v) <= 64 and v.isprintable(), "a short name"),
+    "store_url": (lambda v: isinstance(v, str) and v.strip() != "" and v.isprintable(), "a URL"),
+    "first_step": (lambda v: _is_int(v) and 0 <= v < 2**62, "an integer in 0..2**62"),
+    "last_step": (lambda v: _is_int(v) and -1 <= v < 2**62, "an integer in -1..2**62"),
+    "run_id": _OPT_STR,
+}
+
+
+def read_info(raw: bytes, where: str) -> dict:
+    """``data/amnesia.json``, checked: format version first (a newer one says upgrade), then the
+    type and range of every field that loading, forget, records, audit and purge read."""
+    if len(raw) > _MAX_JSON:
+        raise _damaged(where, f"is {len(raw):,} bytes, more than the {_MAX_JSON:,} such a file can hold")
+    info = _json_object(raw, where)
+    fmt = info.get("format_version", 0)
+    if not _is_int(fmt) or fmt < 0:
+        raise _damaged(where, f"has format_version {_text(repr(fmt), 40)}, not an integer")
+    if fmt > FORMAT_VERSION:
+        raise InputError(
+            f"{where} has format version {fmt}; this mlflow-amnesia reads up to {FORMAT_VERSION}. "
+            "Upgrade mlflow-amnesia."
+        )
+    for key in ("input_shape", "num_classes"):
+        if key not in info:
+            raise _damaged(where, f"has no {key}")
+    _check_fields(info, where, "", _INFO_FIELDS)
+    _check_fields(info.get("dataset", {}), where, "dataset.", _DATASET_FIELDS)
+    _check_fields(info.get("split", {}), where, "split.", _SPLIT_FIELDS)
+    _check_fields(info.get("recipe", {}), where, "recipe.", _RECIPE_FIELDS)
+    spans = []
+    for k, seg in enumerate(info.get("segments", [])):
+        _check_fields(seg, where, f"segment {k} ", _SEGMENT_FIELDS)
+        for key in ("role", "store_url", "first_step", "last_step"):
+            if key not in seg:
+                raise _damaged(where, f"segment {k} has no {key}")
+        if seg["last_step"] < seg["first_step"] - 1:
+            raise _damaged(where, f"segment {k} has last_step {seg['last_step']} before its first_step {seg['first_step']} - 1")
+        if seg["last_step"] >= seg["first_step"]:
+            spans.append((seg["first_step"], seg["last_step"], k))
+    spans.sort()
+    for (a0, a1, ka), (b0, b1, kb) in zip(spans, spans[1:]):
+        if b0 <= a1:
+            raise _damaged(where, f"segments {ka} (steps {a0}..{a1}) and {kb} (steps {b0}..{b1}) overlap "
+                                  "(step numbers are unique across a version)")
+    return info
+
+
+def read_arch(raw: bytes, where: str, builders: Iterable[str] = ()) -> dict:
+    """``data/arch.json``, checked as a spec; a builder it names must be allowed (nothing imported)."""
+    from .models import check_builder, validate_spec
+
+    try:
+        spec = validate_spec(_json_object(raw, where))
+    except InputError as e:
+        if str(e).startswith(where):
+            raise
+        raise InputError(f"{where}: {e} The file is damaged or was not written by mlflow-amnesia; {_RESTORE}.") from None
+    check_builder(spec, source=where, builders=builders)
+    return spec
+
+
+def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
+    """``data/weights.pt``: a torch zip of uncompressed entries (so nothing inflates past the
+    file), read with ``weights_only=True``; must hold a state dict of tensors."""
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as z:
+            entries = z.infolist()
+    except FileNotFoundError:
+        raise InputError(f"{where} is missing: the version's artifacts are incomplete; {_RESTORE}.") from None
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
+        raise _damaged(where, f"is not a readable torch.save file, truncated or overwritten ({_text(e, 80)})") from None
+    if any(e.compress_type != zipfile.ZIP_STORED or e.file_size != e.compress_size for e in entries) or \
+            sum(e.file_size for e in entries) > size:
+        raise _damaged(where, "holds compressed or oversized entries, which torch.save never writes")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch signals a damaged file in many ways; weights_only refuses any pickle
+        raise _damaged(where, f"cannot be read ({type(e).__name__}: {_text(str(e).splitlines()[0] if str(e) else '', 120)})") from None
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise _damaged(where, "does not hold a state dict (names to tensors)")
+    return state
+
+
+def _read_npy(raw: bytes, where: str, kind: str, itemsize: int) -> tuple[np.ndarray, tuple]:
+    """A .npy of one plain dtype, its header checked against the file before anything is read."""
+    f = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            raise ValueError(f"npy format version {version}")
+    except (ValueError, EOFError, SyntaxError, TypeError, OverflowError) as e:
+        raise _damaged(where, f"is not a readable .npy file ({_text(e, 80)})") from None
+    want = f"{'int' if kind == 'i' else 'uint'}{8 * itemsize}"
+    if dtype.hasobject or dtype.fields is not None or dtype.kind != kind or dtype.itemsize != itemsize:
+        raise _damaged(where, f"holds {dtype} values, not {want}")
+    need = math.prod(shape) * itemsize
+    have = len(raw) - f.tell()
+    if have != need:
+        raise _damaged(where, f"is truncated or padded: its header says {tuple(shape)} {want} ({need:,} bytes), "
+                              f"the file holds {have:,}")
+    a = np.frombuffer(raw, dtype=dtype, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
+    return a.astype(dtype.newbyteorder("="), copy=True), tuple(shape)
+
+
+def read_rolled_back(raw: Optional[bytes], where: str, segments: Iterable[Any]) -> np.ndarray:
+    """``data/rolled_back.npy``: 1-D int64, strictly increasing, each a step of ``segments``
+    (:class:`Segment` or their JSON dicts). None (no file): nothing rolled back."""
+    if raw is None:
+        return np.zeros(0, np.int64)
+    a, shape = _read_npy(raw, where, "i", 8)
+    if len(shape) != 1:
+        raise _damaged(where, f"holds a {len(shape)}-dimensional array {shape}, not a 1-D list of steps")
+    a = a.astype(np.int64, copy=False)
+    if len(a) > 1 and not (np.diff(a) > 0).all():
+        raise _damaged(where, "does not list steps strictly increasing (each step is rolled back once)")
+    spans = [(s.first_step, s.last_step) if isinstance(s, Segment) else (s["first_step"], s["last_step"]) for s in segments]
+    known = np.zeros(len(a), dtype=bool)
+    for lo, hi in spans:
+        known |= (a >= lo) & (a <= hi)
+    if not known.all():
+        bad = int(a[~known][0])
+        held = ", ".join(f"{lo}..{hi}" for lo, hi in spans if hi >= lo) or "none"
+        raise _damaged(where, f"lists {int((~known).sum())} step(s) that are not steps of the version's segments "
+                              f"(e.g. {bad}; the segments hold steps {held})")
+    return a
+
+
+def read_forgotten(raw: Optional[bytes], where: str) -> np.ndarray:
+    """``data/forgotten.npy``: ``(n, 16)`` uint8 keyed hashes. None (no file): nothing forgotten."""
+    if raw is None:
+        return np.zeros((0, 16), np.uint8)
+    a, shape = _read_npy(raw, where, "u", 1)
+    if len(shape) != 2 or shape[1] != 16:
+        raise _damaged(where, f"holds uint8 of shape {shape}, not (n, 16) keyed record hashes")
+    return a
+
+
+def _read_local(path: Path, label: Optional[str] = None, builders: Iterable[str] = ()) -> AmnesiaModel:
+    """Load the version in the local directory ``path``; ``label`` names it in errors (its URI)."""
+    from .index import index_counts
+    from .models import build_model, state_shapes
+
     data = path / _DATA if (path / _DATA).is_dir() else path
     if not (data / _INFO).is_file():
         mlmodel = path / "MLmodel"
@@ -273,36 +560,52 @@ def _read_local(path: Path) -> AmnesiaModel:
             "Use a model version registered by `mlflow-amnesia train` or `forget`."
         )
     check_not_purged(data)
-    info = json.loads((data / _INFO).read_text())
-    fmt = int(info.get("format_version", 0))
-    if fmt > FORMAT_VERSION:
-        raise InputError(
-            f"{data / _INFO} has format version {fmt}; this mlflow-amnesia reads up to {FORMAT_VERSION}. "
-            "Upgrade mlflow-amnesia."
-        )
-    arch = json.loads((data / _ARCH).read_text())
-    from .models import build_model
+    label = label or str(path)
 
-    module = build_model(arch)
-    state = torch.load(data / _WEIGHTS, map_location="cpu", weights_only=True)
-    module.load_state_dict(state)
-    module.eval()
+    def where(name: str) -> str:
+        return f"{_DATA}/{name} of {label}"
+
+    info = read_info(_read_bytes(data / _INFO, where(_INFO), _MAX_JSON), where(_INFO))
+    arch = read_arch(_read_bytes(data / _ARCH, where(_ARCH), _MAX_SMALL_JSON), where(_ARCH), builders)
     segments = []
     for k, s in enumerate(info.get("segments", [])):
-        d = data / _SEGMENTS / str(k)
-        segments.append(
-            Segment(
-                role=s["role"],
-                store_url=s["store_url"],
-                first_step=int(s["first_step"]),
-                last_step=int(s["last_step"]),
-                manifest=(d / "manifest.json").read_bytes(),
-                index=(d / "record_index.bin").read_bytes(),
-                run_id=s.get("run_id"),
+        d = f"{_SEGMENTS}/{k}"
+        names = (where(f"{d}/manifest.json"), where(f"{d}/record_index.bin"))
+        seg = Segment(role=s["role"], store_url=s["store_url"], first_step=s["first_step"], last_step=s["last_step"],
+                      manifest=_read_bytes(data / d / "manifest.json", names[0]),
+                      index=_read_bytes(data / d / "record_index.bin", names[1]), run_id=s.get("run_id"), names=names)
+        # the header alone bounds the segment: its steps are the index's (a forged range fails here)
+        try:
+            n_steps = index_counts(seg.index, name=names[1], steps=(seg.first_step, seg.last_step))[1]
+        except IndexFormatError as e:
+            raise IndexFormatError(str(e) if "restore" in str(e) else f"{str(e).rstrip('.')}; {_RESTORE}.") from None
+        if n_steps != seg.n_steps:
+            raise IndexFormatError(
+                f"the record index {names[1]} lists {n_steps} steps, but {where(_INFO)} gives its segment {seg.n_steps} "
+                f"(steps {seg.first_step}..{seg.last_step}): the files do not belong together; {_RESTORE}."
             )
-        )
-    rolled = np.load(data / _ROLLED_BACK, allow_pickle=False) if (data / _ROLLED_BACK).exists() else np.zeros(0, np.int64)
-    forgotten = np.load(data / _FORGOTTEN, allow_pickle=False) if (data / _FORGOTTEN).exists() else np.zeros((0, 16), np.uint8)
+        segments.append(seg)
+    rolled = read_rolled_back(_read_bytes(data / _ROLLED_BACK, where(_ROLLED_BACK)) if (data / _ROLLED_BACK).exists() else None,
+                              where(_ROLLED_BACK), segments)
+    forgotten = read_forgotten(_read_bytes(data / _FORGOTTEN, where(_FORGOTTEN)) if (data / _FORGOTTEN).exists() else None,
+                               where(_FORGOTTEN))
+    state = read_weights(data / _WEIGHTS, where(_WEIGHTS))
+    shapes = state_shapes(arch)  # a built-in architecture: check the weights fit before building it
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if shapes is not None and shapes != got:
+        odd = sorted(set(shapes) ^ set(got))
+        first = (f"{_text(odd[0], 80)} is only in {'the weights' if odd[0] in got else 'the architecture'}" if odd else
+                 next(f"{_text(k, 80)} is {got[k]} in the weights, {shapes[k]} in the architecture"
+                      for k in sorted(shapes) if shapes[k] != got[k]))
+        raise InputError(f"{where(_WEIGHTS)} does not fit {_DATA}/{_ARCH} ({len(got)} tensors, the architecture has "
+                         f"{len(shapes)}; {first}): one of the files is not this version's; {_RESTORE}.")
+    module = build_model(arch, source=where(_ARCH), builders=builders)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:  # a builder's module (shapes unknown until built)
+        raise InputError(f"{where(_WEIGHTS)} does not fit {_DATA}/{_ARCH} ({_text(str(e).splitlines()[-1], 160)}); "
+                         f"{_RESTORE}.") from None
+    module.eval()
     return AmnesiaModel(module=module, arch=arch, info=info, segments=segments, rolled_back=rolled, forgotten=forgotten)
 
 
@@ -310,20 +613,27 @@ def _flavors_of(mlmodel: Path) -> str:
     import yaml
 
     try:
-        return ", ".join(sorted((yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})))
+        if mlmodel.stat().st_size > _MAX_SMALL_JSON:
+            return "unreadable"
+        return _text(", ".join(sorted(map(str, (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})))))
     except Exception:  # noqa: BLE001 - only for a hint in an error message
         return "unreadable"
 
 
-def load_model(model_uri: str, dst_path: Optional[str] = None) -> AmnesiaModel:
-    """Load a version (``models:/NAME/3``, ``runs:/...``, a local path); reads no delta chunk."""
+def load_model(model_uri: str, dst_path: Optional[str] = None, *, builders: Iterable[str] = ()) -> AmnesiaModel:
+    """Load a version (``models:/NAME/3``, ``runs:/...``, a local path); reads no delta chunk.
+
+    ``builders``: ``package.module:function`` architecture builders this version's ``arch.json``
+    may name (with ``MLFLOW_AMNESIA_ALLOWED_BUILDERS`` and installed entry points): no other
+    code a version's files name is ever imported.
+    """
     import mlflow
 
     if os.path.isdir(model_uri):
         local = Path(model_uri)
     else:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=dst_path))
-    return _read_local(local)
+    return _read_local(local, label=model_uri, builders=builders)
 
 
 class _PyFuncWrapper:
@@ -342,6 +652,8 @@ class _PyFuncWrapper:
 
 
 def _load_pyfunc(path: str, model_config: Optional[dict] = None) -> _PyFuncWrapper:
+    # Builders are allowed by MLFLOW_AMNESIA_ALLOWED_BUILDERS only, never by model_config, which
+    # MLflow may fill from the MLmodel file: an artifact must not allow its own code.
     p = Path(path)
     return _PyFuncWrapper(_read_local(p.parent if p.name == _DATA else p))
 
