@@ -34,7 +34,6 @@ and a re-run of a complete purge finds nothing to do.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import json
 import tempfile
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ import numpy as np
 
 from . import registry
 from .errors import InputError, RecordKeyError, StoreError
-from .flavor import TOMBSTONE
+from .flavor import TOMBSTONE, read_forgotten, read_info, read_rolled_back, read_tombstone
 from .progress import info as say
 from .store.delta_store import url_to_fs
 
@@ -191,8 +190,7 @@ class _Meta:
     def forgotten(self) -> np.ndarray:
         if self._forgotten is None:
             b = _download(self.repo, "data/forgotten.npy", optional=True)
-            arr = np.load(io.BytesIO(b), allow_pickle=False) if b is not None else np.zeros((0, 16), np.uint8)
-            self._forgotten = np.asarray(arr, np.uint8).reshape(-1, 16)
+            self._forgotten = read_forgotten(b, f"data/forgotten.npy of {self.mv.name} v{self.version}")
         return self._forgotten
 
 
@@ -252,10 +250,10 @@ class _Registry:
             if raw is None:
                 self._metas[v] = None
             else:
+                segments = read_info(raw, f"data/amnesia.json of {self.name} v{v}").get("segments", [])
                 rb = _download(repo, "data/rolled_back.npy", optional=True)
-                rolled = np.load(io.BytesIO(rb), allow_pickle=False) if rb is not None else np.zeros(0, np.int64)
-                self._metas[v] = _Meta(mv, location, repo, list(json.loads(raw).get("segments", [])),
-                                       np.asarray(rolled, np.int64))
+                rolled = read_rolled_back(rb, f"data/rolled_back.npy of {self.name} v{v}", segments)
+                self._metas[v] = _Meta(mv, location, repo, list(segments), rolled)
         return self._metas[v]
 
     def amnesia(self, v: int) -> _Meta:
@@ -277,7 +275,7 @@ class _Registry:
             if ident not in self._indexes:
                 raw = _download(m.repo, f"data/segments/{k}/record_index.bin")
                 self._indexes[ident] = RecordIndex.from_bytes(
-                    raw, self.key(), name=f"record index of segment {k} of {self.name} v{m.version}")
+                    raw, self.key(), name=f"record index of segment {k} of {self.name} v{m.version}", steps=ident[1:])
             out.setdefault(ident[0], set()).update(int(s) for s in self._indexes[ident].steps_for_hashes(hashes, strict=False))
         return out
 
@@ -544,7 +542,7 @@ def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: 
     """Write ``data/purged.json`` into the version (merged with one a killed purge left); return it."""
     repo = _repo(vp.model_location)
     raw = _download(repo, f"data/{TOMBSTONE}", optional=True)
-    old = json.loads(raw) if raw else {}
+    old = read_tombstone(raw) if raw else {}
     body = {
         "format": "mlflow-amnesia purge tombstone",
         "format_version": 1,
