@@ -24,6 +24,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..errors import InputError
 from ..progress import info as say
 
 SHADOW_EXPERIMENT = "mlflow-amnesia-shadows"
@@ -74,7 +75,14 @@ def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int
             run_id = runs[0].info.run_id
             with tempfile.TemporaryDirectory() as tmp:
                 local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="shadows", dst_path=tmp)
-                shadows, attack = ShadowSet.load(local), AttackModels.load(local)
+                shadows = ShadowSet.load(local)
+                if shadows.cache_key != key:  # other data, recipe or architecture: never build its models
+                    raise InputError(
+                        f"the cached shadow models of run {run_id} (experiment {SHADOW_EXPERIMENT}) are tagged with "
+                        f"cache key {key} but hold a set with key {shadows.cache_key}: the cache is damaged or forged; "
+                        "delete that run and audit again (the shadows are then trained afresh)."
+                    )
+                attack = AttackModels.load(local)
             say(f"audit: reusing {n} cached shadow models (run {run_id})")
             return shadows, attack, run_id
     say(f"audit: training {n} shadow models (cached for later audits)")

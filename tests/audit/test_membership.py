@@ -322,3 +322,28 @@ def test_attacks_detect_members_of_an_overfit_mnist_model_and_not_removed_record
     assert abs(after["audit.mia.auc"] - 0.5) < 0.1
     assert before["audit.lira.tpr_at_1pct_fpr"] > after["audit.lira.tpr_at_1pct_fpr"]
     assert audit_seconds < 0.1 * build_seconds
+
+
+def test_a_cached_shadow_set_of_another_architecture_is_never_built(digits, tmp_path):
+    """A run in the shadow cache tagged with this audit's key but holding shadows of another
+    architecture (a builder that would run code) is refused before any shadow is built."""
+    import mlflow
+
+    from mlflow_amnesia.audit.privacy import SHADOW_EXPERIMENT, SHADOW_TAG, audit_pool, get_shadows
+
+    records, sp, spec, target, shadows, attack = digits
+    marker = tmp_path / "MARKER"
+    hostile = {"arch": "builder", "builder": "os:system", "kwargs": {"command": f"touch {marker}"}}
+    forged = ShadowSet(shadows.fingerprint, hostile, shadows.recipe, shadows.seed, shadows.pool, shadows.membership,
+                       shadows.phi, shadows.states, shadows.info)
+    d = forged.save(tmp_path / "shadows")
+    attack.save(d)
+    key = shadow_cache_key(records.fingerprint, spec, RECIPE.to_dict(), 4, 0, audit_pool(sp, 0))
+    c = mlflow.MlflowClient()
+    run = c.create_run(c.create_experiment(SHADOW_EXPERIMENT), tags={SHADOW_TAG: key})
+    c.log_artifacts(run.info.run_id, str(d), artifact_path="shadows")
+    c.set_terminated(run.info.run_id, "FINISHED")
+    with pytest.raises(InputError, match=f"run {run.info.run_id}.*cache key"):
+        got, _, _ = get_shadows(records, sp, spec, RECIPE.to_dict(), 4, 0)
+        got.modules()  # what the audit does next with the shadows
+    assert not marker.exists()
