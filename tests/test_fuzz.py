@@ -247,3 +247,58 @@ def test_a_forged_index_header_is_read_or_refused_never_misread(field, value):
         return
     assert back.n_records == good.n_records and np.array_equal(back.steps, good.steps)
     assert np.array_equal(back.hashes, good.hashes) and back.n_entries == good.n_entries
+
+
+# --------------------------------------------------------------------------------------------
+# the files of a model version (amnesia.json, rolled_back.npy, forgotten.npy, the tombstone)
+
+_SEGMENTS = [{"role": "train", "store_url": "/s", "first_step": 0, "last_step": 9}]
+
+
+def _version_file_parsers():
+    from mlflow_amnesia import flavor
+
+    return {
+        "amnesia.json": lambda raw: flavor.read_info(raw, "data/amnesia.json of m v1"),
+        "rolled_back.npy": lambda raw: flavor.read_rolled_back(raw, "data/rolled_back.npy of m v1", _SEGMENTS),
+        "forgotten.npy": lambda raw: flavor.read_forgotten(raw, "data/forgotten.npy of m v1"),
+    }
+
+
+@FUZZ
+@given(which=st.sampled_from(["amnesia.json", "rolled_back.npy", "forgotten.npy"]), raw=st.binary(max_size=400))
+@example(which="rolled_back.npy", raw=b"\x93NUMPY\x01\x00v\x00{'descr': '<i8', 'fortran_order': False, 'shape': (10**12,), }")
+def test_arbitrary_bytes_as_a_version_file_are_an_input_error(which, raw):
+    from mlflow_amnesia import flavor
+
+    try:
+        _version_file_parsers()[which](raw)
+    except InputError as e:
+        assert f"data/{which} of m v1" in str(e) and "\n" not in str(e)
+    assert isinstance(flavor.read_tombstone(raw), dict)
+
+
+@FUZZ
+@given(descr=st.sampled_from(["<i8", ">i8", "<i4", "|u1", "<f8", "|O", "<u8", "|b1", "V16"]),
+       shape=st.lists(st.integers(0, 2**40), max_size=3).map(tuple), fortran=st.booleans(),
+       payload=st.binary(max_size=64))
+def test_an_npy_header_is_checked_against_the_file_before_reading(descr, shape, fortran, payload):
+    """Any dtype, shape and payload: the right array, or an InputError; never a large allocation
+    (a header claiming 2**40 values of a 64-byte file is refused from the header)."""
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": fortran, "shape": shape})
+    raw = buf.getvalue() + payload
+    for which, parse in _version_file_parsers().items():
+        if which == "amnesia.json":
+            continue
+        try:
+            a = parse(raw)
+        except InputError as e:
+            assert f"data/{which} of m v1" in str(e)
+            continue
+        if which == "rolled_back.npy":
+            assert a.dtype == np.int64 and a.ndim == 1 and ((a >= 0) & (a <= 9)).all()
+        else:
+            assert a.dtype == np.uint8 and a.ndim == 2 and a.shape[1] == 16
