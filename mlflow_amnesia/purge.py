@@ -237,7 +237,7 @@ class _Registry:
     def __init__(self, model_name: str) -> None:
         self.name = model_name
         self.client = registry.client()
-        self.versions = {int(mv.version): mv for mv in self.client.search_model_versions(f"name='{model_name}'")}
+        self.versions = {int(mv.version): mv for mv in registry.search_versions(model_name)}
         self._metas: dict[int, Optional[_Meta]] = {}
         self._key: Optional[bytes] = None
         self._indexes: dict[tuple, Any] = {}
