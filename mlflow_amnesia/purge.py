@@ -44,7 +44,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from . import registry
-from .errors import InputError, RecordKeyError, StoreError
+from .errors import InputError, StoreError
 from .flavor import TOMBSTONE
 from .progress import info as say
 from .store.delta_store import url_to_fs
@@ -179,6 +179,7 @@ class _Meta:
     segments: list[dict]
     rolled_back: np.ndarray
     _forgotten: Optional[np.ndarray] = None
+    key_id: Optional[str] = None  # of the record key its indexes were built with
 
     @property
     def version(self) -> int:
@@ -254,8 +255,9 @@ class _Registry:
             else:
                 rb = _download(repo, "data/rolled_back.npy", optional=True)
                 rolled = np.load(io.BytesIO(rb), allow_pickle=False) if rb is not None else np.zeros(0, np.int64)
-                self._metas[v] = _Meta(mv, location, repo, list(json.loads(raw).get("segments", [])),
-                                       np.asarray(rolled, np.int64))
+                info = json.loads(raw)
+                self._metas[v] = _Meta(mv, location, repo, list(info.get("segments", [])),
+                                       np.asarray(rolled, np.int64), key_id=info.get("key_id"))
         return self._metas[v]
 
     def amnesia(self, v: int) -> _Meta:
@@ -277,19 +279,17 @@ class _Registry:
             if ident not in self._indexes:
                 raw = _download(m.repo, f"data/segments/{k}/record_index.bin")
                 self._indexes[ident] = RecordIndex.from_bytes(
-                    raw, self.key(), name=f"record index of segment {k} of {self.name} v{m.version}")
+                    raw, self.key(m), name=f"record index of segment {k} of {self.name} v{m.version}")
             out.setdefault(ident[0], set()).update(int(s) for s in self._indexes[ident].steps_for_hashes(hashes, strict=False))
         return out
 
-    def key(self) -> bytes:
-        from .keys import load_key
+    def key(self, m: _Meta) -> bytes:
+        """The record key, checked against the key id ``m`` was built with (keys.load_key_for)."""
+        from .keys import key_id, load_key_for
 
-        if self._key is None:
-            try:
-                self._key = load_key(create=False)
-            except RecordKeyError as e:
-                raise RecordKeyError(f"{e} Purge needs the record key to find the recorded steps that saw the "
-                                     "forgotten records (the versions hold their keyed hashes).") from None
+        if self._key is None or (m.key_id and m.key_id != key_id(self._key)):
+            self._key = load_key_for(m.key_id, f"{self.name} v{m.version}",
+                                     to="purge it (the steps that saw the forgotten records are found by their keyed hashes)")
         return self._key
 
     def run_location(self, run_id: Optional[str]) -> Optional[str]:
