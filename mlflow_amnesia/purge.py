@@ -333,14 +333,27 @@ def plan_purge(model_name: str, versions: Iterable[int]) -> PurgePlan:
     return PurgePlan(model_name, plans, stores)
 
 
+def _superseded_by(reg: _Registry, mv) -> Optional[int]:
+    """The version that superseded ``mv``: its tag ``amnesia.superseded_by``, else its child (a
+    version whose ``amnesia.parent_version`` is ``mv``; the lowest wins a race). A forget sets the
+    tag after registering the child, so one killed in between leaves only the child."""
+    from .concurrency import children_of
+
+    t = mv.tags or {}
+    if registry.TAG_SUPERSEDED in t:
+        return int(t[registry.TAG_SUPERSEDED])
+    kids = children_of(reg.name, mv.version)
+    return kids[0] if kids else None
+
+
 def _check_purgeable(reg: _Registry, mvs: dict) -> None:
     """Refuse versions no forget superseded, and versions an alias points at."""
     aliases = dict(getattr(reg.client.get_registered_model(reg.name), "aliases", {}) or {})
     for v, mv in mvs.items():
-        t = mv.tags or {}
-        if registry.TAG_SUPERSEDED not in t:
+        sup = _superseded_by(reg, mv)
+        if sup is None:
             raise InputError(
-                f"{reg.name} v{v} is not superseded (no tag {registry.TAG_SUPERSEDED}): no forget has replaced it, so "
+                f"{reg.name} v{v} is not superseded (no tag {registry.TAG_SUPERSEDED}, no child): no forget has replaced it, so "
                 "it is a current version, not a leftover. Purge erases only versions a forget has superseded: "
                 f"forget the records from v{v} first (`mlflow-amnesia forget --model {reg.name} "
                 f"--version {v} --records ids.txt --purge` forgets and purges v{v} in one go)."
@@ -350,7 +363,7 @@ def _check_purgeable(reg: _Registry, mvs: dict) -> None:
             raise InputError(
                 f"{reg.name} v{v} still carries the alias(es) {', '.join(held)}: whoever loads "
                 f"models:/{reg.name}@{held[0]} would get a purged version. Move the alias first, e.g. to "
-                f"v{t[registry.TAG_SUPERSEDED]} (`mlflow-amnesia forget ... --set-alias {held[0]}` does it on the next "
+                f"v{sup} (`mlflow-amnesia forget ... --set-alias {held[0]}` does it on the next "
                 "forget), then re-run the purge."
             )
 
@@ -359,7 +372,7 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
     """One version's part: its files, its run's audit files, and the steps that saw the records
     its superseding forget removed, in every segment of its lineage (ancestors, itself, child)."""
     v, t = int(mv.version), mv.tags or {}
-    child_v = int(t[registry.TAG_SUPERSEDED])
+    child_v = _superseded_by(reg, mv)
     p, child = reg.amnesia(v), reg.amnesia(child_v)
     had = np.ascontiguousarray(p.forgotten()).view("V16").ravel()
     now = np.ascontiguousarray(child.forgotten()).view("V16").ravel()
