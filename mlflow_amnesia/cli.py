@@ -172,29 +172,37 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 def forget(model_name, version, alias, records_file, cls, method, method_epochs, copies, repair, repair_epochs, repair_lr,
            max_step_share, dry_run, yes, set_alias, store_uri, data_root, audit, shadows, inversion_iterations,
            purge_parent):
-    """Forget records: register version n+1 without their contribution, with lineage tags."""
+    """Forget records: register version n+1 without their contribution, with lineage tags.
+
+    Re-running a forget that was stopped after registering its version completes that version
+    (description, --set-alias, the parent's superseded tag, --purge) and registers nothing new."""
+    from .forget import check_step_share
     from .forget import forget as run_forget
 
+    max_step_share = check_step_share(max_step_share)  # before any registry call: one line, exit 1
     confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
     r = run_forget(model_name, records_file=records_file, cls=cls, version=version, alias=alias, method=method,
                    repair=repair, repair_epochs=repair_epochs, repair_lr=repair_lr, method_epochs=method_epochs,
                    copies=copies, dry_run=dry_run, yes=yes,
                    max_step_share=max_step_share, set_alias=set_alias, store_uri=store_uri, data_root=data_root,
-                   confirm=confirm, audit=audit, audit_settings=_settings(shadows, inversion_iterations))
-    if r.version is None:
+                   confirm=confirm, audit=audit, audit_settings=_settings(shadows, inversion_iterations),
+                   purge=purge_parent)
+    done = r.plan.completes
+    if r.version is None and done is not None:
+        click.echo(f"dry run: {model_name} v{done} was registered by this request earlier and not finished; "
+                   f"would complete: {', '.join(r.completed)}")
+    elif r.version is None:
         click.echo(f"dry run: {r.plan.describe()}" + (f"; --purge would then purge v{r.plan.parent_version}" if purge_parent else ""))
+    elif done is not None:
+        click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {r.plan.method}): completed the earlier "
+                   f"registration of v{r.version} by this request, stopped before it finished: {', '.join(r.completed)}")
     else:
         m = r.metrics
         click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {method}): "
                    f"rolled back {int(m.get('steps.rolled_back', 0))} of {r.plan.total_steps} steps; "
                    f"acc.test {m.get('acc.test', float('nan')):.4f}, acc.forget {m.get('acc.forget', float('nan')):.4f}")
-        if purge_parent:
-            from .purge import purge as run_purge
-
-            try:
-                click.echo(run_purge(model_name, [r.plan.parent_version], yes=True).summary())
-            except AmnesiaError as e:
-                raise click.ClickException(f"v{r.version} is registered, but v{r.plan.parent_version} was not purged: {e}") from None
+    if r.purge is not None:
+        click.echo(r.purge.summary())
 
 
 _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left behind.

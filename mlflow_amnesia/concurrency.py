@@ -165,12 +165,11 @@ def children_of(name: str, version: int | str) -> list[int]:
     """Versions of ``name`` whose ``amnesia.parent_version`` tag is ``version``, ascending."""
     from mlflow.exceptions import MlflowException
 
-    c = registry.client()
     want = str(int(version))
     try:
-        found = c.search_model_versions(f"name='{name}' and tags.`{registry.TAG_PARENT}` = '{want}'")
+        found = registry.search_versions(name, tags={registry.TAG_PARENT: want})
     except MlflowException:  # a registry without tag filters: filter here
-        found = [v for v in c.search_model_versions(f"name='{name}'") if (v.tags or {}).get(registry.TAG_PARENT) == want]
+        found = [v for v in registry.search_versions(name) if (v.tags or {}).get(registry.TAG_PARENT) == want]
     return sorted(int(v.version) for v in found)
 
 

@@ -2,13 +2,17 @@
 
 resolve version -> load (no chunk read) -> ids -> keyed hashes -> steps that saw them (minus
 steps already rolled back along the lineage) -> share check -> method (+ repair) -> accuracy
-audit -> log model -> register v(n+1) with lineage tags and description. Nothing is registered
-unless every step before registration succeeded.
+audit -> log model -> register v(n+1) with lineage tags -> :func:`complete_registration`
+(description, alias, the parent's ``amnesia.superseded_by`` tag, ``--purge``). Nothing is
+registered unless every step before registration succeeded; a forget killed after registering
+is finished by re-running the same command (it recognises its own child by the request hash).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,15 +21,36 @@ from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from . import registry
-from .concurrency import check_forkable, one_forget_per_model, register_child
-from .errors import InputError, ManifestFormatError, RecordKeyError, StoreError
+from .concurrency import children_of, check_forkable, one_forget_per_model, register_child
+from .errors import AmnesiaError, InputError, ManifestFormatError, StoreError
 from .flavor import AmnesiaModel, load_model, log_model
 from .progress import info as say
 
 if TYPE_CHECKING:
     import torch
 
+    from .purge import PurgeResult
+
 DEFAULT_MAX_STEP_SHARE = 0.01  # the paper: rolling back more than ~1% of batches costs accuracy
+#: Run tag of a forget run, set before registering: what the description of its version needs
+#: (counts and the method's summary; never ids), so a re-run can write it after a kill.
+TAG_PLAN = "amnesia.forget_plan"
+
+
+def check_step_share(value: float) -> float:
+    """``value`` if it is a share of steps in (0, 1], else :class:`InputError` (NaN and inf
+    included: a guard that compares False against everything would never fire)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = math.nan
+    if not (math.isfinite(v) and 0.0 < v <= 1.0):
+        raise InputError(
+            f"--max-step-share {value} is not a share of steps: give a number above 0 and at most 1 (default "
+            f"{DEFAULT_MAX_STEP_SHARE}, i.e. {DEFAULT_MAX_STEP_SHARE:.0%} of the recorded steps). Above it, forget warns and "
+            "asks before rolling back (--yes proceeds); 1 never asks."
+        )
+    return v
 
 
 @dataclass
@@ -38,14 +63,31 @@ class ForgetPlan:
     steps: np.ndarray
     total_steps: int
     request_hash: str
+    rolled_back_before: int = 0  # steps of the version's segments earlier forgets rolled back
+    n_steps_seen: Optional[int] = None  # a plan read back from a registered forget keeps counts, not steps
+    completes: Optional[int] = None  # the version this same request registered earlier, to complete
+    refusal: Optional[str] = field(default=None, repr=False)  # said when that version is complete already
+
+    @property
+    def n_steps(self) -> int:
+        """Steps that saw the records and are not rolled back yet (what this request rolls back)."""
+        return len(self.steps) if self.n_steps_seen is None else self.n_steps_seen
 
     @property
     def share(self) -> float:
-        return len(self.steps) / self.total_steps if self.total_steps else 0.0
+        return self.n_steps / self.total_steps if self.total_steps else 0.0
+
+    @property
+    def cumulative_share(self) -> float:
+        """Share of all recorded steps rolled back along the lineage once this request is."""
+        return (self.rolled_back_before + self.n_steps) / self.total_steps if self.total_steps else 0.0
 
     def describe(self) -> str:
         s = (f"{self.n_records} record(s) to forget from {self.model_name} v{self.parent_version}: "
-             f"they were seen by {len(self.steps)} of {self.total_steps} recorded steps ({self.share:.2%})")
+             f"they were seen by {self.n_steps} of {self.total_steps} recorded steps ({self.share:.2%})")
+        if self.rolled_back_before:
+            s += (f"; with the {self.rolled_back_before} step(s) earlier forgets rolled back, "
+                  f"{self.cumulative_share:.2%} of the steps along this lineage")
         if self.n_already_forgotten:
             s += f"; {self.n_already_forgotten} more were already forgotten along this lineage and are skipped"
         return s
@@ -57,6 +99,16 @@ class ForgetResult:
     version: Optional[int] = None  # None for a dry run
     run_id: Optional[str] = None
     metrics: dict = field(default_factory=dict)
+    completed: list[str] = field(default_factory=list)  # steps of an earlier registration this call finished (or would)
+    purge: Optional["PurgeResult"] = None  # the purge of the parent (--purge)
+
+
+@dataclass
+class Completion:
+    """What :func:`complete_registration` did: ``done`` names each step, ``purge`` the parent's purge."""
+
+    done: list[str] = field(default_factory=list)
+    purge: Optional["PurgeResult"] = None
 
 
 def _load_ids(records_file: Optional[str], ids: Optional[Sequence[str]]) -> list[str]:
@@ -84,16 +136,28 @@ def plan_forget(
     method: str = "amnesiac",
     data_root: Optional[str] = None,
 ):
-    """Resolve the version and the records; return (plan, mv, model, key, target hashes, records or None)."""
+    """Resolve the version and the records; return (plan, mv, model, key, target hashes, records or None).
+
+    When this very request registered a child earlier (a forget killed before it finished:
+    the version asked for, or its child, carries the request's hash), the plan names that child
+    in ``plan.completes`` and ``mv``/model are the child's: :func:`forget` completes it.
+    """
     from .data import class_records, rebuild
-    from .keys import hash_ids, hash_request, key_id, load_key
+    from .keys import hash_ids, hash_request, load_key_for
     from .unlearn import get_method
 
     get_method(method)  # unknown method: fail before any work
     if not records_file and not ids and cls is None:
         raise InputError("nothing to forget: give --records FILE (one record id per line) and/or --class C")
     mv = registry.resolve_version(model_name, version=version, alias=alias)
-    check_forkable(mv)  # superseded, already has a child, or lost a concurrent forget: refuse
+    refusal = None
+    try:
+        check_forkable(mv)  # superseded, already has a child, or lost a concurrent forget: refuse
+    except InputError as e:  # superseded: perhaps by this very request, killed before it finished
+        child = _unfinished_child(mv)
+        if child is None:
+            raise
+        refusal, mv = str(e), child  # recognised below by the request hash, else refused
     try:
         am = load_model(registry.model_uri(mv))
     except InputError as e:  # another flavor, a newer format: name the version, not a temp path only
@@ -105,15 +169,7 @@ def plan_forget(
             raise ManifestFormatError(f"{model_name} v{mv.version}, {seg.role} segment (store {seg.store_url}): {e}") from None
         except StoreError:
             pass  # e.g. no fsspec driver here: only methods that read chunks need the store itself
-    try:
-        key = load_key(create=False)
-    except RecordKeyError as e:
-        raise RecordKeyError(f"{e} The model {model_name} v{mv.version} was built with key id {am.info.get('key_id')}.") from None
-    if am.info.get("key_id") and am.info["key_id"] != key_id(key):
-        raise RecordKeyError(
-            f"{model_name} v{mv.version} was trained with record key id {am.info['key_id']}, but the current key is "
-            f"{key_id(key)}: restore that key (MLFLOW_AMNESIA_KEY or the key file) to forget from this model."
-        )
+    key = load_key_for(am.info.get("key_id"), f"{model_name} v{mv.version}", to="forget from it")
     wanted = _load_ids(records_file, ids)
     records = None
     if cls is not None:
@@ -130,6 +186,14 @@ def plan_forget(
     hashes = hash_ids(wanted, key)
     hv = np.ascontiguousarray(hashes).view("V16").ravel()
     already = np.isin(hv, np.ascontiguousarray(am.forgotten, dtype=np.uint8).view("V16").ravel())
+    if refusal is not None or already.all():
+        if _same_request(mv, am, wanted, hv, already, key):
+            plan = registered_plan(mv)
+            plan.refusal = refusal or (f"all {len(wanted)} record(s) were already forgotten along the lineage of "
+                                       f"{model_name} v{mv.version}; nothing to do")
+            return plan, mv, am, key, hashes[:0], records
+        if refusal is not None:
+            raise InputError(refusal)
     train_seg = next(s for s in am.segments if s.role in ("train", "retrain"))  # a retrained version trained anew
     train_index = train_seg.open_index(key)
     known = train_index.contains(wanted)
@@ -155,9 +219,63 @@ def plan_forget(
     plan = ForgetPlan(
         model_name=model_name, parent_version=int(mv.version), method=method, n_records=len(target_ids),
         n_already_forgotten=int(already.sum()), steps=all_steps, total_steps=am.total_steps,
-        request_hash=hash_request(target_ids, key),
+        request_hash=hash_request(target_ids, key), rolled_back_before=int(len(am.rolled_back)),
     )
     return plan, mv, am, key, target_hashes, records
+
+
+def _unfinished_child(mv):
+    """The child that superseded ``mv`` (lowest, or the tag's), if nothing was built on it yet:
+    the version a forget killed after registering leaves; None otherwise."""
+    from mlflow.exceptions import MlflowException
+
+    name, kids = mv.name, children_of(mv.name, mv.version)
+    v = kids[0] if kids else (mv.tags or {}).get(registry.TAG_SUPERSEDED)
+    if v is None or children_of(name, v):
+        return None
+    try:
+        return registry.client().get_model_version(name, str(v))
+    except MlflowException:  # a tag pointing at a deleted version
+        return None
+
+
+def _same_request(mv, am: AmnesiaModel, wanted: list[str], hv: np.ndarray, already: np.ndarray, key: bytes) -> bool:
+    """Whether ``mv`` is the child a forget of ``wanted`` registered: every id is forgotten in it,
+    and those its own request forgot (the last ``amnesia.n_records`` hashes) hash to its
+    ``amnesia.forget_request`` tag (a keyed hash: the ids themselves are stored nowhere)."""
+    from .keys import hash_request
+
+    t = mv.tags or {}
+    n = int(t.get(registry.TAG_N_RECORDS, 0) or 0)
+    if not t.get(registry.TAG_REQUEST) or registry.TAG_PARENT not in t or n <= 0 or not already.all():
+        return False
+    own = np.ascontiguousarray(am.forgotten[len(am.forgotten) - n:], dtype=np.uint8).view("V16").ravel()
+    mine = [w for w, m in zip(wanted, np.isin(hv, own)) if m]
+    return bool(mine) and hash_request(mine, key) == t[registry.TAG_REQUEST]
+
+
+def _saved_plan(mv) -> dict:
+    """The ``amnesia.forget_plan`` tag of ``mv``'s forget run ({} if absent or unreadable)."""
+    if not mv.run_id:
+        return {}
+    try:
+        saved = json.loads(registry.client().get_run(mv.run_id).data.tags.get(TAG_PLAN) or "{}")
+    except Exception:  # noqa: BLE001 - a deleted run or a damaged tag: the version's tags still say most
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def registered_plan(mv) -> ForgetPlan:
+    """The plan of the forget that registered ``mv``, read back from its tags and its run's
+    ``amnesia.forget_plan`` tag (counts only: the steps themselves are not kept)."""
+    t, saved = mv.tags or {}, _saved_plan(mv)
+    return ForgetPlan(
+        model_name=mv.name, parent_version=int(t[registry.TAG_PARENT]), method=t.get(registry.TAG_METHOD, "?"),
+        n_records=int(t.get(registry.TAG_N_RECORDS, 0) or 0), n_already_forgotten=int(saved.get("n_already_forgotten", 0)),
+        steps=np.zeros(0, np.int64), total_steps=int(saved.get("total_steps", 0)),
+        request_hash=t.get(registry.TAG_REQUEST, ""), rolled_back_before=int(saved.get("rolled_back_before", 0)),
+        n_steps_seen=int(saved.get("steps_seen", t.get(registry.TAG_STEPS, 0) or 0)), completes=int(mv.version),
+    )
 
 
 @one_forget_per_model  # forgets of one model on one machine queue; across machines, register_child decides
@@ -185,11 +303,18 @@ def forget(
     audit: bool = True,
     audit_settings=None,
     on_epoch: Optional[Callable[[int, "torch.nn.Module"], Optional[Mapping[str, float]]]] = None,
+    purge: bool = False,
 ) -> ForgetResult:
     """Forget records from a registered model; returns the new version (or the plan, for a dry run).
 
-    ``confirm`` is asked when the steps to roll back exceed ``max_step_share`` of all steps and
-    ``yes`` is False; without it such a request is refused.
+    ``confirm`` is asked when the steps to roll back exceed ``max_step_share`` (a share in
+    (0, 1]) of all recorded steps, for this request or along the lineage (steps earlier forgets
+    rolled back plus this request's), and ``yes`` is False; without it such a request is refused.
+    ``purge`` then purges the superseded parent (:func:`mlflow_amnesia.purge.purge`).
+
+    A request that registered its child earlier but was killed before finishing (description,
+    alias, the parent's superseded tag, purge) is completed instead: ``result.completed`` names
+    the steps done. Once complete, the same request is refused as already forgotten.
 
     ``on_epoch(epoch, module)`` is called with the model being built at each moment a curve
     needs: ``epoch`` 0 right after a rollback (amnesiac), k after the k-th epoch the method or
@@ -206,18 +331,23 @@ def forget(
     from .unlearn import ForgetContext, get_method
     from .unlearn.base import check_repair
 
+    max_step_share = check_step_share(max_step_share)
     repair = check_repair(repair)
     plan, mv, am, key, target_hashes, records = plan_forget(
         model_name, records_file=records_file, ids=ids, cls=cls, version=version, alias=alias,
         method=method, data_root=data_root)
+    if plan.completes is not None:
+        return _complete_earlier(plan, mv, set_alias=set_alias, purge=purge, dry_run=dry_run)
     say(plan.describe())
     if len(plan.steps) == 0:
         say("no recorded step saw these records that is not already rolled back")
     m = get_method(method)
-    if m.rolls_back and plan.share > max_step_share:
-        warn = (f"rolling back {plan.share:.2%} of the steps exceeds --max-step-share {max_step_share:.2%}: the paper "
-                "finds that rolling back more than ~1% of batches costs accuracy that then needs repair "
-                "(--repair finetune) or another method.")
+    if m.rolls_back and len(plan.steps) and max(plan.share, plan.cumulative_share) > max_step_share:
+        warn = (f"rolling back {plan.share:.2%} of the recorded steps for this request, {plan.cumulative_share:.2%} "
+                f"along this lineage with the {plan.rolled_back_before} step(s) earlier forgets rolled back, exceeds "
+                f"--max-step-share {max_step_share:.2%}: the paper finds that rolling back more than ~1% of batches "
+                "costs accuracy that then needs repair (--repair finetune) or another method (--method retrain "
+                "trains anew without every forgotten record).")
         say("WARNING: " + warn)
         if not dry_run and not yes:
             if confirm is None or not confirm("Roll back anyway?"):
@@ -275,6 +405,10 @@ def forget(
         metrics.update({"forget.seconds": time.monotonic() - t0, "steps.rolled_back": float(len(result.rolled_back)),
                         "steps.share": plan.share})
         mlflow.log_metrics(metrics)
+        mlflow.set_tag(TAG_PLAN, json.dumps({  # what the description needs, should a kill come after registering
+            "format": 1, "steps_seen": plan.n_steps, "total_steps": plan.total_steps,
+            "rolled_back_before": plan.rolled_back_before, "n_already_forgotten": plan.n_already_forgotten,
+            "summary": result.summary}, sort_keys=True))
         child.info["history"] = list(am.info.get("history", [])) + [{
             "method": method, "repair": repair, "parent_version": int(mv.version), "run_id": run_id,
             "n_records": plan.n_records, "steps_rolled_back": int(len(result.rolled_back)),
@@ -290,22 +424,92 @@ def forget(
             registry.TAG_REPAIR: repair, registry.TAG_FORMAT: "1", "amnesia.n_records_total": len(child.forgotten),
         })
         new_version = int(new_mv.version)
-        parent_metrics = registry.run_metrics(mv.run_id)
-        registry.annotate_version(
-            new_mv, tags={},
-            description=describe_forget(model_name, new_version, plan, result.summary, metrics, parent_metrics),
-            aliases=(set_alias,) if set_alias else (),
-        )
-        registry.client().set_model_version_tag(model_name, str(mv.version), registry.TAG_SUPERSEDED, str(new_version))
     say(f"registered {model_name} version {new_version} (run {run_id}): {result.summary}")
-    return ForgetResult(plan, new_version, run_id, metrics)
+    done = complete_registration(model_name, new_version, set_alias=set_alias, purge=purge)
+    return ForgetResult(plan, new_version, run_id, metrics, purge=done.purge)
+
+
+def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: Optional[str], purge: bool, dry_run: bool) -> ForgetResult:
+    """This request registered ``mv`` before and was stopped: finish it, or say it is complete."""
+    name, v = mv.name, int(mv.version)
+    left = registration_left(name, v, set_alias=set_alias, purge=purge)
+    if not left:
+        raise InputError(plan.refusal or f"{name} v{v} is complete; nothing to do")
+    say(f"{name} v{v} was registered by this same request earlier, by a forget stopped before it finished: "
+        f"{'would complete' if dry_run else 'completing'} {', '.join(left)}")
+    if dry_run:
+        return ForgetResult(plan, completed=left)
+    done = complete_registration(name, v, set_alias=set_alias, purge=purge)
+    return ForgetResult(plan, v, mv.run_id, registry.run_metrics(mv.run_id), completed=done.done, purge=done.purge)
+
+
+def registration_left(name: str, version: int, *, set_alias: Optional[str] = None, purge: bool = False) -> list[str]:
+    """The steps after registration that ``version`` (a forget's child) still lacks, in order:
+    ``description``, ``alias NAME``, ``superseded tag on vP``, ``purge of vP``. Reads only."""
+    from .purge import TAG_PURGED
+
+    c = registry.client()
+    mv = c.get_model_version(name, str(version))
+    parent = str((mv.tags or {})[registry.TAG_PARENT])
+    pmv = c.get_model_version(name, parent)
+    left = []
+    if not (mv.description or "").strip():
+        left.append("description")
+    if set_alias and str(dict(getattr(c.get_registered_model(name), "aliases", {}) or {}).get(set_alias)) != str(version):
+        left.append(f"alias {set_alias}")
+    if (pmv.tags or {}).get(registry.TAG_SUPERSEDED) != str(version):
+        left.append(f"superseded tag on v{parent}")
+    if purge and TAG_PURGED not in (pmv.tags or {}):
+        left.append(f"purge of v{parent}")
+    return left
+
+
+def complete_registration(name: str, version: int, *, set_alias: Optional[str] = None, purge: bool = False) -> Completion:
+    """Everything a forget does after registering its child ``version``, each step skipped when
+    done already, so a forget killed between any two of them is finished by running this again:
+    the description (from the version's tags and its run: figures, ``amnesia.forget_plan``), the
+    alias ``set_alias`` moved to it, the parent's ``amnesia.superseded_by`` tag, and with
+    ``purge`` the parent's purge (itself idempotent). Returns what it did."""
+    c = registry.client()
+    out = Completion()
+    left = registration_left(name, version, set_alias=set_alias, purge=purge)
+    mv = c.get_model_version(name, str(version))
+    parent = int(mv.tags[registry.TAG_PARENT])
+    if "description" in left:
+        registry.annotate_version(mv, tags={}, description=_description_of(mv))
+        out.done.append("description")
+    if set_alias and f"alias {set_alias}" in left:
+        c.set_registered_model_alias(name, set_alias, str(version))
+        out.done.append(f"alias {set_alias}")
+    if f"superseded tag on v{parent}" in left:
+        c.set_model_version_tag(name, str(parent), registry.TAG_SUPERSEDED, str(version))
+        out.done.append(f"superseded tag on v{parent}")
+    if f"purge of v{parent}" in left:
+        from .purge import purge as run_purge
+
+        try:
+            out.purge = run_purge(name, [parent], yes=True)
+        except AmnesiaError as e:
+            e.args = (f"v{version} is registered, but v{parent} was not purged: {e}",)
+            raise
+        out.done.append(f"purge of v{parent}")
+    return out
+
+
+def _description_of(mv) -> str:
+    """The description of a forget's child, from what the registry and its run hold."""
+    plan = registered_plan(mv)
+    summary = _saved_plan(mv).get("summary") or f"{plan.n_steps} step(s) rolled back"
+    parent = registry.client().get_model_version(mv.name, str(plan.parent_version))
+    return describe_forget(mv.name, int(mv.version), plan, summary, registry.run_metrics(mv.run_id),
+                           registry.run_metrics(parent.run_id))
 
 
 def describe_forget(name: str, version: int, plan: ForgetPlan, summary: str, metrics: dict, parent: dict) -> str:
     return (
         f"**{name} v{version}** forgets {plan.n_records} record(s) from v{plan.parent_version} "
         f"(request `{plan.request_hash[:16]}…`, a keyed hash: record ids are never stored) "
-        f"with method `{plan.method}`: {summary}. The records were seen by {len(plan.steps)} of "
+        f"with method `{plan.method}`: {summary}. The records were seen by {plan.n_steps} of "
         f"{plan.total_steps} recorded steps ({plan.share:.2%}).\n\n"
         + registry.metrics_table({f"v{version}": metrics, f"v{plan.parent_version} (parent)": parent})
     )

@@ -118,6 +118,29 @@ def load_key(create: bool = False, *, path: Optional[Path] = None) -> bytes:
     return _create_key_file(p)
 
 
+def load_key_for(expected_key_id: Optional[str], what: str, *, to: str = "use it") -> bytes:
+    """The record key, checked against the key id ``what`` (e.g. ``"digits-cnn v2"``) was built with.
+
+    Every command that hashes record ids against a version calls this first: hashes made with
+    another key match nothing, so a wrong key would list forgotten records as present or audit
+    the wrong ones instead of failing. Raises :class:`RecordKeyError` naming both key ids and
+    where the key is read from; ``to`` says what the key is needed for. A version that
+    recorded no key id (``None``) is not checked.
+    """
+    try:
+        key = load_key(create=False)
+    except RecordKeyError as e:
+        raise RecordKeyError(f"{e} {what} was built with the key of id {expected_key_id}.") from None
+    if expected_key_id and expected_key_id != key_id(key):
+        where = f"{ENV_VAR} is set" if os.environ.get(ENV_VAR, "").strip() else f"the key file is {key_path()}"
+        raise RecordKeyError(
+            f"{what} was built with the record key of id {expected_key_id}, but the current key has id "
+            f"{key_id(key)} ({where}): restore that key ({ENV_VAR} or the key file {key_path()}, from your "
+            f"backup) to {to}; no other key matches record ids to this version."
+        )
+    return key
+
+
 def key_id(key: bytes) -> str:
     """A public fingerprint of the key (16 hex chars), stored in indexes to detect a wrong key."""
     return hashlib.sha256(_KEY_ID_DOMAIN + check_key(key)).digest()[:8].hex()

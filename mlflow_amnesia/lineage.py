@@ -27,9 +27,12 @@ def lineage_rows(model_name: str, *, up_to: Optional[int] = None) -> list[dict]:
     ``superseded_by`` pointing past it is dropped).
     """
     registry.resolve_version(model_name)  # clear error for an unknown model
-    c = registry.client()
+    # a searched version carries no aliases (MLflow 3.x's search leaves them out): the model's map does
+    held: dict[int, list[str]] = {}
+    for a, v in sorted(dict(getattr(registry.client().get_registered_model(model_name), "aliases", {}) or {}).items()):
+        held.setdefault(int(v), []).append(a)
     rows = []
-    for mv in sorted(c.search_model_versions(f"name='{model_name}'"), key=lambda v: int(v.version)):
+    for mv in registry.search_versions(model_name):
         if up_to is not None and int(mv.version) > up_to:
             continue
         t = mv.tags or {}
@@ -45,7 +48,7 @@ def lineage_rows(model_name: str, *, up_to: Optional[int] = None) -> list[dict]:
             "steps_total": int(t["amnesia.steps_total"]) if "amnesia.steps_total" in t else None,
             "forget_request": t.get(registry.TAG_REQUEST),
             "superseded_by": sup if up_to is None or sup is None or sup <= up_to else None,
-            "aliases": list(getattr(mv, "aliases", []) or []),
+            "aliases": held.get(int(mv.version), []) or list(getattr(mv, "aliases", []) or []),
             "purged": t.get(TAG_PURGED),  # "<ISO time>; deleted: ..." once `purge` completed
             "purge_started": t.get(TAG_PURGE_STARTED),
             "run_id": mv.run_id,

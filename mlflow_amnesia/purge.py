@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from . import registry
-from .errors import InputError, RecordKeyError, StoreError
+from .errors import InputError, StoreError
 from .flavor import TOMBSTONE, read_forgotten, read_info, read_rolled_back, read_tombstone
 from .progress import info as say
 from .store.delta_store import url_to_fs
@@ -178,6 +178,7 @@ class _Meta:
     segments: list[dict]
     rolled_back: np.ndarray
     _forgotten: Optional[np.ndarray] = None
+    key_id: Optional[str] = None  # of the record key its indexes were built with
 
     @property
     def version(self) -> int:
@@ -235,7 +236,7 @@ class _Registry:
     def __init__(self, model_name: str) -> None:
         self.name = model_name
         self.client = registry.client()
-        self.versions = {int(mv.version): mv for mv in self.client.search_model_versions(f"name='{model_name}'")}
+        self.versions = {int(mv.version): mv for mv in registry.search_versions(model_name)}
         self._metas: dict[int, Optional[_Meta]] = {}
         self._key: Optional[bytes] = None
         self._indexes: dict[tuple, Any] = {}
@@ -250,10 +251,11 @@ class _Registry:
             if raw is None:
                 self._metas[v] = None
             else:
-                segments = read_info(raw, f"data/amnesia.json of {self.name} v{v}").get("segments", [])
+                info = read_info(raw, f"data/amnesia.json of {self.name} v{v}")
+                segments = info.get("segments", [])
                 rb = _download(repo, "data/rolled_back.npy", optional=True)
                 rolled = read_rolled_back(rb, f"data/rolled_back.npy of {self.name} v{v}", segments)
-                self._metas[v] = _Meta(mv, location, repo, list(segments), rolled)
+                self._metas[v] = _Meta(mv, location, repo, list(segments), rolled, key_id=info.get("key_id"))
         return self._metas[v]
 
     def amnesia(self, v: int) -> _Meta:
@@ -275,19 +277,17 @@ class _Registry:
             if ident not in self._indexes:
                 raw = _download(m.repo, f"data/segments/{k}/record_index.bin")
                 self._indexes[ident] = RecordIndex.from_bytes(
-                    raw, self.key(), name=f"record index of segment {k} of {self.name} v{m.version}", steps=ident[1:])
+                    raw, self.key(m), name=f"record index of segment {k} of {self.name} v{m.version}", steps=ident[1:])
             out.setdefault(ident[0], set()).update(int(s) for s in self._indexes[ident].steps_for_hashes(hashes, strict=False))
         return out
 
-    def key(self) -> bytes:
-        from .keys import load_key
+    def key(self, m: _Meta) -> bytes:
+        """The record key, checked against the key id ``m`` was built with (keys.load_key_for)."""
+        from .keys import key_id, load_key_for
 
-        if self._key is None:
-            try:
-                self._key = load_key(create=False)
-            except RecordKeyError as e:
-                raise RecordKeyError(f"{e} Purge needs the record key to find the recorded steps that saw the "
-                                     "forgotten records (the versions hold their keyed hashes).") from None
+        if self._key is None or (m.key_id and m.key_id != key_id(self._key)):
+            self._key = load_key_for(m.key_id, f"{self.name} v{m.version}",
+                                     to="purge it (the steps that saw the forgotten records are found by their keyed hashes)")
         return self._key
 
     def run_location(self, run_id: Optional[str]) -> Optional[str]:
@@ -331,14 +331,27 @@ def plan_purge(model_name: str, versions: Iterable[int]) -> PurgePlan:
     return PurgePlan(model_name, plans, stores)
 
 
+def _superseded_by(reg: _Registry, mv) -> Optional[int]:
+    """The version that superseded ``mv``: its tag ``amnesia.superseded_by``, else its child (a
+    version whose ``amnesia.parent_version`` is ``mv``; the lowest wins a race). A forget sets the
+    tag after registering the child, so one killed in between leaves only the child."""
+    from .concurrency import children_of
+
+    t = mv.tags or {}
+    if registry.TAG_SUPERSEDED in t:
+        return int(t[registry.TAG_SUPERSEDED])
+    kids = children_of(reg.name, mv.version)
+    return kids[0] if kids else None
+
+
 def _check_purgeable(reg: _Registry, mvs: dict) -> None:
     """Refuse versions no forget superseded, and versions an alias points at."""
     aliases = dict(getattr(reg.client.get_registered_model(reg.name), "aliases", {}) or {})
     for v, mv in mvs.items():
-        t = mv.tags or {}
-        if registry.TAG_SUPERSEDED not in t:
+        sup = _superseded_by(reg, mv)
+        if sup is None:
             raise InputError(
-                f"{reg.name} v{v} is not superseded (no tag {registry.TAG_SUPERSEDED}): no forget has replaced it, so "
+                f"{reg.name} v{v} is not superseded (no tag {registry.TAG_SUPERSEDED}, no child): no forget has replaced it, so "
                 "it is a current version, not a leftover. Purge erases only versions a forget has superseded: "
                 f"forget the records from v{v} first (`mlflow-amnesia forget --model {reg.name} "
                 f"--version {v} --records ids.txt --purge` forgets and purges v{v} in one go)."
@@ -348,7 +361,7 @@ def _check_purgeable(reg: _Registry, mvs: dict) -> None:
             raise InputError(
                 f"{reg.name} v{v} still carries the alias(es) {', '.join(held)}: whoever loads "
                 f"models:/{reg.name}@{held[0]} would get a purged version. Move the alias first, e.g. to "
-                f"v{t[registry.TAG_SUPERSEDED]} (`mlflow-amnesia forget ... --set-alias {held[0]}` does it on the next "
+                f"v{sup} (`mlflow-amnesia forget ... --set-alias {held[0]}` does it on the next "
                 "forget), then re-run the purge."
             )
 
@@ -357,7 +370,7 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
     """One version's part: its files, its run's audit files, and the steps that saw the records
     its superseding forget removed, in every segment of its lineage (ancestors, itself, child)."""
     v, t = int(mv.version), mv.tags or {}
-    child_v = int(t[registry.TAG_SUPERSEDED])
+    child_v = _superseded_by(reg, mv)
     p, child = reg.amnesia(v), reg.amnesia(child_v)
     had = np.ascontiguousarray(p.forgotten()).view("V16").ravel()
     now = np.ascontiguousarray(child.forgotten()).view("V16").ravel()

@@ -20,15 +20,18 @@ def list_records(model_name: str, *, version: Optional[int] = None, alias: Optio
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
+    key = None
+    if part == "train" and len(am.forgotten):  # the forgotten are keyed hashes: the version's key finds them
+        from .keys import load_key_for
+
+        key = load_key_for(am.info.get("key_id"), f"{model_name} v{mv.version}", to="leave out its forgotten records")
     records = rebuild(am.info["dataset"], root=data_root)
     sp = Split.from_json(am.info["split"], records)
     pos = np.asarray(sp.train if part == "train" else sp.holdout, dtype=np.int64)
     if cls is not None:
         pos = np.intersect1d(pos, class_records(records, int(cls) if str(cls).isdigit() else cls))
-    if part == "train" and len(am.forgotten):
-        from .keys import load_key
-
-        pos = np.setdiff1d(pos, forgotten_positions(records, pos, am.forgotten, load_key(create=False)))
+    if key is not None:
+        pos = np.setdiff1d(pos, forgotten_positions(records, pos, am.forgotten, key))
     if limit is not None:
         pos = pos[:limit]
     y = records.y.numpy()

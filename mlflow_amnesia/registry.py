@@ -41,6 +41,55 @@ def client():
     return mlflow.MlflowClient()
 
 
+# ---------------------------------------------------------------------------------------------
+# search filters: MLflow builds them from strings, so every value goes through filter_literal
+
+
+def filter_literal(value: object) -> Optional[str]:
+    """``value`` as a string literal of MLflow's search filter grammar, or None where that
+    grammar cannot spell it.
+
+    MLflow (3.x) takes the text between the quotes as it is, without escape sequences: a value
+    without ``'`` is quoted with ``'``, one without ``"`` with ``"``. A value holding both, or
+    ending in a backslash (the tokenizer reads it as escaping the closing quote), has no
+    exact literal: :func:`search_versions` then matches a pattern and compares exactly itself.
+    """
+    s = str(value)
+    if s.endswith("\\"):
+        return None
+    if "'" not in s:
+        return f"'{s}'"
+    if '"' not in s:
+        return f'"{s}"'
+    return None
+
+
+def _clause(field: str, value: object) -> str:
+    """``field = <literal>``; else ``field LIKE <pattern>`` with each quote and backslash as the
+    one-character wildcard ``_`` (a superset: the caller compares exactly)."""
+    lit = filter_literal(value)
+    if lit is not None:
+        return f"{field} = {lit}"
+    return f"{field} LIKE '" + "".join("_" if c in "'\"\\" else c for c in str(value)) + "'"
+
+
+def search_versions(name: str, *, tags: Optional[Mapping[str, object]] = None) -> list:
+    """Every version of the registered model ``name`` (with these tag values), ascending, whatever
+    characters the name and values hold (quotes, backticks, spaces): the filter quotes them
+    (:func:`filter_literal`), every page is read, and the result is compared exactly here."""
+    want = {k: str(v) for k, v in (tags or {}).items()}
+    flt = " and ".join([_clause("name", name)] + [_clause(f"tags.`{k}`", v) for k, v in want.items()])
+    c, found, token = client(), [], None
+    while True:
+        page = c.search_model_versions(flt, page_token=token)
+        found += list(page)
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    out = [v for v in found if v.name == name and all((v.tags or {}).get(k) == x for k, x in want.items())]
+    return sorted(out, key=lambda v: int(v.version))
+
+
 def resolve_version(name: str, *, version: Optional[int] = None, alias: Optional[str] = None):
     """The ModelVersion asked for (latest when neither version nor alias is given)."""
     from mlflow.exceptions import MlflowException
@@ -65,9 +114,9 @@ def resolve_version(name: str, *, version: Optional[int] = None, alias: Optional
             return c.get_model_version(name, str(version))
     except MlflowException:
         what = f"alias {alias!r}" if alias is not None else f"version {version}"
-        versions = sorted(int(v.version) for v in c.search_model_versions(f"name='{name}'"))
+        versions = [int(v.version) for v in search_versions(name)]
         raise InputError(f"model {name!r} has no {what}; its versions are {versions}.") from None
-    versions = c.search_model_versions(f"name='{name}'")
+    versions = search_versions(name)
     if not versions:
         raise InputError(f"model {name!r} has no versions yet.")
     return max(versions, key=lambda v: int(v.version))

@@ -7,6 +7,10 @@ Not a test module: the tests start it with ``python THIS ARGS...``.
 * ``audit``        after the unlearning method, as the forget's audit starts
 * ``upload``       halfway through uploading the model version's artifacts
 * ``registered``   right after the registry created the version, before anything else
+* ``described``    right after the new version's description was written
+* ``aliased``      right after ``--set-alias`` moved the alias to the new version
+* ``superseded``   right after the parent was tagged ``amnesia.superseded_by``
+* ``purging``      during the ``--purge`` that follows: tombstone and chunks gone, model files not yet
 
 ``AMNESIA_TEST_BARRIER=DIR:N`` holds a forget after its last check that the parent has no child,
 just before it registers, until N processes got there: two forgets from the same parent then
@@ -71,6 +75,33 @@ def install_kill(point: str) -> None:
             die()
 
         fluent._register_model = register
+    elif point == "described":
+        from mlflow_amnesia import registry
+
+        orig_annotate = registry.annotate_version
+
+        def annotate(*args, **kwargs):
+            orig_annotate(*args, **kwargs)
+            die()
+
+        registry.annotate_version = annotate
+    elif point in ("aliased", "superseded"):
+        from mlflow import MlflowClient
+
+        name = "set_registered_model_alias" if point == "aliased" else "set_model_version_tag"
+        orig_call = getattr(MlflowClient, name)
+
+        def call(self, *args, **kwargs):
+            out = orig_call(self, *args, **kwargs)
+            if point == "aliased" or "amnesia.superseded_by" in args:
+                die()
+            return out
+
+        setattr(MlflowClient, name, call)
+    elif point == "purging":
+        from mlflow_amnesia import purge
+
+        purge._delete = lambda *a, **k: die()
     elif point:
         raise SystemExit(f"unknown AMNESIA_TEST_KILL_AT {point!r}")
 

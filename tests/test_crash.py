@@ -123,11 +123,52 @@ def test_forget_killed_right_after_registration_leaves_a_complete_version(regist
     _assert_sound()
     r = invoke(*_forget_args(_write(registry_copy, ids[:1], "again.txt"), "--version", "1"), ok=False)
     assert r.exit_code == 1 and "superseded by v2" in r.output  # ...yet v1 is known to have a child
+    r = invoke(*_forget_args(_write(registry_copy, ids, "same.txt")))  # the re-run finishes the request
+    assert "completed the earlier registration of v2" in r.output
+    v1, v2 = _versions()
+    assert v1.tags[registry.TAG_SUPERSEDED] == "2" and "forgets 2 record(s) from v1" in v2.description
     r = invoke(*_forget_args(_write(registry_copy, ids, "same.txt")), ok=False)
-    assert r.exit_code == 1 and "already forgotten" in r.output  # the re-run finds the request done
+    assert r.exit_code == 1 and "already forgotten" in r.output  # a finished request: nothing to do
     invoke(*_forget_args(_write(registry_copy, _ids(1, skip=2), "next.txt")))
     assert [(int(v.version), v.tags.get(registry.TAG_PARENT)) for v in _versions()] == [(1, None), (2, "1"), (3, "2")]
     _assert_sound()
+
+
+# the windows between a forget's steps after registration: each kill point of reliability_child.py
+# in the order forget reaches them; the first two leave the alias on the parent (the re-run
+# resolves `--alias production` to the parent), the others on the child
+REGISTRATION_WINDOWS = ["registered", "described", "aliased", "superseded", "purging"]
+
+
+@pytest.mark.parametrize("point", REGISTRATION_WINDOWS)
+def test_forget_killed_after_registration_is_finished_by_its_rerun(registry_copy, point):
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.purge import TAG_PURGED
+
+    name = f"crash-{point}"
+    invoke(*_train_args(name), "--codec", "f32")  # its own store: the purge deletes its chunks
+    c = registry.client()
+    c.set_registered_model_alias(name, "production", "1")
+    ids = invoke("records", "--model", name, "--limit", "2").output.split()
+    args = ["forget", "--model", name, "--alias", "production", "--records", _write(registry_copy, ids), "--yes",
+            "--no-audit", "--set-alias", "production", "--purge"]
+    rc, out = _run(*args, AMNESIA_TEST_KILL_AT=point)
+    assert rc == KILLED, out
+    assert [int(v.version) for v in _versions(name)] == [1, 2]
+    at = int(c.get_model_version_by_alias(name, "production").version)
+    assert at == (1 if point in ("registered", "described") else 2)
+
+    r = invoke(*args)  # the same command again
+    assert "completed the earlier registration of v2" in r.output, r.output
+    assert "purged crash-" in r.output and "Traceback" not in r.output
+    v1, v2 = _versions(name)  # exactly one child
+    assert v2.tags[registry.TAG_PARENT] == "1" and v2.tags[registry.TAG_N_RECORDS] == "2"
+    assert int(c.get_model_version_by_alias(name, "production").version) == 2
+    assert v1.tags[registry.TAG_SUPERSEDED] == "2" and TAG_PURGED in v1.tags
+    assert f"**{name} v2** forgets 2 record(s) from v1" in v2.description and "| metric |" in v2.description
+    assert v1.description.startswith("**Purged**")
+    r = invoke(*args, ok=False)  # and once finished, the request is done
+    assert r.exit_code == 1 and "already forgotten" in r.output
 
 
 def test_forget_killed_at_a_random_moment(registry_copy):

@@ -233,16 +233,14 @@ class Trained:
 
 def trained_model(setting: Setting) -> Trained:
     """Version 1 of ``setting.model_name``: reused when registered already, else trained now."""
-    import mlflow
-
     import mlflow_amnesia as ma
     from mlflow_amnesia.data import Split, rebuild
+    from mlflow_amnesia.registry import search_versions
 
-    client = mlflow.MlflowClient()
     name = setting.model_name
     found = None
     try:
-        found = next((v for v in client.search_model_versions(f"name='{name}'")
+        found = next((v for v in search_versions(name)
                       if (v.tags or {}).get("amnesia.method") == "train"), None)
     except Exception:  # noqa: BLE001 - no such model yet
         found = None

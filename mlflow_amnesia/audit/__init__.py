@@ -57,15 +57,20 @@ def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_sp
 
 
 def audit_model(am, *, data_root: Optional[str] = None, privacy: bool = True, settings=None,
-                artifact_dir: Optional[str] = None) -> dict[str, float]:
+                artifact_dir: Optional[str] = None, what: Optional[str] = None) -> dict[str, float]:
     """The full audit of a loaded version (:class:`~mlflow_amnesia.flavor.AmnesiaModel`): its
-    own request's forgotten records are the membership targets (see :mod:`.privacy`)."""
-    from ..data import Split, rebuild
-    from ..keys import load_key
+    own request's forgotten records are the membership targets (see :mod:`.privacy`).
 
+    The record key is checked against the version's key id first (``what`` names the version in
+    the error): with another key no forgotten record would be found and every figure would be
+    computed on the wrong records."""
+    from ..data import Split, rebuild
+    from ..keys import load_key_for
+
+    key = load_key_for(am.info.get("key_id"), what or f"the model {am.info.get('model_name', '')}".rstrip(),
+                       to="audit it")
     records = rebuild(am.info["dataset"], root=data_root)
     sp = Split.from_json(am.info["split"], records)
-    key = load_key(create=False)
     all_forgotten = forgotten_positions(records, sp.train, am.forgotten, key)
     last = (am.info.get("history") or [{}])[-1]
     n = int(last.get("n_records", 0)) if last.get("method", "train") != "train" else 0
@@ -89,7 +94,8 @@ def audit_version(model_name: str, *, version: Optional[int] = None, alias: Opti
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = audit_model(am, data_root=data_root, privacy=privacy, settings=settings, artifact_dir=tmp)
+        metrics = audit_model(am, data_root=data_root, privacy=privacy, settings=settings, artifact_dir=tmp,
+                              what=f"{model_name} v{mv.version}")
         if log and mv.run_id:
             c = mlflow.MlflowClient()
             now = mlflow.utils.time.get_current_time_millis()
@@ -99,7 +105,9 @@ def audit_version(model_name: str, *, version: Optional[int] = None, alias: Opti
             parent = registry.run_metrics(
                 registry.client().get_model_version(model_name, mv.tags[registry.TAG_PARENT]).run_id
             ) if registry.TAG_PARENT in (mv.tags or {}) else None
-            cols = {f"v{mv.version}": metrics}
+            # every figure the run holds now, not only this audit's: an accuracy-only audit keeps
+            # the privacy rows an earlier audit logged (the run's latest value of each metric)
+            cols = {f"v{mv.version}": {**registry.run_metrics(mv.run_id), **metrics}}
             if parent is not None:
                 cols[f"v{mv.tags[registry.TAG_PARENT]} (parent)"] = parent
             c.update_model_version(mv.name, mv.version, description=registry.replace_table(mv.description or "", registry.metrics_table(cols)))

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..progress import info as say
+from ..registry import filter_literal
 
 SHADOW_EXPERIMENT = "mlflow-amnesia-shadows"
 SHADOW_TAG = "amnesia.shadow_key"
@@ -69,7 +70,7 @@ def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(SHADOW_EXPERIMENT)
     if exp is not None:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SHADOW_TAG}` = '{key}' and attributes.status = 'FINISHED'",
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SHADOW_TAG}` = {filter_literal(key)} and attributes.status = 'FINISHED'",
                                   max_results=1)
         if runs:
             run_id = runs[0].info.run_id
