@@ -814,20 +814,20 @@ class DeltaStore:
         except FileNotFoundError:
             raise ChunkCorruptedError(
                 f"step {step}: chunk file {self._path(rel)} is missing. The step may have been purged after "
-                "this manifest was copied, or the store was damaged; run verify() to see all damaged steps"
+                "this manifest was copied, or the store was damaged; run `mlflow-amnesia verify --model NAME` to see all damaged steps"
             ) from None
         self.stats._add(chunks_read=1, bytes_read=len(data))
         if len(data) != chunk["bytes"]:
             got = f"more than {chunk['bytes']}" if len(data) > chunk["bytes"] else str(len(data))
             raise ChunkCorruptedError(
                 f"step {step}: chunk file {self._path(rel)} has {got} bytes, the manifest records "
-                f"{chunk['bytes']} (truncated or overwritten). This step's delta is lost; run verify()"
+                f"{chunk['bytes']} (truncated or overwritten). This step's delta is lost; run `mlflow-amnesia verify --model NAME`"
             )
         digest = hashlib.sha256(data).hexdigest()
         if digest != chunk["sha256"]:
             raise ChunkCorruptedError(
                 f"step {step}: chunk file {self._path(rel)} fails its sha256 check (corrupted). "
-                "This step's delta is lost; run verify() to list every damaged step"
+                "This step's delta is lost; run `mlflow-amnesia verify --model NAME` to list every damaged step"
             )
         return data
 
@@ -1056,11 +1056,11 @@ class DeltaStore:
         """
         out: list[str] = []
         if self._codec.spec() != copy._codec.spec():
-            out.append(f"codec {self._codec.spec()} here, {copy._codec.spec()} in the copy")
+            out.append(f"codec {self._codec.spec()} in the store's manifest, {copy._codec.spec()} in the copy")
         if self._layout != copy._layout:
-            out.append(f"the tensor layout differs ({len(self._layout)} tensors here, {len(copy._layout)} in the copy)")
+            out.append(f"the tensor layout differs ({len(self._layout)} tensors in the store's manifest, {len(copy._layout)} in the copy)")
         if self._parts != copy._parts:
-            out.append(f"the parts differ ({self._parts} here, {copy._parts} in the copy)")
+            out.append(f"the parts differ ({self._parts} in the store's manifest, {copy._parts} in the copy)")
         with self._lock:
             own = dict(self._steps)
         with copy._lock:
@@ -1081,9 +1081,9 @@ class DeltaStore:
         if missing:
             out.append(f"step(s) {_fmt_steps(missing)} of the copy are not in the store's manifest")
         if differ:
-            out.append(f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 here than in the copy")
+            out.append(f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 in the store's manifest than in the copy")
         if revived:
-            out.append(f"step(s) {_fmt_steps(revived)} are purged in the copy but listed with chunks here")
+            out.append(f"step(s) {_fmt_steps(revived)} are purged in the copy but listed with chunks in the store's manifest")
         return out
 
     # ------------------------------------------------------------------ file system
