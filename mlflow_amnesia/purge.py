@@ -157,9 +157,10 @@ class PurgePlan:
                 lines.append(f"  delete run {v.run_id} artifact {path} ({_fmt_bytes(b)})")
         for s in self.stores:
             if s.leftovers:
+                why = ("the steps that saw the records (the store's manifest is gone, these files are not)" if s.missing
+                       else "step(s) already marked purged (a purge stopped before deleting them)")
                 lines.append(f"  delete {len(s.leftovers)} chunk file(s) ({_fmt_bytes(s.leftover_bytes)}) in {s.url} of "
-                             "step(s) already marked purged (a purge stopped before deleting them): "
-                             f"{_fmt_steps([f for f, _ in s.leftovers], 4)}")
+                             f"{why}: {_fmt_steps([f for f, _ in s.leftovers], 4)}")
             if s.missing and not s.leftovers:
                 lines.append(f"  delta store {s.url}: gone already, nothing to delete")
             if s.steps:
@@ -185,7 +186,8 @@ class PurgeResult:
         if not self.done:
             return (f"{self.plan.model_name} {vs}: already purged, nothing left to delete" if self.plan.complete
                     else f"dry run: would delete:\n{self.plan.describe()}")
-        left = (f", {self.plan.n_leftovers} chunk file(s) an interrupted purge had left" if self.plan.n_leftovers else "")
+        n = self.plan.n_leftovers
+        left = f", {n} leftover chunk file(s)" if n else ""
         return (f"purged {self.plan.model_name} {vs}: deleted {_fmt_bytes(self.deleted_bytes)} "
                 f"(the deltas of {self.plan.n_steps} step(s){left}, weights and other artifacts); lineage kept")
 

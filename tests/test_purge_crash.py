@@ -172,3 +172,18 @@ def test_a_purge_killed_between_two_steps_is_finished_by_its_rerun(fresh, point)
         r = invoke("verify", "--model", MODEL, "--version", v, ok=False)
         assert r.exit_code == 0 and "still on disk" not in r.output, r.output
     assert "already purged, nothing left to delete" in _purge().output
+
+
+def test_a_purge_deletes_the_chunk_files_of_a_store_whose_manifest_is_gone(fresh):
+    """No manifest is no proof that the deltas are gone: the purge lists chunks/ and deletes the
+    files of the steps that saw the records (and says so); verify names the missing manifest."""
+    s = fresh
+    (s.store_dir / "manifest.json").unlink()
+    assert _chunks_on_disk(s.store_dir, s.targets) == s.chunks
+    dry = invoke("purge", "--model", MODEL, "--version", "1", "--dry-run")
+    assert f"delete {len(s.chunks)} chunk file(s)" in dry.output and "gone already" not in dry.output, dry.output
+    _purge()
+    assert _chunks_on_disk(s.store_dir, s.targets) == []
+    assert not s.optimizer_state.exists() and not (s.v1_dir / "data" / "weights.pt").exists()
+    r = invoke("verify", "--model", MODEL, "--version", "2", ok=False)
+    assert r.exit_code == 1 and "the store's own manifest cannot be read" in r.output, r.output
