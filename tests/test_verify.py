@@ -135,22 +135,34 @@ def test_verify_of_another_flavor_is_refused_naming_the_command(registry_copy):
     assert "`mlflow-amnesia verify` checks versions registered by `mlflow-amnesia train`" in r.output
 
 
-_CALL = re.compile(r"\b(verify|purge)\(\)|DeltaStore\.open\([^)]*mode=")
+_CALL = re.compile(r"\b(verify|purge)\(\)|mode='a'|mode=\"a\"")
 
 
-@pytest.mark.parametrize("module", ["store/delta_store.py", "purge.py", "cli.py", "verify.py"])
-def test_messages_the_cli_prints_name_commands_not_python_calls(module):
-    """What to run is a command and its flags (`mlflow-amnesia verify --model NAME`), never a
-    Python call a user of the command line cannot make. Docstrings are for Python readers."""
-    tree = ast.parse((REPO / "mlflow_amnesia" / module).read_text())
+def _messages(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every string expression but docstrings; an f-string's literal parts joined."""
     docs = {id(n.body[0].value) for n in ast.walk(tree)
             if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef)) and n.body
             and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
-    found = [f"line {n.lineno}: {n.value!r}" for n in ast.walk(tree)
-             if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
-             and _CALL.search(n.value)]
-    allowed = {  # library-only: no command runs into them
-        "store/delta_store.py": ("open it with DeltaStore.open(url, mode='a') to",),
-    }.get(module, ())
-    found = [f for f in found if not any(a in f for a in allowed)]
+    inner = {id(v) for n in ast.walk(tree) if isinstance(n, ast.JoinedStr) for v in n.values}
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.JoinedStr):
+            out.append((n.lineno, "".join(v.value if isinstance(v, ast.Constant) else "{}" for v in n.values)))
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs | inner:
+            out.append((n.lineno, n.value))
+    return out
+
+
+@pytest.mark.parametrize("module", ["store/delta_store.py", "purge.py", "cli.py", "verify.py", "recorder.py"])
+def test_messages_the_cli_prints_name_commands_not_python_calls(module):
+    """What to run is a command and its flags (`mlflow-amnesia verify --model NAME`), never only a
+    Python call that a user of the command line cannot make. Docstrings are for Python readers."""
+    library_only = (  # raised only to a Python caller: no command runs into them
+        "open it with DeltaStore.open(url, mode='a') to", "is closed; open it with mode='a'",
+        "is open read-only; open it with mode='a'", "copied manifest is read-only: use mode='r'",
+        "mode must be 'r' (read) or 'a' (append)",
+    )
+    tree = ast.parse((REPO / "mlflow_amnesia" / module).read_text())
+    found = [f"line {line}: {text!r}" for line, text in _messages(tree)
+             if _CALL.search(text) and "`mlflow-amnesia " not in text and not any(a in text for a in library_only)]
     assert found == []

@@ -608,7 +608,9 @@ class DeltaStore:
         if err is not None:
             raise StoreError(
                 f"writing step {step} to the delta store {self.url} failed: {err}. Steps from {step} on "
-                "were not committed; fix the cause, reopen with mode='a' and append from the last committed step"
+                "were not committed; fix the cause (disk space, permissions), then re-run the `mlflow-amnesia "
+                "train` or `forget` command that was recording (it starts afresh), or from Python reopen the "
+                "store with mode='a' and append from the last committed step"
             ) from err
 
     def _write_part(self, step: int, part: int, arrays: list[np.ndarray]) -> dict[str, Any]:
@@ -1058,7 +1060,8 @@ class DeltaStore:
         if self._codec.spec() != copy._codec.spec():
             out.append(f"codec {self._codec.spec()} in the store's manifest, {copy._codec.spec()} in the copy")
         if self._layout != copy._layout:
-            out.append(f"the tensor layout differs ({len(self._layout)} tensors in the store's manifest, {len(copy._layout)} in the copy)")
+            out.append(f"the tensor layout differs ({len(self._layout)} tensors in the store's manifest, "
+                       f"{len(copy._layout)} in the copy)")
         if self._parts != copy._parts:
             out.append(f"the parts differ ({self._parts} in the store's manifest, {copy._parts} in the copy)")
         with self._lock:
@@ -1081,9 +1084,11 @@ class DeltaStore:
         if missing:
             out.append(f"step(s) {_fmt_steps(missing)} of the copy are not in the store's manifest")
         if differ:
-            out.append(f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 in the store's manifest than in the copy")
+            out.append(f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 in the store's "
+                       "manifest than in the copy")
         if revived:
-            out.append(f"step(s) {_fmt_steps(revived)} are purged in the copy but listed with chunks in the store's manifest")
+            out.append(f"step(s) {_fmt_steps(revived)} are purged in the copy but listed with chunks in the "
+                       "store's manifest")
         return out
 
     # ------------------------------------------------------------------ file system
@@ -1107,7 +1112,8 @@ class DeltaStore:
             purged = {s for s, e in self._steps.items() if e.purged}
         if not purged:
             return []
-        found = [(int(m.group(1)), f"{CHUNKS}/{n}", b) for n, b in self._list_chunks().items() if (m := _CHUNK_RE.match(n))]
+        found = [(int(m.group(1)), f"{CHUNKS}/{n}", b)
+                 for n, b in self._list_chunks().items() if (m := _CHUNK_RE.match(n))]
         return sorted(x for x in found if x[0] in purged)
 
     def _put(self, path: str, data: bytes, *, atomic: bool) -> None:
