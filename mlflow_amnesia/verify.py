@@ -132,8 +132,12 @@ def verify_version(model_name: str, *, version: Optional[int] = None, alias: Opt
     if raw is None:
         raise InputError(f"{model_name} v{v} is not an mlflow_amnesia model version (no data/amnesia.json): "
                          "`mlflow-amnesia verify` checks versions registered by `mlflow-amnesia train` and `forget`.")
-    info = json.loads(raw)
-    fmt = int(info.get("format_version", 0))
+    try:
+        info = json.loads(raw)
+        fmt = int(info.get("format_version", 0))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise InputError(f"{model_name} v{v}: data/amnesia.json is not readable ({type(e).__name__}: {e}), so "
+                         "its segments are unknown; restore the file from a backup of the version's artifacts.") from None
     if fmt > FORMAT_VERSION:
         raise InputError(f"{model_name} v{v} has format version {fmt}; this mlflow-amnesia reads up to "
                          f"{FORMAT_VERSION}. Upgrade mlflow-amnesia.")
