@@ -332,28 +332,19 @@ def records(model_name, version, alias, cls, part, limit, labels, data_root):
 @_version_options
 @_friendly
 def verify(model_name, version, alias):
-    """Check every delta chunk a version still needs (size, sha256, decodes); chunks of steps it
-    already rolled back (deleted by `purge`) are reported but do not fail the check."""
-    from .flavor import load_model
-    from . import registry
+    """Check a version's delta stores: every chunk it still needs (size, sha256, decodes), each
+    store's own manifest against the version's copy, and that no chunk file of a purged step is
+    left on disk; for a purged version, that its purge finished. Chunks of steps the version
+    already rolled back (deleted by `purge`) are counted but do not fail the check."""
+    from .verify import verify_version
 
-    mv = registry.resolve_version(model_name, version=version, alias=alias)
-    am = load_model(registry.model_uri(mv))
-    bad = 0
-    done = {int(s) for s in am.rolled_back}
-    for seg in am.segments:
-        found = seg.open_store().verify()
-        # chunks of steps this version already rolled back are never read again (a purge deletes them)
-        problems = [p for p in found if p.step not in done]
-        gone = len({p.step for p in found if p.step in done})
-        bad += len(problems)
-        for p in problems:
-            click.echo(f"{seg.role} {seg.store_url}: {p}", err=True)
-        note = f" ({gone} rolled-back step(s) without chunks: purged or lost, not needed)" if gone else ""
-        click.echo(f"{seg.role}: {seg.n_steps} steps at {seg.store_url}: "
-                   f"{'OK' if not problems else f'{len(problems)} problem(s)'}{note}")
-    if bad:
-        raise click.ClickException(f"{bad} damaged chunk(s): forgets that need them will fail; see above")
+    r = verify_version(model_name, version=version, alias=alias)
+    for line in r.problems():
+        click.echo(line, err=True)
+    for line in r.lines():
+        click.echo(line)
+    if not r.ok:
+        raise click.ClickException(r.summary())
 
 
 if __name__ == "__main__":  # pragma: no cover

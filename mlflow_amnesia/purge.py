@@ -25,16 +25,20 @@ roll steps back, so its lineage may subtract those steps in a later forget; a su
 that has not rolled them back also still holds the records in its weights: purge it too).
 
 Crash safety. The plan is read-only. Then, per version, the tag ``amnesia.purge_started`` and a
-tombstone ``data/purged.json`` (loading refuses the version from here on), the chunks, optimizer
-states, artifacts, and last the tag ``amnesia.purged`` and a description note. Every deletion is
-idempotent and the plan is recomputed from what is left, so a killed purge re-runs to completion
-and a re-run of a complete purge finds nothing to do.
+tombstone ``data/purged.json`` (loading refuses the version from here on), the chunks (each store's
+manifest first, then its files), optimizer states, artifacts, the tombstone's completion time, the
+description note, and last the tag ``amnesia.purged``. Every deletion is idempotent and the plan is
+recomputed from what is left, listed rather than believed: the chunk files of steps a manifest
+already marks purged are looked for in the store's chunks/ directory, so a purge killed between a
+manifest and its deletions re-runs to completion; every deletion is checked by listing again. A
+re-run of a complete purge (tag, tombstone, note, and nothing left on disk) finds nothing to do.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +64,8 @@ KEEP = (
 )
 _RUN_DIRS = ("audit",)  # folders of a version's source run made from its weights
 _OPTIMIZER_STATE = "optimizer_state.pt"
+_NOTE = "**Purged**"  # how the description of a purged version starts
+_CHUNK_NAME = re.compile(r"^(\d+)\.(\d+)\.")  # a delta-store chunk file: <step>.<part>.<ext>
 
 
 # ---------------------------------------------------------------------------------------------
@@ -79,8 +85,10 @@ class VersionPurge:
     run_id: Optional[str] = None
     run_location: Optional[str] = None
     run_files: list[tuple[str, int]] = field(default_factory=list)
-    purged_at: Optional[str] = None  # the amnesia.purged tag, when set
+    purged_at: Optional[str] = None  # the amnesia.purged tag, when set (the purge's last write)
     started_at: Optional[str] = None  # the amnesia.purge_started tag, when set
+    described: bool = False  # the description starts with the **Purged** note
+    tombstone_done: bool = False  # data/purged.json records its completion time
     steps: dict[str, list[int]] = field(default_factory=dict)  # store URL -> steps that saw the records (purged or not)
 
     @property
@@ -98,7 +106,14 @@ class StorePurge:
     bytes: int  # stored bytes of ``steps``' chunks
     chunks: int
     optimizer_state: Optional[tuple[str, int]] = None  # (url, bytes) still to delete
-    missing: bool = False  # the store no longer exists (nothing left to delete there)
+    missing: bool = False  # the store's manifest no longer exists (only files listed in chunks/ can be left)
+    # (path relative to the URL, bytes) of chunk files of steps already purged, still on disk: a purge
+    # stopped between marking them and deleting them; listed in chunks/, never taken from a manifest
+    leftovers: list[tuple[str, int]] = field(default_factory=list)
+
+    @property
+    def leftover_bytes(self) -> int:
+        return sum(b for _, b in self.leftovers)
 
 
 @dataclass
@@ -109,7 +124,7 @@ class PurgePlan:
 
     @property
     def bytes(self) -> int:
-        return (sum(v.bytes for v in self.versions) + sum(s.bytes for s in self.stores)
+        return (sum(v.bytes for v in self.versions) + sum(s.bytes + s.leftover_bytes for s in self.stores)
                 + sum(s.optimizer_state[1] for s in self.stores if s.optimizer_state))
 
     @property
@@ -117,10 +132,16 @@ class PurgePlan:
         return sum(len(s.steps) for s in self.stores)
 
     @property
+    def n_leftovers(self) -> int:
+        return sum(len(s.leftovers) for s in self.stores)
+
+    @property
     def complete(self) -> bool:
-        """Every version already purged and nothing left to delete: a re-run is a no-op."""
-        return (all(v.purged_at and not v.model_files and not v.run_files for v in self.versions)
-                and not any(s.steps or s.optimizer_state for s in self.stores))
+        """Every version purged (tag, tombstone, description) and nothing left to delete, chunk
+        files of purged steps included: a re-run is a no-op."""
+        return (all(v.purged_at and v.described and v.tombstone_done and not v.model_files and not v.run_files
+                    for v in self.versions)
+                and not any(s.steps or s.leftovers or s.optimizer_state for s in self.stores))
 
     def describe(self) -> str:
         """What the purge deletes, with byte counts, and what it keeps (one line each)."""
@@ -134,9 +155,13 @@ class PurgePlan:
             for path, b in v.run_files:
                 lines.append(f"  delete run {v.run_id} artifact {path} ({_fmt_bytes(b)})")
         for s in self.stores:
-            if s.missing:
+            if s.leftovers:
+                why = ("the steps that saw the records (the store's manifest is gone, these files are not)" if s.missing
+                       else "step(s) already marked purged (a purge stopped before deleting them)")
+                lines.append(f"  delete {len(s.leftovers)} chunk file(s) ({_fmt_bytes(s.leftover_bytes)}) in {s.url} of "
+                             f"{why}: {_fmt_steps([f for f, _ in s.leftovers], 4)}")
+            if s.missing and not s.leftovers:
                 lines.append(f"  delta store {s.url}: gone already, nothing to delete")
-                continue
             if s.steps:
                 lines.append(f"  delete the deltas of {len(s.steps)} step(s) ({s.chunks} chunk file(s), "
                              f"{_fmt_bytes(s.bytes)}) in {s.url}: {_fmt_steps(s.steps)}")
@@ -160,8 +185,10 @@ class PurgeResult:
         if not self.done:
             return (f"{self.plan.model_name} {vs}: already purged, nothing left to delete" if self.plan.complete
                     else f"dry run: would delete:\n{self.plan.describe()}")
+        n = self.plan.n_leftovers
+        left = f", {n} leftover chunk file(s)" if n else ""
         return (f"purged {self.plan.model_name} {vs}: deleted {_fmt_bytes(self.deleted_bytes)} "
-                f"(the deltas of {self.plan.n_steps} step(s), weights and other artifacts); lineage kept")
+                f"(the deltas of {self.plan.n_steps} step(s){left}, weights and other artifacts); lineage kept")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,6 +410,8 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
         version=v, superseded_by=child_v, child_method=str(child.tags.get(registry.TAG_METHOD, "?")),
         n_records=int(len(removed)), model_location=p.location, run_id=mv.run_id,
         purged_at=t.get(TAG_PURGED), started_at=t.get(TAG_PURGE_STARTED),
+        described=(mv.description or "").startswith(_NOTE),
+        tombstone_done=bool(_tombstone(p.repo).get("completed_at")),
         steps={u: sorted(st) for u, st in steps.items() if st},
     )
     vp.model_files = [(f, b) for f, b in _list_files(p.repo) if not _kept(f)]
@@ -394,23 +423,51 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
 
 
 def _plan_store(url: str, steps: list[int]) -> StorePurge:
-    """The part of ``steps`` still to purge in the store at ``url``, sized, and its phase's optimizer state."""
-    from .flavor import Segment
+    """The part of ``steps`` still to purge in the store at ``url``, sized; the chunk files of its
+    purged steps still on disk (a purge stopped before deleting them); its phase's optimizer state."""
     from .store import DeltaStore
-    from .unlearn.common import training_url_of
 
-    if not _exists(f"{url.rstrip('/')}/manifest.json"):
-        return StorePurge(url, [], len(steps), 0, 0, missing=True)
+    opt = _optimizer_state(url) if steps else None
+    if not _exists(f"{url.rstrip('/')}/manifest.json"):  # no manifest: what chunks/ still lists is all there is
+        left = _listed_chunks(url, steps)
+        return StorePurge(url, [], len(steps), 0, 0, opt, missing=True, leftovers=left)
     store = DeltaStore.open(url)
     gone = set(store.purged_steps)
     todo = [s for s in steps if s not in gone]
     size = store.size(todo)
-    opt = None
-    if steps and url.rstrip("/").endswith("/deltas"):
-        ou = f"{training_url_of(Segment('phase', url, 0, -1))}/{_OPTIMIZER_STATE}"
-        n = _size(ou)
-        opt = (ou, n) if n is not None else None
-    return StorePurge(url, todo, len(steps) - len(todo), size.stored, size.chunks, opt)
+    return StorePurge(url, todo, len(steps) - len(todo), size.stored, size.chunks, opt, leftovers=store.leftover_files())
+
+
+def _optimizer_state(url: str) -> Optional[tuple[str, int]]:
+    """(url, bytes) of the final optimizer state of the phase whose store is at ``url``, if there is one."""
+    from .flavor import Segment
+    from .unlearn.common import training_url_of
+
+    if not url.rstrip("/").endswith("/deltas"):
+        return None
+    ou = f"{training_url_of(Segment('phase', url, 0, -1))}/{_OPTIMIZER_STATE}"
+    n = _size(ou)
+    return (ou, n) if n is not None else None
+
+
+def _listed_chunks(url: str, steps: Iterable[int]) -> list[tuple[str, int]]:
+    """(path relative to ``url``, bytes) of the files under ``url``/chunks/ named ``<step>.<part>.*``
+    for one of ``steps``: a listing, for a store whose manifest is gone."""
+    wanted = {int(s) for s in steps}
+    fs, path = url_to_fs(url)
+    d = f"{path.rstrip('/')}/chunks"
+    try:
+        fs.invalidate_cache(d)
+        entries = fs.ls(d, detail=True)
+    except FileNotFoundError:
+        return []
+    out = []
+    for e in entries:
+        name = e["name"].rstrip("/").rsplit("/", 1)[-1]
+        m = _CHUNK_NAME.match(name)
+        if e.get("type") != "directory" and m and int(m.group(1)) in wanted:
+            out.append((f"chunks/{name}", int(e.get("size") or 0)))
+    return sorted(out)
 
 
 def _blockers(reg: _Registry, purging: set[int], todo: dict[str, set[int]]) -> list:
@@ -508,14 +565,18 @@ def purge(
     from .store import DeltaStore
 
     for s in plan.stores:
-        if s.steps:
-            say(f"purge: deleting the deltas of {len(s.steps)} step(s) in {s.url}")
+        if s.missing:
+            for rel, _ in s.leftovers:  # each one checked gone by listing
+                _rm_url(f"{s.url.rstrip('/')}/{rel}")
+        elif s.steps or s.leftovers:
+            say(f"purge: deleting the deltas of {len(s.steps)} step(s) in {s.url}"
+                + (f" and {len(s.leftovers)} chunk file(s) of steps purged before" if s.leftovers else ""))
             st = DeltaStore.open(s.url, mode="a")
             try:
-                st.purge(s.steps)
+                st.purge(s.steps)  # also deletes every chunk file of an earlier purged step, then lists again
             finally:
                 st.close()
-            deleted += s.bytes
+        deleted += s.bytes + s.leftover_bytes
         if s.optimizer_state:
             _rm_url(s.optimizer_state[0])
             deleted += s.optimizer_state[1]
@@ -532,21 +593,24 @@ def purge(
     for vp in plan.versions:
         touched = bool(vp.model_files or vp.run_files) or any(
             set(vp.steps.get(s.url, ())) & set(s.steps) for s in plan.stores)
-        if vp.purged_at and not touched:
+        if vp.purged_at and vp.described and vp.tombstone_done and not touched:
             continue
+        # tombstone, description, and the tag last: a purge killed before the tag is not complete
         body = _write_tombstone(vp, model_name, completed=True, at=done_at)
+        vp.tombstone_done = True
         files = body.get("deleted_files", [])
         n_steps = sum(body.get("steps_that_saw_the_records", {}).values())
+        desc = c.get_model_version(model_name, str(vp.version)).description or ""
+        if not desc.startswith(_NOTE):
+            note = (f"{_NOTE} {done_at} (GDPR erasure): the weights of v{vp.version} and the recorded deltas of the "
+                    f"{n_steps} step(s) that saw the records v{vp.superseded_by} forgot were deleted for good. This "
+                    "entry, its tags and lineage metadata are kept; it can no longer be loaded.")
+            c.update_model_version(model_name, str(vp.version), description=f"{note}\n\n{desc}" if desc else note)
+        vp.described = True
         what = [f"{len(files)} model file(s) ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"] if files else []
         what += [f"run artifacts {', '.join(sorted({p.split('/')[0] + '/' for p, _ in vp.run_files}))}"] if vp.run_files else []
         what += [f"the deltas of {n_steps} step(s) that saw the {vp.n_records} record(s) v{vp.superseded_by} forgot"]
         c.set_model_version_tag(model_name, str(vp.version), TAG_PURGED, f"{done_at}; deleted: {'; '.join(what)}")
-        desc = c.get_model_version(model_name, str(vp.version)).description or ""
-        if not desc.startswith("**Purged**"):
-            note = (f"**Purged** {done_at} (GDPR erasure): the weights of v{vp.version} and the recorded deltas of the "
-                    f"{n_steps} step(s) that saw the records v{vp.superseded_by} forgot were deleted for good. This "
-                    "entry, its tags and lineage metadata are kept; it can no longer be loaded.")
-            c.update_model_version(model_name, str(vp.version), description=f"{note}\n\n{desc}" if desc else note)
         vp.purged_at = done_at
     return PurgeResult(plan, done=True, deleted_bytes=deleted)
 
@@ -554,8 +618,7 @@ def purge(
 def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: Optional[str] = None) -> dict:
     """Write ``data/purged.json`` into the version (merged with one a killed purge left); return it."""
     repo = _repo(vp.model_location)
-    raw = _download(repo, f"data/{TOMBSTONE}", optional=True)
-    old = read_tombstone(raw) if raw else {}
+    old = _tombstone(repo)
     body = {
         "format": "mlflow-amnesia purge tombstone",
         "format_version": 1,
@@ -574,6 +637,12 @@ def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: 
         p.write_text(json.dumps(body, indent=2, sort_keys=True))
         repo.log_artifact(str(p), "data")
     return body
+
+
+def _tombstone(repo) -> dict:
+    """The version's ``data/purged.json`` as a dict; empty when absent or unreadable (then rewritten)."""
+    raw = _download(repo, f"data/{TOMBSTONE}", optional=True)
+    return read_tombstone(raw) if raw else {}
 
 
 def _delete(repo, files: list[tuple[str, int]], what: str) -> None:

@@ -839,9 +839,9 @@ class Recorder:
             s = self._failed_step
             raise StoreError(
                 f"the recorder stopped at step {s} after an error ({type(self._failed).__name__}: "
-                f"{self._failed}); the store holds no step from {s} on. Fix the cause, then record into "
-                f"a new store, or reopen this one (mode='a') with Recorder(start_step={s}) on the "
-                f"model state of step {s}."
+                f"{self._failed}); the store holds no step from {s} on. Fix the cause, then re-run the "
+                f"`mlflow-amnesia train` or `forget` command (it starts afresh); from Python, record into a new "
+                f"store, or reopen this one (mode='a') with Recorder(start_step={s}) on the model state of step {s}."
             ) from self._failed
 
 

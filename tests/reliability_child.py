@@ -11,6 +11,12 @@ Not a test module: the tests start it with ``python THIS ARGS...``.
 * ``aliased``      right after ``--set-alias`` moved the alias to the new version
 * ``superseded``   right after the parent was tagged ``amnesia.superseded_by``
 * ``purging``      during the ``--purge`` that follows: tombstone and chunks gone, model files not yet
+* ``purge:STEP``   between two steps of the purge job (tests/test_purge_crash.py), in order:
+  ``started`` (tag amnesia.purge_started and the tombstone written, no chunk deleted),
+  ``manifest-written`` (``DeltaStore.purge`` wrote its manifest, steps marked purged, before it
+  unlinked a chunk), ``chunks-deleted``, ``optimizer-deleted``, ``model-files-deleted`` (the
+  version's files gone, its run's audit/ files not yet), ``tombstone-completed``, ``described``
+  (the **Purged** note added to the description), ``tagged`` (the tag amnesia.purged set)
 
 ``AMNESIA_TEST_BARRIER=DIR:N`` holds a forget after its last check that the parent has no child,
 just before it registers, until N processes got there: two forgets from the same parent then
@@ -102,8 +108,55 @@ def install_kill(point: str) -> None:
         from mlflow_amnesia import purge
 
         purge._delete = lambda *a, **k: die()
+    elif point.startswith("purge:"):
+        install_purge_kill(point.split(":", 1)[1])
     elif point:
         raise SystemExit(f"unknown AMNESIA_TEST_KILL_AT {point!r}")
+
+
+def _die_after(owner: object, name: str, when=lambda *a, **k: True) -> None:
+    """Replace ``owner.name`` by a call of the original that SIGKILLs once it returned (if ``when``)."""
+    orig = getattr(owner, name)
+
+    def call(*args, **kwargs):
+        out = orig(*args, **kwargs)
+        if when(*args, **kwargs):
+            die()
+        return out
+
+    setattr(owner, name, call)
+
+
+def install_purge_kill(where: str) -> None:
+    from mlflow import MlflowClient
+
+    from mlflow_amnesia import purge
+    from mlflow_amnesia.store import DeltaStore
+
+    if where == "started":
+        DeltaStore.purge = lambda self, steps: die()
+    elif where == "manifest-written":
+        orig = DeltaStore.purge
+
+        def store_purge(self, steps):
+            _die_after(self, "_write_manifest")  # on this store object only: the manifest of this purge
+            return orig(self, steps)
+
+        DeltaStore.purge = store_purge
+    elif where == "chunks-deleted":
+        _die_after(DeltaStore, "purge")
+    elif where == "optimizer-deleted":
+        _die_after(purge, "_rm_url")
+    elif where == "model-files-deleted":
+        _die_after(purge, "_delete")
+    elif where == "tombstone-completed":
+        _die_after(purge, "_write_tombstone", lambda *a, completed, **k: completed)
+    elif where == "described":
+        _die_after(MlflowClient, "update_model_version")
+    elif where == "tagged":
+        _die_after(MlflowClient, "set_model_version_tag", lambda self, name, version, key=None, *a, **k: key == purge.TAG_PURGED)
+    else:
+        raise SystemExit(f"unknown AMNESIA_TEST_KILL_AT purge:{where}")
 
 
 def install_barrier(spec: str) -> None:

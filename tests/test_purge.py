@@ -460,6 +460,60 @@ def test_kept_files_are_lineage_metadata_only():
         assert not _kept(gone), gone
 
 
+def _small_store(url: str, steps: int = 3) -> None:
+    from mlflow_amnesia.store import DeltaStore
+
+    with DeltaStore.create(url, layout=[{"name": "w", "shape": [4]}], codec="f32") as st:
+        for t in range(steps):
+            st.append(t, {"w": np.full(4, t, np.float32)})
+
+
+def test_the_plan_lists_chunk_files_of_steps_a_killed_purge_already_marked(tmp_path):
+    """The store's manifest says purged, chunks/ still holds the files: there is work left, and
+    the plan (hence `--dry-run`, and the re-run) knows it from a listing."""
+    from mlflow_amnesia.purge import PurgePlan, _plan_store
+    from mlflow_amnesia.store import DeltaStore
+
+    url = str(tmp_path / "run" / "deltas")
+    _small_store(url)
+    with DeltaStore.open(url, mode="a") as st:
+        st._rm = lambda paths: (_ for _ in ()).throw(RuntimeError("killed"))
+        with pytest.raises(RuntimeError):
+            st.purge([1])
+    s = _plan_store(url, [1, 2])
+    assert s.steps == [2] and s.already == 1 and [f for f, _ in s.leftovers] == ["chunks/1.0.zst"]
+    plan = PurgePlan("m", [], [s])
+    assert not plan.complete and "1 chunk file(s)" in plan.describe() and "already marked purged" in plan.describe()
+    assert plan.bytes == s.bytes + s.leftovers[0][1]
+
+
+def test_a_store_whose_manifest_is_gone_is_not_gone_while_its_chunks_are_there(tmp_path):
+    from mlflow_amnesia.purge import PurgePlan, _plan_store
+
+    url = str(tmp_path / "run" / "deltas")
+    _small_store(url)
+    (tmp_path / "run" / "deltas" / "manifest.json").unlink()
+    s = _plan_store(url, [0, 2])
+    assert s.missing and [f for f, _ in s.leftovers] == ["chunks/0.0.zst", "chunks/2.0.zst"]
+    assert not PurgePlan("m", [], [s]).complete and "gone already" not in PurgePlan("m", [], [s]).describe()
+    for f in (tmp_path / "run" / "deltas" / "chunks").iterdir():
+        f.unlink()
+    s = _plan_store(url, [0, 2])
+    assert s.missing and s.leftovers == [] and PurgePlan("m", [], [s]).complete
+
+
+def test_a_plan_is_complete_only_with_the_tag_the_tombstone_and_the_note():
+    from mlflow_amnesia.purge import PurgePlan, VersionPurge
+
+    def plan(**kw):
+        done = dict(purged_at="2026-01-01T00:00:00Z", described=True, tombstone_done=True)
+        return PurgePlan("m", [VersionPurge(1, 2, "amnesiac", 3, "/nowhere", **{**done, **kw})], [])
+
+    assert plan().complete
+    for missing in ({"purged_at": None}, {"described": False}, {"tombstone_done": False}):
+        assert not plan(**missing).complete, missing
+
+
 @pytest.mark.slow
 def test_a_retrain_child_needs_no_old_chunk_and_the_records_steps_are_purged(tmp_path):
     """A retrain trains a new store without the records: nothing rolled the old steps back, yet

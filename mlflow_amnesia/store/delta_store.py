@@ -114,6 +114,10 @@ class PurgedStepsError(StoreError):
         )
 
 
+_LEFTOVER = ("the step was purged but this chunk file is still on disk, holding its delta (a purge was stopped before "
+             "deleting it): re-run the same `mlflow-amnesia purge` command to finish the purge")
+
+
 def _fmt_steps(steps: Sequence[int], limit: int = 20) -> str:
     shown = ", ".join(str(s) for s in steps[:limit])
     return shown + (f" (and {len(steps) - limit} more)" if len(steps) > limit else "")
@@ -604,7 +608,9 @@ class DeltaStore:
         if err is not None:
             raise StoreError(
                 f"writing step {step} to the delta store {self.url} failed: {err}. Steps from {step} on "
-                "were not committed; fix the cause, reopen with mode='a' and append from the last committed step"
+                "were not committed; fix the cause (disk space, permissions), then re-run the `mlflow-amnesia "
+                "train` or `forget` command that was recording (it starts afresh), or from Python reopen the "
+                "store with mode='a' and append from the last committed step"
             ) from err
 
     def _write_part(self, step: int, part: int, arrays: list[np.ndarray]) -> dict[str, Any]:
@@ -810,20 +816,20 @@ class DeltaStore:
         except FileNotFoundError:
             raise ChunkCorruptedError(
                 f"step {step}: chunk file {self._path(rel)} is missing. The step may have been purged after "
-                "this manifest was copied, or the store was damaged; run verify() to see all damaged steps"
+                "this manifest was copied, or the store was damaged; run `mlflow-amnesia verify --model NAME` to see all damaged steps"
             ) from None
         self.stats._add(chunks_read=1, bytes_read=len(data))
         if len(data) != chunk["bytes"]:
             got = f"more than {chunk['bytes']}" if len(data) > chunk["bytes"] else str(len(data))
             raise ChunkCorruptedError(
                 f"step {step}: chunk file {self._path(rel)} has {got} bytes, the manifest records "
-                f"{chunk['bytes']} (truncated or overwritten). This step's delta is lost; run verify()"
+                f"{chunk['bytes']} (truncated or overwritten). This step's delta is lost; run `mlflow-amnesia verify --model NAME`"
             )
         digest = hashlib.sha256(data).hexdigest()
         if digest != chunk["sha256"]:
             raise ChunkCorruptedError(
                 f"step {step}: chunk file {self._path(rel)} fails its sha256 check (corrupted). "
-                "This step's delta is lost; run verify() to list every damaged step"
+                "This step's delta is lost; run `mlflow-amnesia verify --model NAME` to list every damaged step"
             )
         return data
 
@@ -951,8 +957,10 @@ class DeltaStore:
     def verify(self, *, raise_errors: bool = False, progress: Progress | None = None) -> list[StoreProblem]:
         """Check every chunk of every readable step: present, size, sha256, decodes.
 
-        Also reports chunk files left behind by purged steps. Returns the problems (empty when
-        sound); with ``raise_errors`` a ChunkCorruptedError lists them instead.
+        Also reports the chunk files of purged steps still on disk (listed, not taken from the
+        manifest): a purge stopped between its manifest and its deletions leaves them, and they
+        still hold the erased deltas. Returns the problems (empty when sound); with
+        ``raise_errors`` a ChunkCorruptedError lists them instead.
         """
         pool = self._ensure_pool()
         with self._lock:
@@ -980,12 +988,8 @@ class DeltaStore:
         finally:
             if progress is None:
                 prog.close()
-        purged = {e.step for e in entries if e.purged}
-        if purged:
-            for name in sorted(self._list_chunks()):
-                m = _CHUNK_RE.match(name)
-                if m and int(m.group(1)) in purged:
-                    problems.append(StoreProblem(int(m.group(1)), f"{CHUNKS}/{name}", "step was purged but this chunk file still exists; run purge() again"))
+        for step, rel, _ in self._leftover_chunks():
+            problems.append(StoreProblem(step, rel, _LEFTOVER))
         if problems and raise_errors:
             raise ChunkCorruptedError(
                 f"the delta store {self.url} has {len(problems)} problem(s):\n"
@@ -997,9 +1001,12 @@ class DeltaStore:
     def purge(self, steps: Iterable[int]) -> list[int]:
         """Delete the chunk data of ``steps`` for good and mark them purged in the manifest.
 
-        The manifest is rewritten first, then the files are deleted, so a crash in between
-        leaves files that ``verify`` reports and ``purge`` (or ``open(mode="a")``) removes.
-        Returns the steps purged by this call (already purged ones are skipped).
+        The manifest is rewritten first, then the files are deleted. Every call then lists
+        chunks/ and deletes the chunk files of *every* purged step found there, this call's and
+        earlier ones' (a purge killed between its manifest and its deletions is finished by the
+        next call, whatever steps it names), and lists again: a file still there is a
+        :class:`StoreError` naming it, never a silent success. Returns the steps purged by this
+        call (already purged ones are skipped).
         """
         self._check_writable()
         self.flush()
@@ -1017,10 +1024,72 @@ class DeltaStore:
                     files += [c["file"] for c in e.chunks]
                     self._steps[s] = _Step(s, [], e.meta, purged_at=_now())
                     newly.append(s)
-        self._write_manifest()
-        leftover = [f"{CHUNKS}/{n}" for n in self._list_chunks() if (m := _CHUNK_RE.match(n)) and int(m.group(1)) in set(chosen)]
+        if newly:
+            self._write_manifest()
+        leftover = [rel for _, rel, _ in self._leftover_chunks()]
         self._rm([self._path(f) for f in sorted(set(files) | set(leftover))])
+        left = [rel for _, rel, _ in self._leftover_chunks()]
+        if left:
+            raise StoreError(
+                f"the delta store {self.url} still holds {len(left)} chunk file(s) of purged steps after deleting "
+                f"them: {', '.join(left[:10])}{' ...' if len(left) > 10 else ''}. The storage did not delete them "
+                "(permissions, an object lock or retention rule?): fix that, then re-run the same "
+                "`mlflow-amnesia purge` command to finish the purge."
+            )
         return newly
+
+    def leftover_files(self) -> list[tuple[str, int]]:
+        """(path relative to the URL, bytes) of the chunk files of purged steps still on disk.
+
+        Listed, not read from the manifest: what a purge stopped between writing its manifest
+        and deleting the files left behind. Empty when every purge finished.
+        """
+        return [(rel, b) for _, rel, b in self._leftover_chunks()]
+
+    def check_copy(self, copy: "DeltaStore") -> list[str]:
+        """How a copied manifest (``copy``: this URL opened with ``manifest=``, e.g. a model
+        version's) disagrees with this store's own; empty when they agree.
+
+        They agree when codec, layout and parts are the same and every step of the copy is in
+        this store's manifest with the same chunk files, sizes and sha256, or is purged here (a
+        purge after the copy was taken). ``purge`` and a later ``open(mode="a")`` trust this
+        store's own manifest, reads through the copy trust the copy: a disagreement means one of
+        them is damaged.
+        """
+        out: list[str] = []
+        if self._codec.spec() != copy._codec.spec():
+            out.append(f"codec {self._codec.spec()} in the store's manifest, {copy._codec.spec()} in the copy")
+        if self._layout != copy._layout:
+            out.append(f"the tensor layout differs ({len(self._layout)} tensors in the store's manifest, "
+                       f"{len(copy._layout)} in the copy)")
+        if self._parts != copy._parts:
+            out.append(f"the parts differ ({self._parts} in the store's manifest, {copy._parts} in the copy)")
+        with self._lock:
+            own = dict(self._steps)
+        with copy._lock:
+            theirs = dict(copy._steps)
+        missing, differ, revived = [], [], []
+        for s, e in sorted(theirs.items()):
+            mine = own.get(s)
+            if mine is None:
+                missing.append(s)
+            elif mine.purged:
+                continue
+            elif e.purged:
+                revived.append(s)
+            elif [(c["file"], c["bytes"], c["sha256"]) for c in mine.chunks] != [
+                (c["file"], c["bytes"], c["sha256"]) for c in e.chunks
+            ]:
+                differ.append(s)
+        if missing:
+            out.append(f"step(s) {_fmt_steps(missing)} of the copy are not in the store's manifest")
+        if differ:
+            out.append(f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 in the store's "
+                       "manifest than in the copy")
+        if revived:
+            out.append(f"step(s) {_fmt_steps(revived)} are purged in the copy but listed with chunks in the "
+                       "store's manifest")
+        return out
 
     # ------------------------------------------------------------------ file system
 
@@ -1036,6 +1105,16 @@ class DeltaStore:
         except FileNotFoundError:
             return {}
         return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0) for e in entries if e.get("type") != "directory"}
+
+    def _leftover_chunks(self) -> list[tuple[int, str, int]]:
+        """(step, path relative to the URL, bytes) of each file in chunks/ that is a chunk of a purged step."""
+        with self._lock:
+            purged = {s for s, e in self._steps.items() if e.purged}
+        if not purged:
+            return []
+        found = [(int(m.group(1)), f"{CHUNKS}/{n}", b)
+                 for n, b in self._list_chunks().items() if (m := _CHUNK_RE.match(n))]
+        return sorted(x for x in found if x[0] in purged)
 
     def _put(self, path: str, data: bytes, *, atomic: bool) -> None:
         """Write a whole file. Local: fsync'ed; with ``atomic`` via temp + rename + directory fsync.

@@ -430,6 +430,79 @@ def test_purge_deletes_chunks_and_later_reads_fail_clearly(url):
     np.testing.assert_array_equal(st.sum([0, 2])["b2"], _delta(0)["b2"].astype(np.float64) + _delta(2)["b2"])
 
 
+def _chunks_on_disk(url: str) -> list[str]:
+    """The chunk files really under chunks/ (listed, not read from any manifest)."""
+    fs, root = fsspec.core.url_to_fs(url)
+    names = sorted(n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(f"{root}/chunks", detail=False))
+    return [n for n in names if n.split(".")[0].isdigit() and n.count(".") >= 2 and n.split(".")[1].isdigit()]
+
+
+def test_a_purge_killed_before_its_deletions_is_finished_by_the_next_purge(url):
+    """Manifest first, then the files: a purge stopped in between leaves chunk files of steps
+    marked purged. verify() reports them (naming the command that finishes the purge) and any
+    later purge() on the store, even of other steps, deletes every one of them."""
+    _write(url, range(5))
+    with DeltaStore.open(url, mode="a") as st:
+        real_rm = st._rm
+
+        def killed(paths):
+            raise RuntimeError("killed right after the manifest was written")
+
+        st._rm = killed
+        with pytest.raises(RuntimeError, match="killed"):
+            st.purge([1])
+        st._rm = real_rm
+        left = [f.split("/")[-1] for f in st.chunk_files(0)]
+        assert {"1.0.zst", "1.1.zst", "1.2.zst"} <= set(_chunks_on_disk(url))
+        assert [f for f, _ in DeltaStore.open(url).leftover_files()] == ["chunks/1.0.zst", "chunks/1.1.zst", "chunks/1.2.zst"]
+        problems = DeltaStore.open(url).verify()
+        assert sorted(pr.file for pr in problems) == ["chunks/1.0.zst", "chunks/1.1.zst", "chunks/1.2.zst"]
+        assert all(pr.step == 1 and "mlflow-amnesia purge" in pr.problem for pr in problems), problems
+        assert st.purge([3]) == [3]  # another step: the listing, not the manifest, says what is left
+    assert not [n for n in _chunks_on_disk(url) if n.split(".")[0] in ("1", "3")]
+    assert set(left) <= set(_chunks_on_disk(url))  # the other steps are untouched
+    assert DeltaStore.open(url).verify() == [] and DeltaStore.open(url).leftover_files() == []
+    with DeltaStore.open(url, mode="a") as st:
+        st._rm = lambda paths: None
+        st.purge([])  # nothing new to purge, nothing left over: a no-op
+
+
+def test_a_purge_the_storage_does_not_carry_out_is_an_error_naming_the_files(url, monkeypatch):
+    """A file system that accepts a delete and keeps the file (no permission to delete, an object
+    lock, a broken fsspec backend) must fail the purge; the listing after it is the proof."""
+    _write(url, range(3))
+    with DeltaStore.open(url, mode="a") as st:
+        monkeypatch.setattr(type(st._fs), "rm_file", lambda self, path: None)
+        with pytest.raises(StoreError, match=r"still holds 3 chunk file\(s\) of purged steps.*chunks/2\.0\.zst"):
+            st.purge([2])
+        monkeypatch.undo()
+        st.purge([2])  # the storage deletes again: the same call finishes the purge
+    assert [n for n in _chunks_on_disk(url) if n.startswith("2.")] == []
+
+
+def test_a_copied_manifest_is_checked_against_the_store_own(tmp_path):
+    """check_copy: what a model version's manifest copy and the store's own manifest disagree on."""
+    url = str(tmp_path / "store")
+    _write(url, range(4))
+    copy = DeltaStore.open(url).manifest_bytes()
+    own = DeltaStore.open(url)
+    assert own.check_copy(DeltaStore.open(url, manifest=copy)) == []
+    with DeltaStore.open(url, mode="a") as st:
+        st.purge([2])
+    assert DeltaStore.open(url).check_copy(DeltaStore.open(url, manifest=copy)) == []  # purged later: fine
+    m = json.loads(copy)
+    m["steps"][1]["chunks"][0]["sha256"] = "0" * 64
+    m["steps"].append({**m["steps"][0], "step": 9, "chunks": [{**c, "file": c["file"].replace("0.", "9.", 1)}
+                                                              for c in m["steps"][0]["chunks"]]})
+    found = DeltaStore.open(url).check_copy(DeltaStore.open(url, manifest=m))
+    assert any("step(s) 1 " in f and "sha256" in f for f in found), found
+    assert any("step(s) 9 " in f and "not in the store" in f for f in found), found
+    m = json.loads(copy)
+    m["codec"] = {"name": "bf16", "level": m["codec"]["level"]}
+    found = DeltaStore.open(url).check_copy(DeltaStore.open(url, manifest=m))
+    assert any("codec" in f for f in found), found
+
+
 # ---------------------------------------------------------------- crash safety
 
 
