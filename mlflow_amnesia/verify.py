@@ -20,6 +20,7 @@ record key.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -202,10 +203,10 @@ def _finish_command(model_name: str, version: Optional[int]) -> str:
     """The purge command that finishes the interrupted purge(s) of this model's versions."""
     from .purge import TAG_PURGE_STARTED
 
-    started = sorted(int(mv.version) for mv in registry.client().search_model_versions(f"name='{model_name}'")
+    started = sorted(int(mv.version) for mv in registry.search_versions(model_name)
                      if TAG_PURGE_STARTED in (mv.tags or {}))
     if version is not None and version not in started:
         started = sorted(started + [version])
     if started:
-        return f"mlflow-amnesia purge --model {model_name} " + " ".join(f"--version {x}" for x in started)
-    return f"mlflow-amnesia purge --model {model_name} --version N"
+        return f"mlflow-amnesia purge --model {shlex.quote(model_name)} " + " ".join(f"--version {x}" for x in started)
+    return f"mlflow-amnesia purge --model {shlex.quote(model_name)} --version N"
