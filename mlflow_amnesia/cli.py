@@ -1,8 +1,9 @@
 """The ``mlflow-amnesia`` command line.
 
 Every command talks to the tracking server in ``MLFLOW_TRACKING_URI`` (default
-``sqlite:///mlflow.db`` in the current directory). Errors print one line naming the input and
-what to do, and exit with status 1 (2 for usage errors).
+``sqlite:///mlflow.db`` in the current directory); only ``train`` creates a missing local
+database. Errors print one line naming the input and what to do, and exit with status 1 (2 for
+usage errors).
 """
 
 from __future__ import annotations
@@ -16,14 +17,22 @@ import click
 from .errors import AmnesiaError
 
 
-def _friendly(fn):
-    """Turn AmnesiaError (and an unreachable tracking server) into a one-line error, exit 1."""
+def _friendly(fn=None, *, creates_store: bool = False):
+    """Turn AmnesiaError (and an unreachable tracking server) into a one-line error, exit 1.
+
+    First the tracking store is checked (an unknown URI scheme, a missing, wedged or foreign
+    sqlite file are errors before MLflow touches anything); only a command with
+    ``creates_store`` (``train``) creates a missing local sqlite database, whole.
+    """
+    if fn is None:
+        return functools.partial(_friendly, creates_store=creates_store)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            from .tracking import check_reachable
+            from .tracking import check_reachable, check_tracking_store
 
+            check_tracking_store(create=creates_store)
             check_reachable()  # seconds, not MLflow's ~4 minutes of retries, when the server is down
             return fn(*args, **kwargs)
         except AmnesiaError as e:
@@ -124,7 +133,7 @@ def main() -> None:
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="Run the privacy audit (membership inference, inversion) on the new version.")
 @_audit_options
-@_friendly
+@_friendly(creates_store=True)
 def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root,
           holdout_fraction, audit, shadows, inversion_iterations):
     """Train a model with every optimizer step recorded; register it as a new model version."""

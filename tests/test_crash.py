@@ -188,6 +188,47 @@ def test_train_killed_right_after_registration_leaves_a_complete_tagged_version(
     _assert_sound("crash-reg")
 
 
+# The very first train on a new sqlite database: MLflow creates the schema (~1,700 statements,
+# ~1 s) in the file itself. Killed there, the file used to be wedged for good (`table
+# _alembic_tmp_jobs already exists`, an out-of-date schema). Now the schema is built in a temp
+# file beside it and moved into place whole: a kill leaves no database or a complete one.
+_SCHEMA_KILLS = [1, 3, 40, 180, 420, 700, 950, 1200, 1450, 1650]
+
+
+def _complete_database(db: Path) -> bool:
+    import sqlalchemy
+    import mlflow.store.db.utils as db_utils
+
+    engine = db_utils.create_sqlalchemy_engine(f"sqlite:///{db}")
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+        return (db_utils._all_tables_exist(engine) and not any(t.startswith("_alembic_tmp_") for t in tables)
+                and db_utils._get_schema_version(engine) == db_utils._get_latest_schema_revision())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("n", _SCHEMA_KILLS)
+def test_first_train_killed_while_creating_the_database_never_wedges_it(tmp_path, monkeypatch, n):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(var, uri)
+    rc, out = _run(*_train_args("first"), AMNESIA_TEST_KILL_AT=f"schema:{n}")
+    assert rc == KILLED, out
+    db = tmp_path / "mlflow.db"
+    assert not db.exists() or _complete_database(db), "a kill while creating the database left it half-made"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    r = invoke(*_train_args("first"), ok=False)
+    assert r.exit_code == 0, r.output  # the next train works, whatever moment the kill hit
+    assert [int(v.version) for v in _versions("first")] == [1]
+    _assert_sound("first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlruns"]  # no temp file left
+
+
 # --------------------------------------------------------------------------------------------
 # two forgets at once
 
