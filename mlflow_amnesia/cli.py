@@ -3,7 +3,8 @@
 Every command talks to the tracking server in ``MLFLOW_TRACKING_URI`` (default
 ``sqlite:///mlflow.db`` in the current directory); only ``train`` creates a missing local
 database. Errors print one line naming the input and what to do, and exit with status 1 (2 for
-usage errors).
+usage errors). Options are checked while they are parsed, before anything
+is created.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 
 import click
 
+from . import validation
 from .errors import AmnesiaError
 
 
@@ -54,6 +56,21 @@ def _friendly(fn=None, *, creates_store: bool = False):
             raise
 
     return wrapper
+
+
+def _checked(check, *args):
+    """A click callback running ``check(value, flag, *args)`` from :mod:`mlflow_amnesia.validation`:
+    a bad value stops the command while its options are parsed, before anything is created."""
+
+    def callback(ctx, param, value):
+        if value is None:  # not given, no default: nothing to check
+            return None
+        try:
+            return check(value, param.opts[0], *args)
+        except AmnesiaError as e:
+            raise click.ClickException(str(e)) from None
+
+    return callback
 
 
 def _version_options(fn):
@@ -120,12 +137,16 @@ def main() -> None:
               help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=0.02, show_default=True, type=float)
-@click.option("--momentum", default=0.9, show_default=True, type=float)
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--lr", default=0.02, show_default=True, type=float, callback=_checked(validation.positive_number))
+@click.option("--momentum", default=0.9, show_default=True, type=float,
+              callback=_checked(validation.non_negative_number, "momentum"))
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float,
+              callback=_checked(validation.non_negative_number, "weight decay"))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--codec", default=None, help="Delta codec: int8 (default), bf16, f32 (lossless).")
-@click.option("--store-uri", default=None, help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
+@click.option("--codec", default=None, callback=_checked(validation.known_codec),
+              help="Delta codec: int8 (default), bf16, f32 (lossless).")
+@click.option("--store-uri", default=None, callback=_checked(validation.writable_store_uri),
+              help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
 @click.option("--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).")
 @click.option("--data-root", default=None, help="Where mnist/cifar100 are (or are downloaded to).")
 @click.option("--holdout-fraction", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -163,7 +184,8 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
               help="After amnesiac rollback: finetune on the retained records, or replay the rolled-back steps "
                    "without the forgotten records.")
 @click.option("--repair-epochs", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--repair-lr", default=None, type=float, help="Learning rate of the repair (default: the training lr).")
+@click.option("--repair-lr", default=None, type=float, callback=_checked(validation.positive_number, "repair learning rate"),
+              help="Learning rate of the repair (default: the training lr).")
 @click.option("--max-step-share", default=0.01, show_default=True, type=float,
               help="Warn and ask (refuse without --yes) above this share of rolled-back steps.")
 @click.option("--dry-run", is_flag=True, help="Report the affected steps and what would be registered; change nothing.")
@@ -172,7 +194,8 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @click.option("--purge", "purge_parent", is_flag=True,
               help="After registering, purge the version just superseded (GDPR erasure of its weights and of the "
                    "deltas of the steps that saw the records; see `mlflow-amnesia purge --help`).")
-@click.option("--store-uri", default=None, help="fsspec URL for deltas recorded by a repair (default: as at training).")
+@click.option("--store-uri", default=None, callback=_checked(validation.writable_store_uri),
+              help="fsspec URL for deltas recorded by a repair (default: as at training).")
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="Run the privacy audit (membership inference, inversion) on the new version.")

@@ -206,7 +206,9 @@ def forget(
     from .tracking import check_tracking_store
     from .unlearn import ForgetContext, get_method
     from .unlearn.base import check_repair
+    from .validation import check_forget_options
 
+    check_forget_options(repair_lr=repair_lr, store_uri=store_uri)  # before any run or rollback
     check_tracking_store(create=False)  # a missing database is an error, never created
     repair = check_repair(repair)
     plan, mv, am, key, target_hashes, records = plan_forget(
