@@ -3,7 +3,7 @@
 Every command talks to the tracking server in ``MLFLOW_TRACKING_URI`` (default
 ``sqlite:///mlflow.db`` in the current directory); only ``train`` creates a missing local
 database. Errors print one line naming the input and what to do, and exit with status 1 (2 for
-usage errors). Options are checked while they are parsed, before anything
+usage errors, 130 for Ctrl-C). Options are checked while they are parsed, before anything
 is created.
 """
 
@@ -109,7 +109,26 @@ def _settings(shadows, inversion_iterations):
                          process_every=min(500, inversion_iterations))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The ``mlflow-amnesia`` group: Ctrl-C before a command's own handling is one line, exit 130."""
+
+    def main(self, *args, **kwargs):
+        from .interrupts import end_startup
+
+        end_startup()  # from here on Ctrl-C is a KeyboardInterrupt, which the commands handle
+        return super().main(*args, **kwargs)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # in the group callback or while parsing a command's options
+            from .interrupts import STARTUP_MESSAGE
+
+            click.echo(STARTUP_MESSAGE, err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlflow-amnesia")
 def main() -> None:
     """Amnesiac machine learning for MLflow: train with every step recorded, forget records on

@@ -229,6 +229,36 @@ def test_first_train_killed_while_creating_the_database_never_wedges_it(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlruns"]  # no temp file left
 
 
+# Ctrl-C while the program starts (Python loading torch and MLflow, ~3 s here): one line, exit
+# 130, nothing created; never a KeyboardInterrupt traceback.
+_PROGRAM = Path(sys.executable).with_name("mlflow-amnesia")
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.0, 1.5, 2.0, 2.5, 3.5])
+def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, monkeypatch, delay):
+    from mlflow_amnesia.interrupts import STARTUP_MESSAGE
+
+    if not _PROGRAM.exists():
+        pytest.skip(f"no installed {_PROGRAM}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ids.txt").write_text("digits:1\n")
+    before = sorted(tmp_path.iterdir())
+    env = _env(MLFLOW_TRACKING_URI="sqlite:///mlflow.db", MLFLOW_REGISTRY_URI="sqlite:///mlflow.db")
+    p = subprocess.Popen([str(_PROGRAM), "forget", "--model", MODEL, "--records", "ids.txt", "--yes"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    lines = out.strip().splitlines()
+    assert "Traceback" not in out and len(lines) == 1, out
+    if p.returncode == 1:  # the signal came after the command had already failed (no database here)
+        assert delay > 1.0 and "there is no MLflow database" in lines[0], out
+    else:
+        assert p.returncode == 130, out
+        assert lines[0] == STARTUP_MESSAGE or lines[0].startswith("interrupted"), out
+    assert sorted(tmp_path.iterdir()) == before  # no database, no temp file
+
+
 # --------------------------------------------------------------------------------------------
 # two forgets at once
 

@@ -508,6 +508,22 @@ def test_the_temp_files_of_dead_creators_are_removed_and_live_ones_kept(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "mlflow.db"])
 
 
+def test_ctrl_c_in_the_group_callback_is_one_line_and_exit_130(tmp_path, monkeypatch):
+    import mlflow
+
+    from mlflow_amnesia.interrupts import STARTUP_MESSAGE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the callback then sets the default store
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow, "set_tracking_uri", interrupted)
+    assert _one_line(invoke(*_STARTING["lineage"], ok=False), code=130) == STARTUP_MESSAGE
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_ctrl_c_while_train_creates_the_database_leaves_none(tmp_path, monkeypatch):
     import mlflow.store.db.utils as db_utils
     from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
