@@ -251,8 +251,9 @@ def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, monkeypatch, dela
     out, _ = p.communicate(timeout=120)
     lines = out.strip().splitlines()
     assert "Traceback" not in out and len(lines) == 1, out
-    if p.returncode == 1:  # the signal came after the command had already failed (no database here)
-        assert delay > 1.0 and "there is no MLflow database" in lines[0], out
+    if "there is no MLflow database" in lines[0]:
+        # the signal came after the command had failed (no database here), maybe as Python exited
+        assert delay > 1.0 and p.returncode in (1, -signal.SIGINT), out
     else:
         assert p.returncode == 130, out
         assert lines[0] == STARTUP_MESSAGE or lines[0].startswith("interrupted"), out
