@@ -6,6 +6,10 @@ jobs users run: :func:`train` and :func:`forget`.
 
 __version__ = "0.1.0"
 
+from .interrupts import guard_startup as _guard_startup  # noqa: E402 - stdlib only: before torch/mlflow load
+
+_guard_startup()  # the mlflow-amnesia program only: Ctrl-C while loading is one line, exit 130
+
 from .errors import AmnesiaError  # noqa: E402
 from .flavor import FLAVOR_NAME, AmnesiaModel, load_model, log_model, save_model  # noqa: E402
 from .forget import forget  # noqa: E402

@@ -1,8 +1,10 @@
 """The ``mlflow-amnesia`` command line.
 
 Every command talks to the tracking server in ``MLFLOW_TRACKING_URI`` (default
-``sqlite:///mlflow.db`` in the current directory). Errors print one line naming the input and
-what to do, and exit with status 1 (2 for usage errors).
+``sqlite:///mlflow.db`` in the current directory); only ``train`` creates a missing local
+database. Errors print one line naming the input and what to do, and exit with status 1 (2 for
+usage errors, 130 for Ctrl-C). Options are checked while they are parsed, before anything
+is created.
 """
 
 from __future__ import annotations
@@ -13,17 +15,26 @@ import sys
 
 import click
 
+from . import validation
 from .errors import AmnesiaError
 
 
-def _friendly(fn):
-    """Turn AmnesiaError (and an unreachable tracking server) into a one-line error, exit 1."""
+def _friendly(fn=None, *, creates_store: bool = False):
+    """Turn AmnesiaError (and an unreachable tracking server) into a one-line error, exit 1.
+
+    First the tracking store is checked (an unknown URI scheme, a missing, wedged or foreign
+    sqlite file are errors before MLflow touches anything); only a command with
+    ``creates_store`` (``train``) creates a missing local sqlite database, whole.
+    """
+    if fn is None:
+        return functools.partial(_friendly, creates_store=creates_store)
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            from .tracking import check_reachable
+            from .tracking import check_reachable, check_tracking_store
 
+            check_tracking_store(create=creates_store)
             check_reachable()  # seconds, not MLflow's ~4 minutes of retries, when the server is down
             return fn(*args, **kwargs)
         except AmnesiaError as e:
@@ -45,6 +56,21 @@ def _friendly(fn):
             raise
 
     return wrapper
+
+
+def _checked(check, *args):
+    """A click callback running ``check(value, flag, *args)`` from :mod:`mlflow_amnesia.validation`:
+    a bad value stops the command while its options are parsed, before anything is created."""
+
+    def callback(ctx, param, value):
+        if value is None:  # not given, no default: nothing to check
+            return None
+        try:
+            return check(value, param.opts[0], *args)
+        except AmnesiaError as e:
+            raise click.ClickException(str(e)) from None
+
+    return callback
 
 
 def _version_options(fn):
@@ -83,7 +109,26 @@ def _settings(shadows, inversion_iterations):
                          process_every=min(500, inversion_iterations))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """The ``mlflow-amnesia`` group: Ctrl-C before a command's own handling is one line, exit 130."""
+
+    def main(self, *args, **kwargs):
+        from .interrupts import end_startup
+
+        end_startup()  # from here on Ctrl-C is a KeyboardInterrupt, which the commands handle
+        return super().main(*args, **kwargs)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:  # in the group callback or while parsing a command's options
+            from .interrupts import STARTUP_MESSAGE
+
+            click.echo(STARTUP_MESSAGE, err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlflow-amnesia")
 def main() -> None:
     """Amnesiac machine learning for MLflow: train with every step recorded, forget records on
@@ -111,12 +156,16 @@ def main() -> None:
               help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.")
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=0.02, show_default=True, type=float)
-@click.option("--momentum", default=0.9, show_default=True, type=float)
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float)
+@click.option("--lr", default=0.02, show_default=True, type=float, callback=_checked(validation.positive_number))
+@click.option("--momentum", default=0.9, show_default=True, type=float,
+              callback=_checked(validation.non_negative_number, "momentum"))
+@click.option("--weight-decay", default=5e-4, show_default=True, type=float,
+              callback=_checked(validation.non_negative_number, "weight decay"))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--codec", default=None, help="Delta codec: int8 (default), bf16, f32 (lossless).")
-@click.option("--store-uri", default=None, help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
+@click.option("--codec", default=None, callback=_checked(validation.known_codec),
+              help="Delta codec: int8 (default), bf16, f32 (lossless).")
+@click.option("--store-uri", default=None, callback=_checked(validation.writable_store_uri),
+              help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
 @click.option("--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).")
 @click.option("--data-root", default=None, help="Where mnist/cifar100 are (or are downloaded to).")
 @click.option("--holdout-fraction", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
@@ -124,7 +173,7 @@ def main() -> None:
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="Run the privacy audit (membership inference, inversion) on the new version.")
 @_audit_options
-@_friendly
+@_friendly(creates_store=True)
 def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root,
           holdout_fraction, audit, shadows, inversion_iterations):
     """Train a model with every optimizer step recorded; register it as a new model version."""
@@ -154,7 +203,8 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
               help="After amnesiac rollback: finetune on the retained records, or replay the rolled-back steps "
                    "without the forgotten records.")
 @click.option("--repair-epochs", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--repair-lr", default=None, type=float, help="Learning rate of the repair (default: the training lr).")
+@click.option("--repair-lr", default=None, type=float, callback=_checked(validation.positive_number, "repair learning rate"),
+              help="Learning rate of the repair (default: the training lr).")
 @click.option("--max-step-share", default=0.01, show_default=True, type=float,
               help="Warn and ask (refuse without --yes) above this share of rolled-back steps.")
 @click.option("--dry-run", is_flag=True, help="Report the affected steps and what would be registered; change nothing.")
@@ -163,7 +213,8 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @click.option("--purge", "purge_parent", is_flag=True,
               help="After registering, purge the version just superseded (GDPR erasure of its weights and of the "
                    "deltas of the steps that saw the records; see `mlflow-amnesia purge --help`).")
-@click.option("--store-uri", default=None, help="fsspec URL for deltas recorded by a repair (default: as at training).")
+@click.option("--store-uri", default=None, callback=_checked(validation.writable_store_uri),
+              help="fsspec URL for deltas recorded by a repair (default: as at training).")
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
 @click.option("--audit/--no-audit", default=True, show_default=True,
               help="Run the privacy audit (membership inference, inversion) on the new version.")

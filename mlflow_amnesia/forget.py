@@ -328,10 +328,14 @@ def forget(
     from .audit import forgotten_positions, full_audit
     from .data import Split, rebuild
     from .locations import phase_base, start_run
+    from .tracking import check_tracking_store
     from .unlearn import ForgetContext, get_method
     from .unlearn.base import check_repair
+    from .validation import check_forget_options
 
     max_step_share = check_step_share(max_step_share)
+    check_forget_options(repair_lr=repair_lr, store_uri=store_uri)  # before any run or rollback
+    check_tracking_store(create=False)  # a missing database is an error, never created
     repair = check_repair(repair)
     plan, mv, am, key, target_hashes, records = plan_forget(
         model_name, records_file=records_file, ids=ids, cls=cls, version=version, alias=alias,

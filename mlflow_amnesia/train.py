@@ -15,7 +15,6 @@ import torch
 
 from . import registry
 from .audit import full_audit
-from .errors import InputError
 from .flavor import AmnesiaModel, log_model
 from .locations import log_params_once, phase_base, save_array, save_state, start_run
 from .progress import info as say
@@ -72,9 +71,12 @@ def train(
     from .keys import key_id, load_key
     from .models import build_model, default_arch_spec
     from .store import DEFAULT_CODEC
+    from .tracking import check_tracking_store
+    from .validation import check_train_options
 
-    if epochs < 1 or batch_size < 1 or lr <= 0:
-        raise InputError("epochs and batch_size must be >= 1 and lr > 0")
+    check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+                        codec=codec, store_uri=store_uri)  # before any database, run or file exists
+    check_tracking_store(create=True)  # a new local sqlite database is created whole, or not at all
     codec = codec or DEFAULT_CODEC
     recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
     model_name = model_name or default_model_name(dataset, arch)

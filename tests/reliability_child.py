@@ -4,6 +4,8 @@ Not a test module: the tests start it with ``python THIS ARGS...``.
 ``AMNESIA_TEST_KILL_AT`` makes the process SIGKILL itself at one point:
 
 * ``recording:N``  right after the N-th recorded optimizer step (train), chunks still in flight
+* ``schema:N``     before the N-th SQL statement of MLflow creating a new database's schema
+                   (``mlflow.store.db.utils._initialize_tables``: about 1,700 statements)
 * ``audit``        after the unlearning method, as the forget's audit starts
 * ``upload``       halfway through uploading the model version's artifacts
 * ``registered``   right after the registry created the version, before anything else
@@ -52,6 +54,28 @@ def install_kill(point: str) -> None:
             return out
 
         recorder.Recorder.step = step
+    elif point.startswith("schema:"):
+        import sqlalchemy
+        import mlflow.store.db.utils as db_utils
+        import mlflow.store.model_registry.sqlalchemy_store as registry_store
+
+        n, orig_init, inside, seen = int(point.split(":", 1)[1]), db_utils._initialize_tables, [False], [0]
+
+        def initialize_tables(engine):
+            inside[0] = True
+            try:
+                return orig_init(engine)
+            finally:
+                inside[0] = False
+
+        def before_execute(*args, **kwargs):
+            if inside[0]:
+                seen[0] += 1
+                if seen[0] >= n:
+                    die()
+
+        sqlalchemy.event.listen(sqlalchemy.engine.Engine, "before_cursor_execute", before_execute)
+        db_utils._initialize_tables = registry_store._initialize_tables = initialize_tables
     elif point == "audit":
         import mlflow_amnesia.audit as audit
 

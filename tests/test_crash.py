@@ -229,6 +229,78 @@ def test_train_killed_right_after_registration_leaves_a_complete_tagged_version(
     _assert_sound("crash-reg")
 
 
+# The very first train on a new sqlite database: MLflow creates the schema (~1,700 statements,
+# ~1 s) in the file itself. Killed there, the file used to be wedged for good (`table
+# _alembic_tmp_jobs already exists`, an out-of-date schema). Now the schema is built in a temp
+# file beside it and moved into place whole: a kill leaves no database or a complete one.
+_SCHEMA_KILLS = [1, 3, 40, 180, 420, 700, 950, 1200, 1450, 1650]
+
+
+def _complete_database(db: Path) -> bool:
+    import sqlalchemy
+    import mlflow.store.db.utils as db_utils
+
+    engine = db_utils.create_sqlalchemy_engine(f"sqlite:///{db}")
+    try:
+        tables = set(sqlalchemy.inspect(engine).get_table_names())
+        return (db_utils._all_tables_exist(engine) and not any(t.startswith("_alembic_tmp_") for t in tables)
+                and db_utils._get_schema_version(engine) == db_utils._get_latest_schema_revision())
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("n", _SCHEMA_KILLS)
+def test_first_train_killed_while_creating_the_database_never_wedges_it(tmp_path, monkeypatch, n):
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(var, uri)
+    rc, out = _run(*_train_args("first"), AMNESIA_TEST_KILL_AT=f"schema:{n}")
+    assert rc == KILLED, out
+    db = tmp_path / "mlflow.db"
+    assert not db.exists() or _complete_database(db), "a kill while creating the database left it half-made"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    r = invoke(*_train_args("first"), ok=False)
+    assert r.exit_code == 0, r.output  # the next train works, whatever moment the kill hit
+    assert [int(v.version) for v in _versions("first")] == [1]
+    _assert_sound("first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db", "mlruns"]  # no temp file left
+
+
+# Ctrl-C while the program starts (Python loading torch and MLflow, ~3 s here): one line, exit
+# 130, nothing created; never a KeyboardInterrupt traceback.
+_PROGRAM = Path(sys.executable).with_name("mlflow-amnesia")
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.0, 1.5, 2.0, 2.5, 3.5])
+def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, monkeypatch, delay):
+    from mlflow_amnesia.interrupts import STARTUP_MESSAGE
+
+    if not _PROGRAM.exists():
+        pytest.skip(f"no installed {_PROGRAM}")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ids.txt").write_text("digits:1\n")
+    before = sorted(tmp_path.iterdir())
+    env = _env(MLFLOW_TRACKING_URI="sqlite:///mlflow.db", MLFLOW_REGISTRY_URI="sqlite:///mlflow.db")
+    p = subprocess.Popen([str(_PROGRAM), "forget", "--model", MODEL, "--records", "ids.txt", "--yes"], env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(delay)
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=120)
+    lines = out.strip().splitlines()
+    assert "Traceback" not in out and len(lines) == 1, out
+    if "there is no MLflow database" in lines[0]:
+        # the signal came after the command had failed (no database here), maybe as Python exited
+        assert delay > 1.0 and p.returncode in (1, -signal.SIGINT), out
+    else:
+        assert p.returncode == 130, out
+        assert lines[0] == STARTUP_MESSAGE or lines[0].startswith("interrupted"), out
+    assert sorted(tmp_path.iterdir()) == before  # no database, no temp file
+
+
 # --------------------------------------------------------------------------------------------
 # two forgets at once
 

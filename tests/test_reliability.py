@@ -279,6 +279,269 @@ def test_a_tracking_server_that_never_answers_times_out(monkeypatch, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
+# the tracking store at start-up: a URI MLflow cannot use, a missing, foreign or wedged sqlite
+# database are one line before MLflow touches anything; only train creates a database, and only
+# where its directory exists
+
+
+_STARTING = {
+    "train": ["train", "--arch", "cnn", "--epochs", "1", "--no-audit"],
+    "forget": ["forget", "--model", MODEL, "--records", "ids.txt", "--yes", "--no-audit"],
+    "lineage": ["lineage", "--model", MODEL],
+    "records": ["records", "--model", MODEL],
+    "audit": ["audit", "--model", MODEL, "--accuracy-only"],
+    "purge": ["purge", "--model", MODEL, "--version", "1", "--yes"],
+    "verify": ["verify", "--model", MODEL],
+}
+
+
+def _use_stores(monkeypatch, tracking: str, registry: str | None = None) -> None:
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", registry or tracking)
+    mlflow.set_tracking_uri(tracking)
+    mlflow.set_registry_uri(registry or tracking)
+
+
+def _tree(root: Path) -> dict[str, bytes | None]:
+    """Every path under ``root`` with its bytes (None for a directory): nothing created, nothing changed."""
+    return {str(p): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def _one_line(r, code: int = 1) -> str:
+    assert r.exit_code == code, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.output, r.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("cmd", ["train", "forget", "lineage"])
+@pytest.mark.parametrize("which", ["tracking", "registry"])
+def test_a_uri_mlflow_does_not_know_is_one_line_and_creates_nothing(tmp_path, monkeypatch, cmd, which):
+    monkeypatch.chdir(tmp_path)
+    Path("ids.txt").write_text("digits:1\n")
+    good = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _use_stores(monkeypatch, "garbage://x", good) if which == "tracking" else _use_stores(monkeypatch, good, "garbage://x")
+    before = _tree(tmp_path)
+    line = _one_line(invoke(*_STARTING[cmd], ok=False))
+    env = "MLFLOW_TRACKING_URI" if which == "tracking" else "MLFLOW_REGISTRY_URI"
+    assert f"the {which} URI garbage://x ({env}) has a scheme MLflow does not know ('garbage'" in line, line
+    assert "sqlite:///mlflow.db" in line  # what to set instead
+    assert _tree(tmp_path) == before  # not even the valid one's database
+
+
+@pytest.mark.parametrize("cmd", ["train", "lineage", "forget"])
+def test_a_mistyped_sqlite_path_creates_no_directory_and_no_database(tmp_path, monkeypatch, cmd):
+    monkeypatch.chdir(tmp_path)
+    Path("ids.txt").write_text("digits:1\n")
+    _use_stores(monkeypatch, "sqlite:///no/such/dir/mlflow.db")
+    before = _tree(tmp_path)
+    line = _one_line(invoke(*_STARTING[cmd], ok=False))
+    assert f"MLFLOW_TRACKING_URI is sqlite:///no/such/dir/mlflow.db, but the directory {tmp_path}/no/such/dir does not exist" in line
+    assert ("mkdir -p" in line) == (cmd == "train")
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("cmd", [c for c in _STARTING if c != "train"])
+def test_a_command_other_than_train_never_creates_a_database(tmp_path, monkeypatch, cmd):
+    monkeypatch.chdir(tmp_path)  # an empty directory, the CLI's default store: sqlite:///mlflow.db
+    Path("ids.txt").write_text("digits:1\n")
+    _use_stores(monkeypatch, "sqlite:///mlflow.db")
+    before = _tree(tmp_path)
+    line = _one_line(invoke(*_STARTING[cmd], ok=False))
+    assert f"there is no MLflow database at {tmp_path / 'mlflow.db'}" in line and "run `mlflow-amnesia train`" in line
+    assert "MLFLOW_TRACKING_URI" in line
+    assert _tree(tmp_path) == before  # issue 18: no empty mlflow.db left behind
+
+
+def _foreign_sqlite(path: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE notes (body TEXT)")
+
+
+@pytest.mark.parametrize("kind, needle", [
+    ("text", "is not an SQLite database"),
+    ("empty", "is an empty file, not an MLflow database"),
+    ("directory", "is a directory, not an SQLite database"),
+    ("foreign", "is an SQLite database but not an MLflow one"),
+    ("damaged", "is a damaged SQLite database"),
+])
+@pytest.mark.parametrize("cmd", ["train", "lineage"])
+def test_a_file_that_is_not_an_mlflow_database_is_named_and_left_alone(tmp_path, monkeypatch, cmd, kind, needle):
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    if kind == "text":
+        db.write_text("my notes, not a database\n")
+    elif kind == "empty":
+        db.write_bytes(b"")
+    elif kind == "directory":
+        db.mkdir()
+    elif kind == "foreign":
+        _foreign_sqlite(db)
+    else:
+        _foreign_sqlite(db)
+        data = bytearray(db.read_bytes())
+        data[16:100] = b"\xff" * 84  # a valid header magic, the rest of the header destroyed
+        db.write_bytes(bytes(data))
+    _use_stores(monkeypatch, f"sqlite:///{db}")
+    before = _tree(tmp_path)
+    line = _one_line(invoke(*_STARTING[cmd], ok=False))
+    assert str(db) in line and needle in line, line
+    assert _tree(tmp_path) == before
+
+
+_WEDGE = """
+import os, signal, sys, sqlalchemy
+import mlflow.store.db.utils as db_utils
+
+def after(conn, cursor, statement, *args):  # MLflow's own in-place creation, killed mid-migration
+    if statement.lstrip().upper().startswith("CREATE TABLE _ALEMBIC_TMP_"):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+sqlalchemy.event.listen(sqlalchemy.engine.Engine, "after_cursor_execute", after)
+db_utils._initialize_tables(db_utils.create_sqlalchemy_engine(sys.argv[1]))
+"""
+
+
+def test_a_database_wedged_by_a_killed_schema_creation_is_one_line_with_the_fix(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    import mlflow.store.db.utils as db_utils
+    from mlflow_amnesia.tracking import check_tracking_store
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    p = subprocess.run([sys.executable, "-c", _WEDGE, f"sqlite:///{db}"], capture_output=True, timeout=120)
+    assert p.returncode == -9, p.stderr.decode()[-2000:]  # what a killed first train used to leave
+    _use_stores(monkeypatch, f"sqlite:///{db}")
+    before = _tree(tmp_path)
+    for cmd in ("train", "lineage"):
+        line = _one_line(invoke(*_STARTING[cmd], ok=False))
+        assert f"the MLflow database {db} (MLFLOW_TRACKING_URI) cannot be used" in line, line
+        assert "a schema migration of it was interrupted (leftover table _alembic_tmp_" in line
+        assert f"It holds no runs and no registered models, so nothing is lost by removing it: rm {db}" in line
+    assert _tree(tmp_path) == before
+    db.unlink()  # the fix the message gives
+    check_tracking_store(create=True)  # what train does first: a complete database
+    engine = db_utils.create_sqlalchemy_engine(f"sqlite:///{db}")
+    assert db_utils._all_tables_exist(engine) and db_utils._get_schema_version(engine) == db_utils._get_latest_schema_revision()
+    engine.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlflow.db"]
+
+
+def _older_revision() -> str:
+    import mlflow.store.db.utils as db_utils
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(db_utils._get_alembic_config(""))
+    return script.get_revision(db_utils._get_latest_schema_revision()).down_revision
+
+
+@pytest.mark.parametrize("damage, needles", [
+    ("older", ["its schema is out of date or half-migrated (revision", "It holds 1 run(s) and 1 registered model(s)",
+               "back it up (cp", "then run `mlflow db upgrade sqlite:///"]),
+    ("leftover", ["a schema migration of it was interrupted (leftover table _alembic_tmp_jobs)",
+                  "finish the migration by hand", "`mlflow db upgrade sqlite:///"]),
+    ("newer", ["is newer, made by a newer MLflow", "pip install -U mlflow"]),
+    ("no-version", ["its creation was interrupted", "mlflow db upgrade"]),
+])
+def test_a_wedged_database_holding_runs_names_the_upgrade_not_removal(registry_copy, monkeypatch, damage, needles):
+    import sqlite3
+
+    db = registry_copy / "mlflow.db"
+    with sqlite3.connect(db) as con:
+        if damage == "older":
+            con.execute("UPDATE alembic_version SET version_num = ?", (_older_revision(),))
+        elif damage == "leftover":
+            con.execute("UPDATE alembic_version SET version_num = ?", (_older_revision(),))
+            con.execute("CREATE TABLE _alembic_tmp_jobs (id TEXT)")
+        elif damage == "newer":
+            con.execute("UPDATE alembic_version SET version_num = 'ffffffffffff'")
+        else:
+            con.execute("DELETE FROM alembic_version")
+    before = db.read_bytes()
+    for cmd in ("train", "lineage"):
+        line = _one_line(invoke(*_STARTING[cmd], ok=False))
+        assert str(db) in line and "rm " not in line, line
+        for n in needles:
+            assert n in line, (n, line)
+    assert db.read_bytes() == before
+
+
+def test_missing_tables_in_an_empty_database_say_it_can_be_removed(tmp_path, monkeypatch):
+    import sqlite3
+
+    from mlflow_amnesia.tracking import create_sqlite_database
+
+    monkeypatch.chdir(tmp_path)
+    db = tmp_path / "mlflow.db"
+    assert create_sqlite_database(str(db)) and not create_sqlite_database(str(db))  # never over a database
+    with sqlite3.connect(db) as con:
+        con.execute("DROP TABLE webhooks")
+    _use_stores(monkeypatch, f"sqlite:///{db}")
+    line = _one_line(invoke(*_STARTING["lineage"], ok=False))
+    assert "tables are missing (webhooks)" in line and f"nothing is lost by removing it: rm {db}" in line
+
+
+def test_the_temp_files_of_dead_creators_are_removed_and_live_ones_kept(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from mlflow_amnesia import tracking
+
+    monkeypatch.chdir(tmp_path)
+    assert tracking.create_sqlite_database(str(tmp_path / "mlflow.db"))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    prefix = f".mlflow.db.amnesia-init.{tracking._host()}."
+    stale = [tmp_path / f"{prefix}{dead.pid}.0a0b0c0d", tmp_path / f"{prefix}{dead.pid}.0a0b0c0d-journal"]
+    live = tmp_path / f"{prefix}{os.getppid()}.01020304"  # a creator still at work: not ours to remove
+    for f in (*stale, live):
+        f.write_bytes(b"half a schema")
+    _use_stores(monkeypatch, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    tracking.check_tracking_store(create=True)  # killed between linking and removing its temp file
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "mlflow.db"])
+
+
+def test_ctrl_c_in_the_group_callback_is_one_line_and_exit_130(tmp_path, monkeypatch):
+    import mlflow
+
+    from mlflow_amnesia.interrupts import STARTUP_MESSAGE
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the callback then sets the default store
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mlflow, "set_tracking_uri", interrupted)
+    assert _one_line(invoke(*_STARTING["lineage"], ok=False), code=130) == STARTUP_MESSAGE
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_train_creates_the_database_leaves_none(tmp_path, monkeypatch):
+    import mlflow.store.db.utils as db_utils
+    from mlflow.store.tracking.dbmodels.initial_models import Base as InitialBase
+
+    monkeypatch.chdir(tmp_path)
+    _use_stores(monkeypatch, "sqlite:///mlflow.db")
+
+    def initialize_tables(engine):  # half the schema made, then Ctrl-C
+        InitialBase.metadata.create_all(engine)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(db_utils, "_initialize_tables", initialize_tables)
+    r = invoke(*_STARTING["train"], ok=False)
+    assert "interrupted" in _one_line(r, code=130)
+    assert list(tmp_path.iterdir()) == []  # no database, no temp file, no journal
+
+
+# --------------------------------------------------------------------------------------------
 # no pickle in anything this tool writes and reads back
 
 _PICKLERS = {"pickle", "_pickle", "cPickle", "cloudpickle", "dill", "joblib", "marshal", "shelve"}
