@@ -44,13 +44,19 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
     )
 
 
-def epoch_orders(positions: np.ndarray, seed: int, epochs: int, first_epoch: int = 0) -> np.ndarray:
-    """Per-epoch permutations of ``positions`` (record positions), shape (epochs, len(positions))."""
+def epoch_orders(positions: np.ndarray, seed: int, epochs: int, first_epoch: int = 0, *,
+                 key: Optional[bytes] = None) -> np.ndarray:
+    """Per-epoch permutations of ``positions`` (record positions), shape (epochs, len(positions)).
+
+    Recorded phases pass the record ``key``: their order then cannot be recomputed without it
+    (:func:`mlflow_amnesia.data.epoch_order`), so their record index links no hash to a record.
+    """
     from .data import epoch_order
 
     positions = np.asarray(positions, dtype=np.int64)
     return np.stack(
-        [positions[np.asarray(epoch_order(len(positions), seed, e), dtype=np.int64)] for e in range(first_epoch, first_epoch + epochs)]
+        [positions[np.asarray(epoch_order(len(positions), seed, e, key=key), dtype=np.int64)]
+         for e in range(first_epoch, first_epoch + epochs)]
     ) if epochs > 0 else np.zeros((0, len(positions)), np.int64)
 
 
