@@ -324,17 +324,25 @@ def records(model_name, version, alias, cls, part, limit, labels, data_root):
 @_version_options
 @_friendly
 def verify(model_name, version, alias):
-    """Check every delta chunk a version still needs (size, sha256, decodes); chunks of steps it
-    already rolled back (deleted by `purge`) are reported but do not fail the check."""
+    """Check every delta chunk a version still needs (size, sha256; with the record key also that
+    it authenticates and decodes); chunks of steps it already rolled back (deleted by `purge`)
+    are reported but do not fail the check."""
+    from .errors import RecordKeyError
     from .flavor import load_model
+    from .keys import load_key
     from . import registry
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
+    try:  # with the key the sealed chunks are also decoded; without it size and sha256 are checked
+        key = load_key(create=False)
+    except RecordKeyError:
+        key = None
     bad = 0
     done = {int(s) for s in am.rolled_back}
     for seg in am.segments:
-        found = seg.open_store().verify()
+        store = seg.open_store(key)
+        found = store.verify()
         # chunks of steps this version already rolled back are never read again (a purge deletes them)
         problems = [p for p in found if p.step not in done]
         gone = len({p.step for p in found if p.step in done})
@@ -342,6 +350,8 @@ def verify(model_name, version, alias):
         for p in problems:
             click.echo(f"{seg.role} {seg.store_url}: {p}", err=True)
         note = f" ({gone} rolled-back step(s) without chunks: purged or lost, not needed)" if gone else ""
+        if key is None and store.encrypted:
+            note += " (no record key here: size and sha256 checked, not decryption)"
         click.echo(f"{seg.role}: {seg.n_steps} steps at {seg.store_url}: "
                    f"{'OK' if not problems else f'{len(problems)} problem(s)'}{note}")
     if bad:

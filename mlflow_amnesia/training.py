@@ -159,8 +159,9 @@ def record_phase(
 ):
     """Run :func:`run_epochs` with every step recorded; return the phase as a flavor Segment.
 
-    The deltas go to ``<base_url>/deltas``; steps are numbered from ``first_step`` so that all
-    phases of a model version share one step numbering.
+    The deltas go to ``<base_url>/deltas``, sealed under ``key`` (the record key, which also
+    hashes the batches' ids); steps are numbered from ``first_step`` so that all phases of a
+    model version share one step numbering.
     """
     from .flavor import Segment
     from .index import RecordIndexBuilder
@@ -170,7 +171,7 @@ def record_phase(
     store_url = f"{base_url}/deltas"
     store = DeltaStore.create(
         store_url, layout=state_layout(model), codec=codec,
-        meta={"optimizer": optimizer_meta(optimizer), "run_id": run_id, "role": role},
+        meta={"optimizer": optimizer_meta(optimizer), "run_id": run_id, "role": role}, key=key,
     )
     builder = RecordIndexBuilder(key)
     with Recorder(model, store, builder, optimizer=optimizer, start_step=first_step) as rec:
