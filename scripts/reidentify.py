@@ -226,16 +226,21 @@ def read_trajectory(t: Target, steps: int) -> tuple[Optional[dict], Optional[lis
 
     from mlflow_amnesia.store import DeltaStore
 
+    why = []
     url = f"{t.info['training_url']}/initial_state.pt"
     try:
         theta0 = torch.load(io.BytesIO(_read(url)), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        return None, None, f"{url} does not load without the key ({type(e).__name__}: {str(e)[:120]})"
+    except Exception as e:  # noqa: BLE001 - the attacker notes it and tries the deltas anyway
+        theta0 = None
+        why.append(f"{url} does not load without the key ({type(e).__name__})")
     try:
         store = DeltaStore.open(t.store_url, manifest=t.manifest)
         deltas = [store.read(t.first_step + s) for s in range(steps)]
     except Exception as e:  # noqa: BLE001
-        return None, None, f"the delta chunks of {t.store_url} are not readable without the key ({type(e).__name__}: {str(e)[:160]})"
+        deltas = None
+        why.append(f"the delta chunks of {t.store_url} are not readable without the key ({type(e).__name__})")
+    if theta0 is None or deltas is None:
+        return None, None, "; ".join(why)
     return theta0, deltas, f"initial state and {steps} deltas read in clear"
 
 
