@@ -189,6 +189,7 @@ def old_registry(old, monkeypatch):
     return old
 
 
+@pytest.mark.slow  # a training run, a retrain and a forget with replay (~50 s on 2 cores)
 def test_an_old_version_in_clear_is_forgotten_from_and_retrained_as_before(old_registry, tmp_path):
     from mlflow_amnesia.data import epoch_order
     from mlflow_amnesia.flavor import load_model
