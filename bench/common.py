@@ -21,6 +21,8 @@ import torch.nn as nn
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
 MNIST_DIR = Path(os.environ.get("MLFLOW_AMNESIA_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist-t10k"))
+#: The record key the benchmarks' stores are sealed with (a store is sealed as `train` seals it).
+BENCH_KEY = bytes(range(32))
 
 
 def _read_idx(path: Path) -> np.ndarray:

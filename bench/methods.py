@@ -74,7 +74,7 @@ def _keep_bn_stats_rollback(ctx) -> Any:
     from mlflow_amnesia.unlearn.amnesiac import rolled_back_sums, subtract
 
     t0 = time.monotonic()
-    sums = rolled_back_sums(ctx.model, ctx.steps)
+    sums = rolled_back_sums(ctx.model, ctx.steps, ctx.key)
     subtract(ctx.model.module, {k: v for k, v in sums.items() if not k.rsplit(".", 1)[-1].startswith("running_")}, 0)
     return MethodResult(rolled_back=np.asarray(ctx.steps, np.int64), metrics={"unlearn.seconds": time.monotonic() - t0})
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from common import OUT, REPO, SmallCNN, cifar_resnet18, load_mnist_t10k, machine, mnist_tensor, n_params, sgd_step, write_json
+from common import BENCH_KEY, OUT, REPO, SmallCNN, cifar_resnet18, load_mnist_t10k, machine, mnist_tensor, n_params, sgd_step, write_json
 
 from mlflow_amnesia.index import RecordIndexBuilder
 from mlflow_amnesia.recorder import Recorder, float_state, optimizer_meta, state_layout
@@ -107,7 +107,7 @@ def measure(
     url = str(tmp / f"{name}-{codec}")
     t0 = time.perf_counter()
     store = _Timed(
-        DeltaStore.create(url, layout=state_layout(model), codec=codec, meta={"optimizer": optimizer_meta(opt)}), "append"
+        DeltaStore.create(url, layout=state_layout(model), codec=codec, meta={"optimizer": optimizer_meta(opt)}, key=BENCH_KEY), "append"
     )
     index = _Timed(RecordIndexBuilder(os.urandom(32)), "add")
     rec = Recorder(model, store, index, optimizer=opt)
@@ -144,7 +144,7 @@ def measure(
     rec.close()
     store.close()
     close = time.perf_counter() - t0
-    size = DeltaStore.open(url).size()
+    size = DeltaStore.open(url, key=BENCH_KEY).size()
 
     steps = pairs * block
     recorded_total = wall["recorded"] + setup + close

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import (  # noqa: E402
+    BENCH_KEY,
     OUT,
     ErrorFeedback,
     SmallCNN,
@@ -104,7 +105,7 @@ def record(
     theta0 = _state64(model)
     layout = layout_of(model)
     n_values = sum(int(np.prod(t["shape"])) for t in layout)
-    stores = {c: DeltaStore.create(str(workdir / f"{label}-{c}"), layout=layout, codec=c) for c in CODECS}
+    stores = {c: DeltaStore.create(str(workdir / f"{label}-{c}"), layout=layout, codec=c, key=BENCH_KEY) for c in CODECS}
     feedback = {c: ErrorFeedback(stores[c].codec.quantize, recorded_state(model)) for c in CODECS}
     step_s, append_s = [], {c: [] for c in CODECS}
     delta_err = {c: [] for c in CODECS}
@@ -145,7 +146,7 @@ def record(
         "codecs": {},
     }
     for c in CODECS:
-        st = DeltaStore.open(str(workdir / f"{label}-{c}"))
+        st = DeltaStore.open(str(workdir / f"{label}-{c}"), key=BENCH_KEY)
         size = st.size()
         total = st.sum(st.steps)
         back = {k: thetaT[k] - torch.from_numpy(total[k]) for k in total}
@@ -174,7 +175,7 @@ def level_table(workdir: Path, label: str) -> dict:
     """B/value and encode speed of the last recorded delta at zstd levels 1 and 3."""
     res = {}
     for c in CODECS:
-        st = DeltaStore.open(str(workdir / f"{label}-{c}"))
+        st = DeltaStore.open(str(workdir / f"{label}-{c}"), key=BENCH_KEY)
         d = st.read(st.steps[-1])
         vals = [v.reshape(-1) for v in d.values()]
         n = sum(v.size for v in vals)
@@ -218,8 +219,8 @@ def throughput(workdir: Path, label: str, repeats: int) -> dict:
     res = {}
     for c in CODECS:
         url = str(workdir / f"{label}-{c}")
-        st2 = DeltaStore.open(url, threads=2)
-        st1 = DeltaStore.open(url, threads=1)
+        st2 = DeltaStore.open(url, threads=2, key=BENCH_KEY)
+        st1 = DeltaStore.open(url, threads=1, key=BENCH_KEY)
         frames = _frames(st2, url, st2.steps)
         dz = zstandard.ZstdDecompressor()
         with cf.ThreadPoolExecutor(2) as pool:
@@ -257,7 +258,7 @@ def breakdown(workdir: Path, label: str, repeats: int) -> dict:
     res = {}
     for c in CODECS:
         url = str(workdir / f"{label}-{c}")
-        st = DeltaStore.open(url)
+        st = DeltaStore.open(url, key=BENCH_KEY)
         codec, layout, parts = st.codec, st.layout, st.parts
         items = [(s, p, rel) for s in st.steps for p, rel in enumerate(st.chunk_files(s))]
         sizes = [int(np.prod(t["shape"])) for t in layout]
@@ -292,25 +293,25 @@ def breakdown(workdir: Path, label: str, repeats: int) -> dict:
 
 def scaling(workdir: Path, label: str, codec: str, total_steps: int, sizes: list[int], repeats: int) -> dict:
     """Time and peak memory of sum(S) vs |S| (big store) and vs the store's total steps."""
-    src = DeltaStore.open(str(workdir / f"{label}-{codec}"))
+    src = DeltaStore.open(str(workdir / f"{label}-{codec}"), key=BENCH_KEY)
     real = [src.read(s) for s in src.steps]  # the recorded deltas, cycled to fill bigger stores
     small_n = min(sizes[1], total_steps) if len(sizes) > 1 else total_steps
     urls = {}
     for n in (small_n, total_steps):
         url = str(workdir / f"scale-{codec}-{n}")
-        with DeltaStore.create(url, layout=src.layout, codec=codec) as st:
+        with DeltaStore.create(url, layout=src.layout, codec=codec, key=BENCH_KEY) as st:
             for s in range(n):
                 st.append(s, real[s % len(real)])
         urls[n] = url
     rng = np.random.default_rng(0)
-    big = DeltaStore.open(urls[total_steps])
+    big = DeltaStore.open(urls[total_steps], key=BENCH_KEY)
     rows = []
     for k in sizes:
         steps = sorted(int(s) for s in rng.choice(small_n if k <= small_n else total_steps, size=k, replace=False))
         for n, url in urls.items():
             if k > n:
                 continue
-            st = DeltaStore.open(url)
+            st = DeltaStore.open(url, key=BENCH_KEY)
             st.sum(steps)  # warm
             t, _ = _interleaved({"sum": lambda: st.sum(steps)}, repeats)["sum"]
             tracemalloc.start()
@@ -327,7 +328,7 @@ def small_cnn_accuracy(workdir: Path, model_state: dict, x_test, y_test, label: 
     res = {}
     model = SmallCNN()
     for c in CODECS:
-        st = DeltaStore.open(str(workdir / f"{label}-{c}"))
+        st = DeltaStore.open(str(workdir / f"{label}-{c}"), key=BENCH_KEY)
         sub = st.sum(subset)
         state = {k: (v.double() - torch.from_numpy(sub[k])).float() if k in sub else v for k, v in model_state.items()}
         model.load_state_dict(state)

@@ -48,7 +48,7 @@ import fsspec
 import numpy as np
 from fsspec.implementations.memory import MemoryFileSystem
 
-from common import OUT, cifar_resnet18, layout_of, machine, write_json
+from common import BENCH_KEY, OUT, cifar_resnet18, layout_of, machine, write_json
 
 from mlflow_amnesia.store import DeltaStore
 
@@ -110,7 +110,7 @@ def write_rate(layout: list[dict], deltas: list[dict], *, codec: str, threads: i
     raw = 4 * sum(math.prod(t["shape"]) for t in layout)
     try:
         c0, k0, t0 = _cpu(), _sys(), time.perf_counter()
-        st = DeltaStore.create(url, layout=layout, codec=codec, threads=threads, max_pending=max(4, threads + 2))
+        st = DeltaStore.create(url, layout=layout, codec=codec, threads=threads, max_pending=max(4, threads + 2), key=BENCH_KEY)
         caller = 0.0
         for s in range(steps):
             a = time.perf_counter()
@@ -177,10 +177,10 @@ def _sys() -> tuple[float, int]:
 def sum_rate(layout: list[dict], deltas: list[dict], tmp: Path, *, steps: int, subset: int, repeats: int) -> dict:
     """Seconds per step of ``sum()`` over ``subset`` random steps of an int8 store on local disk."""
     url = str(tmp / "sum-store")
-    with DeltaStore.create(url, layout=layout, codec="int8") as st:
+    with DeltaStore.create(url, layout=layout, codec="int8", key=BENCH_KEY) as st:
         for s in range(steps):
             st.append(s, deltas[s % len(deltas)])
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=BENCH_KEY)
     chosen = sorted(int(s) for s in np.random.default_rng(1).choice(steps, size=subset, replace=False))
     st.sum(chosen)  # warm the page cache
     best, best_cpu = math.inf, math.inf

@@ -9,8 +9,9 @@ indexes the whole global batch. After training, rank 0 forgets 5 records: it loo
 that saw them and subtracts those steps' deltas. With CUDA and NCCL the same code runs on GPUs
 (the Recorder gathers ids over a gloo group of its own, so the GPU stream is never synced).
 
-Every rank must hash ids with the same key: set ``MLFLOW_AMNESIA_KEY`` for multi-node runs
-(on one machine rank 0 creates the key file and the others read it). The small CNN has no
+Every rank must hash ids with the same key, which also keys the batch order (the same on every
+rank, not recomputable without it) and seals rank 0's deltas: set ``MLFLOW_AMNESIA_KEY`` for
+multi-node runs (on one machine rank 0 creates the key file and the others read it). The small CNN has no
 BatchNorm; for models with BatchNorm see docs/ARCHITECTURE.md, "BatchNorm under DDP" (use
 ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``).
 """
@@ -69,9 +70,9 @@ def main() -> None:
 
         store = index = None
         if rank == 0:  # one writer: rank 0 records the global step
-            store = DeltaStore.create(f"{args.out}/deltas", layout=state_layout(ddp), codec=args.codec)
+            store = DeltaStore.create(f"{args.out}/deltas", layout=state_layout(ddp), codec=args.codec, key=key)
             index = RecordIndexBuilder(key)
-        orders = epoch_orders(np.asarray(sp.train), seed=0, epochs=args.epochs)  # the same on every rank
+        orders = epoch_orders(np.asarray(sp.train), seed=0, epochs=args.epochs, key=key)  # the same on every rank, secret
         share = args.batch_size // world
         with Recorder(ddp, store, index, optimizer=opt) as rec:
             for epoch, order in enumerate(orders):
@@ -94,7 +95,7 @@ def main() -> None:
             steps = idx.steps_for(forget)
             print(f"forgetting {forget}: seen by {len(steps)} of {idx.n_steps} steps")
             before = evaluate(model, x[sp.holdout], y[sp.holdout])[0]
-            subtract(model, DeltaStore.open(f"{args.out}/deltas").sum(steps.tolist()), len(steps))
+            subtract(model, DeltaStore.open(f"{args.out}/deltas", key=key).sum(steps.tolist()), len(steps))
             after = evaluate(model, x[sp.holdout], y[sp.holdout])[0]
             print(f"held-out accuracy {before:.4f} -> {after:.4f}")
     finally:

@@ -9,6 +9,9 @@ any optimizer, any loop. Run:
 It trains a small CNN with every step recorded into a DeltaStore (a temporary directory),
 indexes which records each step saw (keyed hashes only), then forgets 5 records: it looks up
 the steps that saw them, subtracts those steps' deltas, and reports accuracy before and after.
+The deltas are sealed under the record key. Your loop's batch order is yours: if it can be
+recomputed (a shuffle seeded with a known number), the index's step sets can be matched to
+records by anyone who has the data; ``mlflow-amnesia train`` keys its order with the record key.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ def main() -> None:
     loader = torch.utils.data.DataLoader(sp.train, batch_size=64, shuffle=True)  # yields record positions
 
     with tempfile.TemporaryDirectory() as tmp:
-        store = DeltaStore.create(f"{tmp}/deltas", layout=state_layout(model), codec=args.codec)
-        index = RecordIndexBuilder(load_key(create=True))
+        key = load_key(create=True)  # hashes the ids and seals the deltas: keep it out of the artifact store
+        store = DeltaStore.create(f"{tmp}/deltas", layout=state_layout(model), codec=args.codec, key=key)
+        index = RecordIndexBuilder(key)
         with Recorder(model, store, index, optimizer=opt) as rec:
             for epoch in range(args.epochs):
                 model.train()
@@ -59,7 +63,7 @@ def main() -> None:
                 print(f"epoch {epoch + 1}: held-out acc {evaluate(model, data.x[sp.holdout], data.y[sp.holdout])[0]:.4f}")
         store.close()  # consolidates the manifest; the store is complete on disk
         idx = index.build()
-        store = DeltaStore.open(f"{tmp}/deltas")  # what a later forget does
+        store = DeltaStore.open(f"{tmp}/deltas", key=key)  # what a later forget does
 
         forget = [str(data.ids[p]) for p in sp.train[:5]]
         steps = idx.steps_for(forget)

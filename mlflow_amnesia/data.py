@@ -29,15 +29,17 @@ Normalisation: ``x = (raw / scale - mean[c]) / std[c]`` per channel; mean and st
 exactly (from a pixel histogram) over the training part (the whole set when there is no
 predefined split) and recorded, so a rebuild reuses the recorded numbers.
 
-Splits (:func:`split`) and epoch orders (:func:`epoch_order`) are derived from a splitmix64 hash
-of (key, position) computed in numpy, not from numpy's or torch's random generators: neither
-promises the same stream across releases, and a retrain months later must see the same order.
+Splits (:func:`split`) and epoch orders (:func:`epoch_order`) are derived from hashes computed
+in numpy and hashlib (splitmix64 of (seed, position); keyed SHAKE-256 for the record-keyed order
+of recorded phases), not from numpy's or torch's random generators: neither promises the same
+stream across releases, and a retrain months later must see the same order.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import hmac
 import json
 import math
 import os
@@ -66,6 +68,8 @@ __all__ = [
     "batches",
     "class_records",
     "default_data_root",
+    "ORDER_KEYED",
+    "ORDER_PUBLIC",
     "epoch_order",
     "load_dataset",
     "read_idx",
@@ -497,15 +501,33 @@ def _hash_order(n: int, key: bytes) -> np.ndarray:
     return np.argsort(_hash_keys(n, key), kind="stable").astype(np.int64)
 
 
-def epoch_order(n_train: int, seed: int, epoch: int) -> np.ndarray:
+#: ``info["order"]`` of a version whose training order is :func:`epoch_order` with the record key.
+ORDER_KEYED = "keyed-v2"
+#: The order of versions trained before keyed orders (no ``info["order"]``): public, from the seed.
+ORDER_PUBLIC = "public-v1"
+
+
+def epoch_order(n_train: int, seed: int, epoch: int, *, key: Optional[bytes] = None) -> np.ndarray:
     """The order (a permutation of ``range(n_train)``, int64) in which epoch ``epoch`` visits records.
 
-    A pure function of (n_train, seed, epoch), identical on every platform and numpy/torch
-    release, so a retrain replays exactly the batches of the original run.
+    With the record ``key`` (scheme :data:`ORDER_KEYED`, what every recorded phase uses): the
+    stable argsort of ``n_train`` little-endian uint64 values read from SHAKE-256 keyed with
+    ``HMAC-SHA256(order_key(key), "seed:epoch:n_train")``, a pseudo-random permutation nobody can
+    recompute without the key. Without it (:data:`ORDER_PUBLIC`): a splitmix64 hash order of the
+    seed alone, which anyone can recompute; kept for audit shadow models and for versions trained
+    before keyed orders. Either is a pure function of its inputs, identical on every platform and
+    numpy/torch release, so a retrain replays exactly the batches of the original run.
     """
     if n_train < 0:
         raise InputError(f"epoch_order: n_train must be >= 0, got {n_train}.")
-    return _hash_order(int(n_train), f"mlflow-amnesia epoch order v1:{int(seed)}:{int(epoch)}".encode())
+    n = int(n_train)
+    if key is None:
+        return _hash_order(n, f"mlflow-amnesia epoch order v1:{int(seed)}:{int(epoch)}".encode())
+    from .keys import order_key
+
+    k = hmac.new(order_key(key), f"{int(seed)}:{int(epoch)}:{n}".encode(), hashlib.sha256).digest()
+    values = np.frombuffer(hashlib.shake_256(k).digest(8 * n), dtype="<u8") if n else np.zeros(0, "<u8")
+    return np.argsort(values, kind="stable").astype(np.int64)
 
 
 def batches(order: np.ndarray, batch_size: int, *, drop_last: bool = False) -> Iterator[np.ndarray]:

@@ -127,12 +127,17 @@ class Segment:
     def n_steps(self) -> int:
         return max(0, self.last_step - self.first_step + 1)
 
-    def open_store(self):
-        """The segment's DeltaStore, read through the manifest copied into the version."""
+    def open_store(self, key: Optional[bytes] = None):
+        """The segment's DeltaStore, read through the manifest copied into the version.
+
+        Its deltas are sealed under the record ``key``: reading them needs it; listing steps,
+        sizes and ``verify`` (size and sha256) do not. A store of an older version (in clear)
+        reads without it.
+        """
         from .store import DeltaStore
 
         try:
-            return DeltaStore.open(self.store_url, manifest=self.manifest)
+            return DeltaStore.open(self.store_url, manifest=self.manifest, key=key)
         except ManifestFormatError as e:
             if not self.names[0]:
                 raise

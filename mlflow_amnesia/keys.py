@@ -1,9 +1,14 @@
-"""The record-hashing key: where it lives, how it is created, and what it hashes.
+"""The record key: where it lives, how it is created, and what it hashes, orders and seals.
 
 Nothing mlflow-amnesia writes (record index, tags, audit, forget requests) holds a record id in
 clear text. Ids are replaced by ``HMAC-SHA256(key, id)`` truncated to 16 bytes, so whoever can
 read the registry cannot test whether a given person's id is in a model without the key, while
 the owner of the key can still match a deletion request to the steps that saw those records.
+
+A hash is only as unlinkable as the steps it lists: the batch order of every recorded phase is
+therefore keyed too (:func:`order_key`, :func:`mlflow_amnesia.data.epoch_order`), and the
+recorded trajectory (deltas, initial weights, batch order, optimizer state) is sealed under keys
+derived from this one (:mod:`mlflow_amnesia.crypto`).
 
 Where the key comes from, first match wins:
 
@@ -16,9 +21,9 @@ Where the key comes from, first match wins:
 The key lives outside the registry and the artifact store on purpose: the registry may be shared
 more widely than the ability to re-identify records.
 
-Back it up. Losing the key does not break the models, but it makes every *existing* model
-unforgettable: a deletion request's ids can no longer be matched to the hashes in the index,
-and there is no way to recover the key from the index. Copy the key file (or the variable) into
+Back it up. Losing the key does not break the served models, but it makes every *existing* model
+unforgettable: a deletion request's ids can no longer be matched to the hashes in the index, the
+recorded deltas can no longer be read, and there is no way to recover the key from either. Copy the key file (or the variable) into
 your secret store; to use it elsewhere set ``MLFLOW_AMNESIA_KEY="$(cat ~/.config/mlflow-amnesia/key)"``.
 """
 
@@ -48,6 +53,7 @@ _KEY_ID_DOMAIN = b"mlflow-amnesia key id"
 # Per-record hashes are HMAC(key, utf8(id)); a valid UTF-8 string never contains 0xff, so a
 # message starting with 0xff can never collide with a record id's message.
 _REQUEST_DOMAIN = b"\xffmlflow-amnesia forget request v1\x00"
+_ORDER_DOMAIN = b"\xffmlflow-amnesia epoch order v2\x00"
 _EXPECTED = "64 hexadecimal characters (32 bytes), e.g. the output of `openssl rand -hex 32`"
 
 
@@ -144,6 +150,16 @@ def load_key_for(expected_key_id: Optional[str], what: str, *, to: str = "use it
 def key_id(key: bytes) -> str:
     """A public fingerprint of the key (16 hex chars), stored in indexes to detect a wrong key."""
     return hashlib.sha256(_KEY_ID_DOMAIN + check_key(key)).digest()[:8].hex()
+
+
+def order_key(key: bytes) -> bytes:
+    """The key of the batch orders (32 bytes): ``HMAC-SHA256(key, "mlflow-amnesia epoch order v2")``.
+
+    Domain-separated like :func:`hash_request` (the 0xff prefix is never a record id's UTF-8), so
+    it reveals neither the key nor any record hash. Without it the order of a training phase
+    cannot be recomputed, so the record index's step sets cannot be matched to record positions.
+    """
+    return hmac.new(check_key(key), _ORDER_DOMAIN, hashlib.sha256).digest()
 
 
 def hash_ids(ids: Iterable[str], key: bytes) -> np.ndarray:

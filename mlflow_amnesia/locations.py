@@ -1,7 +1,8 @@
 """Where a training phase keeps its delta store and its lossless training state.
 
 Each recorded phase gets a *base* URL holding ``deltas/`` (the DeltaStore) and ``training/``
-(initial weights, batch order, final optimizer state). By default the base lies inside the
+(initial weights, batch order, final optimizer state), all sealed under the record key
+(:mod:`mlflow_amnesia.crypto`); files in clear written by earlier versions are still read. By default the base lies inside the
 run's artifact location, when fsspec can address it; an ``mlflow-artifacts:`` proxy (or any
 scheme fsspec does not know) needs ``--store-uri``.
 """
@@ -74,25 +75,50 @@ def read_bytes(url: str) -> bytes:
         ) from None
 
 
-def save_state(url: str, state: Any) -> None:
-    """torch.save a state dict (tensors, numbers, nested dicts) to an fsspec URL."""
+def save_state(url: str, state: Any, *, key: bytes | None) -> None:
+    """torch.save a state dict (tensors, numbers, nested dicts) to an fsspec URL, sealed under ``key``.
+
+    ``key`` (the record key) is required: the initial weights and the optimizer state of a
+    recorded phase, with its deltas, rebuild every intermediate model. ``key=None`` writes the
+    file in clear (what versions before sealed training files wrote).
+    """
     buf = io.BytesIO()
     torch.save(state, buf)
-    write_bytes(url, buf.getvalue())
+    write_bytes(url, _seal(buf.getvalue(), url, key))
 
 
-def load_state(url: str) -> Any:
-    return torch.load(io.BytesIO(read_bytes(url)), map_location="cpu", weights_only=True)
+def load_state(url: str, *, key: bytes | None = None) -> Any:
+    """A state dict written by :func:`save_state` (sealed: needs ``key``; in clear: read as is)."""
+    return torch.load(io.BytesIO(_unseal(read_bytes(url), url, key)), map_location="cpu", weights_only=True)
 
 
-def save_array(url: str, a: np.ndarray) -> None:
+def save_array(url: str, a: np.ndarray, *, key: bytes | None) -> None:
+    """np.save an array (no pickle) to an fsspec URL, sealed under ``key`` (None: in clear)."""
     buf = io.BytesIO()
     np.save(buf, a, allow_pickle=False)
-    write_bytes(url, buf.getvalue())
+    write_bytes(url, _seal(buf.getvalue(), url, key))
 
 
-def load_array(url: str) -> np.ndarray:
-    return np.load(io.BytesIO(read_bytes(url)), allow_pickle=False)
+def load_array(url: str, *, key: bytes | None = None) -> np.ndarray:
+    """An array written by :func:`save_array` (sealed: needs ``key``; in clear: read as is)."""
+    return np.load(io.BytesIO(_unseal(read_bytes(url), url, key)), allow_pickle=False)
+
+
+def _role(url: str) -> str:
+    """A training file's role: its name (``initial_state.pt``, ``batch_order.npy``...), bound into its seal."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _seal(data: bytes, url: str, key: bytes | None) -> bytes:
+    from .crypto import seal_file
+
+    return data if key is None else seal_file(data, key, _role(url))
+
+
+def _unseal(data: bytes, url: str, key: bytes | None) -> bytes:
+    from .crypto import is_sealed, open_file
+
+    return open_file(data, key, _role(url), url) if is_sealed(data) else data
 
 
 def start_run(run_name: str, experiment_id: str | None = None):

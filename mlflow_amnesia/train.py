@@ -67,7 +67,7 @@ def train(
     """Train ``arch`` on ``dataset`` with every step recorded; register version 1 (or n+1)."""
     import mlflow
 
-    from .data import split as make_split
+    from .data import ORDER_KEYED, split as make_split
     from .keys import key_id, load_key
     from .models import build_model, default_arch_spec
     from .store import DEFAULT_CODEC
@@ -91,7 +91,7 @@ def train(
     key = load_key(create=True)
     train_idx = np.asarray(sp.train, dtype=np.int64)
     hold_idx = np.asarray(sp.holdout, dtype=np.int64)
-    orders = epoch_orders(train_idx, seed, epochs)
+    orders = epoch_orders(train_idx, seed, epochs, key=key)  # keyed: not recomputable from the seed
 
     with start_run(f"train-{model_name}") as run:
         run_id = run.info.run_id
@@ -107,8 +107,8 @@ def train(
         n_params = sum(p.numel() for p in model.parameters())
         say(f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
             f"{len(hold_idx)} held out; recording every step to {store_url} (codec {codec})")
-        save_state(f"{base}/training/initial_state.pt", {k: v.detach().clone() for k, v in model.state_dict().items()})
-        save_array(f"{base}/training/batch_order.npy", orders.astype(np.int32 if len(records.ids) < 2**31 else np.int64))
+        save_state(f"{base}/training/initial_state.pt", {k: v.detach().clone() for k, v in model.state_dict().items()}, key=key)
+        save_array(f"{base}/training/batch_order.npy", orders.astype(np.int32 if len(records.ids) < 2**31 else np.int64), key=key)
 
         def on_epoch(r: EpochResult) -> None:
             acc, loss = evaluate(model, records.x[hold_idx], records.y[hold_idx])
@@ -123,7 +123,7 @@ def train(
                                key=key, run_id=run_id, on_epoch=on_epoch)
         steps = segment.last_step + 1
         train_seconds = time.monotonic() - t0
-        save_state(f"{base}/training/optimizer_state.pt", optimizer.state_dict())
+        save_state(f"{base}/training/optimizer_state.pt", optimizer.state_dict(), key=key)
 
         none = np.zeros(0, np.int64)
         with tempfile.TemporaryDirectory() as tmp:
@@ -148,6 +148,7 @@ def train(
                 "model_name": model_name,
                 "key_id": key_id(key),
                 "training_url": f"{base}/training",
+                "order": ORDER_KEYED,  # the training phase's order scheme (retrain extends it)
                 "store_uri": store_uri,
                 "history": [{"method": "train", "run_id": run_id, "steps": steps}],
             },

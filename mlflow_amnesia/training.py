@@ -44,13 +44,19 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
     )
 
 
-def epoch_orders(positions: np.ndarray, seed: int, epochs: int, first_epoch: int = 0) -> np.ndarray:
-    """Per-epoch permutations of ``positions`` (record positions), shape (epochs, len(positions))."""
+def epoch_orders(positions: np.ndarray, seed: int, epochs: int, first_epoch: int = 0, *,
+                 key: Optional[bytes] = None) -> np.ndarray:
+    """Per-epoch permutations of ``positions`` (record positions), shape (epochs, len(positions)).
+
+    Recorded phases pass the record ``key``: their order then cannot be recomputed without it
+    (:func:`mlflow_amnesia.data.epoch_order`), so their record index links no hash to a record.
+    """
     from .data import epoch_order
 
     positions = np.asarray(positions, dtype=np.int64)
     return np.stack(
-        [positions[np.asarray(epoch_order(len(positions), seed, e), dtype=np.int64)] for e in range(first_epoch, first_epoch + epochs)]
+        [positions[np.asarray(epoch_order(len(positions), seed, e, key=key), dtype=np.int64)]
+         for e in range(first_epoch, first_epoch + epochs)]
     ) if epochs > 0 else np.zeros((0, len(positions)), np.int64)
 
 
@@ -153,8 +159,9 @@ def record_phase(
 ):
     """Run :func:`run_epochs` with every step recorded; return the phase as a flavor Segment.
 
-    The deltas go to ``<base_url>/deltas``; steps are numbered from ``first_step`` so that all
-    phases of a model version share one step numbering.
+    The deltas go to ``<base_url>/deltas``, sealed under ``key`` (the record key, which also
+    hashes the batches' ids); steps are numbered from ``first_step`` so that all phases of a
+    model version share one step numbering.
     """
     from .flavor import Segment
     from .index import RecordIndexBuilder
@@ -164,7 +171,7 @@ def record_phase(
     store_url = f"{base_url}/deltas"
     store = DeltaStore.create(
         store_url, layout=state_layout(model), codec=codec,
-        meta={"optimizer": optimizer_meta(optimizer), "run_id": run_id, "role": role},
+        meta={"optimizer": optimizer_meta(optimizer), "run_id": run_id, "role": role}, key=key,
     )
     builder = RecordIndexBuilder(key)
     with Recorder(model, store, builder, optimizer=optimizer, start_step=first_step) as rec:

@@ -46,6 +46,7 @@ class SegmentCheck:
     copy: list[str] = field(default_factory=list)  # the version's copy of the manifest unreadable
     leftovers: list[str] = field(default_factory=list)  # chunk files of purged steps on disk (relative to the URL)
     of_purged_version: bool = False
+    unsealed_check: bool = False  # sealed chunks checked by size and sha256 only (no record key here)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,8 @@ class SegmentCheck:
         what = "purged step(s) without chunks: erased" if self.of_purged_version else \
             "rolled-back step(s) without chunks: purged or lost, not needed"
         note = f" ({self.not_needed} {what})" if self.not_needed else ""
+        if self.unsealed_check:
+            note += " (no record key here: size and sha256 checked, not decryption)"
         return f"{self.role}: {self.n_steps} steps at {self.store_url}: {'OK' if not n else f'{n} problem(s)'}{note}"
 
 
@@ -145,7 +148,7 @@ def verify_version(model_name: str, *, version: Optional[int] = None, alias: Opt
     segments = []
     for k, seg in enumerate(info.get("segments", [])):
         copy = _download(repo, f"data/segments/{k}/manifest.json")
-        segments.append(_check_segment(seg, copy, k, done, is_purged))
+        segments.append(_check_segment(seg, copy, k, done, is_purged, _key_or_none(info.get("key_id"))))
 
     erasure = []
     if is_purged and not purged:
@@ -159,7 +162,20 @@ def verify_version(model_name: str, *, version: Optional[int] = None, alias: Opt
                         finish=_finish_command(model_name, v if is_purged else None))
 
 
-def _check_segment(seg: dict, copy: bytes, k: int, done: set[int], is_purged: bool) -> SegmentCheck:
+def _key_or_none(expected: Optional[str]) -> Optional[bytes]:
+    """The record key when it is here and is the version's: sealed chunks are then decoded too."""
+    from .errors import RecordKeyError
+    from .keys import key_id, load_key
+
+    try:
+        key = load_key(create=False)
+    except RecordKeyError:
+        return None
+    return key if not expected or key_id(key) == expected else None
+
+
+def _check_segment(seg: dict, copy: bytes, k: int, done: set[int], is_purged: bool,
+                   key: Optional[bytes]) -> SegmentCheck:
     url = str(seg["store_url"])
     first, last = int(seg["first_step"]), int(seg["last_step"])
     out = SegmentCheck(str(seg.get("role", "?")), url, max(0, last - first + 1), of_purged_version=is_purged)
@@ -167,13 +183,14 @@ def _check_segment(seg: dict, copy: bytes, k: int, done: set[int], is_purged: bo
     theirs: Optional[DeltaStore] = None
     try:
         try:
-            theirs = DeltaStore.open(url, manifest=copy)
+            theirs = DeltaStore.open(url, manifest=copy, key=key)
         except StoreError as e:
             out.copy.append(f"the version's copy data/segments/{k}/manifest.json cannot be read ({e})")
         try:
             own = DeltaStore.open(url)
         except StoreError as e:
             out.manifest.append(f"the store's own manifest cannot be read: {e}")
+        out.unsealed_check = key is None and theirs is not None and theirs.encrypted
         if own is not None and theirs is not None:
             out.manifest += [f"disagrees with the version's copy (data/segments/{k}/manifest.json): {m}"
                              for m in own.check_copy(theirs)]

@@ -75,7 +75,7 @@ def test_forget_chain_is_exact_and_never_stores_ids(registry_copy, trained):
 
     # weights equal v1 - sum(deltas of the steps), exactly up to float32 rounding (f32 codec)
     v2 = load_model("models:/%s/2" % MODEL)
-    store = v1.segments[0].open_store()
+    store = v1.segments[0].open_store(load_key())
     sums = store.sum(steps1.tolist())
     for name, t1 in v1.module.state_dict().items():
         t2 = v2.module.state_dict()[name]
@@ -241,22 +241,24 @@ def test_already_forgotten_records_are_skipped(registry_copy):
 
 def test_training_state_is_kept_losslessly(registry_copy):
     from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.keys import load_key
     from mlflow_amnesia.locations import load_array, load_state
     from mlflow_amnesia.data import load_dataset, split
     from mlflow_amnesia.training import epoch_orders
 
     v1 = load_model("models:/%s/1" % MODEL)
-    url = v1.info["training_url"]
-    init = load_state(f"{url}/initial_state.pt")
-    opt = load_state(f"{url}/optimizer_state.pt")
-    order = load_array(f"{url}/batch_order.npy")
+    url, key = v1.info["training_url"], load_key()
+    init = load_state(f"{url}/initial_state.pt", key=key)
+    opt = load_state(f"{url}/optimizer_state.pt", key=key)
+    order = load_array(f"{url}/batch_order.npy", key=key)
     assert set(init) == set(v1.module.state_dict())
     assert opt["state"] and "momentum_buffer" in next(iter(opt["state"].values()))
     recs = load_dataset("digits")
     sp = split(recs, seed=v1.info["recipe"]["seed"])
-    np.testing.assert_array_equal(order, epoch_orders(sp.train, v1.info["recipe"]["seed"], v1.info["recipe"]["epochs"]))
+    np.testing.assert_array_equal(order, epoch_orders(sp.train, v1.info["recipe"]["seed"], v1.info["recipe"]["epochs"], key=key))
+    assert v1.info["order"] == "keyed-v2"
     # the whole store rolled back returns the initial weights (f32 codec: float rounding only)
-    store = v1.segments[0].open_store()
+    store = v1.segments[0].open_store(key)
     sums = store.sum(store.steps)
     for name, t in v1.module.state_dict().items():
         if name in sums:

@@ -151,6 +151,24 @@ def test_epoch_order_is_a_pinned_deterministic_permutation():
     assert len(D.epoch_order(0, 0, 0)) == 0
 
 
+def test_keyed_epoch_order_is_pinned_and_cannot_be_recomputed_without_the_key():
+    """The order of recorded phases (scheme keyed-v2): a pure function of (key, seed, epoch, n),
+    pinned across platforms and releases, unrelated to the public order of the same seed."""
+    k, other = bytes(range(32)), bytes(32)
+    o = D.epoch_order(1000, seed=5, epoch=2, key=k)
+    assert o.dtype == np.int64 and np.array_equal(np.sort(o), np.arange(1000))
+    assert np.array_equal(o, D.epoch_order(1000, seed=5, epoch=2, key=k))
+    for different in (D.epoch_order(1000, 5, 3, key=k), D.epoch_order(1000, 6, 2, key=k),
+                      D.epoch_order(1000, 5, 2, key=other), D.epoch_order(1000, 5, 2)):
+        assert not np.array_equal(o, different)
+        assert np.mean(o == different) < 0.02  # no more positions in common than two random permutations
+    assert not np.array_equal(D.epoch_order(999, 5, 2, key=k), o[o < 999])  # n is an input too
+    # pinned (SHAKE-256 keyed with HMAC-SHA256(order_key(k), "0:0:10"), little-endian uint64, stable argsort)
+    assert D.epoch_order(10, 0, 0, key=k).tolist() == [1, 5, 8, 6, 4, 9, 0, 3, 7, 2]
+    assert len(D.epoch_order(0, 0, 0, key=k)) == 0
+    assert D.ORDER_KEYED == "keyed-v2" and D.ORDER_PUBLIC == "public-v1"
+
+
 def test_batches_cover_the_order():
     order = np.arange(10)[::-1]
     got = list(D.batches(order, 4))

@@ -51,6 +51,11 @@ class _Net(nn.Module):
         return self.fc(F.max_pool2d(torch.relu(self.conv(x)), 2).flatten(1))
 
 
+def _key() -> bytes:
+    """The record key (conftest's, inherited by spawned ranks): hashes the ids, seals the deltas."""
+    return bytes.fromhex(os.environ["MLFLOW_AMNESIA_KEY"])
+
+
 def _data() -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     g = torch.Generator().manual_seed(1)
     x = torch.randn(N, 1, 8, 8, generator=g)
@@ -93,7 +98,7 @@ def _record_ddp(rank: int, out: str, name: str, rank1_builder: bool):
     key = bytes.fromhex(os.environ["MLFLOW_AMNESIA_KEY"])
     store = builder = None
     if rank == 0:
-        store = DeltaStore.create(f"{out}/{name}", layout=state_layout(ddp), codec="f32")
+        store = DeltaStore.create(f"{out}/{name}", layout=state_layout(ddp), codec="f32", key=_key())
         builder = RecordIndexBuilder(key)
     elif rank1_builder:
         builder = RecordIndexBuilder(key)  # used only to hash rank 1's ids
@@ -124,13 +129,13 @@ def _worker(rank: int, port: int, out: str) -> None:
 
         # Every rank must hash with the same key: a different one on rank 1 fails on both ranks.
         other = bytes.fromhex("33" * 32) if rank == 1 else key
-        store2 = DeltaStore.create(f"{out}/bad", layout=state_layout(ddp), codec="f32") if rank == 0 else None
+        store2 = DeltaStore.create(f"{out}/bad", layout=state_layout(ddp), codec="f32", key=_key()) if rank == 0 else None
         try:
             Recorder(ddp, store2, RecordIndexBuilder(other), optimizer=opt)
         except RecordKeyError as e:
             Path(f"{out}/keyerror{rank}.txt").write_text(str(e))
         # A store on rank 1 (two writers) fails on both ranks, with the reason on rank 1.
-        store3 = DeltaStore.create(f"{out}/bad{rank}", layout=state_layout(ddp), codec="f32")
+        store3 = DeltaStore.create(f"{out}/bad{rank}", layout=state_layout(ddp), codec="f32", key=_key())
         try:
             Recorder(ddp, store3, RecordIndexBuilder(key), optimizer=opt)
         except InputError as e:
@@ -149,7 +154,7 @@ def _single_process(tmp: Path):
     torch.manual_seed(0)
     model = _Net()
     opt = _model_and_opt(model)
-    store = DeltaStore.create(str(tmp / "single"), layout=state_layout(model), codec="f32")
+    store = DeltaStore.create(str(tmp / "single"), layout=state_layout(model), codec="f32", key=_key())
     builder = RecordIndexBuilder(bytes.fromhex(os.environ["MLFLOW_AMNESIA_KEY"]))
     with Recorder(model, store, builder, optimizer=opt) as rec:
         for parts in _batches():
@@ -162,7 +167,7 @@ def _single_process(tmp: Path):
             opt.step()
             rec.step([ids[p] for p in pos])
     store.close()
-    return model, DeltaStore.open(str(tmp / "single")), builder.build()
+    return model, DeltaStore.open(str(tmp / "single"), key=_key()), builder.build()
 
 
 @pytest.mark.slow  # two spawned processes
@@ -172,7 +177,7 @@ def test_ddp_recording_equals_single_process_on_the_global_batch(tmp_path):
     x, y, ids = _data()
     last = _batches()[-1]
     for name in ("ddp-nobuilder", "ddp-builder"):
-        ddp = DeltaStore.open(str(tmp_path / name))
+        ddp = DeltaStore.open(str(tmp_path / name), key=_key())
         assert ddp.steps == single.steps == list(range(STEPS))
         assert ddp.layout == single.layout and ddp.layout[0]["name"] == "conv.weight"  # no "module." prefix
         for s in ddp.steps:
@@ -229,7 +234,7 @@ def test_the_distributed_path_in_one_process_records_what_the_plain_one_does(tmp
             torch.manual_seed(0)
             model = _Net()
             opt = _model_and_opt(model)
-            store = DeltaStore.create(str(tmp_path / f"d{distributed}"), layout=state_layout(model), codec="f32")
+            store = DeltaStore.create(str(tmp_path / f"d{distributed}"), layout=state_layout(model), codec="f32", key=_key())
             builder = RecordIndexBuilder(key)
             with Recorder(model, store, builder, optimizer=opt, distributed=distributed) as rec:
                 assert rec.world_size == 1 and rec.writes
@@ -240,9 +245,9 @@ def test_the_distributed_path_in_one_process_records_what_the_plain_one_does(tmp
                     opt.step()
                     rec.step([ids[p] for p in pos])
             store.close()
-            runs.append((DeltaStore.open(str(tmp_path / f"d{distributed}")), builder.build()))
+            runs.append((DeltaStore.open(str(tmp_path / f"d{distributed}"), key=_key()), builder.build()))
         # auto-detection: an initialised group of one process is not a distributed recording
-        assert Recorder(_Net(), DeltaStore.create(str(tmp_path / "auto"), layout=state_layout(_Net())),
+        assert Recorder(_Net(), DeltaStore.create(str(tmp_path / "auto"), layout=state_layout(_Net()), key=_key()),
                         RecordIndexBuilder(key))._ranks is None
     finally:
         dist.destroy_process_group()
@@ -256,7 +261,7 @@ def test_the_distributed_path_in_one_process_records_what_the_plain_one_does(tmp
 
 def test_distributed_without_an_initialised_process_group_is_an_error(tmp_path):
     model = _Net()
-    store = DeltaStore.create(str(tmp_path / "s"), layout=state_layout(model))
+    store = DeltaStore.create(str(tmp_path / "s"), layout=state_layout(model), key=_key())
     with pytest.raises(InputError, match="init_process_group"):
         Recorder(model, store, RecordIndexBuilder(b"\x11" * 32), distributed=True)
 
@@ -281,5 +286,5 @@ def test_ddp_example_runs_under_torchrun(tmp_path):
     )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     assert "forgetting" in r.stdout and "recorded" in r.stdout
-    store = DeltaStore.open(str(tmp_path / "deltas"))
+    store = DeltaStore.open(str(tmp_path / "deltas"), key=_key())
     assert len(store.steps) > 0

@@ -24,8 +24,9 @@ def _tiny_model(tmp_path) -> AmnesiaModel:
     torch.manual_seed(0)
     module = build_model(arch)
     url = str(tmp_path / "store")
-    store = DeltaStore.create(url, layout=state_layout(module), codec="f32")
-    b = RecordIndexBuilder(load_key(create=True))
+    key = load_key(create=True)
+    store = DeltaStore.create(url, layout=state_layout(module), codec="f32", key=key)
+    b = RecordIndexBuilder(key)
     for step in range(3):
         store.append(step, {k: torch.randn_like(v) * 1e-3 for k, v in module.state_dict().items() if v.is_floating_point()})
         b.add(step, [f"r{step}a", f"r{step}b"])

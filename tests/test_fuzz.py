@@ -73,6 +73,9 @@ def test_an_id_with_control_characters_is_refused_with_its_line(s):
 # the delta-store manifest
 
 
+_KEY = bytes(range(32))  # the store below is sealed (format 2), as train writes it
+
+
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A small real store (3 steps, 2 parts) and its manifest as a dict."""
@@ -81,7 +84,7 @@ def store(tmp_path_factory):
     url = str(tmp_path_factory.mktemp("fuzz") / "store")
     rng = np.random.default_rng(0)
     layout = [{"name": "w", "shape": [6, 4]}, {"name": "b", "shape": [4]}]
-    with DeltaStore.create(url, layout=layout, codec="f32", part_bytes=64) as st_:
+    with DeltaStore.create(url, layout=layout, codec="f32", part_bytes=64, key=_KEY) as st_:
         for step in range(3):
             st_.append(step, {"w": rng.standard_normal((6, 4)).astype(np.float32), "b": np.ones(4, np.float32)})
         manifest = json.loads(st_.manifest_bytes())
@@ -92,7 +95,7 @@ def _open_and_read(url: str, raw) -> None:
     """What a forget does with a version's copied manifest: open, list, read every step."""
     from mlflow_amnesia.store import DeltaStore
 
-    s = DeltaStore.open(url, manifest=raw)
+    s = DeltaStore.open(url, manifest=raw, key=_KEY)
     s.layout, s.parts, s.meta, s.purged_steps  # noqa: B018 - properties must not fail either
     for step in s.steps:
         s.read(step)
@@ -105,7 +108,8 @@ json_value = st.recursive(
     max_leaves=8,
 )
 _WHERE = {
-    "top": ["format", "format_version", "codec", "layout", "parts", "part_bytes", "meta", "steps", "created"],
+    "top": ["format", "format_version", "encryption", "codec", "layout", "parts", "part_bytes", "meta", "steps", "created"],
+    "encryption": ["scheme", "salt", "key_id"],
     "step": ["step", "chunks", "meta", "purged", "purged_at"],
     "chunk": ["file", "bytes", "raw_bytes", "sha256"],
     "layout": ["name", "shape", "dtype"],
@@ -122,7 +126,8 @@ def mutated_manifest(draw, good):
         value = draw(json_value)
         try:
             target = {"top": m, "step": m["steps"][draw(st.integers(0, 2))], "layout": m["layout"][0],
-                      "chunk": m["steps"][1]["chunks"][draw(st.integers(0, 1))], "codec": m["codec"]}[where]
+                      "chunk": m["steps"][1]["chunks"][draw(st.integers(0, 1))], "codec": m["codec"],
+                      "encryption": m["encryption"]}[where]
             if draw(st.booleans()) or key not in target:
                 target[key] = value
             else:

@@ -138,6 +138,15 @@ def test_hash_ids_rejects_bad_input():
         hash_ids(["a"], b"short")
 
 
+def test_order_key_is_a_domain_separated_hmac():
+    from mlflow_amnesia.keys import order_key
+
+    k = bytes(range(32))
+    want = hmac.new(k, b"\xffmlflow-amnesia epoch order v2\x00", hashlib.sha256).digest()
+    assert order_key(k) == want and len(want) == 32 and order_key(bytes(32)) != want
+    assert want[:16] not in hash_ids(["mlflow-amnesia epoch order v2"], k).tobytes()
+
+
 def test_hash_request_is_a_set_fingerprint_separate_from_record_hashes():
     r = hash_request(["b", "a", "a"], KEY)
     assert len(r) == 64 and int(r, 16) >= 0

@@ -93,6 +93,7 @@ def story(trained, tmp_path_factory):
     from mlflow_amnesia.data import load_dataset
     from mlflow_amnesia.flavor import PurgedVersionError, load_model
     from mlflow_amnesia.lineage import lineage_rows, render_text
+    from mlflow_amnesia.locations import load_state
     from mlflow_amnesia.store import DeltaStore
 
     base = tmp_path_factory.mktemp("purge")
@@ -136,7 +137,7 @@ def story(trained, tmp_path_factory):
         o.v2_pyfunc_before = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images))
         o.store_url = v1.segments[0].store_url
         o.rolled = sorted(int(s) for s in v2.rolled_back)
-        store = DeltaStore.open(o.store_url)
+        store = DeltaStore.open(o.store_url, key=bytes.fromhex(KEY))
         o.chunk_files = [Path(o.store_url, f) for s in o.rolled for f in store.chunk_files(s)]
         o.chunks_existed = all(p.is_file() for p in o.chunk_files)
         o.v1_run = registry.client().get_model_version(MODEL, "1").run_id
@@ -178,8 +179,8 @@ def story(trained, tmp_path_factory):
         v2 = load_model(f"models:/{MODEL}/2")
         o.v2_pred_after = v2.predict_proba(images)
         o.v2_pyfunc_after = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images))
-        initial = torch.load(Path(o.store_url).parent / "training" / "initial_state.pt", weights_only=True)
-        left = DeltaStore.open(o.store_url)
+        initial = load_state(str(Path(o.store_url).parent / "training" / "initial_state.pt"), key=bytes.fromhex(KEY))
+        left = DeltaStore.open(o.store_url, key=bytes.fromhex(KEY))
         sums = left.sum(left.steps)
         o.rebuilt = {k: initial[k].double().numpy() + sums[k].reshape(initial[k].shape) for k in sums}
         o.v1_purged_tags = _tags(1)
@@ -236,7 +237,7 @@ def test_rolled_back_chunks_are_gone_and_the_store_refuses_them(main_registry):
     s = main_registry
     assert s.rolled and s.chunks_existed
     assert not any(p.exists() for p in s.chunk_files)
-    store = DeltaStore.open(s.store_url)
+    store = DeltaStore.open(s.store_url, key=bytes.fromhex(KEY))
     assert set(s.rolled) <= set(store.purged_steps)
     with pytest.raises(PurgedStepsError) as e:
         store.read(s.rolled[0])
@@ -463,7 +464,7 @@ def test_kept_files_are_lineage_metadata_only():
 def _small_store(url: str, steps: int = 3) -> None:
     from mlflow_amnesia.store import DeltaStore
 
-    with DeltaStore.create(url, layout=[{"name": "w", "shape": [4]}], codec="f32") as st:
+    with DeltaStore.create(url, layout=[{"name": "w", "shape": [4]}], codec="f32", key=None) as st:
         for t in range(steps):
             st.append(t, {"w": np.full(4, t, np.float32)})
 
@@ -534,10 +535,10 @@ def test_a_retrain_child_needs_no_old_chunk_and_the_records_steps_are_purged(tmp
 
         r = _purge("--version", "1", "--yes")
         assert r.exit_code == 0, r.output
-        store = DeltaStore.open(old)
+        store = DeltaStore.open(old, key=bytes.fromhex(KEY))
         assert saw and store.purged_steps == saw
         with pytest.raises(PurgedStepsError):
             store.read(saw[0])
-        assert DeltaStore.open(v2.segments[0].store_url).purged_steps == []
+        assert DeltaStore.open(v2.segments[0].store_url, key=bytes.fromhex(KEY)).purged_steps == []
         after = load_model(f"models:/{MODEL}/2").predict_proba(np.zeros((4, 1, 8, 8), np.float32))
         np.testing.assert_array_equal(after, before)

@@ -35,7 +35,8 @@ def new_store(tmp_path):
     made = []
 
     def make(layout, codec="f32", meta=None):
-        store = DeltaStore.create(str(tmp_path / f"store{len(made)}"), layout=layout, codec=codec, meta=meta)
+        store = DeltaStore.create(str(tmp_path / f"store{len(made)}"), layout=layout, codec=codec, meta=meta,
+                                  key=b"\x11" * 32)
         made.append(store)
         return store
 

@@ -194,23 +194,27 @@ def test_a_version_of_another_flavor_is_refused(registry_copy, tmp_path):
 
 
 def test_a_frame_declaring_a_huge_size_is_refused_by_the_store_before_allocating(tmp_path):
-    """The sha256 in the manifest matches (the writer itself was wrong or hostile): the frame's
-    declared size is still checked against the layout before anything is allocated."""
+    """The sha256 in the manifest matches and the chunk is sealed under the key (the writer itself
+    was wrong or hostile): the frame's declared size is still checked against the layout before
+    anything is allocated."""
+    from mlflow_amnesia.crypto import ChunkCipher
     from mlflow_amnesia.errors import ChunkCorruptedError
     from mlflow_amnesia.store import DeltaStore
-    from mlflow_amnesia.store.delta_store import _pack_chunk
+    from mlflow_amnesia.store.delta_store import _pack_chunk, _seal_chunk
     import hashlib
 
-    url = str(tmp_path / "s")
-    with DeltaStore.create(url, layout=[{"name": "w", "shape": [10]}], codec="f32") as st:
+    url, key = str(tmp_path / "s"), b"\x11" * 32
+    with DeltaStore.create(url, layout=[{"name": "w", "shape": [10]}], codec="f32", key=key) as st:
         st.append(0, {"w": np.ones(10, np.float32)})
+    salt = bytes.fromhex(json.loads((tmp_path / "s" / "manifest.json").read_text())["encryption"]["salt"])
     evil = _pack_chunk([struct.pack("<IB", 0xFD2FB528, 0xE0) + struct.pack("<Q", 1 << 40) + b"\x01\x00\x00"])
+    evil = _seal_chunk(ChunkCipher(key, salt), 0, 0, evil)
     (tmp_path / "s" / "chunks" / "0.0.zst").write_bytes(evil)
     mpath = tmp_path / "s" / "manifest.json"
     m = json.loads(mpath.read_text())
     m["steps"][0]["chunks"][0].update(bytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
     mpath.write_text(json.dumps(m))
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=key)
     tracemalloc.start()
     try:
         with pytest.raises(ChunkCorruptedError, match=r"step 0: chunk file .*0\.0\.zst: zstd frame declares 1099511627776 bytes"):
@@ -226,12 +230,12 @@ def test_a_chunk_file_grown_huge_is_not_read_whole(tmp_path):
     from mlflow_amnesia.store import DeltaStore
 
     url = str(tmp_path / "s")
-    with DeltaStore.create(url, layout=[{"name": "w", "shape": [10]}], codec="f32") as st:
+    with DeltaStore.create(url, layout=[{"name": "w", "shape": [10]}], codec="f32", key=b"\x11" * 32) as st:
         st.append(0, {"w": np.ones(10, np.float32)})
     with open(tmp_path / "s" / "chunks" / "0.0.zst", "ab") as f:
         f.truncate(1 << 34)  # 16 GiB, sparse
     with pytest.raises(ChunkCorruptedError, match=r"has more than \d+ bytes, the manifest records"):
-        DeltaStore.open(url).read(0)
+        DeltaStore.open(url, key=b"\x11" * 32).read(0)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ pytest.importorskip("moto.server")
 from helpers import invoke  # noqa: E402
 
 from mlflow_amnesia.errors import InputError, StoreError  # noqa: E402
+from mlflow_amnesia.keys import load_key  # noqa: E402
 from mlflow_amnesia.store import DeltaStore  # noqa: E402
 
 LAYOUT = [
@@ -112,6 +113,9 @@ def _delta(step: int) -> dict[str, np.ndarray]:
     return {t["name"]: (rng.standard_normal(t["shape"]) * 1e-3).astype(np.float32) for t in LAYOUT}
 
 
+_KEY = bytes(range(32))  # the record key the stores and training files here are sealed with
+
+
 def _objects(fs, prefix: str) -> list[str]:
     fs.invalidate_cache()
     return sorted(p.removeprefix(prefix + "/") for p in fs.find(prefix))
@@ -121,7 +125,7 @@ def test_store_lives_in_the_bucket_and_round_trips(s3):
     bucket, log, fs = s3
     url = f"s3://{bucket}/run/deltas"
     deltas = {s: _delta(s) for s in range(5)}
-    with DeltaStore.create(url, layout=LAYOUT, codec="f32", part_bytes=PART_BYTES) as st:
+    with DeltaStore.create(url, layout=LAYOUT, codec="f32", part_bytes=PART_BYTES, key=_KEY) as st:
         for s, d in deltas.items():
             st.append(s, d, meta={"lr": 0.1})
     # manifest + 2 chunks per step; the commit markers were folded into the manifest and deleted
@@ -131,7 +135,7 @@ def test_store_lives_in_the_bucket_and_round_trips(s3):
     assert not [p for p in log.paths("PUT") if ".tmp" in p]  # whole-object PUTs, never temp + rename
     assert not [m for m, _ in log.requests if m == "POST"]  # no copy (an S3 "move"), no multipart
 
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=_KEY)
     assert st.steps == list(range(5)) and st.step_meta(2) == {"lr": 0.1}
     for s, d in deltas.items():
         got = st.read(s)
@@ -140,23 +144,23 @@ def test_store_lives_in_the_bucket_and_round_trips(s3):
 
     # resume appending: committed steps survive, debris (a chunk without a marker) is removed
     fs.pipe_file(f"{bucket}/run/deltas/chunks/7.0.zst", b"left over by a killed writer")
-    with DeltaStore.open(url, mode="a") as st:
+    with DeltaStore.open(url, mode="a", key=_KEY) as st:
         st.append(5, _delta(5))
     assert "chunks/7.0.zst" not in _objects(fs, f"{bucket}/run/deltas")
-    assert DeltaStore.open(url).steps == list(range(6))
+    assert DeltaStore.open(url, key=_KEY).steps == list(range(6))
 
 
 def test_a_sum_downloads_only_the_chunks_of_its_steps(s3):
     bucket, log, fs = s3
     url = f"s3://{bucket}/run/deltas"
     deltas = {s: _delta(s) for s in range(12)}
-    with DeltaStore.create(url, layout=LAYOUT, codec="int8", part_bytes=PART_BYTES) as st:
+    with DeltaStore.create(url, layout=LAYOUT, codec="int8", part_bytes=PART_BYTES, key=_KEY) as st:
         for s, d in deltas.items():
             st.append(s, d)
         manifest = st.manifest_bytes()
 
     log.clear()
-    st = DeltaStore.open(url, manifest=manifest)  # what a forget does: the version's manifest copy
+    st = DeltaStore.open(url, manifest=manifest, key=_KEY)  # what a forget does: the version's manifest copy
     assert log.requests == []  # opening reads nothing from the bucket
     S = [1, 6, 7, 10]
     total = st.sum(S)
@@ -174,11 +178,11 @@ def test_a_missing_bucket_is_an_error_and_no_bucket_is_created(s3):
     bucket, log, fs = s3
     missing = f"no-such-{uuid.uuid4().hex[:10]}"
     with pytest.raises(StoreError, match=rf"cannot create a delta store at s3://{missing}/deltas.*never creates buckets"):
-        DeltaStore.create(f"s3://{missing}/deltas", layout=LAYOUT)
+        DeltaStore.create(f"s3://{missing}/deltas", layout=LAYOUT, key=_KEY)
     from mlflow_amnesia.locations import save_state
 
     with pytest.raises(InputError, match=rf"cannot write s3://{missing}/training/x.pt"):
-        save_state(f"s3://{missing}/training/x.pt", {"w": np.zeros(3)})
+        save_state(f"s3://{missing}/training/x.pt", {"w": np.zeros(3)}, key=_KEY)
     fs.invalidate_cache()
     assert missing not in [b.rstrip("/") for b in fs.ls("")]
     assert "PUT" not in [m for m, p in log.requests if p.rstrip("/") == f"/{missing}"]  # no CreateBucket
@@ -192,15 +196,15 @@ def test_training_state_round_trips_with_single_puts(s3):
     bucket, log, fs = s3
     base = f"s3://{bucket}/run/training"
     state = {"w": torch.arange(6.0).reshape(2, 3), "n": torch.tensor(3)}
-    save_state(f"{base}/initial_state.pt", state)
-    save_array(f"{base}/batch_order.npy", np.arange(10, dtype=np.int32).reshape(2, 5))
+    save_state(f"{base}/initial_state.pt", state, key=_KEY)
+    save_array(f"{base}/batch_order.npy", np.arange(10, dtype=np.int32).reshape(2, 5), key=_KEY)
     assert _objects(fs, f"{bucket}/run/training") == ["batch_order.npy", "initial_state.pt"]
     assert log.paths("PUT") == [f"/{bucket}/run/training/initial_state.pt", f"/{bucket}/run/training/batch_order.npy"]
-    got = load_state(f"{base}/initial_state.pt")
+    got = load_state(f"{base}/initial_state.pt", key=_KEY)
     assert torch.equal(got["w"], state["w"]) and int(got["n"]) == 3
-    np.testing.assert_array_equal(load_array(f"{base}/batch_order.npy"), np.arange(10).reshape(2, 5))
+    np.testing.assert_array_equal(load_array(f"{base}/batch_order.npy", key=_KEY), np.arange(10).reshape(2, 5))
     with pytest.raises(InputError, match="does not exist"):
-        load_state(f"{base}/optimizer_state.pt")
+        load_state(f"{base}/optimizer_state.pt", key=_KEY)
 
 
 def test_explicit_fsspec_endpoint_wins_over_mlflows(s3, monkeypatch):
@@ -301,7 +305,7 @@ def test_train_and_forget_against_a_tracking_server_with_an_s3_artifact_root(s3,
     fetched = sorted(p for p in log.paths("GET") if p.startswith(f"/{prefix}/chunks/"))
     assert fetched == sorted(f"/{prefix}/chunks/{s}.0.zst" for s in rolled)
     # v2's weights are v1's minus those steps' deltas
-    sums = v2.segments[0].open_store().sum(rolled)
+    sums = v2.segments[0].open_store(load_key()).sum(rolled)
     for name, t in v1.module.state_dict().items():
         if name in sums:
             want = t.double().numpy() - sums[name]

@@ -2,8 +2,9 @@
 
 Layout under the URL (docs/ARCHITECTURE.md)::
 
-    manifest.json            format version, codec, tensor layout, parts, meta, step table
-    chunks/<step>.<part>.zst one chunk per part of a step: a small header + one zstd frame per tensor
+    manifest.json            format version, codec, tensor layout, parts, meta, encryption, step table
+    chunks/<step>.<part>.zst one chunk per part of a step: a small header + one zstd frame per tensor,
+                             sealed with AES-256-GCM under a key derived from the record key
     chunks/<step>.json       commit marker, written after all of the step's chunks
 
 Why this shape:
@@ -23,6 +24,12 @@ Why this shape:
   PUT on object stores); markers are folded into it on ``flush``/``close`` and from time to time.
 * **Integrity.** Every chunk's size and sha256 are in the step table and checked on every read;
   a mismatch is a :class:`ChunkCorruptedError` naming the step and the file.
+* **Confidentiality (format 2).** A store created with the record key seals every chunk
+  (:mod:`mlflow_amnesia.crypto`: a data key from HKDF of the record key and the store's salt, a
+  random nonce per chunk, the associated data binding the chunk to the store, step and part).
+  Size and sha256 are those of the stored ciphertext, so ``verify`` and ``purge`` need no key;
+  reading a delta does. ``key=None`` writes a format-1 store in clear, which anyone who can read
+  the files can use to rebuild every intermediate model: only for data that is not personal.
 
 One writer per store at a time (nothing locks an object store). Readers may open a store that
 is being written; they see the steps committed when they opened it.
@@ -70,13 +77,17 @@ __all__ = [
 
 FORMAT = "mlflow-amnesia/delta-store"
 #: Bumped when a reader of the previous version would misread a store. Newer ones are refused.
-FORMAT_VERSION = 1
+#: 2: chunks sealed under the record key (manifest "encryption"); a store in clear stays 1.
+FORMAT_VERSION = 2
+_PLAIN_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
 DEFAULT_PART_BYTES = 16 << 20
 
 _MAGIC = b"AMDC"  # chunk header: magic, u32 version, u32 frame count, u64 frame lengths
 _CHUNK_VERSION = 1
+# A sealed chunk: magic, u32 version 2, u32 0, then nonce + AES-GCM(version-1 chunk) + tag.
+_SEALED_CHUNK_VERSION = 2
 _HEAD = struct.Struct("<4sII")
 _CHUNK_RE = re.compile(r"^(\d+)\.(\d+)\.zst$")
 _MARKER_RE = re.compile(r"^(\d+)\.json$")
@@ -273,6 +284,28 @@ def _unpack_chunk(data: bytes, n_frames: int) -> list[memoryview]:
     return frames
 
 
+def _seal_chunk(cipher: Any, step: int, part: int, plain: bytes) -> bytes:
+    return _HEAD.pack(_MAGIC, _SEALED_CHUNK_VERSION, 0) + cipher.seal(step, part, plain)
+
+
+def _unseal_chunk(cipher: Any, step: int, part: int, data: bytes) -> bytes:
+    """The version-1 chunk inside a sealed one; ChunkCorruptedError (without a file name) when it is not one."""
+    from mlflow_amnesia.crypto import InvalidTag
+
+    if len(data) < _HEAD.size:
+        raise ChunkCorruptedError(f"{len(data)} bytes is shorter than a chunk header")
+    magic, version, _ = _HEAD.unpack_from(data)
+    if magic != _MAGIC or version != _SEALED_CHUNK_VERSION:
+        raise ChunkCorruptedError(f"not a sealed (version-{_SEALED_CHUNK_VERSION}) chunk (header {magic!r} v{version}), "
+                                  "but the store seals every chunk")
+    try:
+        return cipher.open(step, part, memoryview(data)[_HEAD.size:])
+    except InvalidTag:
+        raise ChunkCorruptedError(
+            "fails authentication under the store's key: it was altered, or swapped in from another step or store"
+        ) from None
+
+
 def _to_f32(name: str, value: Any, spec: TensorSpec, step: int) -> np.ndarray:
     """A private float32 copy of one delta tensor, flattened (the caller may reuse its buffers)."""
     if isinstance(value, torch.Tensor):
@@ -328,8 +361,14 @@ class DeltaStore:
         max_pending: int = 4,
         part_bytes: int = DEFAULT_PART_BYTES,
         storage_options: Mapping[str, Any] | None = None,
+        key: bytes | None,
     ) -> "DeltaStore":
-        """A new, empty store at ``url`` open for appending; StoreError if one is there already."""
+        """A new, empty store at ``url`` open for appending; StoreError if one is there already.
+
+        ``key``: the record key (:func:`mlflow_amnesia.keys.load_key`); every chunk is sealed under
+        it (format 2) and reading a delta needs it. It is required on purpose: ``key=None`` must be
+        spelt out and writes a format-1 store in clear, readable by anyone with the files.
+        """
         specs = [TensorSpec.parse(t) for t in layout]
         if not specs:
             raise InputError("layout is empty: a store records at least one tensor")
@@ -358,6 +397,14 @@ class DeltaStore:
         self._part_bytes = part_bytes
         self._meta = _check_meta(meta, "store meta")
         self._created = _now()
+        if key is not None:
+            from mlflow_amnesia import crypto
+            from mlflow_amnesia.keys import check_key, key_id
+
+            key = check_key(key)
+            salt = crypto.new_salt()
+            self._encryption = {"scheme": crypto.SCHEME, "salt": salt.hex(), "key_id": key_id(key)}
+            self._cipher = crypto.ChunkCipher(key, salt)
         if self._local:  # object stores have no directories (and s3fs's makedirs would create a bucket)
             self._fs.makedirs(self._path(CHUNKS), exist_ok=True)
         try:
@@ -380,12 +427,18 @@ class DeltaStore:
         threads: int = 2,
         max_pending: int = 4,
         storage_options: Mapping[str, Any] | None = None,
+        key: bytes | None = None,
     ) -> "DeltaStore":
         """Open the store at ``url``: ``mode="r"`` to read, ``"a"`` to clean debris and append.
 
         ``manifest``: a copy of :meth:`manifest_bytes` (bytes, JSON text or dict), e.g. the
         artifact of a model version. The store then reads chunks from ``url`` but takes the step
         table from the copy (read-only): exactly the steps the copy lists, no newer ones.
+
+        ``key``: the record key the store was sealed with; reading or appending deltas of a
+        format-2 store needs it (a :class:`RecordKeyError` otherwise), listing steps, sizes,
+        ``verify`` (size and sha256) and ``purge`` do not. Another key is refused here, naming
+        both key ids. A format-1 store (in clear) ignores it.
         """
         if mode not in ("r", "a"):
             raise InputError(f"mode must be 'r' (read) or 'a' (append), got {mode!r}")
@@ -394,6 +447,7 @@ class DeltaStore:
         self = cls._new(url, threads=threads, max_pending=max_pending, storage_options=storage_options, writable=mode == "a")
         if manifest is not None:
             self._load_manifest(_parse_manifest(manifest, "the manifest passed to DeltaStore.open"))
+            self._use_key(key)
             return self
         listing = self._list_chunks()  # list before reading the manifest: see _fold_markers
         try:
@@ -403,6 +457,7 @@ class DeltaStore:
                 f"no delta store at {url}: {MANIFEST} is missing. Check the URL (create one with DeltaStore.create)"
             ) from None
         self._load_manifest(_parse_manifest(raw, self._path(MANIFEST)))
+        self._use_key(key)
         debris = self._fold_markers(listing)
         if mode == "a":
             self._clean(debris)
@@ -438,7 +493,28 @@ class DeltaStore:
         self._error_step: int | None = None
         self._last_step = -1
         self._lock = threading.Lock()  # guards _steps, _pending_markers, _error against the committer
+        self._encryption: dict[str, str] | None = None  # the manifest's "encryption" (format 2)
+        self._cipher: Any = None  # crypto.ChunkCipher once the key is known
         return self
+
+    def _use_key(self, key: bytes | None) -> None:
+        """Set up decryption with ``key`` for a sealed store; RecordKeyError for another key."""
+        if self._encryption is None or key is None:
+            return
+        from mlflow_amnesia import crypto
+        from mlflow_amnesia.keys import check_key, key_id
+
+        key = check_key(key)
+        if key_id(key) != self._encryption["key_id"]:
+            raise crypto.wrong_key(f"the delta store {self.url}", self._encryption["key_id"], key)
+        self._cipher = crypto.ChunkCipher(key, bytes.fromhex(self._encryption["salt"]))
+
+    def _need_key(self) -> None:
+        """RecordKeyError unless the deltas can be decoded (a store in clear, or the key given)."""
+        if self._encryption is not None and self._cipher is None:
+            from mlflow_amnesia import crypto
+
+            raise crypto.wrong_key(f"the delta store {self.url}", self._encryption["key_id"], None)
 
     # ------------------------------------------------------------------ properties
 
@@ -465,6 +541,16 @@ class DeltaStore:
     @property
     def meta(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._meta))
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the chunks are sealed under a record key (format 2)."""
+        return self._encryption is not None
+
+    @property
+    def key_id(self) -> str | None:
+        """Id of the record key the chunks are sealed with (None for a store in clear)."""
+        return None if self._encryption is None else self._encryption["key_id"]
 
     @property
     def parts(self) -> list[tuple[int, int]]:
@@ -506,6 +592,7 @@ class DeltaStore:
         """
         self._check_writable()
         self._raise_background_error()
+        self._need_key()  # never a chunk in clear in a sealed store
         step = _check_step(step)
         if step <= self._last_step:
             what = "was already recorded" if step in self._steps or step == self._last_step else "is not after the last step"
@@ -617,6 +704,8 @@ class DeltaStore:
         """Encode one part of a step and write its chunk file (pool thread)."""
         frames = [self._codec.encode(a) for a in arrays]
         data = _pack_chunk(frames)
+        if self._cipher is not None:
+            data = _seal_chunk(self._cipher, step, part, data)
         rel = f"{CHUNKS}/{step}.{part}.zst"
         self._put(self._path(rel), data, atomic=False)
         self.stats._add(chunks_written=1, bytes_written=len(data))
@@ -660,9 +749,11 @@ class DeltaStore:
     def _manifest_obj(self) -> dict[str, Any]:
         with self._lock:
             entries = [self._steps[s].to_json() for s in sorted(self._steps)]
+        sealed = {"encryption": dict(self._encryption)} if self._encryption is not None else {}
         return {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self._encryption is not None else _PLAIN_FORMAT_VERSION,
+            **sealed,
             "created": self._created,
             "codec": self._codec.spec(),
             "layout": [t.to_json() for t in self._layout],
@@ -706,6 +797,7 @@ class DeltaStore:
             self._part_bytes = int(m.get("part_bytes", DEFAULT_PART_BYTES))
             self._meta = dict(m.get("meta") or {})
             self._created = str(m.get("created", ""))
+            self._encryption = _parse_encryption(m)
             steps: dict[int, _Step] = {}
             for e in m["steps"]:
                 s = _check_step(e["step"])
@@ -837,6 +929,9 @@ class DeltaStore:
         """Decompressed payloads of one chunk, one per tensor."""
         a, b = self._parts[part]
         try:
+            if self._encryption is not None:
+                self._need_key()
+                data = _unseal_chunk(self._cipher, step, part, data)
             frames = _unpack_chunk(data, b - a)
             return [self._codec.decompress(f, t.numel) for f, t in zip(frames, self._layout[a:b])]
         except ChunkCorruptedError as e:
@@ -845,6 +940,7 @@ class DeltaStore:
     def read(self, step: int) -> dict[str, np.ndarray]:
         """``step``'s delta: float32 arrays in the layout's shapes. Reads only its chunks."""
         e = self._entry(step)
+        self._need_key()
         pool = self._ensure_pool()
 
         def part(p: int) -> list[np.ndarray]:
@@ -883,6 +979,7 @@ class DeltaStore:
             raise InputError(f"steps repeat ({_fmt_steps(dup)}): each step's delta can be subtracted once")
         chosen.sort()
         entries = self._entries(chosen)
+        self._need_key()
         dt = np.dtype(dtype)
         if dt.kind != "f":
             raise InputError(f"dtype must be a float dtype (float64 default, float32 to halve memory), got {dt}")
@@ -969,7 +1066,10 @@ class DeltaStore:
         def check(e: _Step, p: int) -> StoreProblem | None:
             c = e.chunks[p]
             try:
-                payloads = self._frames(e.step, p, c, self._read_chunk(e.step, c))
+                data = self._read_chunk(e.step, c)
+                if self._encryption is not None and self._cipher is None:
+                    return None  # without the key: size and sha256 of the stored bytes checked
+                payloads = self._frames(e.step, p, c, data)
                 a, b = self._parts[p]
                 for payload, t in zip(payloads, self._layout[a:b]):
                     self._codec.add_payload(payload, t.numel, np.zeros(t.numel, dtype=np.float32))
@@ -1204,3 +1304,20 @@ def _parse_manifest(raw: bytes | str | Mapping[str, Any], where: str) -> dict[st
             "upgrade mlflow-amnesia to read this store"
         )
     return m
+
+
+def _parse_encryption(m: Mapping[str, Any]) -> dict[str, str] | None:
+    """The manifest's "encryption" (required from format 2 on, absent before); ValueError when malformed."""
+    from mlflow_amnesia.crypto import SALT_BYTES, SCHEME
+
+    enc = m.get("encryption")
+    if m["format_version"] < 2:
+        if enc is not None:
+            raise ValueError("a format-1 manifest has no 'encryption'")
+        return None
+    if not isinstance(enc, Mapping) or enc.get("scheme") != SCHEME:
+        raise ValueError(f"'encryption' must name the scheme {SCHEME!r}, got {enc!r}")
+    salt, kid = enc.get("salt"), enc.get("key_id")
+    if not isinstance(salt, str) or len(bytes.fromhex(salt)) != SALT_BYTES or not isinstance(kid, str):
+        raise ValueError(f"'encryption' needs a {SALT_BYTES}-byte hex salt and a key_id, got {enc!r}")
+    return {"scheme": SCHEME, "salt": salt, "key_id": kid}

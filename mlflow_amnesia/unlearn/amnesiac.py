@@ -20,6 +20,7 @@ with momentum 0.1), the rest stream through the store's sum; BatchNorm with ``mo
 from __future__ import annotations
 
 import time
+from typing import Optional
 
 import numpy as np
 import torch
@@ -43,14 +44,16 @@ def _by_segment(model: AmnesiaModel, steps: np.ndarray):
         raise InputError(f"steps {missing} are not recorded in any segment of this model version")
 
 
-def rolled_back_sums(model: AmnesiaModel, steps: np.ndarray) -> dict[str, np.ndarray]:
-    """sum(delta_t for t in steps) per tensor name (float64), across the version's segments."""
+def rolled_back_sums(model: AmnesiaModel, steps: np.ndarray, key: Optional[bytes] = None) -> dict[str, np.ndarray]:
+    """sum(delta_t for t in steps) per tensor name (float64), across the version's segments.
+
+    ``key``: the record key the segments' deltas are sealed with (stores in clear need none)."""
     from ..progress import Progress
 
     total: dict[str, np.ndarray] = {}
     for seg, mine in _by_segment(model, np.unique(np.asarray(steps, dtype=np.int64))):
         prog = Progress(f"rollback ({seg.role})", total=len(mine), unit="steps")
-        sums = seg.open_store().sum(mine.tolist(), progress=prog)
+        sums = seg.open_store(key).sum(mine.tolist(), progress=prog)
         prog.close()
         for name, arr in sums.items():
             total[name] = total[name] + arr if name in total else arr
@@ -79,7 +82,7 @@ def live_after(model: AmnesiaModel, steps: np.ndarray) -> np.ndarray:
     return len(live) - np.searchsorted(live, steps, side="right")
 
 
-def rollback_sums(model: AmnesiaModel, steps: np.ndarray) -> tuple[dict[str, np.ndarray], int]:
+def rollback_sums(model: AmnesiaModel, steps: np.ndarray, key: Optional[bytes] = None) -> tuple[dict[str, np.ndarray], int]:
     """What the rollback subtracts, per tensor name (float64): each step's delta in full for
     parameters, decayed by ``(1 - momentum) ** k_t`` for BatchNorm running statistics (module
     docstring). Returns the sums and how many steps were read one by one.
@@ -94,17 +97,17 @@ def rollback_sums(model: AmnesiaModel, steps: np.ndarray) -> tuple[dict[str, np.
     steps = np.unique(np.asarray(steps, dtype=np.int64))
     momenta = batchnorm_momenta(model.module)
     if not momenta or not len(steps):
-        return rolled_back_sums(model, steps), 0
+        return rolled_back_sums(model, steps, key), 0
     k = live_after(model, steps)
     near_mask = (1.0 - min(momenta.values())) ** k >= BN_NEGLIGIBLE  # the slowest-decaying statistic decides
     far, near = steps[~near_mask], steps[near_mask]
-    sums = rolled_back_sums(model, far) if len(far) else {}
+    sums = rolled_back_sums(model, far, key) if len(far) else {}
     for name in momenta:
         if name in sums:
             sums[name][...] = 0.0  # every far step's factor is below BN_NEGLIGIBLE
     later = dict(zip(steps.tolist(), k.tolist()))
     for seg, mine in _by_segment(model, near):
-        store = seg.open_store()
+        store = seg.open_store(key)
         prog = Progress(f"rollback ({seg.role}, BatchNorm-decayed steps)", total=len(mine), unit="steps")
         for t in mine.tolist():
             for name, arr in store.read(int(t)).items():
@@ -159,7 +162,7 @@ class Amnesiac(UnlearningMethod):
         plan = plan_replay(ctx.model, ctx.steps, data, ctx.key) if repair == "replay" else None
 
         t0 = time.monotonic()
-        sums, one_by_one = rollback_sums(ctx.model, ctx.steps)
+        sums, one_by_one = rollback_sums(ctx.model, ctx.steps, ctx.key)
         subtract(ctx.model.module, sums, len(ctx.steps))
         metrics = {"unlearn.seconds": time.monotonic() - t0, "unlearn.steps": float(len(ctx.steps)),
                    "unlearn.steps_read_one_by_one": float(one_by_one)}

@@ -23,8 +23,8 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
                       lr: Optional[float] = None) -> tuple[Segment, float]:
     """Train ``ctx.model.module`` for ``epochs`` on ``data.retained`` (every forgotten record left
     out) with a fresh SGD from the recipe (``lr`` overrides its rate); every step is recorded at
-    ``ctx.phase_base()`` from ``ctx.next_step`` on, and the phase's batch order is kept beside its
-    deltas (``training/batch_order.npy``) so a later replay can rebuild its batches exactly.
+    ``ctx.phase_base()`` from ``ctx.next_step`` on, and the phase's batch order (keyed, sealed) is
+    kept beside its deltas (``training/batch_order.npy``) so a later replay can rebuild its batches.
 
     Returns the segment and the seconds the training loop took.
     """
@@ -35,7 +35,7 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
     if lr:
         recipe = type(recipe).from_dict({**recipe.to_dict(), "lr": float(lr)})
     retained = data.retained
-    orders = epoch_orders(retained, phase_seed(recipe, ctx.next_step), epochs)
+    orders = epoch_orders(retained, phase_seed(recipe, ctx.next_step), epochs, key=ctx.key)
     optimizer = make_optimizer(ctx.model.module, recipe)
     say(f"{role}: {epochs} epoch(s) on {len(retained)} retained records")
     base = ctx.phase_base()
@@ -46,7 +46,7 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
         role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
     )
     seconds = time.monotonic() - t0
-    save_array(f"{base}/training/batch_order.npy", orders.astype(np.int64))
+    save_array(f"{base}/training/batch_order.npy", orders.astype(np.int64), key=ctx.key)
     return seg, seconds
 
 

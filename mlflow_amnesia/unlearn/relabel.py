@@ -96,7 +96,7 @@ class Relabel(UnlearningMethod):
         targets = torch.cat([records.y, torch.from_numpy(fake)])
         ids: Sequence[str] = list(records.ids) + [records.ids[p] for p in source]
         positions = np.concatenate([data.retained, n + np.arange(len(source), dtype=np.int64)])
-        orders = epoch_orders(positions, seed, epochs)
+        orders = epoch_orders(positions, seed, epochs, key=ctx.key)
 
         optimizer = make_optimizer(ctx.model.module, recipe)
         say(f"relabel: {epochs} epoch(s) on {len(data.retained)} retained records and {len(source)} relabelled "

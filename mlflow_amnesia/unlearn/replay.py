@@ -71,12 +71,13 @@ class _TrainHashes:
         return np.sort(self._positions[i])
 
 
-def _recorded_order(seg: Segment, batch_size: int) -> Optional[np.ndarray]:
-    """The segment's batch order when it has one that describes exactly its steps, else None."""
+def _recorded_order(seg: Segment, batch_size: int, key: bytes) -> Optional[np.ndarray]:
+    """The segment's batch order (sealed under ``key``, or in clear from an older version) when it
+    has one that describes exactly its steps, else None."""
     from ..locations import load_array
 
     try:
-        order = load_array(f"{training_url_of(seg)}/batch_order.npy")
+        order = load_array(f"{training_url_of(seg)}/batch_order.npy", key=key)
     except InputError:
         return None
     if order.ndim != 2 or order.shape[1] == 0:
@@ -98,7 +99,7 @@ def plan_replay(model: AmnesiaModel, steps: np.ndarray, data: TrainingData, key:
         if not len(mine):
             continue
         idx = seg.open_index(key)
-        order = _recorded_order(seg, bs)
+        order = _recorded_order(seg, bs, key)
         plan.sources[seg.role] = "batch order" if order is not None else "record index"
         per_epoch = math.ceil(order.shape[1] / bs) if order is not None else 0
         for s in mine.tolist():

@@ -15,6 +15,8 @@ inside a forked RNG, so architectures with stochastic layers see the same random
 
 The retrain is recorded (steps numbered from 0) and replaces the version's segments, so the
 result can be forgotten from again by any method; its filtered order is kept beside its deltas.
+Training files are sealed under the record key (:mod:`mlflow_amnesia.crypto`); files in clear of
+versions trained before sealing are read as they are.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import InputError
+from ..errors import InputError, RecordKeyError
 from ..flavor import Segment
 from ..progress import info as say
 from ..training import Recipe
@@ -55,18 +57,24 @@ def _load(url: str, what: str, loader):
     except InputError:
         raise InputError(f"--method retrain needs {url}, {what} recorded by `train`; it is missing "
                          f"(purged or moved). {_HINT}") from None
+    except RecordKeyError:
+        raise  # names the key ids; the file is fine
     except Exception as e:  # noqa: BLE001 - a damaged file: name it, do not guess
         raise InputError(f"--method retrain cannot read {url} ({what}): {type(e).__name__}: {e}. {_HINT}") from None
 
 
 def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.ndarray, *,
-                        epochs: Optional[int] = None, module: Optional[torch.nn.Module] = None) -> RetrainInputs:
+                        epochs: Optional[int] = None, module: Optional[torch.nn.Module] = None,
+                        key: Optional[bytes] = None) -> RetrainInputs:
     """Load and check the initial weights and batch order of a version's training run.
 
     ``excluded``: positions never to feed. ``epochs`` defaults to the recipe's. With ``module``,
-    the initial state must fit it (same tensor names and shapes). Raises InputError naming the
-    missing or mismatching input; changes nothing.
+    the initial state must fit it (same tensor names and shapes). ``key``: the record key the
+    files are sealed with (files in clear, from older versions, need none); epochs beyond the
+    recorded ones follow the version's order scheme (``info["order"]``: keyed, or public before
+    keyed orders). Raises InputError naming the missing or mismatching input; changes nothing.
     """
+    from ..data import ORDER_KEYED
     from ..locations import load_array, load_state
     from ..training import epoch_orders
 
@@ -78,8 +86,8 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
     epochs = recipe.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
-    state = _load(f"{url}/initial_state.pt", "the initial weights", load_state)
-    recorded = _load(f"{url}/batch_order.npy", "the batch order", load_array)
+    state = _load(f"{url}/initial_state.pt", "the initial weights", lambda u: load_state(u, key=key))
+    recorded = _load(f"{url}/batch_order.npy", "the batch order", lambda u: load_array(u, key=key))
     if module is not None:
         have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
@@ -93,7 +101,11 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
                          f"{len(train)} training records: it belongs to another run or the split changed. {_HINT}")
     orders = recorded[:epochs].astype(np.int64)
     if epochs > len(recorded):
-        orders = np.concatenate([orders, epoch_orders(train, recipe.seed, epochs - len(recorded), first_epoch=len(recorded))])
+        keyed = info.get("order") == ORDER_KEYED
+        if keyed and key is None:
+            raise InputError("--method retrain needs the record key to extend the keyed batch order of this version")
+        orders = np.concatenate([orders, epoch_orders(train, recipe.seed, epochs - len(recorded), first_epoch=len(recorded),
+                                                      key=key if keyed else None)])
     excluded = np.asarray(excluded, np.int64)
     kept = ~np.isin(orders, excluded)
     n_kept = int(kept[0].sum())
@@ -125,8 +137,8 @@ def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, co
                            batch_size=recipe.batch_size, base_url=base_url, codec=codec, role=role,
                            key=key, run_id=run_id, first_step=0, on_epoch=on_epoch)
         seconds = time.monotonic() - t0
-    save_array(f"{base_url}/training/batch_order.npy", inputs.orders)
-    save_state(f"{base_url}/training/optimizer_state.pt", optimizer.state_dict())
+    save_array(f"{base_url}/training/batch_order.npy", inputs.orders, key=key)
+    save_state(f"{base_url}/training/optimizer_state.pt", optimizer.state_dict(), key=key)
     return seg, seconds
 
 
@@ -142,7 +154,7 @@ class Retrain(UnlearningMethod):
         epochs = epochs_option(ctx, recipe_epochs)
         data = training_data(ctx, "--method retrain")
         inputs = load_retrain_inputs(ctx.model.info, ctx.model.arch, data.records, data.split, data.excluded,
-                                     epochs=epochs, module=ctx.model.module)
+                                     epochs=epochs, module=ctx.model.module, key=ctx.key)
         seg, seconds = retrain(ctx.model.module, inputs, base_url=ctx.phase_base(), codec=ctx.model.info["codec"],
                                key=ctx.key, run_id=ctx.run_id, on_epoch=ctx.epoch_hook())
         return MethodResult(

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_amnesia.errors import ChunkCorruptedError, InputError, ManifestFormatError, StoreError
+from mlflow_amnesia.errors import ChunkCorruptedError, InputError, ManifestFormatError, RecordKeyError, StoreError
 from mlflow_amnesia.store import DeltaStore, PurgedStepsError, UnknownStepsError, get_codec
 from mlflow_amnesia.store.codecs import Int8Codec
 
@@ -33,6 +33,7 @@ LAYOUT = [
     {"name": "bn.running_var", "shape": [30], "dtype": "float32"},
 ]
 PART_BYTES = 4000
+KEY = bytes(range(32))  # the record key the stores here are sealed with (format 2)
 
 
 def _delta(step: int, scale: float = 1e-3) -> dict[str, np.ndarray]:
@@ -51,9 +52,9 @@ def url(request, tmp_path):
     yield str(path) if request.param == "path" else path.as_uri()
 
 
-def _write(url: str, steps, codec: str = "f32", **kw) -> dict[int, dict[str, np.ndarray]]:
+def _write(url: str, steps, codec: str = "f32", *, key: bytes | None = KEY, **kw) -> dict[int, dict[str, np.ndarray]]:
     deltas = {s: _delta(s) for s in steps}
-    with DeltaStore.create(url, layout=LAYOUT, codec=codec, meta={"optimizer": "SGD"}, part_bytes=PART_BYTES, **kw) as st:
+    with DeltaStore.create(url, layout=LAYOUT, codec=codec, meta={"optimizer": "SGD"}, part_bytes=PART_BYTES, key=key, **kw) as st:
         for s, d in deltas.items():
             st.append(s, d, meta={"lr": 0.1 / (1 + s)})
     return deltas
@@ -68,7 +69,7 @@ def _local(tmp_path: Path) -> str:
 
 def test_f32_roundtrip_is_exact(url):
     deltas = _write(url, range(6))
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=KEY)
     assert st.steps == list(range(6))
     assert st.codec.name == "f32" and st.meta == {"optimizer": "SGD"} and st.layout == LAYOUT
     assert st.step_meta(3) == {"lr": 0.1 / 4}
@@ -82,7 +83,7 @@ def test_f32_roundtrip_is_exact(url):
 
 def test_parts_split_at_tensor_boundaries_and_a_big_tensor_stands_alone(tmp_path):
     _write(_local(tmp_path), range(2))
-    st = DeltaStore.open(_local(tmp_path))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
     assert st.parts == [(0, 2), (2, 3), (3, 5)]
     assert len(st.chunk_files(1)) == 3
     st.stats.reset()
@@ -93,19 +94,19 @@ def test_parts_split_at_tensor_boundaries_and_a_big_tensor_stands_alone(tmp_path
 
 
 def test_appends_accept_torch_tensors_and_are_copied(tmp_path):
-    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="f32")
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="f32", key=KEY)
     buf = {k: torch.from_numpy(v.copy()) for k, v in _delta(0).items()}
     st.append(0, buf)
     for t in buf.values():  # the caller reuses its buffers at once
         t.fill_(123.0)
     st.close()
-    got = DeltaStore.open(_local(tmp_path)).read(0)
+    got = DeltaStore.open(_local(tmp_path), key=KEY).read(0)
     for k, v in _delta(0).items():
         np.testing.assert_array_equal(got[k], v)
 
 
 def test_append_validates_steps_names_shapes_and_meta(tmp_path):
-    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="f32")
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="f32", key=KEY)
     st.append(5, _delta(5))
     with pytest.raises(InputError, match="step 5 was already recorded"):
         st.append(5, _delta(5))
@@ -125,22 +126,22 @@ def test_append_validates_steps_names_shapes_and_meta(tmp_path):
         st.append(-1, _delta(6))
     st.append(6, _delta(6))  # the failed attempts did not consume the step
     st.close()
-    assert DeltaStore.open(_local(tmp_path)).steps == [5, 6]
+    assert DeltaStore.open(_local(tmp_path), key=KEY).steps == [5, 6]
 
 
 def test_create_refuses_an_existing_store_and_open_a_missing_one(tmp_path):
     _write(_local(tmp_path), range(1))
     with pytest.raises(StoreError, match="already exists"):
-        DeltaStore.create(_local(tmp_path), layout=LAYOUT)
+        DeltaStore.create(_local(tmp_path), layout=LAYOUT, key=KEY)
     with pytest.raises(StoreError, match="manifest.json is missing"):
-        DeltaStore.open(str(tmp_path / "nowhere"))
+        DeltaStore.open(str(tmp_path / "nowhere"), key=KEY)
     with pytest.raises(InputError, match="unknown codec"):
-        DeltaStore.create(str(tmp_path / "other"), layout=LAYOUT, codec="fp4")
+        DeltaStore.create(str(tmp_path / "other"), layout=LAYOUT, codec="fp4", key=KEY)
 
 
 def test_read_only_store_refuses_writes(tmp_path):
     _write(_local(tmp_path), range(2))
-    st = DeltaStore.open(_local(tmp_path))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
     with pytest.raises(StoreError, match="mode='a'"):
         st.append(2, _delta(2))
     with pytest.raises(StoreError, match="mode='a'"):
@@ -149,11 +150,11 @@ def test_read_only_store_refuses_writes(tmp_path):
 
 def test_resume_appending_after_reopen(tmp_path):
     _write(_local(tmp_path), range(3))
-    with DeltaStore.open(_local(tmp_path), mode="a") as st:
+    with DeltaStore.open(_local(tmp_path), mode="a", key=KEY) as st:
         with pytest.raises(InputError, match="already recorded"):
             st.append(2, _delta(2))
         st.append(3, _delta(3))
-    st = DeltaStore.open(_local(tmp_path))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
     assert st.steps == [0, 1, 2, 3]
     np.testing.assert_array_equal(st.read(3)["w2"], _delta(3)["w2"])
 
@@ -175,7 +176,7 @@ class _GatedInt8(Int8Codec):
 
 def test_append_returns_before_encoding_and_blocks_at_max_pending(tmp_path):
     gate = threading.Event()
-    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec=_GatedInt8(gate), max_pending=2, part_bytes=PART_BYTES)
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec=_GatedInt8(gate), max_pending=2, part_bytes=PART_BYTES, key=KEY)
     st.append(0, _delta(0))  # nothing encoded yet, both return at once
     st.append(1, _delta(1))
     third = threading.Thread(target=st.append, args=(2, _delta(2)))
@@ -186,11 +187,11 @@ def test_append_returns_before_encoding_and_blocks_at_max_pending(tmp_path):
     third.join(10)
     assert not third.is_alive()
     st.close()
-    assert DeltaStore.open(_local(tmp_path)).steps == [0, 1, 2]
+    assert DeltaStore.open(_local(tmp_path), key=KEY).steps == [0, 1, 2]
 
 
 def test_background_error_surfaces_on_next_call_and_commits_nothing_after_it(tmp_path):
-    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="int8", part_bytes=PART_BYTES)
+    st = DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec="int8", part_bytes=PART_BYTES, key=KEY)
     st.append(0, _delta(0))
     st.flush()
     bad = _delta(1)
@@ -205,10 +206,10 @@ def test_background_error_surfaces_on_next_call_and_commits_nothing_after_it(tmp
     with pytest.raises(StoreError, match="writing step 1"):
         st.close()
     st.close()  # idempotent
-    assert DeltaStore.open(_local(tmp_path)).steps == [0]
-    with DeltaStore.open(_local(tmp_path), mode="a") as again:  # resumes after the last committed step
+    assert DeltaStore.open(_local(tmp_path), key=KEY).steps == [0]
+    with DeltaStore.open(_local(tmp_path), mode="a", key=KEY) as again:  # resumes after the last committed step
         again.append(1, _delta(1))
-    assert DeltaStore.open(_local(tmp_path)).steps == [0, 1]
+    assert DeltaStore.open(_local(tmp_path), key=KEY).steps == [0, 1]
 
 
 # ---------------------------------------------------------------- sums and rollback
@@ -216,7 +217,7 @@ def test_background_error_surfaces_on_next_call_and_commits_nothing_after_it(tmp
 
 def test_sum_equals_in_memory_sum_and_reads_only_the_chunks_of_s(url):
     deltas = _write(url, range(20), codec="bf16")
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=KEY)
     decoded = {s: st.read(s) for s in range(20)}
     rng = np.random.default_rng(0)
     for trial in range(5):
@@ -240,7 +241,7 @@ def test_sum_equals_in_memory_sum_and_reads_only_the_chunks_of_s(url):
 
 def test_sum_of_nothing_is_zero_and_float32_on_request(tmp_path):
     _write(_local(tmp_path), range(3))
-    st = DeltaStore.open(_local(tmp_path))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
     st.stats.reset()
     z = st.sum([])
     assert st.stats.chunks_read == 0 and all(not v.any() and v.shape == tuple(t["shape"]) for v, t in zip(z.values(), LAYOUT))
@@ -251,7 +252,7 @@ def test_sum_of_nothing_is_zero_and_float32_on_request(tmp_path):
 
 def test_unknown_repeated_and_purged_steps_are_named(tmp_path):
     _write(_local(tmp_path), range(4))
-    st = DeltaStore.open(_local(tmp_path))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
     with pytest.raises(UnknownStepsError, match=r"2 step\(s\) are not in the delta store .*: 7, 9") as e:
         st.sum([1, 9, 7])
     assert e.value.steps == [7, 9]
@@ -302,7 +303,7 @@ def _record(store: DeltaStore, states: list[dict[str, np.ndarray]], *, feedback:
 def test_rolling_back_every_step_with_error_feedback_returns_the_initial_state(tmp_path, codec, bound):
     traj = _Trajectory(seed=1)
     states = [{k: v.copy() for k, v in traj.theta.items()}] + [traj.step() for _ in range(40)]
-    with DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec=codec, part_bytes=PART_BYTES) as st:
+    with DeltaStore.create(_local(tmp_path), layout=LAYOUT, codec=codec, part_bytes=PART_BYTES, key=KEY) as st:
         _record(st, states)
         total = st.sum(st.steps)
     max_delta = max(np.abs(states[t][k] - states[t - 1][k]).max() for t in range(1, len(states)) for k in total)
@@ -310,7 +311,7 @@ def test_rolling_back_every_step_with_error_feedback_returns_the_initial_state(t
     err = max(np.abs(states[-1][k].astype(np.float64) - total[k] - states[0][k]).max() for k in total)
     assert err <= bound * scale, f"{codec}: rollback error {err:.3g} > {bound * scale:.3g}"
     if not get_codec(codec).lossless:  # without feedback the error grows with the number of steps
-        with DeltaStore.create(str(tmp_path / "naive"), layout=LAYOUT, codec=codec, part_bytes=PART_BYTES) as naive:
+        with DeltaStore.create(str(tmp_path / "naive"), layout=LAYOUT, codec=codec, part_bytes=PART_BYTES, key=KEY) as naive:
             _record(naive, states, feedback=False)
             t2 = naive.sum(naive.steps)
         naive_err = max(np.abs(states[-1][k].astype(np.float64) - t2[k] - states[0][k]).max() for k in t2)
@@ -326,7 +327,7 @@ def _chunk_path(store_dir: Path, rel: str) -> Path:
 
 def test_corrupted_chunk_is_detected_with_step_and_file(tmp_path):
     _write(_local(tmp_path), range(4), codec="int8")
-    st = DeltaStore.open(_local(tmp_path))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
     rel = st.chunk_files(2)[1]
     p = _chunk_path(tmp_path / "store", rel)
     data = bytearray(p.read_bytes())
@@ -344,7 +345,7 @@ def test_corrupted_chunk_is_detected_with_step_and_file(tmp_path):
 
 def test_truncated_and_missing_chunks_are_detected(tmp_path):
     _write(_local(tmp_path), range(4))
-    st = DeltaStore.open(_local(tmp_path))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
     p = _chunk_path(tmp_path / "store", st.chunk_files(1)[0])
     p.write_bytes(p.read_bytes()[:-10])
     (tmp_path / "store" / st.chunk_files(3)[2]).unlink()
@@ -357,7 +358,7 @@ def test_truncated_and_missing_chunks_are_detected(tmp_path):
 
 def test_verify_of_a_sound_store_finds_nothing(url):
     _write(url, range(5), codec="bf16")
-    assert DeltaStore.open(url).verify() == []
+    assert DeltaStore.open(url, key=KEY).verify() == []
 
 
 # ---------------------------------------------------------------- manifests
@@ -370,9 +371,9 @@ def test_newer_manifest_format_is_refused(tmp_path):
     m["format_version"] = 99
     mpath.write_text(json.dumps(m))
     with pytest.raises(ManifestFormatError, match="format version 99, newer .* upgrade mlflow-amnesia"):
-        DeltaStore.open(_local(tmp_path))
+        DeltaStore.open(_local(tmp_path), key=KEY)
     with pytest.raises(ManifestFormatError, match="newer"):
-        DeltaStore.open(_local(tmp_path), manifest=m)
+        DeltaStore.open(_local(tmp_path), manifest=m, key=KEY)
 
 
 def test_garbled_manifests_are_refused(tmp_path):
@@ -383,25 +384,135 @@ def test_garbled_manifests_are_refused(tmp_path):
                 json.dumps({**good, "codec": {"name": "lz4"}})):
         mpath.write_text(bad)
         with pytest.raises(ManifestFormatError):
-            DeltaStore.open(_local(tmp_path))
+            DeltaStore.open(_local(tmp_path), key=KEY)
 
 
 def test_copied_manifest_reads_chunks_from_the_url(url):
     _write(url, range(3))
-    with DeltaStore.open(url, mode="a") as st:
+    with DeltaStore.open(url, mode="a", key=KEY) as st:
         copy = st.manifest_bytes()
         st.append(3, _delta(3))
     assert json.loads(copy)["steps"][-1]["step"] == 2
-    old = DeltaStore.open(url, manifest=copy)
+    old = DeltaStore.open(url, manifest=copy, key=KEY)
     assert old.steps == [0, 1, 2]  # the copy's view, not the store's newer steps
     np.testing.assert_array_equal(old.read(2)["w1"], _delta(2)["w1"])
-    assert DeltaStore.open(url, manifest=json.loads(copy)).steps == [0, 1, 2]
+    assert DeltaStore.open(url, manifest=json.loads(copy), key=KEY).steps == [0, 1, 2]
     with pytest.raises(InputError, match="read-only"):
-        DeltaStore.open(url, mode="a", manifest=copy)
-    with DeltaStore.open(url, mode="a") as st:
+        DeltaStore.open(url, mode="a", manifest=copy, key=KEY)
+    with DeltaStore.open(url, mode="a", key=KEY) as st:
         st.purge([1])
     with pytest.raises(ChunkCorruptedError, match="step 1: chunk file .* is missing. The step may have been purged"):
         old.read(1)
+
+
+# ---------------------------------------------------------------- sealed chunks (format 2)
+
+
+def test_a_sealed_store_records_its_scheme_and_reads_only_with_its_key(url):
+    from mlflow_amnesia.keys import key_id
+
+    deltas = _write(url, range(4))
+    st = DeltaStore.open(url)  # no key: the step table, sizes and meta are readable
+    assert st.encrypted and st.key_id == key_id(KEY) and st.steps == [0, 1, 2, 3] and st.step_meta(1) == {"lr": 0.05}
+    m = json.loads(st.manifest_bytes())
+    assert m["format_version"] == 2 and m["encryption"]["scheme"] == "aes-256-gcm/hkdf-sha256"
+    assert m["encryption"]["key_id"] == key_id(KEY) and len(bytes.fromhex(m["encryption"]["salt"])) == 32
+    for call in (lambda: st.read(0), lambda: st.sum([0, 1])):
+        with pytest.raises(RecordKeyError, match=f"encrypted under the record key with id {key_id(KEY)} and no key was given"):
+            call()
+    other = bytes(32)
+    with pytest.raises(RecordKeyError, match=f"id {key_id(KEY)}, but the key given has id {key_id(other)}"):
+        DeltaStore.open(url, key=other)
+    with pytest.raises(RecordKeyError, match="no key was given"):
+        DeltaStore.open(url, mode="a").append(4, _delta(4))  # never a chunk in clear in a sealed store
+    got = DeltaStore.open(url, manifest=m, key=KEY).read(2)
+    np.testing.assert_array_equal(got["w2"], deltas[2]["w2"])
+
+
+def test_sealed_chunks_hold_no_plaintext_and_two_stores_seal_differently(tmp_path):
+    from mlflow_amnesia.store import delta_store as ds
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    _write(a, range(2))
+    _write(b, range(2))
+    plain = str(tmp_path / "plain")
+    _write(plain, range(2), key=None)
+    for rel in DeltaStore.open(a).chunk_files(0):
+        ca, cb, cp = ((Path(d) / rel).read_bytes() for d in (a, b, plain))
+        assert ca[:8] == ds._HEAD.pack(ds._MAGIC, 2, 0)[:8] and cp[4:8] == (1).to_bytes(4, "little")
+        assert ca != cb and len(ca) == ds._HEAD.size + 12 + len(cp) + 16  # sealed header, nonce, chunk, tag
+        assert cp[ds._HEAD.size + 16:ds._HEAD.size + 48] not in ca  # not even a piece of the frames shows
+
+
+def test_a_chunk_from_another_store_or_step_fails_authentication(tmp_path):
+    """Size and sha256 fixed up in the manifest: only the key-bound associated data catches it."""
+    store, donor = tmp_path / "store", tmp_path / "donor"
+    _write(str(store), range(3))
+    _write(str(donor), range(3))
+    mpath = store / "manifest.json"
+    m = json.loads(mpath.read_text())
+
+    def swap_in(step: int, data: bytes) -> None:
+        import hashlib
+
+        c = m["steps"][step]["chunks"][0]
+        (store / c["file"]).write_bytes(data)
+        c["bytes"], c["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        mpath.write_text(json.dumps(m))
+
+    swap_in(1, (donor / "chunks" / "1.0.zst").read_bytes())  # same step and part, another store
+    with pytest.raises(ChunkCorruptedError, match=r"step 1: chunk file .*1\.0\.zst.*fails authentication"):
+        DeltaStore.open(str(store), key=KEY).read(1)
+    swap_in(2, (store / "chunks" / "0.0.zst").read_bytes())  # this store, another step
+    st = DeltaStore.open(str(store), key=KEY)
+    with pytest.raises(ChunkCorruptedError, match="step 2: .*fails authentication"):
+        st.sum([2])
+    assert {(p.step, "authentication" in p.problem) for p in st.verify()} == {(1, True), (2, True)}
+    assert DeltaStore.open(str(store)).verify() == []  # without the key only size and sha256 can be checked
+    np.testing.assert_array_equal(st.read(0)["w1"], _delta(0)["w1"])
+
+
+def test_verify_and_purge_need_no_key(tmp_path):
+    _write(_local(tmp_path), range(4))
+    chunk = tmp_path / "store" / "chunks" / "3.1.zst"
+    chunk.write_bytes(chunk.read_bytes()[:-1] + b"\0")
+    st = DeltaStore.open(_local(tmp_path))
+    assert [(p.step, p.file) for p in st.verify()] == [(3, "chunks/3.1.zst")]
+    with DeltaStore.open(_local(tmp_path), mode="a") as w:
+        assert w.purge([1]) == [1]
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
+    assert st.purged_steps == [1] and st.encrypted
+    np.testing.assert_array_equal(st.read(2)["b2"], _delta(2)["b2"])
+    with DeltaStore.open(_local(tmp_path), mode="a", key=KEY) as w:  # appending resumes sealed, with the same salt
+        w.append(4, _delta(4))
+    np.testing.assert_array_equal(DeltaStore.open(_local(tmp_path), key=KEY).read(4)["w2"], _delta(4)["w2"])
+
+
+def test_a_store_in_clear_stays_format_1_and_readable_without_a_key(url):
+    deltas = _write(url, range(3), key=None)
+    st = DeltaStore.open(url, key=KEY)  # a key is not needed, and ignored
+    m = json.loads(st.manifest_bytes())
+    assert not st.encrypted and st.key_id is None and m["format_version"] == 1 and "encryption" not in m
+    np.testing.assert_array_equal(DeltaStore.open(url).read(1)["w1"], deltas[1]["w1"])
+
+
+def test_create_needs_the_key_spelt_out(tmp_path):
+    with pytest.raises(TypeError, match="key"):
+        DeltaStore.create(_local(tmp_path), layout=LAYOUT)
+
+
+def test_a_manifest_with_a_bad_encryption_entry_is_refused(tmp_path):
+    _write(_local(tmp_path), range(1))
+    mpath = tmp_path / "store" / "manifest.json"
+    good = json.loads(mpath.read_text())
+    bad_entries = [{k: v for k, v in good.items() if k != "encryption"},
+                   {**good, "encryption": {**good["encryption"], "scheme": "rot13"}},
+                   {**good, "encryption": {**good["encryption"], "salt": "abcd"}},
+                   {**good, "format_version": 1}]
+    for bad in bad_entries:
+        mpath.write_text(json.dumps(bad))
+        with pytest.raises(ManifestFormatError):
+            DeltaStore.open(_local(tmp_path), key=KEY)
 
 
 # ---------------------------------------------------------------- purge
@@ -410,7 +521,7 @@ def test_copied_manifest_reads_chunks_from_the_url(url):
 def test_purge_deletes_chunks_and_later_reads_fail_clearly(url):
     _write(url, range(5))
     fs, root = fsspec.core.url_to_fs(url)
-    with DeltaStore.open(url, mode="a") as st:
+    with DeltaStore.open(url, mode="a", key=KEY) as st:
         files = st.chunk_files(1) + st.chunk_files(3)
         assert st.purge([3, 1]) == [1, 3]
         assert st.purge([1]) == []  # idempotent
@@ -419,7 +530,7 @@ def test_purge_deletes_chunks_and_later_reads_fail_clearly(url):
         st.append(5, _delta(5))
     for f in files:
         assert not fs.exists(f"{root}/{f}")
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=KEY)
     assert st.steps == [0, 2, 4, 5] and st.purged_steps == [1, 3]
     assert st.step_meta(1) == {"lr": 0.1 / 2}
     with pytest.raises(PurgedStepsError, match=r"were purged .*: 1\b"):
@@ -507,12 +618,15 @@ def test_a_copied_manifest_is_checked_against_the_store_own(tmp_path):
 
 
 def test_debris_is_ignored_by_readers_and_cleaned_on_append(tmp_path):
-    """A step committed only by its marker is picked up; chunks without a marker are debris."""
+    """A step committed only by its marker is picked up; chunks without a marker are debris.
+
+    In clear (format 1): a sealed chunk cannot be moved in from another store (see
+    test_a_chunk_from_another_store_or_step_fails_authentication)."""
     store = tmp_path / "store"
-    _write(str(store), range(3))
+    _write(str(store), range(3), key=None)
     # step 3 committed by marker only (the writer died before consolidating the manifest)
     donor = tmp_path / "donor"
-    with DeltaStore.create(str(donor), layout=LAYOUT, codec="f32", part_bytes=PART_BYTES) as d:
+    with DeltaStore.create(str(donor), layout=LAYOUT, codec="f32", part_bytes=PART_BYTES, key=None) as d:
         d.append(3, _delta(3), meta={"lr": 0.5})
         entry = json.loads(d.manifest_bytes())["steps"][0]
     for rel in [c["file"] for c in entry["chunks"]]:
@@ -525,16 +639,16 @@ def test_debris_is_ignored_by_readers_and_cleaned_on_append(tmp_path):
     (store / "manifest.json.tmp-0123").write_text("{")
     (store / "chunks" / "5.0.zst.tmp-77").write_bytes(b"")
 
-    reader = DeltaStore.open(str(store))
+    reader = DeltaStore.open(str(store), key=KEY)
     assert reader.steps == [0, 1, 2, 3] and reader.step_meta(3) == {"lr": 0.5}
     np.testing.assert_array_equal(reader.read(3)["w2"], _delta(3)["w2"])
     assert (store / "chunks" / "4.0.zst").exists()  # a reader changes nothing
 
-    with DeltaStore.open(str(store), mode="a") as st:
+    with DeltaStore.open(str(store), mode="a", key=KEY) as st:
         left = sorted(p.name for p in (store / "chunks").iterdir())
         assert left == sorted(f"{s}.{p}.zst" for s in range(4) for p in range(3))
         st.append(4, _delta(4))
-    st = DeltaStore.open(str(store))
+    st = DeltaStore.open(str(store), key=KEY)
     assert st.steps == [0, 1, 2, 3, 4] and st.verify() == []
     assert [e["step"] for e in json.loads((store / "manifest.json").read_text())["steps"]] == [0, 1, 2, 3, 4]
 
@@ -552,7 +666,7 @@ _CHILD = textwrap.dedent(
         rng = np.random.default_rng(step)
         return {t["name"]: rng.standard_normal(t["shape"]).astype(np.float32) for t in layout}
 
-    st = DeltaStore.create(url, layout=layout, codec="f32", part_bytes=1_000_000, threads=2, max_pending=3)
+    st = DeltaStore.create(url, layout=layout, codec="f32", part_bytes=1_000_000, threads=2, max_pending=3, key=bytes(range(32)))
     for step in range(10_000):
         st.append(step, delta(step), meta={"step": step})
         if step % 4 == 3:
@@ -584,7 +698,7 @@ def test_sigkill_mid_write_leaves_committed_steps_and_appending_resumes(tmp_path
     assert proc.returncode == -signal.SIGKILL and flushed >= 11
 
     layout_child = {"a": 400_000, "b": 300_000}
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=KEY)
     committed = st.steps
     assert committed == list(range(len(committed))) and committed[-1] >= flushed
     for step in committed:
@@ -595,10 +709,10 @@ def test_sigkill_mid_write_leaves_committed_steps_and_appending_resumes(tmp_path
         assert st.step_meta(step) == {"step": step}
 
     nxt = committed[-1] + 1
-    with DeltaStore.open(url, mode="a") as st:
+    with DeltaStore.open(url, mode="a", key=KEY) as st:
         names = {p.name for p in (tmp_path / "store" / "chunks").iterdir()}
         assert names == {f"{s}.{p}.zst" for s in committed for p in range(2)}  # debris and markers gone
         st.append(nxt, {n: np.full(k, 1.5, np.float32) for n, k in layout_child.items()})
-    st = DeltaStore.open(url)
+    st = DeltaStore.open(url, key=KEY)
     assert st.steps == committed + [nxt] and st.verify() == []
     np.testing.assert_array_equal(st.sum([nxt, 0])["a"], 1.5 + st.read(0)["a"].astype(np.float64))

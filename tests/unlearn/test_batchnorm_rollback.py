@@ -37,13 +37,16 @@ def _run(module, batches, skip=()):
     return module
 
 
+_KEY = b"\x11" * 32  # the record key the stores here are sealed with
+
+
 def _recorded(tmp_path) -> tuple[AmnesiaModel, torch.nn.Module]:
     """A model whose every step (one forward pass) is recorded as a float32 delta."""
     module = _bn()
     layout = [{"name": k, "shape": list(v.shape), "dtype": "float32"}
               for k, v in module.state_dict().items() if v.is_floating_point()]
     url = str(tmp_path / "deltas")
-    store = DeltaStore.create(url, layout=layout, codec="f32")
+    store = DeltaStore.create(url, layout=layout, codec="f32", key=_KEY)
     prev = {k: v.clone() for k, v in module.state_dict().items()}
     module.train()
     with torch.no_grad():
@@ -54,13 +57,13 @@ def _recorded(tmp_path) -> tuple[AmnesiaModel, torch.nn.Module]:
             prev = {k: v.clone() for k, v in now.items()}
     store.close()
     seg = Segment(role="train", store_url=url, first_step=0, last_step=T - 1,
-                  manifest=DeltaStore.open(url).manifest_bytes())
+                  manifest=DeltaStore.open(url, key=_KEY).manifest_bytes())
     return AmnesiaModel(module=module, arch={}, info={}, segments=[seg]), module
 
 
 def _rollback(am: AmnesiaModel, steps, *, decay=True) -> dict[str, torch.Tensor]:
     steps = np.asarray(sorted(steps), np.int64)
-    sums = rollback_sums(am, steps)[0] if decay else rolled_back_sums(am, steps)
+    sums = rollback_sums(am, steps, key=_KEY)[0] if decay else rolled_back_sums(am, steps, key=_KEY)
     subtract(am.module, sums, len(steps))
     am.rolled_back = np.union1d(am.rolled_back, steps)
     return {k: v.clone() for k, v in am.module.state_dict().items()}
@@ -99,7 +102,7 @@ def test_only_steps_that_still_matter_are_read_one_by_one(tmp_path, monkeypatch)
     steps = np.arange(T, dtype=np.int64)[::3]
     k = live_after(am, steps)
     assert k.tolist() == [int(((np.arange(T) > s) & (np.arange(T) % 3 != 0)).sum()) for s in steps]
-    _, one_by_one = rollback_sums(am, steps)
+    _, one_by_one = rollback_sums(am, steps, key=_KEY)
     assert 0 < one_by_one == int(((1 - 0.2) ** k >= 0.01).sum()) < len(steps)
 
 
@@ -112,21 +115,21 @@ def test_parameters_are_subtracted_in_full_on_both_paths(tmp_path, monkeypatch):
     layout = [{"name": k, "shape": list(v.shape), "dtype": "float32"} for k, v in module.state_dict().items()
               if v.is_floating_point()]
     url = str(tmp_path / "deltas")
-    store = DeltaStore.create(url, layout=layout, codec="f32")
+    store = DeltaStore.create(url, layout=layout, codec="f32", key=_KEY)
     g = torch.Generator().manual_seed(1)
     for t in range(T):
         store.append(t, {d["name"]: torch.randn(d["shape"], generator=g).numpy() for d in layout})
     store.close()
     seg = Segment(role="train", store_url=url, first_step=0, last_step=T - 1,
-                  manifest=DeltaStore.open(url).manifest_bytes())
+                  manifest=DeltaStore.open(url, key=_KEY).manifest_bytes())
     am = AmnesiaModel(module=module, arch={}, info={}, segments=[seg])
     steps = np.array([1, 5, 30, 38], np.int64)
-    got, one_by_one = rollback_sums(am, steps)
-    full = rolled_back_sums(am, steps)
+    got, one_by_one = rollback_sums(am, steps, key=_KEY)
+    full = rolled_back_sums(am, steps, key=_KEY)
     assert one_by_one == 2
     for name in ("0.weight", "0.bias", "1.weight", "1.bias"):
         np.testing.assert_allclose(got[name], full[name], rtol=0, atol=1e-12)
     k = live_after(am, steps)
-    want_mean = sum((0.8 ** kt) * DeltaStore.open(url).read(int(t))["1.running_mean"].astype(np.float64)
+    want_mean = sum((0.8 ** kt) * DeltaStore.open(url, key=_KEY).read(int(t))["1.running_mean"].astype(np.float64)
                     for t, kt in zip(steps, k) if 0.8 ** kt >= 0.01)
     np.testing.assert_allclose(got["1.running_mean"], want_mean, rtol=0, atol=1e-12)

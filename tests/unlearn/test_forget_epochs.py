@@ -51,9 +51,9 @@ def test_on_epoch_sees_every_epoch_and_its_metrics_are_logged_per_step(registry_
     # amnesiac + repair: epoch 0 is the model right after the rollback (f32 codec: exact)
     seen.clear()
     ids = _ids(2, 2)
-    plan, _, parent, _, _, _ = plan_forget(MODEL, ids=ids)
+    plan, _, parent, key, _, _ = plan_forget(MODEL, ids=ids)
     expected = copy.deepcopy(parent.module)
-    subtract(expected, rolled_back_sums(parent, plan.steps), len(plan.steps))
+    subtract(expected, rolled_back_sums(parent, plan.steps, key), len(plan.steps))
     r = ma.forget(MODEL, ids=ids, method="amnesiac", repair="finetune", repair_epochs=1, yes=True, audit=False,
                   on_epoch=on_epoch)
     assert sorted(seen) == [0, 1]

@@ -100,7 +100,7 @@ def _order_batches(am, steps) -> dict[int, np.ndarray]:
     """The training batches of ``steps`` cut from v1's recorded batch order."""
     from mlflow_amnesia.locations import load_array
 
-    order = load_array(f"{am.info['training_url']}/batch_order.npy")
+    order = load_array(f"{am.info['training_url']}/batch_order.npy", key=_key())
     per = math.ceil(order.shape[1] / BATCH)
     return {int(s): order[s // per, (s % per) * BATCH : (s % per + 1) * BATCH] for s in steps}
 
@@ -211,7 +211,7 @@ def test_retrain_of_nothing_reproduces_the_trained_model_bit_for_bit(registry_co
 
     v1 = _load(1)
     recs, sp = _data(v1)
-    inputs = load_retrain_inputs(v1.info, v1.arch, recs, sp, np.zeros(0, np.int64), module=v1.module)
+    inputs = load_retrain_inputs(v1.info, v1.arch, recs, sp, np.zeros(0, np.int64), module=v1.module, key=_key())
     module = build_model(v1.arch)  # fresh random weights: retrain must reset them
     seg, _ = retrain(module, inputs, base_url=str(tmp_path / "phase"), codec="f32", key=_key())
     assert _state_equal(module, v1.module)
@@ -242,8 +242,8 @@ def test_retrain_excludes_the_lineage_and_its_version_can_be_forgotten_from(regi
     assert not idx.contains(a + b).any()
     assert idx.n_records == n_kept
     # its order is the recorded one minus every forgotten record
-    recorded = load_array(f"{v1.info['training_url']}/batch_order.npy")
-    kept = load_array(seg.store_url.rsplit("/deltas", 1)[0] + "/training/batch_order.npy")
+    recorded = load_array(f"{v1.info['training_url']}/batch_order.npy", key=_key())
+    kept = load_array(seg.store_url.rsplit("/deltas", 1)[0] + "/training/batch_order.npy", key=_key())
     np.testing.assert_array_equal(kept, np.stack([r[~np.isin(r, gone)] for r in recorded]))
     assert v3.info["training_url"] == v1.info["training_url"]
 
@@ -253,14 +253,14 @@ def test_retrain_excludes_the_lineage_and_its_version_can_be_forgotten_from(regi
     steps = idx.steps_for(c)
     assert len(steps) and set(v4.rolled_back.tolist()) == set(steps.tolist())
     assert _tags(4)["amnesia.parent_version"] == "3"
-    sums = seg.open_store().sum(steps.tolist())
+    sums = seg.open_store(_key()).sum(steps.tolist())
     for name, t3 in v3.module.state_dict().items():
         if name in sums:
             expect = (t3.double().numpy() - sums[name].reshape(t3.shape)).astype(np.float32)
             np.testing.assert_array_equal(v4.module.state_dict()[name].numpy(), expect, err_msg=name)
     # rolling back every retrain step returns the initial weights (f32: float rounding only)
-    init = load_state(f"{v1.info['training_url']}/initial_state.pt")
-    every = seg.open_store().sum(list(range(seg.first_step, seg.last_step + 1)))
+    init = load_state(f"{v1.info['training_url']}/initial_state.pt", key=_key())
+    every = seg.open_store(_key()).sum(list(range(seg.first_step, seg.last_step + 1)))
     for name, t3 in v3.module.state_dict().items():
         if name in every:
             np.testing.assert_allclose(t3.double().numpy() - every[name].reshape(t3.shape), init[name].double().numpy(),
@@ -395,8 +395,8 @@ def test_replay_plan_skips_emptied_batches_and_refuses_a_foreign_order(registry_
     np.testing.assert_array_equal(plan.batches[0], batches[5][~np.isin(batches[5], excluded)])
 
     # an order file that is not this phase's (same shape, other permutation) is an error
-    order = load_array(f"{v1.info['training_url']}/batch_order.npy")
-    save_array(f"{tmp_path}/training/batch_order.npy", order[:, ::-1].copy())
+    order = load_array(f"{v1.info['training_url']}/batch_order.npy", key=_key())
+    save_array(f"{tmp_path}/training/batch_order.npy", order[:, ::-1].copy(), key=_key())
     fake = Segment("train", f"{tmp_path}/deltas", 0, v1.segments[0].last_step, index=v1.segments[0].index)
     v1.segments = [fake]
     with pytest.raises(InputError, match="does not match the record index at step 0"):
