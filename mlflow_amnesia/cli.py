@@ -277,7 +277,7 @@ _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left b
       - data/amnesia.json, arch.json, segment manifests and record indexes (keyed
         hashes, never ids), rolled_back.npy, forgotten.npy, MLmodel and env files;
       - run params and metrics; each phase's initial weights and batch order
-        (random init and record positions: no record content);
+        (random init and the keyed order, sealed under the record key);
       - the records' indirect influence on later steps (their deltas were computed
         at weights the records had moved: amnesiac unlearning's known limit);
       - outside the registry: the data set itself, cached audit shadow models

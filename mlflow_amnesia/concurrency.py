@@ -31,6 +31,7 @@ import functools
 import hashlib
 import json
 import os
+import shlex
 import socket
 import stat
 import tempfile
@@ -195,8 +196,8 @@ def check_forkable(mv) -> None:
             raise ForgetConflictError(
                 f"{name} v{v} and v{first[0]} were both forgotten from v{parent} at the same time and v{v} lost: "
                 f"it misses the records v{first[0]} forgot (the forget that made it was stopped before it could "
-                f"remove itself). Forget from v{first[0]}, and delete v{v} "
-                f"(MlflowClient().delete_model_version({name!r}, '{v}'))."
+                f"remove itself). Forget from v{first[0]} (`mlflow-amnesia forget --model {shlex.quote(name)} --version "
+                f"{first[0]} ...`), and delete v{v} in the MLflow UI (Models > {name} > Version {v} > Delete)."
             )
 
 

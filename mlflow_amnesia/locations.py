@@ -87,9 +87,18 @@ def save_state(url: str, state: Any, *, key: bytes | None) -> None:
     write_bytes(url, _seal(buf.getvalue(), url, key))
 
 
-def load_state(url: str, *, key: bytes | None = None) -> Any:
-    """A state dict written by :func:`save_state` (sealed: needs ``key``; in clear: read as is)."""
-    return torch.load(io.BytesIO(_unseal(read_bytes(url), url, key)), map_location="cpu", weights_only=True)
+def load_state(url: str, *, key: bytes | None = None, sealed: bool = False) -> Any:
+    """A state dict written by :func:`save_state` (sealed: needs ``key``; in clear: read as is).
+
+    ``sealed``: the phase wrote its files sealed (its delta store is sealed), so a file in clear
+    there was put in place by someone else and is refused, never trusted.
+    """
+    data = _unseal(read_bytes(url), url, key, sealed)
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch signals a damaged file in many ways
+        raise InputError(f"{url} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+                         "restore it from a backup of the training run's artifacts.") from None
 
 
 def save_array(url: str, a: np.ndarray, *, key: bytes | None) -> None:
@@ -99,9 +108,15 @@ def save_array(url: str, a: np.ndarray, *, key: bytes | None) -> None:
     write_bytes(url, _seal(buf.getvalue(), url, key))
 
 
-def load_array(url: str, *, key: bytes | None = None) -> np.ndarray:
-    """An array written by :func:`save_array` (sealed: needs ``key``; in clear: read as is)."""
-    return np.load(io.BytesIO(_unseal(read_bytes(url), url, key)), allow_pickle=False)
+def load_array(url: str, *, key: bytes | None = None, sealed: bool = False) -> np.ndarray:
+    """An array written by :func:`save_array` (sealed: needs ``key``; in clear: read as is;
+    ``sealed`` as in :func:`load_state`)."""
+    data = _unseal(read_bytes(url), url, key, sealed)
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise InputError(f"{url} is damaged ({type(e).__name__}: {e}): restore it from a backup of the "
+                         "training run's artifacts.") from None
 
 
 def _role(url: str) -> str:
@@ -115,10 +130,17 @@ def _seal(data: bytes, url: str, key: bytes | None) -> bytes:
     return data if key is None else seal_file(data, key, _role(url))
 
 
-def _unseal(data: bytes, url: str, key: bytes | None) -> bytes:
+def _unseal(data: bytes, url: str, key: bytes | None, sealed: bool = False) -> bytes:
     from .crypto import is_sealed, open_file
+    from .errors import StoreError
 
-    return open_file(data, key, _role(url), url) if is_sealed(data) else data
+    if is_sealed(data):
+        return open_file(data, key, _role(url), url)
+    if sealed:
+        raise StoreError(f"{url} is in clear, but this phase's training files were written sealed under the record "
+                         "key: it was replaced by someone else. Restore it from a backup of the training run's "
+                         "artifacts; nothing was changed.")
+    return data
 
 
 def start_run(run_name: str, experiment_id: str | None = None):

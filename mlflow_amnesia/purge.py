@@ -15,8 +15,8 @@ forgotten records' contribution, and so do the recorded deltas of the steps that
 It keeps the version row, its tags and description (with a tombstone note), ``data/amnesia.json``,
 ``arch.json``, the segments' manifests and record indexes (keyed hashes), ``rolled_back.npy``,
 ``forgotten.npy``, the MLmodel and environment files, run params and metrics, and each phase's
-``initial_state.pt`` and ``batch_order.npy`` (random initial weights and record positions: no
-record content; ``retrain`` and ``--repair replay`` need them).
+``initial_state.pt`` and ``batch_order.npy`` (random initial weights and the keyed batch order:
+no record content, sealed under the record key; ``retrain`` and ``--repair replay`` need them).
 
 Refusals, before anything is deleted: P is not superseded (the serving version stays whole), an
 alias points at P, or a version that is not being purged still *needs* a step to delete: it lists

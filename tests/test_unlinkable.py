@@ -229,3 +229,41 @@ def _split_of(am, records):
     from mlflow_amnesia.data import Split
 
     return Split.from_json(am.info["split"], records)
+
+
+# --------------------------------------------------------------------------------------------
+# a sealed phase's training files cannot be swapped for files in clear, or damaged, unnoticed
+
+
+@pytest.mark.parametrize("what, make", [
+    ("in clear", lambda order, sealed: _npy(order)),  # a plaintext order chosen by whoever can write the artifacts
+    ("in clear", lambda order, sealed: b"\x93NUMPY garbage"),
+    ("altered", lambda order, sealed: sealed[:-40] + bytes([sealed[-40] ^ 1]) + sealed[-39:]),
+])
+@pytest.mark.parametrize("method", ["retrain", "amnesiac --repair replay"])
+def test_a_replaced_training_file_of_a_sealed_phase_is_refused(registry_copy, tmp_path, what, make, method):
+    from mlflow_amnesia import registry
+    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.locations import load_array
+
+    am = load_model(registry.model_uri(registry.resolve_version(MODEL)))
+    path = Path(am.info["training_url"]) / "batch_order.npy"
+    original = path.read_bytes()
+    order = load_array(str(path), key=bytes.fromhex(KEY))
+    ids = tmp_path / "ids.txt"
+    ids.write_text(invoke("records", "--model", MODEL, "--limit", "1").output)
+    try:
+        path.write_bytes(make(order, original))
+        r = invoke("forget", "--model", MODEL, "--records", str(ids), "--method", *method.split(), "--yes",
+                   "--no-audit", ok=False)
+    finally:
+        path.write_bytes(original)
+    assert r.exit_code == 1 and "Traceback" not in r.output, r.output  # refused, naming the file and why
+    assert "batch_order.npy" in r.output and what in r.output and r.output.count("othing was changed") <= 1, r.output
+    assert len(registry.search_versions(MODEL)) == 1
+
+
+def _npy(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, a, allow_pickle=False)
+    return buf.getvalue()

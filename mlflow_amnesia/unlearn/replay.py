@@ -76,8 +76,8 @@ def _recorded_order(seg: Segment, batch_size: int, key: bytes) -> Optional[np.nd
     has one that describes exactly its steps, else None."""
     from ..locations import load_array
 
-    try:
-        order = load_array(f"{training_url_of(seg)}/batch_order.npy", key=key)
+    try:  # a phase with a sealed store sealed its order too: one in clear there is refused
+        order = load_array(f"{training_url_of(seg)}/batch_order.npy", key=key, sealed=seg.open_store().encrypted)
     except InputError:
         return None
     if order.ndim != 2 or order.shape[1] == 0:

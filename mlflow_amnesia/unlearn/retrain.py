@@ -28,7 +28,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import InputError, RecordKeyError
+from ..errors import InputError, RecordKeyError, StoreError
 from ..flavor import Segment
 from ..progress import info as say
 from ..training import Recipe
@@ -54,11 +54,10 @@ class RetrainInputs:
 def _load(url: str, what: str, loader):
     try:
         return loader(url)
-    except InputError:
-        raise InputError(f"--method retrain needs {url}, {what} recorded by `train`; it is missing "
-                         f"(purged or moved). {_HINT}") from None
-    except RecordKeyError:
-        raise  # names the key ids; the file is fine
+    except InputError as e:  # missing (purged or moved) or damaged: the reason names the file
+        raise InputError(f"--method retrain needs {url}, {what} recorded by `train`: {e} {_HINT}") from None
+    except (RecordKeyError, StoreError):
+        raise  # names the key ids (the file is fine), or the file and why it is refused
     except Exception as e:  # noqa: BLE001 - a damaged file: name it, do not guess
         raise InputError(f"--method retrain cannot read {url} ({what}): {type(e).__name__}: {e}. {_HINT}") from None
 
@@ -86,8 +85,9 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
     epochs = recipe.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
-    state = _load(f"{url}/initial_state.pt", "the initial weights", lambda u: load_state(u, key=key))
-    recorded = _load(f"{url}/batch_order.npy", "the batch order", lambda u: load_array(u, key=key))
+    sealed = info.get("order") == ORDER_KEYED  # trained with sealed files: one in clear was replaced
+    state = _load(f"{url}/initial_state.pt", "the initial weights", lambda u: load_state(u, key=key, sealed=sealed))
+    recorded = _load(f"{url}/batch_order.npy", "the batch order", lambda u: load_array(u, key=key, sealed=sealed))
     if module is not None:
         have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}

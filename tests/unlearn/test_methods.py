@@ -397,7 +397,7 @@ def test_replay_plan_skips_emptied_batches_and_refuses_a_foreign_order(registry_
     # an order file that is not this phase's (same shape, other permutation) is an error
     order = load_array(f"{v1.info['training_url']}/batch_order.npy", key=_key())
     save_array(f"{tmp_path}/training/batch_order.npy", order[:, ::-1].copy(), key=_key())
-    fake = Segment("train", f"{tmp_path}/deltas", 0, v1.segments[0].last_step, index=v1.segments[0].index)
+    fake = Segment("train", f"{tmp_path}/deltas", 0, v1.segments[0].last_step, manifest=v1.segments[0].manifest, index=v1.segments[0].index)
     v1.segments = [fake]
     with pytest.raises(InputError, match="does not match the record index at step 0"):
         plan_replay(v1, np.array([0]), data, key)
