@@ -17,6 +17,8 @@ import click
 
 from . import validation
 from .errors import AmnesiaError
+from .store.codecs import CODECS
+from .unlearn import METHODS, REPAIRS
 
 
 def _friendly(fn=None, *, creates_store: bool = False):
@@ -71,6 +73,29 @@ def _checked(check, *args):
             raise click.ClickException(str(e)) from None
 
     return callback
+
+
+class _Named(click.Choice):
+    """One of a registry's names (:mod:`mlflow_amnesia.names`), listed in ``--help``.
+
+    A value the registry does not know stops the command while its options are parsed, with the
+    registry's one-line message and exit status 1, like every other bad option value here.
+    """
+
+    def __init__(self, names, check) -> None:
+        super().__init__(list(names), case_sensitive=False)
+        self._check = check
+
+    def convert(self, value, param, ctx):
+        try:
+            return self._check(value, param.opts[0] if param is not None else "")
+        except AmnesiaError as e:
+            raise click.ClickException(str(e)) from None
+
+
+def _method_named(value, flag):
+    METHODS.get(value)  # unknown: InputError naming the methods
+    return value
 
 
 def _version_options(fn):
@@ -162,8 +187,8 @@ def main() -> None:
 @click.option("--weight-decay", default=5e-4, show_default=True, type=float,
               callback=_checked(validation.non_negative_number, "weight decay"))
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--codec", default=None, callback=_checked(validation.known_codec),
-              help="Delta codec: int8 (default), bf16, f32 (lossless).")
+@click.option("--codec", default=None, type=_Named(CODECS.names(), validation.known_codec),
+              help="Delta codec: int8 (default), bf16, f32 (lossless), zstd (lossless, unshuffled: a baseline).")
 @click.option("--store-uri", default=None, callback=_checked(validation.writable_store_uri),
               help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
 @click.option("--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).")
@@ -191,7 +216,7 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
 @click.option("--records", "records_file", type=click.Path(dir_okay=False), default=None,
               help="Text file, one record id per line (# comments and blank lines ignored).")
 @click.option("--class", "cls", default=None, help="Forget every training record of this class (index or name).")
-@click.option("--method", default="amnesiac", show_default=True,
+@click.option("--method", default="amnesiac", show_default=True, type=_Named(METHODS.names(), _method_named),
               help="Unlearning method: amnesiac (roll back the steps that saw the records), relabel (train on "
                    "the records with wrong labels), finetune (continue training without them), retrain (from the "
                    "initial weights without them: the reference).")
@@ -199,7 +224,7 @@ def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, c
               help="Training epochs of relabel / finetune (default 1) and retrain (default: as trained).")
 @click.option("--copies", default=4, show_default=True, type=click.IntRange(min=1),
               help="relabel: copies of each forgotten record inserted with random wrong labels.")
-@click.option("--repair", type=click.Choice(["none", "finetune", "replay"]), default="none", show_default=True,
+@click.option("--repair", type=click.Choice(list(REPAIRS.names())), default="none", show_default=True,
               help="After amnesiac rollback: finetune on the retained records, or replay the rolled-back steps "
                    "without the forgotten records.")
 @click.option("--repair-epochs", default=1, show_default=True, type=click.IntRange(min=1))

@@ -43,6 +43,7 @@ from urllib.parse import urlparse
 from . import registry
 from .errors import ForgetConflictError, InputError
 from .progress import info as say
+from .tags import TAG_CONFLICT
 
 LOCK_DIR_ENV = "MLFLOW_AMNESIA_LOCK_DIR"
 
@@ -234,6 +235,6 @@ def register_child(
     if winner != mine:
         c.delete_model_version(name, str(mine))
         if run_id:
-            c.set_tag(run_id, "amnesia.conflict", f"lost to v{winner}; v{mine} deleted")
+            c.set_tag(run_id, TAG_CONFLICT, f"lost to v{winner}; v{mine} deleted")
         raise _conflict(name, parent, winner, run_id, f"v{mine}, registered at the same moment, lost (lower version wins) and was deleted")
     return mv

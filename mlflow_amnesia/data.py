@@ -48,19 +48,21 @@ import zlib
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .errors import InputError, UnknownRecordsError
+from .names import Registry
 
 SPEC_FORMAT = 1
 SPLIT_FORMAT = 1
-KNOWN_SPECS = ("digits", "mnist", "cifar100", "idx:<dir>")
 _FP_TAG = b"mlflow-amnesia data fingerprint v1\0"
 
 __all__ = [
+    "DATASETS",
+    "DataSetKind",
     "KNOWN_SPECS",
     "Records",
     "RecordsDataset",
@@ -387,33 +389,53 @@ def _channel_stats(images: np.ndarray, scale: float) -> tuple[list[float], list[
     return means, stds
 
 
+@dataclass(frozen=True)
+class DataSetKind:
+    """One kind of data set spec: how its raw records are read, and where its files are.
+
+    ``where``: ``"bundled"`` (nothing to find: digits), ``"cache"`` (``--data-root``, default
+    :func:`default_data_root`: mnist, cifar100) or ``"spec"`` (the directory named in the spec,
+    ``<kind>:<dir>``, unless ``--data-root`` overrides it: idx).
+    """
+
+    load: Callable[[Optional[Path], bool], _Raw]  # (directory or None, download) -> raw records
+    where: str = "cache"
+
+    @property
+    def spelling(self) -> str:
+        return "{name}:<dir>" if self.where == "spec" else "{name}"
+
+
+#: Every data set spec kind ``train --dataset`` knows.
+DATASETS: Registry[DataSetKind] = Registry("data set")
+DATASETS.register("digits", DataSetKind(lambda where, download: _raw_digits(), "bundled"))
+DATASETS.register("mnist", DataSetKind(lambda where, download: _raw_mnist(where, download)))  # type: ignore[arg-type]
+DATASETS.register("cifar100", DataSetKind(lambda where, download: _raw_cifar100(where, download)))  # type: ignore[arg-type]
+DATASETS.register("idx", DataSetKind(lambda where, download: _raw_idx(where), "spec"))  # type: ignore[arg-type]
+KNOWN_SPECS = tuple(DATASETS.get(n).spelling.format(name=n) for n in DATASETS.names())
+
+
 def _parse_spec(spec: str, root: Optional[Union[str, os.PathLike]]) -> tuple[str, Optional[Path]]:
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"data set spec {spec!r} is not a name: use one of {', '.join(KNOWN_SPECS)}.")
     s = spec.strip()
-    if s.startswith("idx:"):
-        d = root if root is not None else s[4:]
-        if not str(d):
-            raise InputError("data set spec 'idx:' names no directory: use idx:<dir>, e.g. idx:/data/mnist.")
-        return "idx", Path(d).expanduser().resolve()
+    for name in DATASETS.names():
+        if DATASETS.get(name).where == "spec" and s.startswith(f"{name}:"):
+            d = root if root is not None else s[len(name) + 1:]
+            if not str(d):
+                raise InputError(f"data set spec '{name}:' names no directory: use {name}:<dir>, e.g. {name}:/data/mnist.")
+            return name, Path(d).expanduser().resolve()
     kind = s.lower()
-    if kind not in ("digits", "mnist", "cifar100"):
+    if kind not in DATASETS.names() or DATASETS.get(kind).where == "spec":
         raise InputError(f"unknown data set {spec!r}: use one of {', '.join(KNOWN_SPECS)}.")
-    if kind == "digits":
+    if DATASETS.get(kind).where == "bundled":
         return kind, None
     return kind, Path(root).expanduser().resolve() if root is not None else default_data_root()
 
 
 def _load(spec: str, root: Optional[Union[str, os.PathLike]], download: bool, normalization: Optional[Mapping[str, Any]]) -> tuple[_Raw, Records]:
     kind, where = _parse_spec(spec, root)
-    if kind == "digits":
-        raw = _raw_digits()
-    elif kind == "mnist":
-        raw = _raw_mnist(where, download)  # type: ignore[arg-type]
-    elif kind == "cifar100":
-        raw = _raw_cifar100(where, download)  # type: ignore[arg-type]
-    else:
-        raw = _raw_idx(where)  # type: ignore[arg-type]
+    raw = DATASETS.get(kind).load(where, download)
     parts = {p["name"]: (int(p["start"]), int(p["stop"])) for p in raw.parts}
     if normalization is None:
         ref = raw.images[slice(*parts[raw.predefined["train"]])] if raw.predefined else raw.images

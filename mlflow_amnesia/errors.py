@@ -7,7 +7,13 @@ the CLI prints it without a traceback and exits non-zero.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Sequence
+
+
+def fmt_steps(steps: Sequence[int], limit: int = 20) -> str:
+    """``1, 2, 3 (and 7 more)``: step numbers for a one-line message."""
+    shown = ", ".join(str(s) for s in steps[:limit])
+    return shown + (f" (and {len(steps) - limit} more)" if len(steps) > limit else "")
 
 
 class AmnesiaError(Exception):
@@ -24,6 +30,30 @@ class ChunkCorruptedError(StoreError):
 
 class ManifestFormatError(StoreError):
     """A manifest is unreadable or of a format this version does not understand."""
+
+
+class UnknownStepsError(StoreError):
+    """Some requested steps were never recorded in this store; ``.steps`` lists them."""
+
+    def __init__(self, steps: Sequence[int], url: str) -> None:
+        self.steps = sorted(steps)
+        super().__init__(
+            f"{len(self.steps)} step(s) are not in the delta store {url}: {fmt_steps(self.steps)}. "
+            "They were never recorded (or the writer crashed before committing them); check that the "
+            "record index and this store come from the same training run."
+        )
+
+
+class PurgedStepsError(StoreError):
+    """Some requested steps were purged: their deltas no longer exist; ``.steps`` lists them."""
+
+    def __init__(self, steps: Sequence[int], url: str) -> None:
+        self.steps = sorted(steps)
+        super().__init__(
+            f"{len(self.steps)} step(s) of the delta store {url} were purged and their deltas deleted: "
+            f"{fmt_steps(self.steps)}. They cannot be rolled back; leave them out (a model version "
+            "that already rolled them back does not need them) or retrain."
+        )
 
 
 class IndexFormatError(AmnesiaError):

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .errors import IndexFormatError, InputError, ManifestFormatError, PurgedVersionError  # noqa: F401 - re-exported
+from .keys import HASH_BYTES, hash_rows, no_hashes
 
 FLAVOR_NAME = "mlflow_amnesia"
 FORMAT_VERSION = 1
@@ -161,7 +162,7 @@ class AmnesiaModel:
     info: dict
     segments: list[Segment]
     rolled_back: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    forgotten: np.ndarray = field(default_factory=lambda: np.zeros((0, 16), np.uint8))
+    forgotten: np.ndarray = field(default_factory=no_hashes)
 
     @property
     def total_steps(self) -> int:
@@ -232,7 +233,7 @@ def save_model(
         (d / "manifest.json").write_bytes(seg.manifest)
         (d / "record_index.bin").write_bytes(seg.index)
     np.save(data / _ROLLED_BACK, np.asarray(amnesia_model.rolled_back, dtype=np.int64), allow_pickle=False)
-    np.save(data / _FORGOTTEN, np.asarray(amnesia_model.forgotten, dtype=np.uint8).reshape(-1, 16), allow_pickle=False)
+    np.save(data / _FORGOTTEN, hash_rows(amnesia_model.forgotten), allow_pickle=False)
 
     if mlflow_model is None:
         mlflow_model = Model()
@@ -542,10 +543,10 @@ def read_rolled_back(raw: Optional[bytes], where: str, segments: Iterable[Any]) 
 def read_forgotten(raw: Optional[bytes], where: str) -> np.ndarray:
     """``data/forgotten.npy``: ``(n, 16)`` uint8 keyed hashes. None (no file): nothing forgotten."""
     if raw is None:
-        return np.zeros((0, 16), np.uint8)
+        return no_hashes()
     a, shape = _read_npy(raw, where, "u", 1)
-    if len(shape) != 2 or shape[1] != 16:
-        raise _damaged(where, f"holds uint8 of shape {shape}, not (n, 16) keyed record hashes")
+    if len(shape) != 2 or shape[1] != HASH_BYTES:
+        raise _damaged(where, f"holds uint8 of shape {shape}, not (n, {HASH_BYTES}) keyed record hashes")
     return a
 
 

@@ -25,6 +25,7 @@ from .concurrency import children_of, check_forkable, one_forget_per_model, regi
 from .errors import AmnesiaError, InputError, ManifestFormatError, StoreError
 from .flavor import AmnesiaModel, load_model, log_model
 from .progress import info as say
+from .tags import TAG_FLAVOR_FORMAT, TAG_N_RECORDS_TOTAL, TAG_PLAN, TAG_PURGED, TAG_ROLE
 
 if TYPE_CHECKING:
     import torch
@@ -32,9 +33,6 @@ if TYPE_CHECKING:
     from .purge import PurgeResult
 
 DEFAULT_MAX_STEP_SHARE = 0.01  # the paper: rolling back more than ~1% of batches costs accuracy
-#: Run tag of a forget run, set before registering: what the description of its version needs
-#: (counts and the method's summary; never ids), so a re-run can write it after a kill.
-TAG_PLAN = "amnesia.forget_plan"
 
 
 def check_step_share(value: float) -> float:
@@ -143,7 +141,7 @@ def plan_forget(
     in ``plan.completes`` and ``mv``/model are the child's: :func:`forget` completes it.
     """
     from .data import class_records, rebuild
-    from .keys import hash_ids, hash_request, load_key_for
+    from .keys import hash_ids, hash_request, hashes_in, load_key_for
     from .unlearn import get_method
 
     get_method(method)  # unknown method: fail before any work
@@ -184,10 +182,9 @@ def plan_forget(
         wanted = list(dict.fromkeys(wanted + [str(records.ids[i]) for i in pos]))
 
     hashes = hash_ids(wanted, key)
-    hv = np.ascontiguousarray(hashes).view("V16").ravel()
-    already = np.isin(hv, np.ascontiguousarray(am.forgotten, dtype=np.uint8).view("V16").ravel())
+    already = hashes_in(hashes, am.forgotten)
     if refusal is not None or already.all():
-        if _same_request(mv, am, wanted, hv, already, key):
+        if _same_request(mv, am, wanted, hashes, already, key):
             plan = registered_plan(mv)
             plan.refusal = refusal or (f"all {len(wanted)} record(s) were already forgotten along the lineage of "
                                        f"{model_name} v{mv.version}; nothing to do")
@@ -239,18 +236,18 @@ def _unfinished_child(mv):
         return None
 
 
-def _same_request(mv, am: AmnesiaModel, wanted: list[str], hv: np.ndarray, already: np.ndarray, key: bytes) -> bool:
+def _same_request(mv, am: AmnesiaModel, wanted: list[str], hashes: np.ndarray, already: np.ndarray, key: bytes) -> bool:
     """Whether ``mv`` is the child a forget of ``wanted`` registered: every id is forgotten in it,
     and those its own request forgot (the last ``amnesia.n_records`` hashes) hash to its
     ``amnesia.forget_request`` tag (a keyed hash: the ids themselves are stored nowhere)."""
-    from .keys import hash_request
+    from .keys import hash_request, hashes_in
 
     t = mv.tags or {}
     n = int(t.get(registry.TAG_N_RECORDS, 0) or 0)
     if not t.get(registry.TAG_REQUEST) or registry.TAG_PARENT not in t or n <= 0 or not already.all():
         return False
-    own = np.ascontiguousarray(am.forgotten[len(am.forgotten) - n:], dtype=np.uint8).view("V16").ravel()
-    mine = [w for w, m in zip(wanted, np.isin(hv, own)) if m]
+    own = am.forgotten[len(am.forgotten) - n:]
+    mine = [w for w, m in zip(wanted, hashes_in(hashes, own)) if m]
     return bool(mine) and hash_request(mine, key) == t[registry.TAG_REQUEST]
 
 
@@ -327,6 +324,7 @@ def forget(
 
     from .audit import forgotten_positions, full_audit
     from .data import Split, rebuild
+    from .keys import hash_rows
     from .locations import phase_base, start_run
     from .tracking import check_tracking_store
     from .unlearn import ForgetContext, get_method
@@ -375,7 +373,7 @@ def forget(
         mlflow.log_params({"model_name": model_name, "parent_version": mv.version, "method": method,
                            "repair": repair, "repair_epochs": repair_epochs, "n_records": plan.n_records,
                            "max_step_share": max_step_share, "epochs": method_epochs or "", "copies": copies})
-        mlflow.set_tags({"amnesia.role": "forget", registry.TAG_REQUEST: plan.request_hash})
+        mlflow.set_tags({TAG_ROLE: "forget", registry.TAG_REQUEST: plan.request_hash})
         if mv.model_id:
             mlflow.MlflowClient().log_inputs(run_id, models=[LoggedModelInput(mv.model_id)])
         child = AmnesiaModel(module=copy.deepcopy(am.module), arch=am.arch, info=copy.deepcopy(am.info),
@@ -394,7 +392,7 @@ def forget(
         else:
             child.segments = list(am.segments) + result.new_segments
             child.rolled_back = np.union1d(am.rolled_back, result.rolled_back).astype(np.int64)
-        child.forgotten = np.concatenate([am.forgotten.reshape(-1, 16), target_hashes.reshape(-1, 16)])
+        child.forgotten = np.concatenate([hash_rows(am.forgotten), hash_rows(target_hashes)])
 
         recs = load_records()
         sp = Split.from_json(am.info["split"], recs)
@@ -425,7 +423,7 @@ def forget(
         new_mv = register_child(model_name, info.model_uri, parent=int(mv.version), run_id=run_id, tags={
             registry.TAG_METHOD: method, registry.TAG_N_RECORDS: plan.n_records,
             registry.TAG_STEPS: len(result.rolled_back), registry.TAG_REQUEST: plan.request_hash,
-            registry.TAG_REPAIR: repair, registry.TAG_FORMAT: "1", "amnesia.n_records_total": len(child.forgotten),
+            registry.TAG_REPAIR: repair, TAG_FLAVOR_FORMAT: "1", TAG_N_RECORDS_TOTAL: len(child.forgotten),
         })
         new_version = int(new_mv.version)
     say(f"registered {model_name} version {new_version} (run {run_id}): {result.summary}")
@@ -450,8 +448,6 @@ def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: Optional[str], purge: 
 def registration_left(name: str, version: int, *, set_alias: Optional[str] = None, purge: bool = False) -> list[str]:
     """The steps after registration that ``version`` (a forget's child) still lacks, in order:
     ``description``, ``alias NAME``, ``superseded tag on vP``, ``purge of vP``. Reads only."""
-    from .purge import TAG_PURGED
-
     c = registry.client()
     mv = c.get_model_version(name, str(version))
     parent = str((mv.tags or {})[registry.TAG_PARENT])

@@ -187,6 +187,31 @@ def hash_ids(ids: Iterable[str], key: bytes) -> np.ndarray:
     return np.concatenate(chunks).reshape(-1, HASH_BYTES)
 
 
+def hash_rows(hashes: np.ndarray) -> np.ndarray:
+    """``hashes`` as an ``(n, HASH_BYTES)`` uint8 array (a flat or empty array reshaped)."""
+    return np.ascontiguousarray(hashes, dtype=np.uint8).reshape(-1, HASH_BYTES)
+
+
+def no_hashes() -> np.ndarray:
+    """An empty ``(0, HASH_BYTES)`` uint8 array: no record."""
+    return np.zeros((0, HASH_BYTES), np.uint8)
+
+
+def hash_keys(hashes: np.ndarray) -> np.ndarray:
+    """One opaque value per keyed hash (a ``V16`` array): what ``sort``, ``searchsorted`` and
+    ``isin`` compare, bytewise, without a Python object per record."""
+    return hash_rows(hashes).view(f"V{HASH_BYTES}").ravel()
+
+
+def hashes_in(hashes: np.ndarray, among: np.ndarray) -> np.ndarray:
+    """The keyed-hash membership test: for each row of ``hashes``, whether it is a row of ``among``.
+
+    Both are ``(n, HASH_BYTES)`` uint8 arrays (e.g. :func:`hash_ids` of a request against a
+    version's ``forgotten`` hashes); returns a bool array of ``len(hashes)``.
+    """
+    return np.isin(hash_keys(hashes), hash_keys(among))
+
+
 def hash_request(ids: Iterable[str], key: bytes) -> str:
     """A keyed fingerprint (64 hex chars) of a set of ids, for tagging a forget request.
 

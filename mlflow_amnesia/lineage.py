@@ -12,7 +12,7 @@ import io
 from typing import Optional
 
 from . import registry
-from .purge import TAG_PURGE_STARTED, TAG_PURGED
+from .tags import TAG_PURGE_STARTED, TAG_PURGED, TAG_STEPS_TOTAL
 
 _FIGURES = ("acc.test", "acc.retain", "acc.forget")
 # per node of the picture: the accuracy and the privacy figure a reader compares first
@@ -45,7 +45,7 @@ def lineage_rows(model_name: str, *, up_to: Optional[int] = None) -> list[dict]:
             "repair": t.get(registry.TAG_REPAIR),
             "n_records": int(t[registry.TAG_N_RECORDS]) if registry.TAG_N_RECORDS in t else 0,
             "steps_rolled_back": int(t[registry.TAG_STEPS]) if registry.TAG_STEPS in t else 0,
-            "steps_total": int(t["amnesia.steps_total"]) if "amnesia.steps_total" in t else None,
+            "steps_total": int(t[TAG_STEPS_TOTAL]) if TAG_STEPS_TOTAL in t else None,
             "forget_request": t.get(registry.TAG_REQUEST),
             "superseded_by": sup if up_to is None or sup is None or sup <= up_to else None,
             "aliases": held.get(int(mv.version), []) or list(getattr(mv, "aliases", []) or []),

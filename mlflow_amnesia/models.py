@@ -29,6 +29,7 @@ import inspect
 import json
 import os
 import re
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Callable, Iterable, Mapping, Optional, Union
 
@@ -36,21 +37,15 @@ import torch
 from torch import nn
 
 from .errors import InputError
+from .names import Registry
 
 ENTRY_POINT_GROUP = "mlflow_amnesia.architectures"
 ALLOWED_BUILDERS_ENV = "MLFLOW_AMNESIA_ALLOWED_BUILDERS"
 _BUILDER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
-ARCHS = ("resnet18", "cnn", "builder")
 STEMS = ("cifar", "imagenet")
 
-_KEYS: dict[str, tuple[frozenset[str], frozenset[str]]] = {  # arch -> (required, optional)
-    "resnet18": (frozenset({"arch", "stem", "in_channels", "num_classes"}), frozenset()),
-    "cnn": (frozenset({"arch", "in_channels", "num_classes", "image_size"}), frozenset()),
-    "builder": (frozenset({"arch", "builder"}), frozenset({"kwargs"})),
-}
-
-__all__ = ["ALLOWED_BUILDERS_ENV", "ARCHS", "ENTRY_POINT_GROUP", "SmallCNN", "allowed_builders", "build_model",
-           "check_builder", "default_arch_spec", "validate_spec"]
+__all__ = ["ALLOWED_BUILDERS_ENV", "ARCHITECTURES", "ARCHS", "ENTRY_POINT_GROUP", "ArchKind", "SmallCNN",
+           "allowed_builders", "build_model", "check_builder", "default_arch_spec", "validate_spec"]
 
 
 class SmallCNN(nn.Module):
@@ -106,9 +101,8 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as e:
         raise InputError(f"architecture spec {dict(spec)!r} is not JSON-serialisable ({e}); use plain numbers, strings, lists and dicts.") from None
     arch = plain.get("arch")
-    if arch not in _KEYS:
-        raise InputError(f"unknown architecture {arch!r}: use one of {', '.join(ARCHS)} (builder for your own).")
-    required, optional = _KEYS[arch]
+    kind = ARCHITECTURES.get(arch)
+    required, optional = kind.required, kind.optional
     missing, unknown = required - plain.keys(), plain.keys() - required - optional
     if missing or unknown:
         parts = ([f"missing {', '.join(sorted(missing))}"] if missing else []) + (
@@ -116,19 +110,28 @@ def validate_spec(spec: Any) -> dict[str, Any]:
         raise InputError(
             f"architecture spec {arch!r}: {'; '.join(parts)}. Its keys are {', '.join(sorted(required | optional))}."
         )
-    if arch in ("resnet18", "cnn"):
-        _positive_int(plain, "in_channels")
-        _positive_int(plain, "num_classes")
-    if arch == "resnet18" and plain["stem"] not in STEMS:
-        raise InputError(f"architecture spec 'resnet18': stem must be one of {', '.join(STEMS)}, got {plain['stem']!r}.")
-    if arch == "cnn":
-        _image_size(plain)
-    if arch == "builder":
-        if not isinstance(plain["builder"], str) or not plain["builder"].strip():
-            raise InputError(f"architecture spec 'builder': builder must be 'package.module:function' or an entry-point name, got {plain['builder']!r}.")
-        if not isinstance(plain.get("kwargs", {}), dict):
-            raise InputError(f"architecture spec 'builder': kwargs must be a JSON object, got {plain['kwargs']!r}.")
+    kind.check(plain)
     return plain
+
+
+def _check_resnet18(spec: dict[str, Any]) -> None:
+    _positive_int(spec, "in_channels")
+    _positive_int(spec, "num_classes")
+    if spec["stem"] not in STEMS:
+        raise InputError(f"architecture spec 'resnet18': stem must be one of {', '.join(STEMS)}, got {spec['stem']!r}.")
+
+
+def _check_cnn(spec: dict[str, Any]) -> None:
+    _positive_int(spec, "in_channels")
+    _positive_int(spec, "num_classes")
+    _image_size(spec)
+
+
+def _check_builder_spec(spec: dict[str, Any]) -> None:
+    if not isinstance(spec["builder"], str) or not spec["builder"].strip():
+        raise InputError(f"architecture spec 'builder': builder must be 'package.module:function' or an entry-point name, got {spec['builder']!r}.")
+    if not isinstance(spec.get("kwargs", {}), dict):
+        raise InputError(f"architecture spec 'builder': kwargs must be a JSON object, got {spec['kwargs']!r}.")
 
 
 def _resnet18(stem: str, in_channels: int, num_classes: int) -> nn.Module:
@@ -248,11 +251,11 @@ def state_shapes(spec: Mapping[str, Any]) -> Optional[dict[str, tuple[int, ...]]
 
 
 def _build(s: dict[str, Any]) -> nn.Module:
-    arch = s["arch"]
-    if arch == "resnet18":
-        return _resnet18(s["stem"], s["in_channels"], s["num_classes"])
-    if arch == "cnn":
-        return SmallCNN(s["in_channels"], s["num_classes"], _image_size(s))
+    return ARCHITECTURES.get(s["arch"]).build(s)
+
+
+def _build_from_builder(s: dict[str, Any]) -> nn.Module:
+    """The user's module: ``builder(**kwargs)``, the builder resolved as :func:`_resolve_builder` says."""
     fn = _resolve_builder(s["builder"])
     kwargs = s.get("kwargs", {})
     try:
@@ -265,6 +268,32 @@ def _build(s: dict[str, Any]) -> nn.Module:
     if not isinstance(module, nn.Module):
         raise InputError(f"architecture builder {s['builder']!r} returned {type(module).__name__}, not a torch.nn.Module.")
     return module
+
+
+@dataclass(frozen=True)
+class ArchKind:
+    """One value of a spec's ``"arch"``: its keys, the check of their values, and the build."""
+
+    required: frozenset[str]
+    optional: frozenset[str]
+    check: Callable[[dict[str, Any]], None]
+    build: Callable[[dict[str, Any]], nn.Module]
+
+
+#: The architectures a spec may name. ``builder`` is the user's own code, resolved and allowed
+#: only as :func:`check_builder` and :func:`_resolve_builder` say (entry points of
+#: :data:`ENTRY_POINT_GROUP` are builders, not entries of this registry).
+ARCHITECTURES: Registry[ArchKind] = Registry(
+    "architecture", unknown="unknown architecture {name!r}: use one of {choices} (builder for your own).")
+ARCHITECTURES.register("resnet18", ArchKind(
+    frozenset({"arch", "stem", "in_channels", "num_classes"}), frozenset(), _check_resnet18,
+    lambda s: _resnet18(s["stem"], s["in_channels"], s["num_classes"])))
+ARCHITECTURES.register("cnn", ArchKind(
+    frozenset({"arch", "in_channels", "num_classes", "image_size"}), frozenset(), _check_cnn,
+    lambda s: SmallCNN(s["in_channels"], s["num_classes"], _image_size(s))))
+ARCHITECTURES.register("builder", ArchKind(
+    frozenset({"arch", "builder"}), frozenset({"kwargs"}), _check_builder_spec, _build_from_builder))
+ARCHS = ARCHITECTURES.names()
 
 
 def default_arch_spec(arch: str, records: Any) -> dict[str, Any]:

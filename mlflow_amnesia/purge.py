@@ -48,12 +48,11 @@ import numpy as np
 
 from . import registry
 from .errors import InputError, StoreError
+from .keys import hashes_in
 from .flavor import TOMBSTONE, read_forgotten, read_info, read_rolled_back, read_tombstone
 from .progress import info as say
 from .store.delta_store import url_to_fs
-
-TAG_PURGED = "amnesia.purged"  # ISO time the purge completed, and what it deleted
-TAG_PURGE_STARTED = "amnesia.purge_started"  # ISO time a purge began (stays after it completes)
+from .tags import TAG_PURGE_STARTED, TAG_PURGED
 
 #: Artifacts of a purged version that are kept: lineage metadata, no record content. A path
 #: ending in "/" keeps the whole folder. Everything else in the version is deleted.
@@ -399,9 +398,7 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
     v, t = int(mv.version), mv.tags or {}
     child_v = _superseded_by(reg, mv)
     p, child = reg.amnesia(v), reg.amnesia(child_v)
-    had = np.ascontiguousarray(p.forgotten()).view("V16").ravel()
-    now = np.ascontiguousarray(child.forgotten()).view("V16").ravel()
-    removed = child.forgotten()[~np.isin(now, had)]
+    removed = child.forgotten()[~hashes_in(child.forgotten(), p.forgotten())]
     steps: dict[str, set[int]] = {}
     for m in [child, p] + [reg.amnesia(a) for a in _ancestors(p, reg)]:
         for url, st in reg.steps_that_saw(m, removed).items():

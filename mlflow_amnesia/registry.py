@@ -1,8 +1,7 @@
 """Model versions: resolving them, lineage tags, descriptions, aliases.
 
-Tag names are a contract (other features and users' dashboards read them):
-``amnesia.parent_version``, ``amnesia.method``, ``amnesia.n_records``,
-``amnesia.steps_rolled_back``, ``amnesia.forget_request``, ``amnesia.superseded_by``.
+Tag names are a contract (other features and users' dashboards read them): every one is a
+constant of :mod:`mlflow_amnesia.tags`, re-exported here as ``registry.TAG_*``.
 
 A version's description is what a privacy officer reads on its page in the MLflow UI (which
 renders it as markdown): the job's summary, a line of links (parent version, source run), the
@@ -18,15 +17,16 @@ from urllib.parse import quote
 
 from .errors import InputError
 from .progress import info as say
-
-TAG_PARENT = "amnesia.parent_version"
-TAG_METHOD = "amnesia.method"
-TAG_N_RECORDS = "amnesia.n_records"
-TAG_STEPS = "amnesia.steps_rolled_back"
-TAG_REQUEST = "amnesia.forget_request"
-TAG_SUPERSEDED = "amnesia.superseded_by"
-TAG_REPAIR = "amnesia.repair"
-TAG_FORMAT = "amnesia.flavor"
+from .tags import (  # noqa: F401 - re-exported: registry.TAG_* is how callers have named them
+    TAG_FLAVOR_FORMAT,
+    TAG_METHOD,
+    TAG_N_RECORDS,
+    TAG_PARENT,
+    TAG_REPAIR,
+    TAG_REQUEST,
+    TAG_STEPS,
+    TAG_SUPERSEDED,
+)
 
 HEADLINE_METRICS = (
     "acc.test", "acc.retain", "acc.forget", "loss.forget",

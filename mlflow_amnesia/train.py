@@ -18,6 +18,7 @@ from .audit import full_audit
 from .flavor import AmnesiaModel, log_model
 from .locations import log_params_once, phase_base, save_array, save_state, start_run
 from .progress import info as say
+from .tags import TAG_ARCH, TAG_CODEC, TAG_DATASET, TAG_FLAVOR_FORMAT, TAG_MODEL_NAME, TAG_ROLE, TAG_STEPS_TOTAL, TAG_STORE
 from .training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
 
 
@@ -102,8 +103,7 @@ def train(
             "store_uri": store_uri or "", "model_name": model_name, "n_train": len(train_idx),
             "n_holdout": len(hold_idx),
         })
-        mlflow.set_tags({"amnesia.role": "train", "amnesia.store": store_url, "amnesia.codec": codec,
-                         "amnesia.model_name": model_name})
+        mlflow.set_tags({TAG_ROLE: "train", TAG_STORE: store_url, TAG_CODEC: codec, TAG_MODEL_NAME: model_name})
         n_params = sum(p.numel() for p in model.parameters())
         say(f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
             f"{len(hold_idx)} held out; recording every step to {store_url} (codec {codec})")
@@ -159,8 +159,8 @@ def train(
         # leaves an unregistered run; re-running train starts afresh with a new run and store.
         info = log_model(am, name="model")
         mv = mlflow.register_model(info.model_uri, model_name, tags={
-            registry.TAG_METHOD: "train", registry.TAG_FORMAT: "1", "amnesia.steps_total": str(steps),
-            "amnesia.codec": codec, "amnesia.dataset": dataset, "amnesia.arch": arch})
+            registry.TAG_METHOD: "train", TAG_FLAVOR_FORMAT: "1", TAG_STEPS_TOTAL: str(steps),
+            TAG_CODEC: codec, TAG_DATASET: dataset, TAG_ARCH: arch})
         version = int(mv.version)
         registry.annotate_version(
             mv, tags={},

@@ -17,15 +17,12 @@ from ..training import evaluate
 
 def forgotten_positions(records, train_idx: np.ndarray, forgotten: np.ndarray, key: bytes) -> np.ndarray:
     """Positions (into ``records``) of training records whose keyed hash is in ``forgotten``."""
-    from ..keys import hash_ids
+    from ..keys import hash_ids, hashes_in
 
     if len(forgotten) == 0:
         return np.zeros(0, np.int64)
     train_idx = np.asarray(train_idx, dtype=np.int64)
-    h = hash_ids([records.ids[i] for i in train_idx], key)
-    hv = np.ascontiguousarray(h).view("V16").ravel()
-    fv = np.ascontiguousarray(forgotten, dtype=np.uint8).view("V16").ravel()
-    return train_idx[np.isin(hv, fv)]
+    return train_idx[hashes_in(hash_ids([records.ids[i] for i in train_idx], key), forgotten)]
 
 
 def accuracy_metrics(module, records, train_idx, holdout_idx, forget_idx) -> dict[str, float]:

@@ -27,9 +27,10 @@ import numpy as np
 from ..errors import InputError
 from ..progress import info as say
 from ..registry import filter_literal
+from ..tags import TAG_SHADOW_KEY
 
 SHADOW_EXPERIMENT = "mlflow-amnesia-shadows"
-SHADOW_TAG = "amnesia.shadow_key"
+SHADOW_TAG = TAG_SHADOW_KEY
 
 
 @dataclass

@@ -32,8 +32,10 @@ import torch
 import zstandard
 
 from mlflow_amnesia.errors import ChunkCorruptedError, InputError
+from mlflow_amnesia.names import Registry
 
 __all__ = [
+    "CODECS",
     "Codec",
     "CODEC_NAMES",
     "DEFAULT_CODEC",
@@ -367,17 +369,18 @@ class ZstdCodec(Codec):
         return prep[s:e]
 
 
-_CODECS: dict[str, type[Codec]] = {c.name: c for c in (F32Codec, BF16Codec, Int8Codec, ZstdCodec)}
-CODEC_NAMES: tuple[str, ...] = tuple(_CODECS)
+#: Every codec by name (``DeltaStore.create(codec=...)``, ``train --codec``); names are case-insensitive.
+CODECS: Registry[type[Codec]] = Registry("codec", normalize=lambda n: n.strip().lower())
+for _cls in (F32Codec, BF16Codec, Int8Codec, ZstdCodec):
+    CODECS.register(_cls.name, _cls)
+CODEC_NAMES: tuple[str, ...] = CODECS.names()
 
 
 def get_codec(name: str | Codec, *, level: int | None = None) -> Codec:
     """The codec called ``name`` (``f32``, ``bf16``, ``int8``, ``zstd``); a Codec passes through."""
     if isinstance(name, Codec):
         return name
-    cls = _CODECS.get(str(name).strip().lower()) if isinstance(name, str) else None
-    if cls is None:
-        raise InputError(f"unknown codec {name!r}; choose one of {', '.join(CODEC_NAMES)}")
+    cls = CODECS.get(name)
     return cls(DEFAULT_LEVEL if level is None else level)
 
 

@@ -58,7 +58,15 @@ import numpy as np
 import torch
 from fsspec.implementations.local import LocalFileSystem
 
-from mlflow_amnesia.errors import ChunkCorruptedError, InputError, ManifestFormatError, StoreError
+from mlflow_amnesia.errors import (
+    ChunkCorruptedError,
+    InputError,
+    ManifestFormatError,
+    PurgedStepsError,
+    StoreError,
+    UnknownStepsError,
+)
+from mlflow_amnesia.errors import fmt_steps as _fmt_steps
 from mlflow_amnesia.progress import Progress
 from mlflow_amnesia.store.codecs import DEFAULT_CODEC, Codec, codec_from_spec, get_codec
 
@@ -101,37 +109,8 @@ _GROUP_MAX = 4
 _GROUP_BYTES = 48 << 20
 
 
-class UnknownStepsError(StoreError):
-    """Some requested steps were never recorded in this store; ``.steps`` lists them."""
-
-    def __init__(self, steps: Sequence[int], url: str) -> None:
-        self.steps = sorted(steps)
-        super().__init__(
-            f"{len(self.steps)} step(s) are not in the delta store {url}: {_fmt_steps(self.steps)}. "
-            "They were never recorded (or the writer crashed before committing them); check that the "
-            "record index and this store come from the same training run."
-        )
-
-
-class PurgedStepsError(StoreError):
-    """Some requested steps were purged: their deltas no longer exist; ``.steps`` lists them."""
-
-    def __init__(self, steps: Sequence[int], url: str) -> None:
-        self.steps = sorted(steps)
-        super().__init__(
-            f"{len(self.steps)} step(s) of the delta store {url} were purged and their deltas deleted: "
-            f"{_fmt_steps(self.steps)}. They cannot be rolled back; leave them out (a model version "
-            "that already rolled them back does not need them) or retrain."
-        )
-
-
 _LEFTOVER = ("the step was purged but this chunk file is still on disk, holding its delta (a purge was stopped before "
              "deleting it): re-run the same `mlflow-amnesia purge` command to finish the purge")
-
-
-def _fmt_steps(steps: Sequence[int], limit: int = 20) -> str:
-    shown = ", ".join(str(s) for s in steps[:limit])
-    return shown + (f" (and {len(steps) - limit} more)" if len(steps) > limit else "")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,14 +20,14 @@ with momentum 0.1), the rest stream through the store's sum; BatchNorm with ``mo
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..flavor import AmnesiaModel
-from .base import ForgetContext, MethodResult, UnlearningMethod, check_repair, register_method
+from .base import REPAIRS, ForgetContext, MethodResult, Repair, RepairResult, UnlearningMethod, check_repair, register_method
 from .common import training_data
 
 
@@ -133,9 +133,69 @@ def subtract(module: torch.nn.Module, sums: dict[str, np.ndarray], n_steps: int)
                 t.sub_(n_steps).clamp_(min=0)
 
 
+class NoRepair(Repair):
+    """``--repair none``: the rolled-back model as it is."""
+
+    name = "none"
+    needs_data = False
+
+    def run(self, ctx: ForgetContext, data: Any, prepared: Any) -> RepairResult:
+        return RepairResult()
+
+
+class FinetuneRepair(Repair):
+    """``--repair finetune``: train ``repair_epochs`` on the retained records (a new ``repair`` segment)."""
+
+    name = "finetune"
+
+    def check(self, ctx: ForgetContext) -> None:
+        if _repair_epochs(ctx) < 1:
+            raise InputError("--repair-epochs must be >= 1")
+
+    def run(self, ctx: ForgetContext, data: Any, prepared: Any) -> RepairResult:
+        from .finetune import finetune_retained
+
+        epochs = _repair_epochs(ctx)
+        seg, secs = finetune_retained(ctx, data, epochs=epochs, role="repair", lr=ctx.options.get("repair_lr"))
+        return RepairResult([seg], {"repair.seconds": secs, "repair.steps": float(seg.n_steps)},
+                            f", then fine-tuned {epochs} epoch(s) on the retained records")
+
+
+class ReplayRepair(Repair):
+    """``--repair replay``: re-run only the rolled-back steps on their batches minus the forgotten
+    records (a new ``replay`` segment; see :mod:`.replay`), planned before the rollback."""
+
+    name = "replay"
+
+    def prepare(self, ctx: ForgetContext, data: Any) -> Any:
+        from .replay import plan_replay
+
+        return plan_replay(ctx.model, ctx.steps, data, ctx.key)
+
+    def run(self, ctx: ForgetContext, data: Any, prepared: Any) -> RepairResult:
+        from .replay import replay
+
+        plan = prepared
+        seg, secs = replay(ctx, data, plan, lr=ctx.options.get("repair_lr"))
+        ctx.epoch_done(1)  # the replay is one pass over the rolled-back batches
+        return RepairResult([seg] if seg is not None else [],
+                            {"repair.seconds": secs, "repair.steps": float(len(plan.batches)),
+                             "repair.skipped": float(len(plan.skipped))},
+                            f", then replayed {len(plan.batches)} of them without the forgotten records "
+                            f"({len(plan.skipped)} left empty, skipped)")
+
+
+for _repair in (NoRepair(), FinetuneRepair(), ReplayRepair()):
+    REPAIRS.register(_repair.name, _repair)
+
+
+def _repair_epochs(ctx: ForgetContext) -> int:
+    return int(ctx.options.get("repair_epochs") or 1)
+
+
 @register_method
 class Amnesiac(UnlearningMethod):
-    """Roll back the steps that saw the records, then optionally repair:
+    """Roll back the steps that saw the records, then optionally repair (:data:`REPAIRS`):
 
     * ``repair=finetune``: train ``repair_epochs`` on the retained records (a new ``repair`` segment);
     * ``repair=replay``: re-run only the rolled-back steps on their batches minus the forgotten
@@ -151,37 +211,19 @@ class Amnesiac(UnlearningMethod):
     rolls_back = True
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
-        from .finetune import finetune_retained
-        from .replay import plan_replay, replay
-
-        repair = check_repair(ctx.options.get("repair"))
-        repair_epochs = int(ctx.options.get("repair_epochs") or 1)
-        if repair == "finetune" and repair_epochs < 1:
-            raise InputError("--repair-epochs must be >= 1")
-        data = training_data(ctx, f"--repair {repair}") if repair != "none" else None
-        plan = plan_replay(ctx.model, ctx.steps, data, ctx.key) if repair == "replay" else None
+        name = check_repair(ctx.options.get("repair"))
+        repair = REPAIRS.get(name)
+        repair.check(ctx)
+        data = training_data(ctx, f"--repair {name}") if repair.needs_data else None
+        prepared = repair.prepare(ctx, data)
 
         t0 = time.monotonic()
         sums, one_by_one = rollback_sums(ctx.model, ctx.steps, ctx.key)
         subtract(ctx.model.module, sums, len(ctx.steps))
         metrics = {"unlearn.seconds": time.monotonic() - t0, "unlearn.steps": float(len(ctx.steps)),
                    "unlearn.steps_read_one_by_one": float(one_by_one)}
-        summary = f"rolled back {len(ctx.steps)} steps"
         ctx.epoch_done(0)
-        segments = []
-        lr = ctx.options.get("repair_lr")
-        if repair == "finetune":
-            seg, secs = finetune_retained(ctx, data, epochs=repair_epochs, role="repair", lr=lr)
-            segments.append(seg)
-            metrics.update({"repair.seconds": secs, "repair.steps": float(seg.n_steps)})
-            summary += f", then fine-tuned {repair_epochs} epoch(s) on the retained records"
-        elif repair == "replay":
-            seg, secs = replay(ctx, data, plan, lr=lr)
-            if seg is not None:
-                segments.append(seg)
-            ctx.epoch_done(1)  # the replay is one pass over the rolled-back batches
-            metrics.update({"repair.seconds": secs, "repair.steps": float(len(plan.batches)),
-                            "repair.skipped": float(len(plan.skipped))})
-            summary += (f", then replayed {len(plan.batches)} of them without the forgotten records "
-                        f"({len(plan.skipped)} left empty, skipped)")
-        return MethodResult(rolled_back=np.asarray(ctx.steps, np.int64), new_segments=segments, metrics=metrics, summary=summary)
+        done = repair.run(ctx, data, prepared)
+        metrics.update(done.metrics)
+        return MethodResult(rolled_back=np.asarray(ctx.steps, np.int64), new_segments=done.segments, metrics=metrics,
+                            summary=f"rolled back {len(ctx.steps)} steps" + done.summary)

@@ -14,15 +14,15 @@ from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
-from ..errors import InputError
 from ..flavor import AmnesiaModel, Segment
+from ..names import Registry
 
 
 @dataclass
 class ForgetContext:
     model: AmnesiaModel  # a private copy of the parent: methods modify it in place
     key: bytes
-    target_hashes: np.ndarray  # (n, 16) keyed hashes of the records to forget now
+    target_hashes: np.ndarray  # (n, keys.HASH_BYTES) keyed hashes of the records to forget now
     steps: np.ndarray  # steps that saw them and are not rolled back yet (sorted int64)
     load_records: Callable[[], Any]  # rebuilds the training data on demand (lazy: rollback needs none)
     phase_base: Callable[[], str]  # base URL for a new recorded phase of this forget run
@@ -70,31 +70,61 @@ class UnlearningMethod(abc.ABC):
         ...
 
 
-_METHODS: dict[str, type[UnlearningMethod]] = {}
+#: Every ``forget --method NAME``: each method module registers its class here (``@register_method``).
+METHODS: Registry[type[UnlearningMethod]] = Registry(
+    "unlearning method", unknown="unknown unlearning method {name!r}; available: {choices}")
 
 
 def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:
-    """Class decorator: make a method available to ``forget --method NAME``."""
-    _METHODS[cls.name] = cls
+    """Class decorator: make a method available to ``forget --method NAME`` (a name taken is refused)."""
+    METHODS.register(cls.name, cls)
     return cls
 
 
 def available_methods() -> list[str]:
-    return sorted(_METHODS)
+    return sorted(METHODS.names())
 
 
 def get_method(name: str) -> UnlearningMethod:
-    try:
-        return _METHODS[name]()
-    except KeyError:
-        raise InputError(f"unknown unlearning method {name!r}; available: {', '.join(available_methods())}") from None
+    return METHODS.get(name)()
 
 
-REPAIRS = ("none", "finetune", "replay")
+class Repair(abc.ABC):
+    """What restores accuracy after an amnesiac rollback (``forget --repair NAME``).
+
+    :meth:`check` and :meth:`prepare` run before the rollback, so a repair that cannot run (bad
+    options, data that cannot be rebuilt, batches that cannot be planned) fails the forget with
+    nothing changed; :meth:`run` runs after it, on the rolled-back model.
+    """
+
+    name: ClassVar[str]
+    needs_data: ClassVar[bool] = True  # the retained training data is rebuilt for it
+
+    def check(self, ctx: ForgetContext) -> None:
+        """Refuse options this repair cannot run with (before anything is read)."""
+
+    def prepare(self, ctx: ForgetContext, data: Any) -> Any:
+        """What :meth:`run` needs, computed before the rollback (reads only)."""
+        return None
+
+    @abc.abstractmethod
+    def run(self, ctx: ForgetContext, data: Any, prepared: Any) -> "RepairResult":  # pragma: no cover - interface
+        ...
+
+
+@dataclass
+class RepairResult:
+    segments: list[Segment] = field(default_factory=list)  # recorded phases the repair trained
+    metrics: dict[str, float] = field(default_factory=dict)
+    summary: str = ""  # appended to the method's summary (", then ...")
+
+
+#: Every ``forget --repair NAME``; the amnesiac method registers ``none``, ``finetune``, ``replay``.
+REPAIRS: Registry[Repair] = Registry("repair", unknown="unknown repair {name!r}; available: {choices}")
 
 
 def check_repair(repair: Optional[str]) -> str:
+    """``repair`` (None: ``none``) if it names a registered repair, else InputError naming them."""
     r = repair or "none"
-    if r not in REPAIRS:
-        raise InputError(f"unknown repair {repair!r}; available: {', '.join(REPAIRS)}")
+    REPAIRS.get(r)
     return r

@@ -43,6 +43,7 @@ def training_data(ctx: ForgetContext, needed_by: str) -> TrainingData:
     """
     from ..audit import forgotten_positions
     from ..data import Split
+    from ..keys import hash_rows
 
     info = ctx.model.info
     missing = [k for k in ("dataset", "split", "recipe") if k not in info]
@@ -59,8 +60,7 @@ def training_data(ctx: ForgetContext, needed_by: str) -> TrainingData:
             f"{needed_by} trains on the model's training data, which cannot be rebuilt from what the version "
             f"recorded ({info['dataset'].get('spec')!r}): {e} {NO_DATA_HINT}"
         ) from None
-    every = np.concatenate([np.asarray(ctx.model.forgotten, np.uint8).reshape(-1, 16),
-                            np.asarray(ctx.target_hashes, np.uint8).reshape(-1, 16)])
+    every = np.concatenate([hash_rows(ctx.model.forgotten), hash_rows(ctx.target_hashes)])
     excluded = np.sort(forgotten_positions(records, sp.train, every, ctx.key))
     target = np.sort(forgotten_positions(records, sp.train, ctx.target_hashes, ctx.key))
     if len(target) != len(ctx.target_hashes):

@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
+from ..keys import hash_keys
 from ..flavor import AmnesiaModel, Segment
 from ..progress import info as say
 from .base import ForgetContext
@@ -49,17 +50,17 @@ class _TrainHashes:
     """Keyed hashes of the training records, by position and searchable (hashed once, lazily)."""
 
     def __init__(self, data: TrainingData, key: bytes) -> None:
-        from ..keys import hash_ids
+        from ..keys import hash_ids, hash_keys
 
         train = np.asarray(data.split.train, np.int64)
-        h = np.ascontiguousarray(hash_ids([data.records.ids[i] for i in train], key)).view("V16").ravel()
-        self.by_position = np.zeros(len(data.records), dtype="V16")
+        h = hash_keys(hash_ids([data.records.ids[i] for i in train], key))
+        self.by_position = np.zeros(len(data.records), dtype=h.dtype)
         self.by_position[train] = h
         order = np.argsort(h)
         self._sorted, self._positions = h[order], train[order]
 
     def positions(self, q: np.ndarray, step: int, role: str) -> np.ndarray:
-        """Sorted positions of the records with keyed hashes ``q`` (a V16 array)."""
+        """Sorted positions of the records with keyed hashes ``q`` (:func:`~mlflow_amnesia.keys.hash_keys`)."""
         i = np.searchsorted(self._sorted, q)
         ok = (i < len(self._sorted)) & (self._sorted[np.minimum(i, len(self._sorted) - 1)] == q)
         if not ok.all():
@@ -103,7 +104,7 @@ def plan_replay(model: AmnesiaModel, steps: np.ndarray, data: TrainingData, key:
         plan.sources[seg.role] = "batch order" if order is not None else "record index"
         per_epoch = math.ceil(order.shape[1] / bs) if order is not None else 0
         for s in mine.tolist():
-            want = np.ascontiguousarray(idx.records_in_step(s)).view("V16").ravel()
+            want = hash_keys(idx.records_in_step(s))
             if order is not None:
                 epoch, b = divmod(s - seg.first_step, per_epoch)
                 batch = order[epoch, b * bs : (b + 1) * bs]
