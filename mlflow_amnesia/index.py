@@ -565,7 +565,7 @@ class RecordIndex:
     @classmethod
     def load(cls, url: str, key: Optional[bytes] = None) -> "RecordIndex":
         """Read the index at ``url``; see :meth:`from_bytes` for the checks it makes."""
-        from .store.delta_store import url_to_fs
+        from .fs import url_to_fs
 
         fs, path = url_to_fs(url)
         try:
@@ -809,7 +809,7 @@ def _undo_row_delta(d: np.ndarray, indptr: np.ndarray, S: int, bad) -> np.ndarra
 
 
 def _write(url: str, data: bytes) -> None:
-    """Write the index whole (temp + fsync + rename locally, one PUT on object stores)."""
-    from .locations import write_bytes
+    """Write the index whole (temp + fsync + rename + directory fsync locally, one PUT on object stores)."""
+    from .fs import write_url
 
-    write_bytes(url, data)
+    write_url(url, data)

@@ -17,10 +17,9 @@ from urllib.parse import urlparse
 import fsspec
 import numpy as np
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from .errors import InputError
-from .store.delta_store import url_to_fs
+from .fs import url_to_fs, write_url
 
 _PROXY_SCHEMES = {"mlflow-artifacts", "runs", "models", "dbfs", "http", "https"}
 
@@ -38,31 +37,8 @@ def phase_base(artifact_uri: str, run_id: str, store_uri: str | None) -> str:
     return f"{artifact_uri.rstrip('/')}/amnesia"
 
 
-def write_bytes(url: str, data: bytes) -> None:
-    """Write ``data`` to ``url`` whole: readers see the old file or the new one, never a part.
-
-    Local disk: a temp file, fsync, rename. Object stores (``s3://``...): one PUT, which they
-    apply atomically; a temp object and a "move" would be a copy and a delete there, and
-    creating the "directory" would make s3fs create a bucket.
-    """
-    fs, path = url_to_fs(url)
-    if not isinstance(fs, LocalFileSystem):
-        try:
-            fs.pipe_file(path, bytes(data))
-        except (FileNotFoundError, PermissionError) as e:
-            raise InputError(f"cannot write {url}: {e!r}. Check that the bucket exists and is writable.") from e
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+#: Write ``data`` to ``url`` whole and durably (:func:`mlflow_amnesia.fs.write_url`).
+write_bytes = write_url
 
 
 def read_bytes(url: str) -> bytes:

@@ -51,7 +51,7 @@ from .errors import InputError, StoreError
 from .keys import hashes_in
 from .flavor import TOMBSTONE, read_forgotten, read_info, read_rolled_back, read_tombstone
 from .progress import info as say
-from .store.delta_store import url_to_fs
+from .fs import url_to_fs
 from .tags import TAG_PURGE_STARTED, TAG_PURGED
 
 #: Artifacts of a purged version that are kept: lineage metadata, no record content. A path

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlflow_amnesia import recorder as recorder_mod
+from mlflow_amnesia.recorder import recorder as recorder_mod
 from mlflow_amnesia.errors import InputError, StoreError
 from mlflow_amnesia.index import RecordIndexBuilder
 from mlflow_amnesia.keys import hash_ids, load_key

@@ -200,7 +200,7 @@ def test_a_frame_declaring_a_huge_size_is_refused_by_the_store_before_allocating
     from mlflow_amnesia.crypto import ChunkCipher
     from mlflow_amnesia.errors import ChunkCorruptedError
     from mlflow_amnesia.store import DeltaStore
-    from mlflow_amnesia.store.delta_store import _pack_chunk, _seal_chunk
+    from mlflow_amnesia.store.chunk import pack_chunk as _pack_chunk, seal_chunk as _seal_chunk
     import hashlib
 
     url, key = str(tmp_path / "s"), b"\x11" * 32

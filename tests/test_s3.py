@@ -208,7 +208,7 @@ def test_training_state_round_trips_with_single_puts(s3):
 
 
 def test_explicit_fsspec_endpoint_wins_over_mlflows(s3, monkeypatch):
-    from mlflow_amnesia.store.delta_store import url_to_fs
+    from mlflow_amnesia.fs import url_to_fs
 
     bucket, _, _ = s3
     fs, path = url_to_fs(f"s3://{bucket}/x", {"endpoint_url": "http://127.0.0.1:9"})

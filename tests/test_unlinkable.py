@@ -88,7 +88,8 @@ def test_no_artifact_holds_a_plaintext_delta_or_training_file(story):
     """Every chunk is a version-2 (sealed) chunk; no .pt but the registered weights loads; no .npy
     but the version's step list and forgotten hashes parses."""
     from mlflow_amnesia.errors import ChunkCorruptedError
-    from mlflow_amnesia.store import delta_store as ds
+    from mlflow_amnesia.store import chunk as ds
+    from mlflow_amnesia.store.manifest import FORMAT
 
     files = _artifact_files(story["base"])
     chunks = [p for p in files if p.parent.name == "chunks" and p.suffix == ".zst"]
@@ -98,7 +99,7 @@ def test_no_artifact_holds_a_plaintext_delta_or_training_file(story):
         data = p.read_bytes()
         assert ds._HEAD.unpack_from(data)[:2] == (ds._MAGIC, 2), p  # a sealed chunk, not a version-1 one
         with pytest.raises(ChunkCorruptedError, match="not a version-1 chunk"):
-            ds._unpack_chunk(data, 8)
+            ds.unpack_chunk(data, 8)
     for p in files:
         if p.suffix == ".pt" and p.name != "weights.pt":
             with pytest.raises(Exception):
@@ -107,7 +108,7 @@ def test_no_artifact_holds_a_plaintext_delta_or_training_file(story):
             with pytest.raises(Exception):
                 np.load(io.BytesIO(p.read_bytes()), allow_pickle=False)
     for p in files:  # the store manifests say how their chunks are sealed, under which key
-        if p.name == "manifest.json" and json.loads(p.read_text()).get("format") == ds.FORMAT:
+        if p.name == "manifest.json" and json.loads(p.read_text()).get("format") == FORMAT:
             m = json.loads(p.read_text())
             assert m["format_version"] == 2 and m["encryption"]["key_id"] == story["target"].info["key_id"]
 

@@ -153,7 +153,9 @@ def _messages(tree: ast.AST) -> list[tuple[int, str]]:
     return out
 
 
-@pytest.mark.parametrize("module", ["store/delta_store.py", "purge.py", "cli.py", "verify.py", "recorder.py"])
+@pytest.mark.parametrize("module", [  # where the messages of the store, purge, the CLI, verify and the recorder live
+    "store/delta_store.py", "store/manifest.py", "store/chunk.py", "purge.py", "cli.py", "verify.py",
+    "recorder/recorder.py", "recorder/staging.py", "recorder/ddp.py"])
 def test_messages_the_cli_prints_name_commands_not_python_calls(module):
     """What to run is a command and its flags (`mlflow-amnesia verify --model NAME`), never only a
     Python call that a user of the command line cannot make. Docstrings are for Python readers."""

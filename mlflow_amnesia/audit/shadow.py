@@ -47,6 +47,7 @@ from torch import nn
 
 from ..data import Records, Split, epoch_order
 from ..errors import InputError
+from ..fs import write_local
 from ..models import build_model, validate_spec
 from ..progress import Progress
 from ..training import Recipe, epoch_orders, make_optimizer, run_epochs
@@ -366,9 +367,8 @@ def _torch_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> str:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    """Write ``path`` whole and durably (:func:`mlflow_amnesia.fs.write_local`); its ``sha256:`` digest."""
+    write_local(path, data)
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 

@@ -33,42 +33,66 @@ Why this shape:
 
 One writer per store at a time (nothing locks an object store). Readers may open a store that
 is being written; they see the steps committed when they opened it.
+
+This module is the facade (writer threads, commit order, the read and sum scheduler, verify and
+purge); the manifest's format and checks are :mod:`.manifest`, a chunk file's bytes
+:mod:`.chunk`, file I/O :mod:`mlflow_amnesia.fs`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import datetime as _dt
 import hashlib
 import json
-import math
-import os
 import posixpath
 import queue
-import re
-import struct
 import threading
-import uuid
 from collections import deque
 from typing import Any, Iterable, Mapping, Sequence
 
-import fsspec
 import numpy as np
 import torch
-from fsspec.implementations.local import LocalFileSystem
 
 from mlflow_amnesia.errors import (
     ChunkCorruptedError,
     InputError,
-    ManifestFormatError,
     PurgedStepsError,
     StoreError,
     UnknownStepsError,
 )
 from mlflow_amnesia.errors import fmt_steps as _fmt_steps
+from mlflow_amnesia.fs import TMP_MARK, is_local, url_to_fs, write_file
 from mlflow_amnesia.progress import Progress
-from mlflow_amnesia.store.codecs import DEFAULT_CODEC, Codec, codec_from_spec, get_codec
+from mlflow_amnesia.store.chunk import (
+    CHUNK_RE,
+    MARKER_RE,
+    chunk_file,
+    marker_file,
+    pack_chunk,
+    seal_chunk,
+    unpack_chunk,
+    unseal_chunk,
+)
+from mlflow_amnesia.store.codecs import DEFAULT_CODEC, Codec, get_codec
+from mlflow_amnesia.store.manifest import (
+    CHUNKS,
+    DEFAULT_PART_BYTES,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    StepEntry,
+    TensorSpec,
+    check_chunks,
+    check_meta,
+    check_step,
+    dumps,
+    manifest_obj,
+    now,
+    parse_manifest,
+    partition,
+    read_manifest,
+)
 
 __all__ = [
     "DeltaStore",
@@ -83,26 +107,9 @@ __all__ = [
     "url_to_fs",
 ]
 
-FORMAT = "mlflow-amnesia/delta-store"
-#: Bumped when a reader of the previous version would misread a store. Newer ones are refused.
-#: 2: chunks sealed under the record key (manifest "encryption"); a store in clear stays 1.
-FORMAT_VERSION = 2
-_PLAIN_FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CHUNKS = "chunks"
-DEFAULT_PART_BYTES = 16 << 20
-
-_MAGIC = b"AMDC"  # chunk header: magic, u32 version, u32 frame count, u64 frame lengths
-_CHUNK_VERSION = 1
-# A sealed chunk: magic, u32 version 2, u32 0, then nonce + AES-GCM(version-1 chunk) + tag.
-_SEALED_CHUNK_VERSION = 2
-_HEAD = struct.Struct("<4sII")
-_CHUNK_RE = re.compile(r"^(\d+)\.(\d+)\.zst$")
-_MARKER_RE = re.compile(r"^(\d+)\.json$")
 # Fold markers into the manifest once this many are pending and at least half as many as the
 # manifest already holds: a crashed writer's reopen reads few markers, rewrites stay O(total).
 _CONSOLIDATE_MIN = 1000
-_FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
 # sum(): a work item adds up to _GROUP_MAX steps of one part slice by slice (the float64
 # accumulator is streamed once per group, not once per step), holding <= ~_GROUP_BYTES.
 _GROUP_MAX = 4
@@ -111,42 +118,6 @@ _GROUP_BYTES = 48 << 20
 
 _LEFTOVER = ("the step was purged but this chunk file is still on disk, holding its delta (a purge was stopped before "
              "deleting it): re-run the same `mlflow-amnesia purge` command to finish the purge")
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorSpec:
-    """One recorded tensor: its ``state_dict`` name, shape and the model's dtype."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str = "float32"
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
-
-    @classmethod
-    def parse(cls, obj: Any) -> "TensorSpec":
-        """From a TensorSpec or ``{"name", "shape", "dtype"}``; InputError when malformed."""
-        if isinstance(obj, TensorSpec):
-            return obj
-        if not isinstance(obj, Mapping) or not isinstance(obj.get("name"), str):
-            raise InputError(f"layout entry must be {{'name', 'shape', 'dtype'}}, got {obj!r}")
-        shape = obj.get("shape")
-        if not isinstance(shape, (list, tuple)) or not all(
-            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
-        ):
-            raise InputError(f"layout entry {obj['name']!r}: shape must be a list of non-negative ints, got {shape!r}")
-        dtype = str(obj.get("dtype", "float32")).removeprefix("torch.")
-        if dtype not in _FLOAT_DTYPES:
-            raise InputError(
-                f"layout entry {obj['name']!r}: dtype {dtype!r} is not a floating-point dtype "
-                f"({', '.join(sorted(_FLOAT_DTYPES))}); only float tensors are recorded"
-            )
-        return cls(obj["name"], tuple(shape), dtype)
 
 
 @dataclasses.dataclass
@@ -191,24 +162,6 @@ class StoreSize:
     steps: int
 
 
-class _Step:
-    """One committed step in memory (the manifest's step table entry)."""
-
-    __slots__ = ("step", "chunks", "meta", "purged_at")
-
-    def __init__(self, step: int, chunks: list[dict[str, Any]], meta: dict[str, Any], purged_at: str | None = None):
-        self.step, self.chunks, self.meta, self.purged_at = step, chunks, meta, purged_at
-
-    @property
-    def purged(self) -> bool:
-        return self.purged_at is not None
-
-    def to_json(self) -> dict[str, Any]:
-        if self.purged:
-            return {"step": self.step, "purged": True, "purged_at": self.purged_at, "meta": self.meta}
-        return {"step": self.step, "chunks": self.chunks, "meta": self.meta}
-
-
 class _Job:
     """A step in flight: its part futures, committed (marker written) in append order."""
 
@@ -216,73 +169,6 @@ class _Job:
 
     def __init__(self, step: int, meta: dict[str, Any], futures: list[cf.Future]):
         self.step, self.meta, self.futures = step, meta, futures
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _partition(layout: Sequence[TensorSpec], part_bytes: int) -> list[tuple[int, int]]:
-    """Greedy cut of the layout into [start, stop) tensor ranges of <= part_bytes float32."""
-    parts: list[tuple[int, int]] = []
-    start, size = 0, 0
-    for i, t in enumerate(layout):
-        b = 4 * t.numel
-        if i > start and size + b > part_bytes:
-            parts.append((start, i))
-            start, size = i, 0
-        size += b
-    if layout:
-        parts.append((start, len(layout)))
-    return parts
-
-
-def _pack_chunk(frames: Sequence[bytes]) -> bytes:
-    head = _HEAD.pack(_MAGIC, _CHUNK_VERSION, len(frames)) + struct.pack(f"<{len(frames)}Q", *map(len, frames))
-    return b"".join([head, *frames])
-
-
-def _unpack_chunk(data: bytes, n_frames: int) -> list[memoryview]:
-    """The frames of a chunk; ChunkCorruptedError (without a file name) when malformed."""
-    if len(data) < _HEAD.size:
-        raise ChunkCorruptedError(f"{len(data)} bytes is shorter than a chunk header")
-    magic, version, n = _HEAD.unpack_from(data)
-    if magic != _MAGIC or version != _CHUNK_VERSION:
-        raise ChunkCorruptedError(f"not a version-{_CHUNK_VERSION} chunk (header {magic!r} v{version})")
-    if n != n_frames:
-        raise ChunkCorruptedError(f"chunk holds {n} tensors, the layout expects {n_frames}")
-    off = _HEAD.size + 8 * n
-    lengths = struct.unpack_from(f"<{n}Q", data, _HEAD.size) if len(data) >= off else None
-    if lengths is None or off + sum(lengths) != len(data):
-        raise ChunkCorruptedError("chunk frame lengths do not add up to the file size")
-    mv = memoryview(data)
-    frames = []
-    for ln in lengths:
-        frames.append(mv[off : off + ln])
-        off += ln
-    return frames
-
-
-def _seal_chunk(cipher: Any, step: int, part: int, plain: bytes) -> bytes:
-    return _HEAD.pack(_MAGIC, _SEALED_CHUNK_VERSION, 0) + cipher.seal(step, part, plain)
-
-
-def _unseal_chunk(cipher: Any, step: int, part: int, data: bytes) -> bytes:
-    """The version-1 chunk inside a sealed one; ChunkCorruptedError (without a file name) when it is not one."""
-    from mlflow_amnesia.crypto import InvalidTag
-
-    if len(data) < _HEAD.size:
-        raise ChunkCorruptedError(f"{len(data)} bytes is shorter than a chunk header")
-    magic, version, _ = _HEAD.unpack_from(data)
-    if magic != _MAGIC or version != _SEALED_CHUNK_VERSION:
-        raise ChunkCorruptedError(f"not a sealed (version-{_SEALED_CHUNK_VERSION}) chunk (header {magic!r} v{version}), "
-                                  "but the store seals every chunk")
-    try:
-        return cipher.open(step, part, memoryview(data)[_HEAD.size:])
-    except InvalidTag:
-        raise ChunkCorruptedError(
-            "fails authentication under the store's key: it was altered, or swapped in from another step or store"
-        ) from None
 
 
 def _to_f32(name: str, value: Any, spec: TensorSpec, step: int) -> np.ndarray:
@@ -296,23 +182,6 @@ def _to_f32(name: str, value: Any, spec: TensorSpec, step: int) -> np.ndarray:
     if tuple(arr.shape) != spec.shape:
         raise InputError(f"step {step}: delta {name!r} has shape {tuple(arr.shape)}, the store's layout says {spec.shape}")
     return arr.reshape(-1)
-
-
-def _check_meta(meta: Any, what: str) -> dict[str, Any]:
-    if meta is None:
-        return {}
-    if not isinstance(meta, Mapping):
-        raise InputError(f"{what} must be a dict of JSON values, got {type(meta).__name__}")
-    try:
-        return json.loads(json.dumps(dict(meta), allow_nan=False))
-    except (TypeError, ValueError) as e:
-        raise InputError(f"{what} must hold only JSON values (str, number, bool, None, list, dict): {e}") from e
-
-
-def _check_step(step: Any) -> int:
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
-        raise InputError(f"step must be a non-negative int, got {step!r}")
-    return int(step)
 
 
 class DeltaStore:
@@ -372,10 +241,10 @@ class DeltaStore:
             )
         self._layout = specs
         self._codec = codec_obj
-        self._parts = _partition(specs, part_bytes)
+        self._parts = partition(specs, part_bytes)
         self._part_bytes = part_bytes
-        self._meta = _check_meta(meta, "store meta")
-        self._created = _now()
+        self._meta = check_meta(meta, "store meta")
+        self._created = now()
         if key is not None:
             from mlflow_amnesia import crypto
             from mlflow_amnesia.keys import check_key, key_id
@@ -425,7 +294,7 @@ class DeltaStore:
             raise InputError("a store opened with a copied manifest is read-only: use mode='r'")
         self = cls._new(url, threads=threads, max_pending=max_pending, storage_options=storage_options, writable=mode == "a")
         if manifest is not None:
-            self._load_manifest(_parse_manifest(manifest, "the manifest passed to DeltaStore.open"))
+            self._load_manifest(parse_manifest(manifest, "the manifest passed to DeltaStore.open"))
             self._use_key(key)
             return self
         listing = self._list_chunks()  # list before reading the manifest: see _fold_markers
@@ -435,7 +304,7 @@ class DeltaStore:
             raise StoreError(
                 f"no delta store at {url}: {MANIFEST} is missing. Check the URL (create one with DeltaStore.create)"
             ) from None
-        self._load_manifest(_parse_manifest(raw, self._path(MANIFEST)))
+        self._load_manifest(parse_manifest(raw, self._path(MANIFEST)))
         self._use_key(key)
         debris = self._fold_markers(listing)
         if mode == "a":
@@ -457,11 +326,11 @@ class DeltaStore:
         except (ImportError, ValueError) as e:
             raise StoreError(f"cannot open {url}: {e}. Install the fsspec package for this URL scheme") from e
         self._root = root.rstrip("/") or "/"
-        self._local = isinstance(self._fs, LocalFileSystem)
+        self._local = is_local(self._fs)
         self._threads = threads
         self._max_pending = max_pending
         self._writable = writable
-        self._steps: dict[int, _Step] = {}
+        self._steps: dict[int, StepEntry] = {}
         self._n_in_manifest = 0
         self._pending_markers: list[int] = []
         self.stats = StoreStats()
@@ -572,7 +441,7 @@ class DeltaStore:
         self._check_writable()
         self._raise_background_error()
         self._need_key()  # never a chunk in clear in a sealed store
-        step = _check_step(step)
+        step = check_step(step)
         if step <= self._last_step:
             what = "was already recorded" if step in self._steps or step == self._last_step else "is not after the last step"
             raise InputError(
@@ -590,7 +459,7 @@ class DeltaStore:
                 + (f"; missing: {', '.join(missing[:10])}" if missing else "")
                 + (f"; not in layout: {', '.join(map(str, extra[:10]))}" if extra else "")
             )
-        step_meta = _check_meta(meta, f"step {step} meta")
+        step_meta = check_meta(meta, f"step {step} meta")
         arrays = [_to_f32(t.name, delta[t.name], t, step) for t in self._layout]
         while not self._slots.acquire(timeout=0.5):
             self._raise_background_error()
@@ -682,10 +551,10 @@ class DeltaStore:
     def _write_part(self, step: int, part: int, arrays: list[np.ndarray]) -> dict[str, Any]:
         """Encode one part of a step and write its chunk file (pool thread)."""
         frames = [self._codec.encode(a) for a in arrays]
-        data = _pack_chunk(frames)
+        data = pack_chunk(frames)
         if self._cipher is not None:
-            data = _seal_chunk(self._cipher, step, part, data)
-        rel = f"{CHUNKS}/{step}.{part}.zst"
+            data = seal_chunk(self._cipher, step, part, data)
+        rel = chunk_file(step, part)
         self._put(self._path(rel), data, atomic=False)
         self.stats._add(chunks_written=1, bytes_written=len(data))
         return {
@@ -707,8 +576,8 @@ class DeltaStore:
                 with self._lock:
                     failed = self._error is not None
                 if not failed:  # after a failure nothing is committed: no gaps in the steps
-                    entry = _Step(job.step, chunks, job.meta)
-                    self._put(self._path(f"{CHUNKS}/{job.step}.json"), _dumps(entry.to_json()), atomic=True)
+                    entry = StepEntry(job.step, chunks, job.meta)
+                    self._put(self._path(marker_file(job.step)), dumps(entry.to_json()), atomic=True)
                     with self._lock:
                         self._steps[job.step] = entry
                         self._pending_markers.append(job.step)
@@ -727,20 +596,9 @@ class DeltaStore:
 
     def _manifest_obj(self) -> dict[str, Any]:
         with self._lock:
-            entries = [self._steps[s].to_json() for s in sorted(self._steps)]
-        sealed = {"encryption": dict(self._encryption)} if self._encryption is not None else {}
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION if self._encryption is not None else _PLAIN_FORMAT_VERSION,
-            **sealed,
-            "created": self._created,
-            "codec": self._codec.spec(),
-            "layout": [t.to_json() for t in self._layout],
-            "parts": [list(p) for p in self._parts],
-            "part_bytes": self._part_bytes,
-            "meta": self._meta,
-            "steps": entries,
-        }
+            entries = [self._steps[s] for s in sorted(self._steps)]
+        return manifest_obj(encryption=self._encryption, created=self._created, codec=self._codec, layout=self._layout,
+                            parts=self._parts, part_bytes=self._part_bytes, meta=self._meta, steps=entries)
 
     def manifest_bytes(self) -> bytes:
         """The consolidated manifest (JSON) listing every committed step; a writer flushes first.
@@ -749,12 +607,12 @@ class DeltaStore:
         """
         if self._writable and self._committer is not None and not self._closed:
             self.flush()
-        return _dumps(self._manifest_obj())
+        return dumps(self._manifest_obj())
 
     def _write_manifest(self) -> None:
         with self._lock:
             n = len(self._steps)
-        self._put(self._path(MANIFEST), _dumps(self._manifest_obj()), atomic=True)
+        self._put(self._path(MANIFEST), dumps(self._manifest_obj()), atomic=True)
         self._n_in_manifest = n
 
     def _consolidate(self) -> None:
@@ -765,49 +623,14 @@ class DeltaStore:
         done = set(covered)
         with self._lock:
             self._pending_markers = [s for s in self._pending_markers if s not in done]
-        self._rm([self._path(f"{CHUNKS}/{s}.json") for s in covered])
+        self._rm([self._path(marker_file(s)) for s in covered])
 
     def _load_manifest(self, m: dict[str, Any]) -> None:
-        where = f"the manifest of {self.url}"
-        try:
-            self._codec = codec_from_spec(m["codec"])
-            self._layout = [TensorSpec.parse(t) for t in m["layout"]]
-            self._parts = [(int(a), int(b)) for a, b in m["parts"]]
-            self._part_bytes = int(m.get("part_bytes", DEFAULT_PART_BYTES))
-            self._meta = dict(m.get("meta") or {})
-            self._created = str(m.get("created", ""))
-            self._encryption = _parse_encryption(m)
-            steps: dict[int, _Step] = {}
-            for e in m["steps"]:
-                s = _check_step(e["step"])
-                if e.get("purged"):
-                    steps[s] = _Step(s, [], dict(e.get("meta") or {}), purged_at=str(e.get("purged_at") or "unknown"))
-                else:
-                    steps[s] = _Step(s, self._check_chunks(e["chunks"], s), dict(e.get("meta") or {}))
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError, InputError) as e:
-            raise ManifestFormatError(f"{where} is malformed ({type(e).__name__}: {e}); the store cannot be read") from e
-        if self._parts and (self._parts[0][0] != 0 or self._parts[-1][1] != len(self._layout)):
-            raise ManifestFormatError(f"{where}: parts {self._parts} do not cover the {len(self._layout)} tensors")
-        self._steps = steps
-        self._n_in_manifest = len(steps)
-
-    def _check_chunks(self, chunks: Any, step: int) -> list[dict[str, Any]]:
-        if not isinstance(chunks, list) or len(chunks) != len(self._parts):
-            raise ValueError(f"step {step} lists {len(chunks) if isinstance(chunks, list) else chunks!r} chunks, expected {len(self._parts)}")
-        out = []
-        for part, c in enumerate(chunks):
-            # the writer's own name, nothing else: a manifest never points a read outside chunks/
-            if c["file"] != f"{CHUNKS}/{step}.{part}.zst":
-                raise ValueError(f"step {step} part {part} names chunk file {c['file']!r}, expected {CHUNKS}/{step}.{part}.zst")
-            a, b = self._parts[part]
-            raw = 4 * sum(t.numel for t in self._layout[a:b])
-            if int(c["raw_bytes"]) != raw:
-                raise ValueError(f"step {step} part {part} records {c['raw_bytes']} raw bytes, its tensors hold {raw}")
-            size = int(c["bytes"])  # at most zstd's worst case (incompressible data) plus the chunk header
-            if not 0 < size <= raw + raw // 64 + 256 * (b - a + 1):
-                raise ValueError(f"step {step} part {part} records a chunk of {size} bytes for {raw} raw bytes")
-            out.append({"file": c["file"], "bytes": size, "raw_bytes": raw, "sha256": str(c["sha256"])})
-        return out
+        man = read_manifest(m, self.url)
+        self._codec, self._layout, self._parts, self._part_bytes = man.codec, man.layout, man.parts, man.part_bytes
+        self._meta, self._created, self._encryption = man.meta, man.created, man.encryption
+        self._steps = man.steps
+        self._n_in_manifest = len(man.steps)
 
     def _fold_markers(self, listing: Mapping[str, int]) -> list[str]:
         """Add steps committed by markers but not yet in the manifest; return debris names.
@@ -815,8 +638,8 @@ class DeltaStore:
         ``listing`` was taken before the manifest was read: a writer deletes a marker only after
         a manifest that holds its step is in place, so no committed step is missed.
         """
-        markers = sorted((int(m.group(1)), name) for name in listing if (m := _MARKER_RE.match(name)))
-        debris: list[str] = [n for n in listing if ".tmp-" in n]
+        markers = sorted((int(m.group(1)), name) for name in listing if (m := MARKER_RE.match(name)))
+        debris: list[str] = [n for n in listing if TMP_MARK in n]
         last = max(self._steps, default=-1)
         for step, name in markers:
             if step in self._steps:
@@ -829,19 +652,19 @@ class DeltaStore:
             self._pending_markers.append(step)
             last = step
         for name in listing:
-            m = _CHUNK_RE.match(name)
+            m = CHUNK_RE.match(name)
             if m:
                 e = self._steps.get(int(m.group(1)))
                 if e is None or e.purged or f"{CHUNKS}/{name}" not in {c["file"] for c in e.chunks}:
                     debris.append(name)
         return debris
 
-    def _read_marker(self, name: str, step: int) -> _Step | None:
+    def _read_marker(self, name: str, step: int) -> StepEntry | None:
         try:
             e = json.loads(self._fs.cat_file(self._path(f"{CHUNKS}/{name}")))
             if e.get("step") != step:
                 return None
-            return _Step(step, self._check_chunks(e["chunks"], step), dict(e.get("meta") or {}))
+            return StepEntry(step, check_chunks(e["chunks"], step, self._layout, self._parts), dict(e.get("meta") or {}))
         except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             return None  # a torn marker: the step was not committed
 
@@ -850,15 +673,15 @@ class DeltaStore:
 
     def _drop_markers(self, listing: Mapping[str, int]) -> None:
         """Delete markers whose steps the manifest now holds (after _write_manifest)."""
-        names = [n for n in listing if (m := _MARKER_RE.match(n)) and int(m.group(1)) in self._steps]
+        names = [n for n in listing if (m := MARKER_RE.match(n)) and int(m.group(1)) in self._steps]
         self._rm([self._path(f"{CHUNKS}/{n}") for n in names])
         with self._lock:
             self._pending_markers = []
 
     # ------------------------------------------------------------------ reading
 
-    def _entry(self, step: int, *, allow_purged: bool = False) -> _Step:
-        step = _check_step(step)
+    def _entry(self, step: int, *, allow_purged: bool = False) -> StepEntry:
+        step = check_step(step)
         with self._lock:
             e = self._steps.get(step)
         if e is None:
@@ -867,7 +690,7 @@ class DeltaStore:
             raise PurgedStepsError([step], self.url)
         return e
 
-    def _entries(self, steps: Sequence[int]) -> list[_Step]:
+    def _entries(self, steps: Sequence[int]) -> list[StepEntry]:
         """Entries for ``steps``; one error naming every unknown (or else every purged) step."""
         with self._lock:
             found = [self._steps.get(s) for s in steps]
@@ -910,8 +733,8 @@ class DeltaStore:
         try:
             if self._encryption is not None:
                 self._need_key()
-                data = _unseal_chunk(self._cipher, step, part, data)
-            frames = _unpack_chunk(data, b - a)
+                data = unseal_chunk(self._cipher, step, part, data)
+            frames = unpack_chunk(data, b - a)
             return [self._codec.decompress(f, t.numel) for f, t in zip(frames, self._layout[a:b])]
         except ChunkCorruptedError as e:
             raise ChunkCorruptedError(f"step {step}: chunk file {self._path(chunk['file'])}: {e}") from e
@@ -952,7 +775,7 @@ class DeltaStore:
         Each part accumulates its steps in ascending order, slice by slice, so the result has
         the same bits whatever order ``steps`` came in and equals adding ``read(t)`` one by one.
         """
-        chosen = [_check_step(s) for s in steps]
+        chosen = [check_step(s) for s in steps]
         if len(set(chosen)) != len(chosen):
             dup = sorted({s for s in chosen if chosen.count(s) > 1})
             raise InputError(f"steps repeat ({_fmt_steps(dup)}): each step's delta can be subtracted once")
@@ -1022,7 +845,7 @@ class DeltaStore:
         return max(1, min(_GROUP_MAX, _GROUP_BYTES // max(1, biggest)))
 
     @staticmethod
-    def _retire(inflight: deque, prog: Progress, n_parts: int, groups: Sequence[Sequence[_Step]]) -> None:
+    def _retire(inflight: deque, prog: Progress, n_parts: int, groups: Sequence[Sequence[StepEntry]]) -> None:
         g, p, f = inflight.popleft()
         f.result()
         if p == n_parts - 1:
@@ -1042,7 +865,7 @@ class DeltaStore:
         with self._lock:
             entries = sorted(self._steps.values(), key=lambda e: e.step)
 
-        def check(e: _Step, p: int) -> StoreProblem | None:
+        def check(e: StepEntry, p: int) -> StoreProblem | None:
             c = e.chunks[p]
             try:
                 data = self._read_chunk(e.step, c)
@@ -1089,7 +912,7 @@ class DeltaStore:
         """
         self._check_writable()
         self.flush()
-        chosen = sorted(set(_check_step(s) for s in steps))
+        chosen = sorted(set(check_step(s) for s in steps))
         with self._lock:
             unknown = [s for s in chosen if s not in self._steps]
         if unknown:
@@ -1101,7 +924,7 @@ class DeltaStore:
                 e = self._steps[s]
                 if not e.purged:
                     files += [c["file"] for c in e.chunks]
-                    self._steps[s] = _Step(s, [], e.meta, purged_at=_now())
+                    self._steps[s] = StepEntry(s, [], e.meta, purged_at=now())
                     newly.append(s)
         if newly:
             self._write_manifest()
@@ -1192,35 +1015,13 @@ class DeltaStore:
         if not purged:
             return []
         found = [(int(m.group(1)), f"{CHUNKS}/{n}", b)
-                 for n, b in self._list_chunks().items() if (m := _CHUNK_RE.match(n))]
+                 for n, b in self._list_chunks().items() if (m := CHUNK_RE.match(n))]
         return sorted(x for x in found if x[0] in purged)
 
     def _put(self, path: str, data: bytes, *, atomic: bool) -> None:
-        """Write a whole file. Local: fsync'ed; with ``atomic`` via temp + rename + directory fsync.
-
-        Elsewhere one PUT (``pipe_file``), which object stores apply atomically.
-        """
-        if self._local:
-            target = path
-            if atomic:
-                path = f"{path}.tmp-{uuid.uuid4().hex}"
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if atomic:
-                os.replace(path, target)
-                dfd = os.open(os.path.dirname(target) or ".", os.O_RDONLY)
-                try:  # persist the rename itself (and the chunk entries beside a marker)
-                    os.fsync(dfd)
-                finally:
-                    os.close(dfd)
-        else:
-            self._fs.pipe_file(path, bytes(data))
+        """Write a whole file (:func:`mlflow_amnesia.fs.write_file`: fsync'ed locally, with ``atomic``
+        via temp + rename + directory fsync; one PUT on object stores)."""
+        write_file(self._fs, path, data, atomic=atomic)
 
     def _rm(self, paths: Sequence[str]) -> None:
         for p in paths:  # one by one: a missing file is fine (already gone)
@@ -1234,69 +1035,3 @@ class DeltaStore:
 
 
 _TOKEN = object()
-
-_S3_SCHEMES = ("s3://", "s3a://")
-
-
-def url_to_fs(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """``fsspec.core.url_to_fs`` with MLflow's S3 endpoint as the default for ``s3://`` URLs.
-
-    MLflow reaches S3-compatible storage (MinIO, Ceph, ...) through ``MLFLOW_S3_ENDPOINT_URL``;
-    s3fs reads only its own settings. Without this, a store next to a run's artifacts would
-    go to AWS instead of the endpoint the artifacts went to. Precedence: ``storage_options``,
-    then fsspec's configuration (``FSSPEC_S3_ENDPOINT_URL``...), then ``MLFLOW_S3_ENDPOINT_URL``,
-    then botocore's own (``AWS_ENDPOINT_URL_S3``).
-    """
-    options = dict(storage_options or {})
-    endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL", "").strip()
-    if endpoint and str(url).startswith(_S3_SCHEMES):
-        conf = fsspec.config.conf.get("s3", {})
-        configured = [
-            src.get("endpoint_url") or (src.get("client_kwargs") or {}).get("endpoint_url") for src in (options, conf)
-        ]
-        if not any(configured):
-            options["endpoint_url"] = endpoint
-    return fsspec.core.url_to_fs(url, **options)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
-
-
-def _parse_manifest(raw: bytes | str | Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Parse and check a manifest's format; ManifestFormatError when unreadable or too new."""
-    if isinstance(raw, Mapping):
-        m: Any = dict(raw)
-    else:
-        try:
-            m = json.loads(raw)
-        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
-            raise ManifestFormatError(f"{where} is not valid JSON ({type(e).__name__}: {e}); the store cannot be read") from e
-    if not isinstance(m, dict) or m.get("format") != FORMAT:
-        raise ManifestFormatError(f"{where} is not a delta-store manifest (its 'format' is not {FORMAT!r})")
-    v = m.get("format_version")
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise ManifestFormatError(f"{where} has an invalid format_version {v!r}")
-    if v > FORMAT_VERSION:
-        raise ManifestFormatError(
-            f"{where} has format version {v}, newer than the {FORMAT_VERSION} this mlflow-amnesia reads; "
-            "upgrade mlflow-amnesia to read this store"
-        )
-    return m
-
-
-def _parse_encryption(m: Mapping[str, Any]) -> dict[str, str] | None:
-    """The manifest's "encryption" (required from format 2 on, absent before); ValueError when malformed."""
-    from mlflow_amnesia.crypto import SALT_BYTES, SCHEME
-
-    enc = m.get("encryption")
-    if m["format_version"] < 2:
-        if enc is not None:
-            raise ValueError("a format-1 manifest has no 'encryption'")
-        return None
-    if not isinstance(enc, Mapping) or enc.get("scheme") != SCHEME:
-        raise ValueError(f"'encryption' must name the scheme {SCHEME!r}, got {enc!r}")
-    salt, kid = enc.get("salt"), enc.get("key_id")
-    if not isinstance(salt, str) or len(bytes.fromhex(salt)) != SALT_BYTES or not isinstance(kid, str):
-        raise ValueError(f"'encryption' needs a {SALT_BYTES}-byte hex salt and a key_id, got {enc!r}")
-    return {"scheme": SCHEME, "salt": salt, "key_id": kid}

@@ -430,7 +430,7 @@ def test_a_sealed_store_records_its_scheme_and_reads_only_with_its_key(url):
 
 
 def test_sealed_chunks_hold_no_plaintext_and_two_stores_seal_differently(tmp_path):
-    from mlflow_amnesia.store import delta_store as ds
+    from mlflow_amnesia.store import chunk as ds
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     _write(a, range(2))

@@ -1,4 +1,4 @@
-"""Record every optimizer step's state delta while the user's own loop trains.
+"""The Recorder: record every optimizer step's state delta while the user's own loop trains.
 
 The :class:`Recorder` wraps a training loop it does not own (the Opacus shape): the loop calls
 ``rec.step(ids)`` right after ``optimizer.step()`` with the record ids of the batch, or calls
@@ -41,308 +41,22 @@ store is then called from that thread: leave it alone while recording (``rec.flu
 
 from __future__ import annotations
 
-import math
-import queue
-import threading
-import weakref
-from collections import deque
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
 
-from .errors import AmnesiaError, InputError, RecordKeyError, StoreError
-from .keys import HASH_BYTES, hash_ids, key_id, load_key
-from .store.codecs import get_codec
+from ..errors import InputError, RecordKeyError, StoreError
+from ..keys import hash_ids, key_id, load_key
+from ..store.codecs import get_codec
+from .ddp import distributed_ranks
+from .layout import float_state, unwrap
+from .optimizer import step_meta
+from .protocols import DeltaSink, IndexSink
+from .staging import DirectStaging, PooledStaging
+from .staging import use_pooled_staging as _use_pooled_staging
 
-__all__ = [
-    "Recorder",
-    "float_state",
-    "integer_state_names",
-    "optimizer_meta",
-    "state_layout",
-    "step_meta",
-    "unwrap",
-]
-
-
-# ---------------------------------------------------------------------------------------------
-# The recorded state of a model
-
-
-def _check_state_entry(name: str, t: torch.Tensor) -> None:
-    if t.is_complex():
-        raise InputError(
-            f"state_dict entry {name!r} is complex ({t.dtype}); the recorder stores real float32 "
-            "deltas only. Keep complex values as two real tensors (torch.view_as_real)."
-        )
-
-
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The module a ``DistributedDataParallel`` (or ``DataParallel``) wrapper trains, else ``model``.
-
-    Recorded names are the inner module's (``conv.weight``, not ``module.conv.weight``), so a
-    store recorded under DDP matches the model a version saves and a forget loads.
-    """
-    parallel = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
-    while isinstance(model, parallel):
-        model = model.module
-    return model
-
-
-def float_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The recorded state: every floating-point tensor of ``model.state_dict()``, in its order.
-
-    Parameters and float buffers (BatchNorm running mean/var) alike; the tensors are detached
-    views of the model's own storage, not copies. Integer and bool buffers are left out
-    (see :func:`integer_state_names`); complex tensors raise :class:`InputError`.
-    """
-    out: dict[str, torch.Tensor] = {}
-    for name, t in unwrap(model).state_dict().items():
-        if not isinstance(t, torch.Tensor):
-            continue
-        _check_state_entry(name, t)
-        if t.is_floating_point():
-            out[name] = t
-    return out
-
-
-def integer_state_names(model: torch.nn.Module) -> list[str]:
-    """Names of the ``state_dict`` tensors that are *not* recorded (integer and bool buffers).
-
-    For BatchNorm's ``num_batches_tracked`` a rollback of ``k`` steps decrements it by ``k``
-    (the recorder's steps are counted; one forward pass per step).
-    """
-    return [
-        name
-        for name, t in unwrap(model).state_dict().items()
-        if isinstance(t, torch.Tensor) and not t.is_floating_point() and not t.is_complex()
-    ]
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def state_layout(model: torch.nn.Module) -> list[dict]:
-    """The layout to create a store with: ``[{"name", "shape", "dtype"}]`` of :func:`float_state`.
-
-    ``dtype`` is the model tensor's (``"float32"``, ``"bfloat16"``...); deltas are stored as
-    float32 whatever it is.
-    """
-    return [
-        {"name": name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
-        for name, t in float_state(model).items()
-    ]
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer hyper-parameters
-
-
-def _number(v: Any) -> Optional[float | int]:
-    """``v`` as a JSON number when it is a real scalar (bools excluded), else None."""
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, torch.Tensor):
-        if v.numel() != 1 or v.is_complex():
-            return None
-        v = v.item()  # a tensor lr (capturable optimizers): one sync, only for such optimizers
-    if isinstance(v, (int, np.integer)):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    return None
-
-
-def _hparams(group: Mapping[str, Any], *, flags: bool) -> dict:
-    """The scalar hyper-parameters of a param group (numbers, number tuples; bools if ``flags``)."""
-    out: dict[str, Any] = {}
-    for k, v in group.items():
-        if k == "params":
-            continue
-        if flags and isinstance(v, (bool, str)):
-            out[k] = v
-            continue
-        n = _number(v)
-        if n is not None:
-            out[k] = n
-        elif isinstance(v, (tuple, list)) and v and all(_number(x) is not None for x in v):
-            out[k] = [_number(x) for x in v]
-    return out
-
-
-def step_meta(optimizer: Optional[torch.optim.Optimizer]) -> dict:
-    """One step's meta: ``{"lr": <group 0's lr>, "param_groups": [{lr, momentum, betas...}]}``.
-
-    Only numeric hyper-parameters (they change under schedulers); flags such as ``nesterov``
-    are in the store-level :func:`optimizer_meta`. Empty without an optimizer.
-    """
-    if optimizer is None:
-        return {}
-    groups = [_hparams(g, flags=False) for g in optimizer.param_groups]
-    meta: dict[str, Any] = {"param_groups": groups}
-    if groups and "lr" in groups[0]:
-        meta = {"lr": groups[0]["lr"], **meta}
-    return meta
-
-
-def optimizer_meta(optimizer: torch.optim.Optimizer) -> dict:
-    """The optimizer for the store-level meta: ``{"class", "name", "defaults", "param_groups"}``.
-
-    Pass it as ``DeltaStore.create(..., meta={"optimizer": optimizer_meta(opt), ...})``.
-    ``class`` is the qualified class name (``torch.optim.sgd.SGD``); ``defaults`` and each
-    param group hold the scalar hyper-parameters and flags, each group also its number of tensors.
-    """
-    cls = type(optimizer)
-    return {
-        "class": f"{cls.__module__}.{cls.__qualname__}",
-        "name": cls.__name__,
-        "defaults": _hparams(optimizer.defaults, flags=True),
-        "param_groups": [
-            {**_hparams(g, flags=True), "n_tensors": len(g["params"])} for g in optimizer.param_groups
-        ],
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Handing quantised deltas to the store
-
-
-class _DirectStaging:
-    """CPU tensors: the quantised deltas are fresh tensors; the store gets numpy views of them."""
-
-    def __init__(self, store: Any) -> None:
-        self._store = store
-
-    def put(self, step: int, deltas: dict[str, torch.Tensor], meta: dict) -> None:
-        self._store.append(step, {name: q.numpy() for name, q in deltas.items()}, meta=meta)
-
-    def drain(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _PooledStaging:
-    """Device tensors: copy into a pool of pinned host buffers, hand over once the copy is done.
-
-    The training thread only enqueues the device-to-host copies (``non_blocking``) and records an
-    event; a hand-off thread waits for the event (releasing the GIL) and calls ``store.append``
-    in step order. A buffer goes back to the pool when the store has dropped every array that
-    views it (a weakref finaliser on the per-step numpy array: views of views keep it alive).
-    On CPU (tests) the copies are synchronous and there is no event.
-    """
-
-    def __init__(
-        self,
-        store: Any,
-        shapes: Mapping[str, torch.Size],
-        device: torch.device,
-        n_buffers: int,
-        *,
-        pin: bool,
-    ) -> None:
-        if n_buffers < 1:
-            raise InputError(f"pinned_buffers must be >= 1, got {n_buffers}")
-        self._store = store
-        self._device = device
-        self._async = device.type == "cuda"  # pinned + event; other devices copy synchronously
-        self._views: list[tuple[str, int, int, torch.Size]] = []
-        off = 0
-        for name, shape in shapes.items():
-            n = math.prod(shape)
-            self._views.append((name, off, n, shape))
-            off += n
-        self._buffers = [torch.empty(off, dtype=torch.float32, pin_memory=pin) for _ in range(n_buffers)]
-        self._free: deque[int] = deque(range(n_buffers))
-        self._cond = threading.Condition()
-        self._queue: "queue.Queue[Optional[tuple[int, int, Any, dict]]]" = queue.Queue()
-        self._error: Optional[tuple[int, BaseException]] = None
-        self._thread = threading.Thread(target=self._run, name="mlflow-amnesia-recorder", daemon=True)
-        self._thread.start()
-
-    # training thread -------------------------------------------------------------------------
-
-    def put(self, step: int, deltas: dict[str, torch.Tensor], meta: dict) -> None:
-        self.raise_error()
-        slot = self._acquire()
-        buf = self._buffers[slot]
-        for name, off, n, _shape in self._views:
-            buf[off : off + n].copy_(deltas[name].reshape(-1), non_blocking=self._async)
-        event = None
-        if self._device.type == "cuda":
-            event = torch.cuda.Event(blocking=True)  # the hand-off thread sleeps instead of spinning
-            event.record(torch.cuda.current_stream(self._device))
-        self._queue.put((step, slot, event, meta))
-
-    def _acquire(self) -> int:
-        with self._cond:
-            while not self._free:
-                if self._error is not None:
-                    break
-                self._cond.wait(timeout=1.0)
-            if self._free:
-                return self._free.popleft()
-        self.raise_error()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def drain(self) -> None:
-        """Wait until every queued step has been handed to the store; raise its error if any."""
-        self._queue.join()
-        self.raise_error()
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-
-    @property
-    def failed_step(self) -> Optional[int]:
-        """The step whose hand-off to the store failed, if one did."""
-        return None if self._error is None else self._error[0]
-
-    def raise_error(self) -> None:
-        if self._error is not None:
-            step, exc = self._error
-            if isinstance(exc, AmnesiaError):
-                raise exc
-            raise StoreError(f"handing step {step} to the delta store failed: {exc!r}") from exc
-
-    # hand-off thread -------------------------------------------------------------------------
-
-    def _release(self, slot: int) -> None:
-        with self._cond:
-            self._free.append(slot)
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            try:
-                if item is None:
-                    return
-                step, slot, event, meta = item
-                if self._error is not None:
-                    self._release(slot)
-                    continue
-                try:
-                    if event is not None:
-                        event.synchronize()
-                    base = self._buffers[slot].numpy()
-                    weakref.finalize(base, self._release, slot)
-                    arrays = {name: base[off : off + n].reshape(shape) for name, off, n, shape in self._views}
-                    del base
-                    self._store.append(step, arrays, meta=meta)
-                    del arrays
-                except BaseException as exc:  # surfaced in the training thread by the next call
-                    with self._cond:
-                        self._error = (step, exc)
-                        self._cond.notify_all()
-            finally:
-                self._queue.task_done()
-
+__all__ = ["Recorder"]
 
 #: Cores left to the store's compression threads (its default) while rec.step does its CPU math.
 #: That math is memory-bound, and a torch parallel region stalls at its barrier whenever one of
@@ -373,128 +87,6 @@ def _sub_into(theta: torch.Tensor, r: torch.Tensor, d: torch.Tensor, scratch: Op
         sc = scratch[: e - s]
         torch.sub(t[s:e], rr[s:e], out=sc)
         dd[s:e].copy_(sc)
-
-
-def _use_pooled_staging(device: torch.device) -> bool:
-    """Device tensors go through pinned host buffers; CPU tensors are handed over directly."""
-    return device.type != "cpu"
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed data parallel: gathering every rank's batch to rank 0
-
-
-class _Ranks:
-    """The ranks that train one global step together, and the per-step gather of their batches.
-
-    Ids travel as keyed hashes (16 bytes each, no pickle, never an id in clear text on the
-    wire), in two collectives per step on a CPU (gloo) group: a ``[step, n]`` header from every
-    rank (all-gathered, so every rank sees a mismatch and raises the same error instead of
-    deadlocking), then the hashes, padded to the largest batch, gathered to rank 0. Under an
-    NCCL default group the Recorder creates a gloo group over the same ranks once, so the
-    gather never syncs the GPU stream.
-    """
-
-    def __init__(self, group: Any) -> None:
-        import torch.distributed as dist
-
-        self._dist = dist
-        if group is None:
-            group = dist.group.WORLD
-            if "gloo" not in str(dist.get_backend(group)):
-                group = dist.new_group(backend="gloo")  # collective: every rank builds a Recorder
-        elif "gloo" not in str(dist.get_backend(group)):
-            raise InputError(
-                f"process_group has backend {dist.get_backend(group)!r}; the recorder gathers batch ids as CPU "
-                "tensors: pass a gloo group over the same ranks (torch.distributed.new_group(ranks, backend='gloo'))."
-            )
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.size = dist.get_world_size(group)
-        self._root = dist.get_global_rank(group, 0)
-
-    @property
-    def writes(self) -> bool:
-        """Whether this process writes the store and the index (rank 0 of the group)."""
-        return self.rank == 0
-
-    def _all_gather(self, t: torch.Tensor) -> list[torch.Tensor]:
-        out = [torch.empty_like(t) for _ in range(self.size)]
-        self._dist.all_gather(out, t, group=self.group)
-        return out
-
-    def agree(self, kid: str, start_step: int, role_problem: Optional[str]) -> None:
-        """Check, in one collective, that every rank has its role, the same key and start step.
-
-        Every rank sees every rank's answer, so all of them raise the same error together (a
-        rank that raised alone would leave the others waiting in the next collective).
-        """
-        mine = torch.tensor(
-            [*bytes.fromhex(kid), *start_step.to_bytes(8, "little"), int(role_problem is not None)], dtype=torch.uint8
-        )
-        got = self._all_gather(mine)
-        kids = [bytes(g[:8].tolist()).hex() for g in got]
-        starts = [int.from_bytes(bytes(g[8:16].tolist()), "little") for g in got]
-        bad_roles = [r for r, g in enumerate(got) if int(g[16])]
-        if bad_roles:
-            raise InputError(
-                role_problem
-                or f"rank(s) {', '.join(map(str, bad_roles))} of the distributed run could not start recording; "
-                "the error on those ranks says why."
-            )
-        if len(set(kids)) > 1:
-            raise RecordKeyError(
-                f"the ranks of this distributed run hash record ids with different keys (key ids by rank: "
-                f"{', '.join(kids)}): their batches could never be matched to a deletion request. Give "
-                "every rank the same key: set MLFLOW_AMNESIA_KEY in the launcher's environment."
-            )
-        if len(set(starts)) > 1:
-            raise InputError(
-                f"the ranks' recorders start at different steps ({starts} by rank); pass the same start_step on every rank"
-            )
-
-    def gather(self, step: int, hashes: np.ndarray) -> Optional[np.ndarray]:
-        """The global batch's hashes ``(N, 16)`` in rank order on rank 0; None on the others."""
-        n = len(hashes)
-        heads = self._all_gather(torch.tensor([step, n], dtype=torch.int64))
-        steps = [int(h[0]) for h in heads]
-        counts = [int(h[1]) for h in heads]
-        if len(set(steps)) > 1:
-            raise InputError(
-                f"the ranks called rec.step() for different steps ({', '.join(f'rank {r}: step {s}' for r, s in enumerate(steps))}): "
-                "every rank must call rec.step(ids) once after every optimizer.step(), with its local batch ids."
-            )
-        width = max(counts) * HASH_BYTES
-        if width == 0:
-            return np.zeros((0, HASH_BYTES), np.uint8) if self.writes else None
-        buf = torch.zeros(width, dtype=torch.uint8)
-        if n:
-            buf[: n * HASH_BYTES] = torch.from_numpy(np.ascontiguousarray(hashes).reshape(-1))
-        out = [torch.empty_like(buf) for _ in range(self.size)] if self.writes else None
-        self._dist.gather(buf, out, dst=self._root, group=self.group)
-        if out is None:
-            return None
-        return np.concatenate([o[: c * HASH_BYTES].numpy().reshape(c, HASH_BYTES) for o, c in zip(out, counts)])
-
-
-def _distributed_ranks(process_group: Any, distributed: Optional[bool]) -> Optional[_Ranks]:
-    """The ranks to gather over, or None for a single-process recording."""
-    dist = torch.distributed
-    initialised = dist.is_available() and dist.is_initialized()
-    if distributed is None:
-        distributed = initialised and (process_group is not None or dist.get_world_size() > 1)
-    if not distributed:
-        return None
-    if not initialised:
-        raise InputError(
-            "Recorder(distributed=True) needs torch.distributed initialised first: call "
-            "torch.distributed.init_process_group(...) (torchrun sets the environment for it)."
-        )
-    return _Ranks(process_group)
-
-
-# ---------------------------------------------------------------------------------------------
-# The recorder
 
 
 def _as_ids(ids: Sequence[str], step: int) -> list[str]:
@@ -545,8 +137,8 @@ class Recorder:
     def __init__(
         self,
         model: torch.nn.Module,
-        store: Any,
-        index_builder: Any,
+        store: Optional[DeltaSink],
+        index_builder: Optional[IndexSink],
         *,
         optimizer: Optional[torch.optim.Optimizer] = None,
         start_step: int = 0,
@@ -570,8 +162,8 @@ class Recorder:
         self._failed: Optional[BaseException] = None
         self._failed_step = -1
         self._closed = False
-        self._ranks = _distributed_ranks(process_group, distributed)
-        self._staging: Optional[_DirectStaging | _PooledStaging] = None
+        self._ranks = distributed_ranks(process_group, distributed)
+        self._staging: Optional[DirectStaging | PooledStaging] = None
         if self._ranks is not None:
             self._hasher = self._setup_ranks(index_builder)
             if not self._ranks.writes:
@@ -615,13 +207,13 @@ class Recorder:
         self._d64 = torch.empty(min(largest, _SLICE), dtype=torch.float64) if self.device.type == "cpu" else None
         if _use_pooled_staging(self.device):
             pin = self.device.type == "cuda"
-            self._staging = _PooledStaging(
+            self._staging = PooledStaging(
                 store, {n: t.shape for n, t in state.items()}, self.device, pinned_buffers, pin=pin
             )
         else:
-            self._staging = _DirectStaging(store)
+            self._staging = DirectStaging(store)
 
-    def _setup_ranks(self, index_builder: Any) -> Any:
+    def _setup_ranks(self, index_builder: Optional[IndexSink]) -> Any:
         """Check the roles and the key of every rank (one collective); return this rank's hasher."""
         ranks = self._ranks
         assert ranks is not None
@@ -889,3 +481,4 @@ def _check_layout(state: Mapping[str, torch.Tensor], layout: Any, store: Any) ->
         f"the delta store {where} was created for another model layout ({diff}). Create the store "
         "with layout=state_layout(model) for this model."
     )
+

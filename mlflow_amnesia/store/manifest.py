@@ -1,0 +1,269 @@
+"""The delta store's manifest: its format, its step table, and the checks on reading one.
+
+``manifest.json`` (docs/ARCHITECTURE.md, "DeltaStore") holds the format version, the codec, the
+tensor layout and its partition into parts, the store's meta, the encryption parameters of a
+sealed store and the step table: per committed step its chunk files (size, raw size, sha256) or
+the time it was purged. A commit marker ``chunks/<step>.json`` holds one step-table entry.
+
+Nothing here touches a file: :mod:`.delta_store` reads and writes, this module turns bytes into
+checked values and back, byte for byte as every release wrote them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from mlflow_amnesia.errors import InputError, ManifestFormatError
+from mlflow_amnesia.store.codecs import Codec, codec_from_spec
+
+__all__ = [
+    "CHUNKS",
+    "DEFAULT_PART_BYTES",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "Manifest",
+    "StepEntry",
+    "TensorSpec",
+    "check_chunks",
+    "check_meta",
+    "check_step",
+    "dumps",
+    "manifest_obj",
+    "parse_encryption",
+    "parse_manifest",
+    "partition",
+    "read_manifest",
+]
+
+FORMAT = "mlflow-amnesia/delta-store"
+#: Bumped when a reader of the previous version would misread a store. Newer ones are refused.
+#: 2: chunks sealed under the record key (manifest "encryption"); a store in clear stays 1.
+FORMAT_VERSION = 2
+PLAIN_FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CHUNKS = "chunks"
+DEFAULT_PART_BYTES = 16 << 20
+_FLOAT_DTYPES = {"float16", "bfloat16", "float32", "float64"}
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorSpec:
+    """One recorded tensor: its ``state_dict`` name, shape and the model's dtype."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def parse(cls, obj: Any) -> "TensorSpec":
+        """From a TensorSpec or ``{"name", "shape", "dtype"}``; InputError when malformed."""
+        if isinstance(obj, TensorSpec):
+            return obj
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("name"), str):
+            raise InputError(f"layout entry must be {{'name', 'shape', 'dtype'}}, got {obj!r}")
+        shape = obj.get("shape")
+        if not isinstance(shape, (list, tuple)) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+        ):
+            raise InputError(f"layout entry {obj['name']!r}: shape must be a list of non-negative ints, got {shape!r}")
+        dtype = str(obj.get("dtype", "float32")).removeprefix("torch.")
+        if dtype not in _FLOAT_DTYPES:
+            raise InputError(
+                f"layout entry {obj['name']!r}: dtype {dtype!r} is not a floating-point dtype "
+                f"({', '.join(sorted(_FLOAT_DTYPES))}); only float tensors are recorded"
+            )
+        return cls(obj["name"], tuple(shape), dtype)
+
+
+class StepEntry:
+    """One committed step in memory (the manifest's step table entry)."""
+
+    __slots__ = ("step", "chunks", "meta", "purged_at")
+
+    def __init__(self, step: int, chunks: list[dict[str, Any]], meta: dict[str, Any], purged_at: str | None = None):
+        self.step, self.chunks, self.meta, self.purged_at = step, chunks, meta, purged_at
+
+    @property
+    def purged(self) -> bool:
+        return self.purged_at is not None
+
+    def to_json(self) -> dict[str, Any]:
+        if self.purged:
+            return {"step": self.step, "purged": True, "purged_at": self.purged_at, "meta": self.meta}
+        return {"step": self.step, "chunks": self.chunks, "meta": self.meta}
+
+
+@dataclasses.dataclass
+class Manifest:
+    """A manifest's content, checked (:func:`read_manifest`)."""
+
+    codec: Codec
+    layout: list[TensorSpec]
+    parts: list[tuple[int, int]]
+    part_bytes: int
+    meta: dict[str, Any]
+    created: str
+    encryption: dict[str, str] | None
+    steps: dict[int, StepEntry]
+
+
+def now() -> str:
+    """The current UTC time as the manifest records it (ISO 8601, seconds)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def partition(layout: Sequence[TensorSpec], part_bytes: int) -> list[tuple[int, int]]:
+    """Greedy cut of the layout into [start, stop) tensor ranges of <= part_bytes float32."""
+    parts: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for i, t in enumerate(layout):
+        b = 4 * t.numel
+        if i > start and size + b > part_bytes:
+            parts.append((start, i))
+            start, size = i, 0
+        size += b
+    if layout:
+        parts.append((start, len(layout)))
+    return parts
+
+
+def check_meta(meta: Any, what: str) -> dict[str, Any]:
+    """``meta`` as a plain dict of JSON values (None: empty); InputError naming ``what`` otherwise."""
+    if meta is None:
+        return {}
+    if not isinstance(meta, Mapping):
+        raise InputError(f"{what} must be a dict of JSON values, got {type(meta).__name__}")
+    try:
+        return json.loads(json.dumps(dict(meta), allow_nan=False))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{what} must hold only JSON values (str, number, bool, None, list, dict): {e}") from e
+
+
+def check_step(step: Any) -> int:
+    """``step`` as an int >= 0; InputError otherwise."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+        raise InputError(f"step must be a non-negative int, got {step!r}")
+    return int(step)
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON, as every manifest and marker is written."""
+    return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
+
+
+def manifest_obj(*, encryption: Mapping[str, str] | None, created: str, codec: Codec, layout: Sequence[TensorSpec],
+                 parts: Sequence[tuple[int, int]], part_bytes: int, meta: Mapping[str, Any],
+                 steps: Sequence[StepEntry]) -> dict[str, Any]:
+    """The manifest object (keys in the order every release wrote them); ``steps`` ascending."""
+    sealed = {"encryption": dict(encryption)} if encryption is not None else {}
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION if encryption is not None else PLAIN_FORMAT_VERSION,
+        **sealed,
+        "created": created,
+        "codec": codec.spec(),
+        "layout": [t.to_json() for t in layout],
+        "parts": [list(p) for p in parts],
+        "part_bytes": part_bytes,
+        "meta": meta,
+        "steps": [e.to_json() for e in steps],
+    }
+
+
+def parse_manifest(raw: bytes | str | Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Parse and check a manifest's format; ManifestFormatError when unreadable or too new."""
+    if isinstance(raw, Mapping):
+        m: Any = dict(raw)
+    else:
+        try:
+            m = json.loads(raw)
+        except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
+            raise ManifestFormatError(f"{where} is not valid JSON ({type(e).__name__}: {e}); the store cannot be read") from e
+    if not isinstance(m, dict) or m.get("format") != FORMAT:
+        raise ManifestFormatError(f"{where} is not a delta-store manifest (its 'format' is not {FORMAT!r})")
+    v = m.get("format_version")
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ManifestFormatError(f"{where} has an invalid format_version {v!r}")
+    if v > FORMAT_VERSION:
+        raise ManifestFormatError(
+            f"{where} has format version {v}, newer than the {FORMAT_VERSION} this mlflow-amnesia reads; "
+            "upgrade mlflow-amnesia to read this store"
+        )
+    return m
+
+
+def parse_encryption(m: Mapping[str, Any]) -> dict[str, str] | None:
+    """The manifest's "encryption" (required from format 2 on, absent before); ValueError when malformed."""
+    from mlflow_amnesia.crypto import SALT_BYTES, SCHEME
+
+    enc = m.get("encryption")
+    if m["format_version"] < 2:
+        if enc is not None:
+            raise ValueError("a format-1 manifest has no 'encryption'")
+        return None
+    if not isinstance(enc, Mapping) or enc.get("scheme") != SCHEME:
+        raise ValueError(f"'encryption' must name the scheme {SCHEME!r}, got {enc!r}")
+    salt, kid = enc.get("salt"), enc.get("key_id")
+    if not isinstance(salt, str) or len(bytes.fromhex(salt)) != SALT_BYTES or not isinstance(kid, str):
+        raise ValueError(f"'encryption' needs a {SALT_BYTES}-byte hex salt and a key_id, got {enc!r}")
+    return {"scheme": SCHEME, "salt": salt, "key_id": kid}
+
+
+def check_chunks(chunks: Any, step: int, layout: Sequence[TensorSpec], parts: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+    """A step's chunk list checked against the layout and its parts; ValueError when it does not fit."""
+    if not isinstance(chunks, list) or len(chunks) != len(parts):
+        raise ValueError(f"step {step} lists {len(chunks) if isinstance(chunks, list) else chunks!r} chunks, expected {len(parts)}")
+    out = []
+    for part, c in enumerate(chunks):
+        # the writer's own name, nothing else: a manifest never points a read outside chunks/
+        if c["file"] != f"{CHUNKS}/{step}.{part}.zst":
+            raise ValueError(f"step {step} part {part} names chunk file {c['file']!r}, expected {CHUNKS}/{step}.{part}.zst")
+        a, b = parts[part]
+        raw = 4 * sum(t.numel for t in layout[a:b])
+        if int(c["raw_bytes"]) != raw:
+            raise ValueError(f"step {step} part {part} records {c['raw_bytes']} raw bytes, its tensors hold {raw}")
+        size = int(c["bytes"])  # at most zstd's worst case (incompressible data) plus the chunk header
+        if not 0 < size <= raw + raw // 64 + 256 * (b - a + 1):
+            raise ValueError(f"step {step} part {part} records a chunk of {size} bytes for {raw} raw bytes")
+        out.append({"file": c["file"], "bytes": size, "raw_bytes": raw, "sha256": str(c["sha256"])})
+    return out
+
+
+def read_manifest(m: dict[str, Any], url: str) -> Manifest:
+    """The content of a parsed manifest (:func:`parse_manifest`) of the store at ``url``, every
+    entry checked; ManifestFormatError naming the store when one is malformed."""
+    where = f"the manifest of {url}"
+    try:
+        codec = codec_from_spec(m["codec"])
+        layout = [TensorSpec.parse(t) for t in m["layout"]]
+        parts = [(int(a), int(b)) for a, b in m["parts"]]
+        part_bytes = int(m.get("part_bytes", DEFAULT_PART_BYTES))
+        meta = dict(m.get("meta") or {})
+        created = str(m.get("created", ""))
+        encryption = parse_encryption(m)
+        steps: dict[int, StepEntry] = {}
+        for e in m["steps"]:
+            s = check_step(e["step"])
+            if e.get("purged"):
+                steps[s] = StepEntry(s, [], dict(e.get("meta") or {}), purged_at=str(e.get("purged_at") or "unknown"))
+            else:
+                steps[s] = StepEntry(s, check_chunks(e["chunks"], s, layout, parts), dict(e.get("meta") or {}))
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError, InputError) as e:
+        raise ManifestFormatError(f"{where} is malformed ({type(e).__name__}: {e}); the store cannot be read") from e
+    if parts and (parts[0][0] != 0 or parts[-1][1] != len(layout)):
+        raise ManifestFormatError(f"{where}: parts {parts} do not cover the {len(layout)} tensors")
+    return Manifest(codec, layout, parts, part_bytes, meta, created, encryption, steps)
