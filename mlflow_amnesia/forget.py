@@ -167,14 +167,14 @@ def plan_forget(
             raise ManifestFormatError(f"{model_name} v{mv.version}, {seg.role} segment (store {seg.store_url}): {e}") from None
         except StoreError:
             pass  # e.g. no fsspec driver here: only methods that read chunks need the store itself
-    key = load_key_for(am.info.get("key_id"), f"{model_name} v{mv.version}", to="forget from it")
+    key = load_key_for(am.info.key_id, f"{model_name} v{mv.version}", to="forget from it")
     wanted = _load_ids(records_file, ids)
     records = None
     if cls is not None:
         from .data import Split
 
-        records = rebuild(am.info["dataset"], root=data_root)
-        sp = Split.from_json(am.info["split"], records)
+        records = rebuild(am.info.dataset or {}, root=data_root)
+        sp = Split.from_json(am.info.split or {}, records)
         c: object = int(cls) if str(cls).isdigit() else cls
         pos = np.intersect1d(class_records(records, c), sp.train)
         if len(pos) == 0:
@@ -200,7 +200,7 @@ def plan_forget(
 
         err = UnknownRecordsError(unknown, where=f"the training records of {model_name} v{mv.version}", total=len(wanted))
         if len(unknown) == len(wanted) and len(wanted) > 1:  # not one matches: most likely another model's request
-            data = (am.info.get("dataset") or {}).get("spec", "?")
+            data = (am.info.dataset or {}).get("spec", "?")
             err.args = (f"{err} None of them is: {model_name} was trained on data set {data!r}; is this the request "
                         "for another model?",)
         raise err
@@ -362,21 +362,21 @@ def forget(
 
     def load_records():
         if "r" not in cache:
-            cache["r"] = records if records is not None else rebuild(am.info["dataset"], root=data_root)
+            cache["r"] = records if records is not None else rebuild(am.info.dataset or {}, root=data_root)
         return cache["r"]
 
     parent_run = mlflow.MlflowClient().get_run(mv.run_id) if mv.run_id else None
     t0 = time.monotonic()
     with start_run(f"forget-{model_name}-v{mv.version}", experiment_id=parent_run.info.experiment_id if parent_run else None) as run:
         run_id = run.info.run_id
-        store_base = store_uri or am.info.get("store_uri")
+        store_base = store_uri or am.info.store_uri
         mlflow.log_params({"model_name": model_name, "parent_version": mv.version, "method": method,
                            "repair": repair, "repair_epochs": repair_epochs, "n_records": plan.n_records,
                            "max_step_share": max_step_share, "epochs": method_epochs or "", "copies": copies})
         mlflow.set_tags({TAG_ROLE: "forget", registry.TAG_REQUEST: plan.request_hash})
         if mv.model_id:
             mlflow.MlflowClient().log_inputs(run_id, models=[LoggedModelInput(mv.model_id)])
-        child = AmnesiaModel(module=copy.deepcopy(am.module), arch=am.arch, info=copy.deepcopy(am.info),
+        child = AmnesiaModel(module=copy.deepcopy(am.module), arch=am.arch, info=am.info.copy(),
                              segments=list(am.segments), rolled_back=am.rolled_back, forgotten=am.forgotten)
         ctx = ForgetContext(
             model=child, key=key, target_hashes=target_hashes, steps=plan.steps, load_records=load_records,
@@ -395,12 +395,12 @@ def forget(
         child.forgotten = np.concatenate([hash_rows(am.forgotten), hash_rows(target_hashes)])
 
         recs = load_records()
-        sp = Split.from_json(am.info["split"], recs)
+        sp = Split.from_json(am.info.split or {}, recs)
         fidx = forgotten_positions(recs, sp.train, target_hashes, key)
         all_idx = forgotten_positions(recs, sp.train, child.forgotten, key)
         with tempfile.TemporaryDirectory() as tmp:
             metrics = full_audit(child.module, recs, sp, fidx, all_idx, arch_spec=child.arch,
-                                 recipe=child.info["recipe"], privacy=audit, settings=audit_settings, artifact_dir=tmp)
+                                 recipe=child.info.recipe or {}, privacy=audit, settings=audit_settings, artifact_dir=tmp)
             if audit:
                 mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
         metrics.update(result.metrics)
@@ -411,7 +411,7 @@ def forget(
             "format": 1, "steps_seen": plan.n_steps, "total_steps": plan.total_steps,
             "rolled_back_before": plan.rolled_back_before, "n_already_forgotten": plan.n_already_forgotten,
             "summary": result.summary}, sort_keys=True))
-        child.info["history"] = list(am.info.get("history", [])) + [{
+        child.info.history = list(am.info.history) + [{
             "method": method, "repair": repair, "parent_version": int(mv.version), "run_id": run_id,
             "n_records": plan.n_records, "steps_rolled_back": int(len(result.rolled_back)),
             "request": plan.request_hash,

@@ -24,9 +24,12 @@ from fsspec.implementations.local import LocalFileSystem
 
 from .errors import InputError
 
-__all__ = ["TMP_MARK", "is_local", "url_to_fs", "write_file", "write_local", "write_url"]
+__all__ = ["PROXY_SCHEMES", "TMP_MARK", "is_local", "url_to_fs", "write_file", "write_local", "write_url"]
 
 _S3_SCHEMES = ("s3://", "s3a://")
+#: Schemes MLflow serves through its own server or registry: fsspec cannot write a store there
+#: (``http(s)`` it reads only).
+PROXY_SCHEMES = frozenset({"mlflow-artifacts", "runs", "models", "dbfs", "http", "https"})
 #: Part of every temporary file's name: what a reader ignores and a writer's clean-up removes.
 TMP_MARK = ".tmp-"
 

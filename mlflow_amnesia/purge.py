@@ -48,21 +48,21 @@ import numpy as np
 
 from . import registry
 from .errors import InputError, StoreError
-from .keys import hashes_in
-from .flavor import TOMBSTONE, read_forgotten, read_info, read_rolled_back, read_tombstone
-from .progress import info as say
+from .artifacts import ArtifactFiles, download, list_files, repo_at
 from .fs import url_to_fs
+from .keys import hashes_in
+from .phase import OPTIMIZER_STATE, Phase, Segment
+from .progress import info as say
+from .version.files import ARCH, FORGOTTEN, INFO, ROLLED_BACK, SEGMENTS, TOMBSTONE, TOMBSTONE_FILE, VersionFiles
 from .tags import TAG_PURGE_STARTED, TAG_PURGED
 
 #: Artifacts of a purged version that are kept: lineage metadata, no record content. A path
 #: ending in "/" keeps the whole folder. Everything else in the version is deleted.
 KEEP = (
     "MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "registered_model_meta",
-    "data/amnesia.json", "data/arch.json", "data/rolled_back.npy", "data/forgotten.npy",
-    f"data/{TOMBSTONE}", "data/segments/",
+    INFO, ARCH, ROLLED_BACK, FORGOTTEN, TOMBSTONE_FILE, f"{SEGMENTS}/",
 )
 _RUN_DIRS = ("audit",)  # folders of a version's source run made from its weights
-_OPTIMIZER_STATE = "optimizer_state.pt"
 _NOTE = "**Purged**"  # how the description of a purged version starts
 _CHUNK_NAME = re.compile(r"^(\d+)\.(\d+)\.")  # a delta-store chunk file: <step>.<part>.<ext>
 
@@ -201,10 +201,15 @@ class _Meta:
     mv: Any  # mlflow ModelVersion
     location: str  # its artifact location
     repo: Any  # its ArtifactRepository
-    segments: list[dict]
+    segments: list[Segment]  # without their manifest and index bytes
     rolled_back: np.ndarray
     _forgotten: Optional[np.ndarray] = None
     key_id: Optional[str] = None  # of the record key its indexes were built with
+
+    @property
+    def files(self) -> VersionFiles:
+        """The version's files, read through the same checks as loading."""
+        return VersionFiles(ArtifactFiles(self.repo), f"{self.mv.name} v{self.version}")
 
     @property
     def version(self) -> int:
@@ -216,40 +221,11 @@ class _Meta:
 
     def forgotten(self) -> np.ndarray:
         if self._forgotten is None:
-            b = _download(self.repo, "data/forgotten.npy", optional=True)
-            self._forgotten = read_forgotten(b, f"data/forgotten.npy of {self.mv.name} v{self.version}")
+            self._forgotten = self.files.forgotten()
         return self._forgotten
 
 
-def _repo(location: str):
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-    return get_artifact_repository(location)
-
-
-def _download(repo, path: str, *, optional: bool = False) -> Optional[bytes]:
-    """One artifact's bytes; None when ``optional`` and the file is not listed. A file that is
-    listed but cannot be read is an error, never taken for an absent one."""
-    if optional and path not in {f.path for f in repo.list_artifacts(path.rsplit("/", 1)[0] if "/" in path else None)}:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = repo.download_artifacts(path, dst_path=tmp)
-            return Path(local).read_bytes()
-        except Exception as e:  # noqa: BLE001 - every repository signals failure differently
-            raise StoreError(f"cannot read {path} of the model version at {repo.artifact_uri} ({type(e).__name__}: {e}); "
-                             "what the versions need cannot be checked without it. Restore it, then re-run.") from None
-
-
-def _list_files(repo, path: Optional[str] = None) -> list[tuple[str, int]]:
-    """(path, bytes) of every file under ``path`` of an artifact repository, recursively."""
-    out: list[tuple[str, int]] = []
-    for f in repo.list_artifacts(path):
-        if f.is_dir:
-            out += _list_files(repo, f.path)
-        else:
-            out.append((f.path, int(f.file_size or 0)))
-    return out
+_repo, _download, _list_files = repo_at, download, list_files
 
 
 def _kept(path: str) -> bool:
@@ -266,6 +242,7 @@ class _Registry:
         self._metas: dict[int, Optional[_Meta]] = {}
         self._key: Optional[bytes] = None
         self._indexes: dict[tuple, Any] = {}
+        self.phases: dict[str, Optional[Phase]] = {}  # store URL -> its phase (where its training files are)
 
     def meta(self, v: int) -> Optional[_Meta]:
         """Version ``v``'s metadata; None for a version that is not of this flavor."""
@@ -273,15 +250,13 @@ class _Registry:
             mv = self.versions.get(v) or registry.resolve_version(self.name, version=v)
             location = self.client.get_model_version_download_uri(self.name, str(v))
             repo = _repo(location)
-            raw = _download(repo, "data/amnesia.json", optional=True)
-            if raw is None:
+            files = VersionFiles(ArtifactFiles(repo), f"{self.name} v{v}")
+            info = files.info(optional=True)
+            if info is None:
                 self._metas[v] = None
             else:
-                info = read_info(raw, f"data/amnesia.json of {self.name} v{v}")
-                segments = info.get("segments", [])
-                rb = _download(repo, "data/rolled_back.npy", optional=True)
-                rolled = read_rolled_back(rb, f"data/rolled_back.npy of {self.name} v{v}", segments)
-                self._metas[v] = _Meta(mv, location, repo, list(segments), rolled, key_id=info.get("key_id"))
+                rolled = files.rolled_back(info.segments)
+                self._metas[v] = _Meta(mv, location, repo, list(info.segments), rolled, key_id=info.key_id)
         return self._metas[v]
 
     def amnesia(self, v: int) -> _Meta:
@@ -297,11 +272,12 @@ class _Registry:
 
         out: dict[str, set[int]] = {}
         for k, seg in enumerate(m.segments):
-            ident = (seg["store_url"], int(seg["first_step"]), int(seg["last_step"]))
+            ident = (seg.store_url, int(seg.first_step), int(seg.last_step))
+            self.phases.setdefault(seg.store_url, seg.phase)
             if ident[2] < ident[1] or not len(hashes):
                 continue
             if ident not in self._indexes:
-                raw = _download(m.repo, f"data/segments/{k}/record_index.bin")
+                raw = m.files.segment_index(k)
                 self._indexes[ident] = RecordIndex.from_bytes(
                     raw, self.key(m), name=f"record index of segment {k} of {self.name} v{m.version}", steps=ident[1:])
             out.setdefault(ident[0], set()).update(int(s) for s in self._indexes[ident].steps_for_hashes(hashes, strict=False))
@@ -350,7 +326,7 @@ def plan_purge(model_name: str, versions: Iterable[int]) -> PurgePlan:
     for vp in plans:
         for url, steps in vp.steps.items():
             targets.setdefault(url, set()).update(steps)
-    stores = [_plan_store(url, sorted(steps)) for url, steps in sorted(targets.items())]
+    stores = [_plan_store(url, sorted(steps), reg.phases.get(url)) for url, steps in sorted(targets.items())]
     blockers = _blockers(reg, set(wanted), {s.url: set(s.steps) for s in stores})
     if blockers:
         raise InputError(_refusal(model_name, wanted, blockers))
@@ -419,12 +395,13 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
     return vp
 
 
-def _plan_store(url: str, steps: list[int]) -> StorePurge:
+def _plan_store(url: str, steps: list[int], phase: Optional[Phase] = None) -> StorePurge:
     """The part of ``steps`` still to purge in the store at ``url``, sized; the chunk files of its
-    purged steps still on disk (a purge stopped before deleting them); its phase's optimizer state."""
+    purged steps still on disk (a purge stopped before deleting them); its phase's optimizer state
+    (``phase``: where the phase keeps its training files; default: the store's own phase)."""
     from .store import DeltaStore
 
-    opt = _optimizer_state(url) if steps else None
+    opt = _optimizer_state(phase if phase is not None else Phase.of_store_url(url)) if steps else None
     if not _exists(f"{url.rstrip('/')}/manifest.json"):  # no manifest: what chunks/ still lists is all there is
         left = _listed_chunks(url, steps)
         return StorePurge(url, [], len(steps), 0, 0, opt, missing=True, leftovers=left)
@@ -435,14 +412,11 @@ def _plan_store(url: str, steps: list[int]) -> StorePurge:
     return StorePurge(url, todo, len(steps) - len(todo), size.stored, size.chunks, opt, leftovers=store.leftover_files())
 
 
-def _optimizer_state(url: str) -> Optional[tuple[str, int]]:
-    """(url, bytes) of the final optimizer state of the phase whose store is at ``url``, if there is one."""
-    from .flavor import Segment
-    from .unlearn.common import training_url_of
-
-    if not url.rstrip("/").endswith("/deltas"):
+def _optimizer_state(phase: Optional[Phase]) -> Optional[tuple[str, int]]:
+    """(url, bytes) of the final optimizer state of ``phase``, if there is one."""
+    if phase is None:
         return None
-    ou = f"{training_url_of(Segment('phase', url, 0, -1))}/{_OPTIMIZER_STATE}"
+    ou = phase.file_url(OPTIMIZER_STATE)
     n = _size(ou)
     return (ou, n) if n is not None else None
 
@@ -480,10 +454,10 @@ def _blockers(reg: _Registry, purging: set[int], todo: dict[str, set[int]]) -> l
             continue
         rolled = set(m.rolled_back.tolist())
         for seg in m.segments:
-            lo, hi = int(seg["first_step"]), int(seg["last_step"])
-            need = sorted(s for s in todo.get(seg["store_url"], ()) if lo <= s <= hi and s not in rolled)
+            lo, hi = int(seg.first_step), int(seg.last_step)
+            need = sorted(s for s in todo.get(seg.store_url, ()) if lo <= s <= hi and s not in rolled)
             if need:
-                out.append((v, t, seg["store_url"], need))
+                out.append((v, t, seg.store_url, need))
     return out
 
 
@@ -638,8 +612,7 @@ def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: 
 
 def _tombstone(repo) -> dict:
     """The version's ``data/purged.json`` as a dict; empty when absent or unreadable (then rewritten)."""
-    raw = _download(repo, f"data/{TOMBSTONE}", optional=True)
-    return read_tombstone(raw) if raw else {}
+    return VersionFiles(ArtifactFiles(repo), repo.artifact_uri).tombstone() or {}
 
 
 def _delete(repo, files: list[tuple[str, int]], what: str) -> None:

@@ -24,9 +24,9 @@ def list_records(model_name: str, *, version: Optional[int] = None, alias: Optio
     if part == "train" and len(am.forgotten):  # the forgotten are keyed hashes: the version's key finds them
         from .keys import load_key_for
 
-        key = load_key_for(am.info.get("key_id"), f"{model_name} v{mv.version}", to="leave out its forgotten records")
-    records = rebuild(am.info["dataset"], root=data_root)
-    sp = Split.from_json(am.info["split"], records)
+        key = load_key_for(am.info.key_id, f"{model_name} v{mv.version}", to="leave out its forgotten records")
+    records = rebuild(am.info.dataset or {}, root=data_root)
+    sp = Split.from_json(am.info.split or {}, records)
     pos = np.asarray(sp.train if part == "train" else sp.holdout, dtype=np.int64)
     if cls is not None:
         pos = np.intersect1d(pos, class_records(records, int(cls) if str(cls).isdigit() else cls))

@@ -16,7 +16,9 @@ import torch
 from . import registry
 from .audit import full_audit
 from .flavor import AmnesiaModel, log_model
-from .locations import log_params_once, phase_base, save_array, save_state, start_run
+from .version.info import VersionInfo
+from .locations import log_params_once, phase_base, start_run
+from .phase import Phase
 from .progress import info as say
 from .tags import TAG_ARCH, TAG_CODEC, TAG_DATASET, TAG_FLAVOR_FORMAT, TAG_MODEL_NAME, TAG_ROLE, TAG_STEPS_TOTAL, TAG_STORE
 from .training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
@@ -96,8 +98,8 @@ def train(
 
     with start_run(f"train-{model_name}") as run:
         run_id = run.info.run_id
-        base = phase_base(run.info.artifact_uri, run_id, store_uri)
-        store_url = f"{base}/deltas"
+        phase = Phase(phase_base(run.info.artifact_uri, run_id, store_uri))
+        store_url = phase.deltas_url
         log_params_once({
             "dataset": dataset, "arch": arch, **recipe.to_dict(), "codec": codec,
             "store_uri": store_uri or "", "model_name": model_name, "n_train": len(train_idx),
@@ -107,8 +109,8 @@ def train(
         n_params = sum(p.numel() for p in model.parameters())
         say(f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
             f"{len(hold_idx)} held out; recording every step to {store_url} (codec {codec})")
-        save_state(f"{base}/training/initial_state.pt", {k: v.detach().clone() for k, v in model.state_dict().items()}, key=key)
-        save_array(f"{base}/training/batch_order.npy", orders.astype(np.int32 if len(records.ids) < 2**31 else np.int64), key=key)
+        phase.save_initial_state({k: v.detach().clone() for k, v in model.state_dict().items()}, key=key)
+        phase.save_batch_order(orders.astype(np.int32 if len(records.ids) < 2**31 else np.int64), key=key)
 
         def on_epoch(r: EpochResult) -> None:
             acc, loss = evaluate(model, records.x[hold_idx], records.y[hold_idx])
@@ -119,11 +121,11 @@ def train(
 
         t0 = time.monotonic()
         segment = record_phase(model, optimizer, records.x, records.y, list(records.ids), orders,
-                               batch_size=batch_size, base_url=base, codec=codec, role="train",
+                               batch_size=batch_size, base_url=phase.base_url, codec=codec, role="train",
                                key=key, run_id=run_id, on_epoch=on_epoch)
         steps = segment.last_step + 1
         train_seconds = time.monotonic() - t0
-        save_state(f"{base}/training/optimizer_state.pt", optimizer.state_dict(), key=key)
+        phase.save_optimizer_state(optimizer.state_dict(), key=key)
 
         none = np.zeros(0, np.int64)
         with tempfile.TemporaryDirectory() as tmp:
@@ -137,21 +139,21 @@ def train(
         am = AmnesiaModel(
             module=model,
             arch=arch_spec,
-            info={
-                "dataset": records.spec,
-                "split": sp.to_dict(),
-                "recipe": recipe.to_dict(),
-                "codec": codec,
-                "input_shape": list(records.x.shape[1:]),
-                "num_classes": int(records.num_classes),
-                "classes": [str(c) for c in records.classes],
-                "model_name": model_name,
-                "key_id": key_id(key),
-                "training_url": f"{base}/training",
-                "order": ORDER_KEYED,  # the training phase's order scheme (retrain extends it)
-                "store_uri": store_uri,
-                "history": [{"method": "train", "run_id": run_id, "steps": steps}],
-            },
+            info=VersionInfo(
+                dataset=records.spec,
+                split=sp.to_dict(),
+                recipe=recipe.to_dict(),
+                codec=codec,
+                input_shape=list(records.x.shape[1:]),
+                num_classes=int(records.num_classes),
+                classes=[str(c) for c in records.classes],
+                model_name=model_name,
+                key_id=key_id(key),
+                training_url=phase.training_url,
+                order=ORDER_KEYED,  # the training phase's order scheme (retrain extends it)
+                store_uri=store_uri,
+                history=[{"method": "train", "run_id": run_id, "steps": steps}],
+            ),
             segments=[segment],
         )
         say(f"registering model {model_name!r}")

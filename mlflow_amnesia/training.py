@@ -157,18 +157,19 @@ def record_phase(
     targets: Optional[torch.Tensor] = None,
     label: Optional[str] = None,
 ):
-    """Run :func:`run_epochs` with every step recorded; return the phase as a flavor Segment.
+    """Run :func:`run_epochs` with every step recorded; return the phase as a version's Segment.
 
-    The deltas go to ``<base_url>/deltas``, sealed under ``key`` (the record key, which also
-    hashes the batches' ids); steps are numbered from ``first_step`` so that all phases of a
-    model version share one step numbering.
+    The deltas go to the phase's store (``<base_url>/deltas``, :class:`~mlflow_amnesia.phase.Phase`),
+    sealed under ``key`` (the record key, which also hashes the batches' ids); steps are numbered
+    from ``first_step`` so that all phases of a model version share one step numbering.
     """
-    from .flavor import Segment
     from .index import RecordIndexBuilder
+    from .phase import Phase, Segment
     from .recorder import Recorder, optimizer_meta, state_layout
     from .store import DeltaStore
 
-    store_url = f"{base_url}/deltas"
+    phase = Phase(base_url)
+    store_url = phase.deltas_url
     store = DeltaStore.create(
         store_url, layout=state_layout(model), codec=codec,
         meta={"optimizer": optimizer_meta(optimizer), "run_id": run_id, "role": role}, key=key,
@@ -181,4 +182,4 @@ def record_phase(
     steps = store.steps
     last = int(steps[-1]) if len(steps) else first_step - 1
     return Segment(role, store_url, first_step, last, manifest=store.manifest_bytes(),
-                   index=builder.build().to_bytes(), run_id=run_id)
+                   index=builder.build().to_bytes(), run_id=run_id, base_url=phase.base_url)

@@ -17,10 +17,7 @@ from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import InputError
-
-# Schemes MLflow serves through its own server or registry: fsspec cannot write a store there
-# (``http(s)`` it reads only). Kept equal to ``locations._PROXY_SCHEMES``.
-PROXY_SCHEMES = frozenset({"mlflow-artifacts", "runs", "models", "dbfs", "http", "https"})
+from .fs import PROXY_SCHEMES
 
 
 def _given(name: str, value: object) -> str:

@@ -26,9 +26,13 @@ from typing import Optional
 
 
 from . import registry
+from .artifacts import ArtifactFiles, list_files, repo_at
 from .errors import InputError, StoreError
-from .flavor import TOMBSTONE, load_model, read_info, read_rolled_back
+from .flavor import load_model
+from .phase import Segment
 from .store import DeltaStore, StoreProblem
+from .tags import TAG_PURGE_STARTED, TAG_PURGED
+from .version.files import INFO, TOMBSTONE_FILE, VersionFiles
 
 __all__ = ["SegmentCheck", "VerifyReport", "verify_version"]
 
@@ -126,35 +130,31 @@ def verify_version(model_name: str, *, version: Optional[int] = None, alias: Opt
     Raises :class:`InputError` for a version that is not of this flavor or of a newer format;
     everything it finds wrong with the stores is in the report, not raised.
     """
-    from .purge import TAG_PURGE_STARTED, TAG_PURGED, _download, _kept, _list_files, _repo
+    from .purge import _kept
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     v, tags = int(mv.version), mv.tags or {}
-    repo = _repo(registry.client().get_model_version_download_uri(model_name, str(v)))
-    raw = _download(repo, "data/amnesia.json", optional=True)
-    if raw is None:
-        raise InputError(f"{model_name} v{v} is not an mlflow_amnesia model version (no data/amnesia.json): "
+    repo = repo_at(registry.client().get_model_version_download_uri(model_name, str(v)))
+    files = VersionFiles(ArtifactFiles(repo), f"{model_name} v{v}")
+    info = files.info(optional=True)  # a newer format says upgrade; damage names the file
+    if info is None:
+        raise InputError(f"{model_name} v{v} is not an mlflow_amnesia model version (no {INFO}): "
                          "`mlflow-amnesia verify` checks versions registered by `mlflow-amnesia train` and `forget`.")
-    where = f"data/{{}} of {model_name} v{v}"
-    info = read_info(raw, where.format("amnesia.json"))  # a newer format says upgrade; damage names the file
-    rb = _download(repo, "data/rolled_back.npy", optional=True)
-    done = {int(s) for s in read_rolled_back(rb, where.format("rolled_back.npy"), info.get("segments", []))}
+    done = {int(s) for s in files.rolled_back(info.segments)}
     purged = tags.get(TAG_PURGED)
-    is_purged = bool(purged or tags.get(TAG_PURGE_STARTED)
-                     or _download(repo, f"data/{TOMBSTONE}", optional=True) is not None)
+    is_purged = bool(purged or tags.get(TAG_PURGE_STARTED) or files.read(TOMBSTONE_FILE, optional=True) is not None)
 
     if not is_purged:  # every file a forget reads, through the validated loader (nothing an artifact names is imported)
         load_model(registry.model_uri(mv))
     segments = []
-    for k, seg in enumerate(info.get("segments", [])):
-        copy = _download(repo, f"data/segments/{k}/manifest.json")
-        segments.append(_check_segment(seg, copy, k, done, is_purged, _key_or_none(info.get("key_id"))))
+    for k, seg in enumerate(info.segments):
+        segments.append(_check_segment(seg, files.segment_manifest(k), k, done, is_purged, _key_or_none(info.key_id)))
 
     erasure = []
     if is_purged and not purged:
         erasure.append(f"its purge started {tags.get(TAG_PURGE_STARTED, '(time unknown)')} and did not finish")
     elif purged:
-        kept_not = sorted(f for f, _ in _list_files(repo) if not _kept(f))
+        kept_not = sorted(f for f, _ in list_files(repo) if not _kept(f))
         if kept_not:
             erasure.append(f"it is tagged purged but still holds {', '.join(kept_not[:3])}"
                            f"{' ...' if len(kept_not) > 3 else ''}")
@@ -174,11 +174,11 @@ def _key_or_none(expected: Optional[str]) -> Optional[bytes]:
     return key if not expected or key_id(key) == expected else None
 
 
-def _check_segment(seg: dict, copy: bytes, k: int, done: set[int], is_purged: bool,
+def _check_segment(seg: Segment, copy: bytes, k: int, done: set[int], is_purged: bool,
                    key: Optional[bytes]) -> SegmentCheck:
-    url = str(seg["store_url"])
-    first, last = int(seg["first_step"]), int(seg["last_step"])
-    out = SegmentCheck(str(seg.get("role", "?")), url, max(0, last - first + 1), of_purged_version=is_purged)
+    url = str(seg.store_url)
+    first, last = int(seg.first_step), int(seg.last_step)
+    out = SegmentCheck(str(seg.role or "?"), url, max(0, last - first + 1), of_purged_version=is_purged)
     own: Optional[DeltaStore] = None
     theirs: Optional[DeltaStore] = None
     try:
@@ -218,8 +218,6 @@ def _check_segment(seg: dict, copy: bytes, k: int, done: set[int], is_purged: bo
 
 def _finish_command(model_name: str, version: Optional[int]) -> str:
     """The purge command that finishes the interrupted purge(s) of this model's versions."""
-    from .purge import TAG_PURGE_STARTED
-
     started = sorted(int(mv.version) for mv in registry.search_versions(model_name)
                      if TAG_PURGE_STARTED in (mv.tags or {}))
     if version is not None and version not in started:

@@ -307,3 +307,20 @@ def test_an_npy_header_is_checked_against_the_file_before_reading(descr, shape, 
             assert a.dtype == np.int64 and a.ndim == 1 and ((a >= 0) & (a <= 9)).all()
         else:
             assert a.dtype == np.uint8 and a.ndim == 2 and a.shape[1] == 16
+
+
+def test_an_npy_header_with_an_impossible_empty_shape_is_an_input_error():
+    """An empty array whose other dimensions overflow (0 x 2**30 x 2**30): numpy's reshape refuses
+    it with a ValueError, which must reach the user as the file's InputError (found by the fuzz test above)."""
+    import io
+
+    from mlflow_amnesia import flavor
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (0, 2**30, 2**30)})
+    with pytest.raises(InputError, match="data/rolled_back.npy of m v1"):
+        flavor.read_rolled_back(buf.getvalue(), "data/rolled_back.npy of m v1", _SEGMENTS)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False, "shape": (0, 2**40, 16)})
+    with pytest.raises(InputError, match="data/forgotten.npy of m v1"):
+        flavor.read_forgotten(buf.getvalue(), "data/forgotten.npy of m v1")

@@ -152,6 +152,7 @@ def old(tmp_path_factory):
     from mlflow_amnesia.training import epoch_orders
 
     train_mod = importlib.import_module("mlflow_amnesia.train")
+    phase_mod = importlib.import_module("mlflow_amnesia.phase")  # where a phase writes its training files
     base = tmp_path_factory.mktemp("old")
     mp = pytest.MonkeyPatch()
     for k, v in {"MLFLOW_AMNESIA_QUIET": "1", "MLFLOW_AMNESIA_KEY": KEY,
@@ -164,13 +165,15 @@ def old(tmp_path_factory):
     create = DeltaStore.create
     with pytest.MonkeyPatch.context() as old_code:
         old_code.setattr(DeltaStore, "create", staticmethod(lambda url, **kw: create(url, **{**kw, "key": None})))
-        old_code.setattr(train_mod, "save_state", lambda url, state, key: save_state(url, state, key=None))
-        old_code.setattr(train_mod, "save_array", lambda url, a, key: save_array(url, a, key=None))
+        old_code.setattr(phase_mod, "save_state", lambda url, state, key: save_state(url, state, key=None))
+        old_code.setattr(phase_mod, "save_array", lambda url, a, key: save_array(url, a, key=None))
         old_code.setattr(train_mod, "epoch_orders", lambda pos, seed, epochs, key=None: epoch_orders(pos, seed, epochs))
         invoke("train", "--arch", "cnn", "--epochs", "2", "--batch-size", "64", "--codec", "f32", "--no-audit")
     info_path = Path(registry.client().get_model_version_download_uri(MODEL, "1")) / "data" / "amnesia.json"
     info = json.loads(info_path.read_text())
     del info["order"]
+    for seg in info["segments"]:  # versions before segments recorded their base
+        seg.pop("base_url", None)
     info_path.write_text(json.dumps(info))
     yield base
     mp.undo()

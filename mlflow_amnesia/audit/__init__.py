@@ -64,17 +64,16 @@ def audit_model(am, *, data_root: Optional[str] = None, privacy: bool = True, se
     from ..data import Split, rebuild
     from ..keys import load_key_for
 
-    key = load_key_for(am.info.get("key_id"), what or f"the model {am.info.get('model_name', '')}".rstrip(),
-                       to="audit it")
-    records = rebuild(am.info["dataset"], root=data_root)
-    sp = Split.from_json(am.info["split"], records)
+    key = load_key_for(am.info.key_id, what or f"the model {am.info.model_name or ''}".rstrip(), to="audit it")
+    records = rebuild(am.info.dataset or {}, root=data_root)
+    sp = Split.from_json(am.info.split or {}, records)
     all_forgotten = forgotten_positions(records, sp.train, am.forgotten, key)
-    last = (am.info.get("history") or [{}])[-1]
+    last = am.info.last_request
     n = int(last.get("n_records", 0)) if last.get("method", "train") != "train" else 0
     # forgotten hashes are appended request by request: this version's request is the last n
     this_request = forgotten_positions(records, sp.train, am.forgotten[len(am.forgotten) - n:], key) if n else np.zeros(0, np.int64)
     return full_audit(am.module, records, sp, this_request, all_forgotten, arch_spec=am.arch,
-                      recipe=am.info["recipe"], privacy=privacy, settings=settings, artifact_dir=artifact_dir)
+                      recipe=am.info.recipe or {}, privacy=privacy, settings=settings, artifact_dir=artifact_dir)
 
 
 def audit_version(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError
-from ..flavor import AmnesiaModel
+from ..version.model import AmnesiaModel
 from .base import REPAIRS, ForgetContext, MethodResult, Repair, RepairResult, UnlearningMethod, check_repair, register_method
 from .common import training_data
 

@@ -14,7 +14,8 @@ from typing import Any, Callable, ClassVar, Optional
 
 import numpy as np
 
-from ..flavor import AmnesiaModel, Segment
+from ..phase import Segment
+from ..version.model import AmnesiaModel
 from ..names import Registry
 
 

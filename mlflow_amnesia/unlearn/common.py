@@ -54,11 +54,11 @@ def training_data(ctx: ForgetContext, needed_by: str) -> TrainingData:
         )
     try:
         records = ctx.load_records()
-        sp = Split.from_json(info["split"], records)
+        sp = Split.from_json(info.split or {}, records)
     except InputError as e:
         raise InputError(
             f"{needed_by} trains on the model's training data, which cannot be rebuilt from what the version "
-            f"recorded ({info['dataset'].get('spec')!r}): {e} {NO_DATA_HINT}"
+            f"recorded ({(info.dataset or {}).get('spec')!r}): {e} {NO_DATA_HINT}"
         ) from None
     every = np.concatenate([hash_rows(ctx.model.forgotten), hash_rows(ctx.target_hashes)])
     excluded = np.sort(forgotten_positions(records, sp.train, every, ctx.key))
@@ -66,10 +66,10 @@ def training_data(ctx: ForgetContext, needed_by: str) -> TrainingData:
     if len(target) != len(ctx.target_hashes):
         raise InputError(
             f"{len(ctx.target_hashes) - len(target)} of the {len(ctx.target_hashes)} record(s) to forget are not "
-            f"training records of the rebuilt data set {info['dataset'].get('spec')!r}: the data changed since "
+            f"training records of the rebuilt data set {(info.dataset or {}).get('spec')!r}: the data changed since "
             "training. " + NO_DATA_HINT
         )
-    return TrainingData(records, sp, Recipe.from_dict(info["recipe"]), excluded, target)
+    return TrainingData(records, sp, Recipe.from_dict(info.recipe or {}), excluded, target)
 
 
 def phase_seed(recipe: Recipe, first_step: int) -> int:
@@ -85,8 +85,3 @@ def epochs_option(ctx: ForgetContext, default: int) -> int:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
     return epochs
 
-
-def training_url_of(segment) -> str:
-    """``<base>/training`` of the recorded phase whose store is ``<base>/deltas`` (see locations)."""
-    url = segment.store_url.rstrip("/")
-    return (url[: -len("/deltas")] if url.endswith("/deltas") else url) + "/training"

@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..flavor import Segment
+from ..phase import Segment
 from ..progress import info as say
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
 from .common import TrainingData, epochs_option, phase_seed, training_data
@@ -28,7 +28,7 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
 
     Returns the segment and the seconds the training loop took.
     """
-    from ..locations import save_array
+    from ..phase import Phase
     from ..training import epoch_orders, make_optimizer, record_phase
 
     recipe = data.recipe
@@ -42,11 +42,11 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
     t0 = time.monotonic()
     seg = record_phase(
         ctx.model.module, optimizer, data.records.x, data.records.y, list(data.records.ids), orders,
-        batch_size=recipe.batch_size, base_url=base, codec=ctx.model.info["codec"],
+        batch_size=recipe.batch_size, base_url=base, codec=ctx.model.info.codec,
         role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
     )
     seconds = time.monotonic() - t0
-    save_array(f"{base}/training/batch_order.npy", orders.astype(np.int64), key=ctx.key)
+    Phase(base).save_batch_order(orders.astype(np.int64), key=ctx.key)
     return seg, seconds
 
 

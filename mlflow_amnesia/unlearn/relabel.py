@@ -104,7 +104,7 @@ class Relabel(UnlearningMethod):
         t0 = time.monotonic()
         seg = record_phase(
             ctx.model.module, optimizer, x, targets, ids, orders, targets=targets,
-            batch_size=recipe.batch_size, base_url=ctx.phase_base(), codec=ctx.model.info["codec"],
+            batch_size=recipe.batch_size, base_url=ctx.phase_base(), codec=ctx.model.info.codec,
             role="relabel", key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
         )
         seconds = time.monotonic() - t0

@@ -30,10 +30,12 @@ import numpy as np
 
 from ..errors import InputError
 from ..keys import hash_keys
-from ..flavor import AmnesiaModel, Segment
+from ..phase import Segment
+from ..version.model import AmnesiaModel
+from ..phase import BATCH_ORDER
 from ..progress import info as say
 from .base import ForgetContext
-from .common import TrainingData, training_url_of
+from .common import TrainingData
 
 
 @dataclass
@@ -75,10 +77,10 @@ class _TrainHashes:
 def _recorded_order(seg: Segment, batch_size: int, key: bytes) -> Optional[np.ndarray]:
     """The segment's batch order (sealed under ``key``, or in clear from an older version) when it
     has one that describes exactly its steps, else None."""
-    from ..locations import load_array
-
+    if seg.phase is None:  # a store put elsewhere by hand: no training files of ours
+        return None
     try:  # a phase with a sealed store sealed its order too: one in clear there is refused
-        order = load_array(f"{training_url_of(seg)}/batch_order.npy", key=key, sealed=seg.open_store().encrypted)
+        order = seg.phase.load_batch_order(key=key, sealed=seg.open_store().encrypted)
     except InputError:
         return None
     if order.ndim != 2 or order.shape[1] == 0:
@@ -111,7 +113,7 @@ def plan_replay(model: AmnesiaModel, steps: np.ndarray, data: TrainingData, key:
                 fed = np.unique(hashes.by_position[batch])
                 if len(fed) != len(want) or not np.array_equal(np.sort(fed), np.sort(want)):
                     raise InputError(
-                        f"the recorded batch order {training_url_of(seg)}/batch_order.npy does not match the record "
+                        f"the recorded batch order {seg.phase.file_url(BATCH_ORDER) if seg.phase else '?'} does not match the record "
                         f"index at step {s} of the {seg.role} segment: the file is not this phase's order. Restore "
                         "it, or remove it so that replay falls back to the record index."
                     )
@@ -152,7 +154,7 @@ def replay(ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: Opti
     # One row per batch, each no longer than batch_size: every row becomes exactly one step.
     seg = record_phase(
         ctx.model.module, optimizer, data.records.x, data.records.y, list(data.records.ids), plan.batches,
-        batch_size=max(len(b) for b in plan.batches), base_url=ctx.phase_base(), codec=ctx.model.info["codec"],
+        batch_size=max(len(b) for b in plan.batches), base_url=ctx.phase_base(), codec=ctx.model.info.codec,
         role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step,
     )
     return seg, time.monotonic() - t0

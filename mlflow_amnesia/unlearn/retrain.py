@@ -29,7 +29,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError, RecordKeyError, StoreError
-from ..flavor import Segment
+from ..phase import Segment
+from ..phase import BATCH_ORDER, INITIAL_STATE, Phase
 from ..progress import info as say
 from ..training import Recipe
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
@@ -74,11 +75,11 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
     keyed orders). Raises InputError naming the missing or mismatching input; changes nothing.
     """
     from ..data import ORDER_KEYED
-    from ..locations import load_array, load_state
     from ..training import epoch_orders
 
     url = info.get("training_url")
-    if not url:
+    phase = Phase.of_training_url(url) if url else None
+    if phase is None:
         raise InputError("--method retrain needs the training state this model version would record at "
                          f"training_url, but it records none (not trained by `mlflow-amnesia train`). {_HINT}")
     recipe = Recipe.from_dict(info["recipe"])
@@ -86,18 +87,19 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
     sealed = info.get("order") == ORDER_KEYED  # trained with sealed files: one in clear was replaced
-    state = _load(f"{url}/initial_state.pt", "the initial weights", lambda u: load_state(u, key=key, sealed=sealed))
-    recorded = _load(f"{url}/batch_order.npy", "the batch order", lambda u: load_array(u, key=key, sealed=sealed))
+    state = _load(phase.file_url(INITIAL_STATE), "the initial weights",
+                  lambda u: phase.load_initial_state(key=key, sealed=sealed))
+    recorded = _load(phase.file_url(BATCH_ORDER), "the batch order", lambda u: phase.load_batch_order(key=key, sealed=sealed))
     if module is not None:
         have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
         if have != got:
-            raise InputError(f"{url}/initial_state.pt does not fit this model's architecture "
+            raise InputError(f"{phase.file_url(INITIAL_STATE)} does not fit this model's architecture "
                              f"({len(got)} tensors, the model has {len(have)}). {_HINT}")
     train = np.asarray(split.train, np.int64)
     if recorded.ndim != 2 or recorded.shape[1] != len(train) or any(
             not np.array_equal(np.sort(row), train) for row in recorded):
-        raise InputError(f"{url}/batch_order.npy (shape {recorded.shape}) is not an order of this version's "
+        raise InputError(f"{phase.file_url(BATCH_ORDER)} (shape {recorded.shape}) is not an order of this version's "
                          f"{len(train)} training records: it belongs to another run or the split changed. {_HINT}")
     orders = recorded[:epochs].astype(np.int64)
     if epochs > len(recorded):
@@ -120,7 +122,6 @@ def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, co
     """Reset ``module`` to the initial weights and train it on ``inputs.orders`` exactly as
     ``train`` did, every step recorded at ``base_url`` from step 0; (segment, loop seconds).
     ``on_epoch``: :func:`~mlflow_amnesia.training.record_phase`'s per-epoch callback."""
-    from ..locations import save_array, save_state
     from ..models import build_model
     from ..training import make_optimizer, record_phase
 
@@ -137,8 +138,9 @@ def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, co
                            batch_size=recipe.batch_size, base_url=base_url, codec=codec, role=role,
                            key=key, run_id=run_id, first_step=0, on_epoch=on_epoch)
         seconds = time.monotonic() - t0
-    save_array(f"{base_url}/training/batch_order.npy", inputs.orders, key=key)
-    save_state(f"{base_url}/training/optimizer_state.pt", optimizer.state_dict(), key=key)
+    phase = Phase(base_url)
+    phase.save_batch_order(inputs.orders, key=key)
+    phase.save_optimizer_state(optimizer.state_dict(), key=key)
     return seg, seconds
 
 
@@ -150,12 +152,12 @@ class Retrain(UnlearningMethod):
     needs_data = True
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
-        recipe_epochs = int(ctx.model.info.get("recipe", {}).get("epochs", 1))
+        recipe_epochs = int((ctx.model.info.recipe or {}).get("epochs", 1))
         epochs = epochs_option(ctx, recipe_epochs)
         data = training_data(ctx, "--method retrain")
         inputs = load_retrain_inputs(ctx.model.info, ctx.model.arch, data.records, data.split, data.excluded,
                                      epochs=epochs, module=ctx.model.module, key=ctx.key)
-        seg, seconds = retrain(ctx.model.module, inputs, base_url=ctx.phase_base(), codec=ctx.model.info["codec"],
+        seg, seconds = retrain(ctx.model.module, inputs, base_url=ctx.phase_base(), codec=ctx.model.info.codec,
                                key=ctx.key, run_id=ctx.run_id, on_epoch=ctx.epoch_hook())
         return MethodResult(
             rolled_back=np.zeros(0, np.int64), replace_segments=[seg],

@@ -1,0 +1,123 @@
+"""A loaded model version: :class:`AmnesiaModel`, and reading one from a local directory.
+
+A version is its weights in a torch module, its architecture spec, its metadata
+(:class:`~mlflow_amnesia.version.info.VersionInfo`), its recorded phases (segments, with their
+manifest and index copies: no chunk is read), the steps already rolled back along its lineage
+and the keyed hashes of every record forgotten along it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..keys import no_hashes
+from ..phase import Segment
+from .files import ARCH, INFO, MAX_SMALL_JSON, WEIGHTS, LocalFiles, VersionFiles, check_not_purged, read_weights
+from .info import RESTORE, VersionInfo, text
+
+__all__ = ["AmnesiaModel", "read_model"]
+
+
+@dataclass
+class AmnesiaModel:
+    """A loaded version: the torch module plus what a forget or an audit needs.
+
+    ``info`` is a :class:`VersionInfo`; a plain dict (the JSON of ``amnesia.json``) is taken as one.
+    """
+
+    module: torch.nn.Module
+    arch: dict
+    info: VersionInfo
+    segments: list[Segment]
+    rolled_back: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    forgotten: np.ndarray = field(default_factory=no_hashes)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.info, VersionInfo):
+            self.info = VersionInfo.from_json(self.info or {})
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.n_steps for s in self.segments)
+
+    @property
+    def next_step(self) -> int:
+        return max([s.last_step + 1 for s in self.segments] + [0])
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities for a batch of images shaped (N, C, H, W) or flattened (N, C*H*W)."""
+        self.module.eval()
+        t = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        shape = tuple(self.info.input_shape or ())
+        if t.ndim == 2 and t.shape[1] == int(np.prod(shape)):  # flattened images (tabular serving)
+            t = t.reshape(-1, *shape)
+        if t.ndim != 4 or tuple(t.shape[1:]) != shape:
+            raise InputError(
+                f"expected images shaped (N, {', '.join(map(str, shape))}), got {tuple(t.shape)}"
+            )
+        out = [torch.softmax(self.module(t[i : i + batch_size]), dim=1) for i in range(0, len(t), batch_size)]
+        return torch.cat(out).numpy() if out else np.zeros((0, self.info.num_classes or 0), np.float32)
+
+
+def read_model(path: Path, label: Optional[str] = None, builders: Iterable[str] = ()) -> AmnesiaModel:
+    """Load the version in the local directory ``path``; ``label`` names it in errors (its URI).
+
+    Every file goes through :class:`VersionFiles` (checked, bounded); the weights must fit the
+    architecture (compared on the meta device before the module is built).
+    """
+    from ..models import build_model, state_shapes
+
+    local = LocalFiles(path)
+    if not local.path(INFO).is_file():
+        mlmodel = path / "MLmodel"
+        hint = ""
+        if mlmodel.is_file():
+            hint = f" Its MLmodel lists flavors: {_flavors_of(mlmodel)}."
+        raise InputError(
+            f"{path} is not an mlflow_amnesia model (no {INFO}).{hint} "
+            "Use a model version registered by `mlflow-amnesia train` or `forget`."
+        )
+    check_not_purged(local.data)
+    files = VersionFiles(local, label or str(path))
+    info = files.info()
+    assert info is not None
+    arch = files.arch(builders)
+    segments = files.segments(info)
+    rolled = files.rolled_back(segments)
+    forgotten = files.forgotten()
+    state = read_weights(local.path(WEIGHTS), files.where(WEIGHTS))
+    shapes = state_shapes(arch)  # a built-in architecture: check the weights fit before building it
+    got = {k: tuple(v.shape) for k, v in state.items()}
+    if shapes is not None and shapes != got:
+        odd = sorted(set(shapes) ^ set(got))
+        first = (f"{text(odd[0], 80)} is only in {'the weights' if odd[0] in got else 'the architecture'}" if odd else
+                 next(f"{text(k, 80)} is {got[k]} in the weights, {shapes[k]} in the architecture"
+                      for k in sorted(shapes) if shapes[k] != got[k]))
+        raise InputError(f"{files.where(WEIGHTS)} does not fit {ARCH} ({len(got)} tensors, the architecture has "
+                         f"{len(shapes)}; {first}): one of the files is not this version's; {RESTORE}.")
+    module = build_model(arch, source=files.where(ARCH), builders=builders)
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:  # a builder's module (shapes unknown until built)
+        raise InputError(f"{files.where(WEIGHTS)} does not fit {ARCH} ({text(str(e).splitlines()[-1], 160)}); "
+                         f"{RESTORE}.") from None
+    module.eval()
+    return AmnesiaModel(module=module, arch=arch, info=info, segments=segments, rolled_back=rolled, forgotten=forgotten)
+
+
+def _flavors_of(mlmodel: Path) -> str:
+    import yaml
+
+    try:
+        if mlmodel.stat().st_size > MAX_SMALL_JSON:
+            return "unreadable"
+        return text(", ".join(sorted(map(str, (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})))))
+    except Exception:  # noqa: BLE001 - only for a hint in an error message
+        return "unreadable"
