@@ -16,7 +16,8 @@ import math
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Mapping, Optional, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     import torch
 
     from .purge import PurgeResult
+    from .unlearn import AllOptions, MethodResult
 
 DEFAULT_MAX_STEP_SHARE = 0.01  # the paper: rolling back more than ~1% of batches costs accuracy
 
@@ -109,6 +111,65 @@ class Completion:
     purge: Optional["PurgeResult"] = None
 
 
+class PlannedForget(NamedTuple):
+    """What :func:`plan_forget` found; nothing is written yet."""
+
+    plan: ForgetPlan
+    version: Any  # the ModelVersion to forget from (or the child to complete: plan.completes)
+    model: AmnesiaModel  # that version, loaded (no chunk read)
+    key: bytes  # the record key, checked against the version's key id
+    target_hashes: np.ndarray  # keyed hashes of the records this request forgets now
+    records: Any  # the data set, when --class needed it rebuilt (None otherwise)
+
+
+@dataclass
+class ForgetRequest:
+    """What the user asked ``forget`` to do: the command's options, ``forget()``'s keywords."""
+
+    model_name: str
+    records_file: Optional[str] = None  # an ids file (one record id per line)
+    ids: Optional[Sequence[str]] = None
+    cls: Optional[str] = None  # every training record of this class
+    version: Optional[int] = None  # the version to forget from (default: the latest)
+    alias: Optional[str] = None
+    method: str = "amnesiac"
+    repair: Optional[str] = None
+    repair_epochs: int = 1
+    repair_lr: Optional[float] = None
+    method_epochs: Optional[int] = None
+    copies: int = 4
+    dry_run: bool = False
+    yes: bool = False
+    max_step_share: float = DEFAULT_MAX_STEP_SHARE
+    set_alias: Optional[str] = None
+    store_uri: Optional[str] = None  # where a repair records (default: where training recorded)
+    data_root: Optional[str] = None
+    confirm: Optional[Callable[[str], bool]] = None  # asked above max_step_share, unless yes
+    audit: bool = True
+    audit_settings: Any = None
+    on_epoch: Optional[Callable[[int, "torch.nn.Module"], Optional[Mapping[str, float]]]] = None
+    purge: bool = False  # purge the parent once the child is registered
+
+    def checked(self) -> "ForgetRequest":
+        """The request with its options checked and normalised, before any database, lock, run or
+        rollback exists (InputError naming the option otherwise)."""
+        from .tracking import check_tracking_store
+        from .unlearn.base import check_repair
+        from .validation import check_forget_options
+
+        share = check_step_share(self.max_step_share)
+        check_forget_options(repair_lr=self.repair_lr, store_uri=self.store_uri)
+        check_tracking_store(create=False)  # a missing database is an error, never created
+        return replace(self, max_step_share=share, repair=check_repair(self.repair))
+
+    def method_options(self) -> "AllOptions":
+        """Every method's options (each method keeps its own: ``TheirOptions.of(...)``)."""
+        from .unlearn import AllOptions
+
+        return AllOptions(repair=self.repair, repair_epochs=self.repair_epochs, repair_lr=self.repair_lr,
+                          epochs=self.method_epochs, copies=self.copies, cls=self.cls)
+
+
 def _load_ids(records_file: Optional[str], ids: Optional[Sequence[str]]) -> list[str]:
     from .ids import read_ids_file
 
@@ -134,7 +195,8 @@ def plan_forget(
     method: str = "amnesiac",
     data_root: Optional[str] = None,
 ):
-    """Resolve the version and the records; return (plan, mv, model, key, target hashes, records or None).
+    """Resolve the version and the records: a :class:`PlannedForget` (it unpacks as the tuple
+    ``(plan, mv, model, key, target_hashes, records)``).
 
     When this very request registered a child earlier (a forget killed before it finished:
     the version asked for, or its child, carries the request's hash), the plan names that child
@@ -188,7 +250,7 @@ def plan_forget(
             plan = registered_plan(mv)
             plan.refusal = refusal or (f"all {len(wanted)} record(s) were already forgotten along the lineage of "
                                        f"{model_name} v{mv.version}; nothing to do")
-            return plan, mv, am, key, hashes[:0], records
+            return PlannedForget(plan, mv, am, key, hashes[:0], records)
         if refusal is not None:
             raise InputError(refusal)
     train_seg = next(s for s in am.segments if s.role in ("train", "retrain"))  # a retrained version trained anew
@@ -218,7 +280,7 @@ def plan_forget(
         n_already_forgotten=int(already.sum()), steps=all_steps, total_steps=am.total_steps,
         request_hash=hash_request(target_ids, key), rolled_back_before=int(len(am.rolled_back)),
     )
-    return plan, mv, am, key, target_hashes, records
+    return PlannedForget(plan, mv, am, key, target_hashes, records)
 
 
 def _unfinished_child(mv):
@@ -276,33 +338,14 @@ def registered_plan(mv) -> ForgetPlan:
 
 
 @one_forget_per_model  # forgets of one model on one machine queue; across machines, register_child decides
-def forget(
-    model_name: str,
-    *,
-    records_file: Optional[str] = None,
-    ids: Optional[Sequence[str]] = None,
-    cls: Optional[str] = None,
-    version: Optional[int] = None,
-    alias: Optional[str] = None,
-    method: str = "amnesiac",
-    repair: Optional[str] = None,
-    repair_epochs: int = 1,
-    repair_lr: Optional[float] = None,
-    method_epochs: Optional[int] = None,
-    copies: int = 4,
-    dry_run: bool = False,
-    yes: bool = False,
-    max_step_share: float = DEFAULT_MAX_STEP_SHARE,
-    set_alias: Optional[str] = None,
-    store_uri: Optional[str] = None,
-    data_root: Optional[str] = None,
-    confirm: Optional[Callable[[str], bool]] = None,
-    audit: bool = True,
-    audit_settings=None,
-    on_epoch: Optional[Callable[[int, "torch.nn.Module"], Optional[Mapping[str, float]]]] = None,
-    purge: bool = False,
-) -> ForgetResult:
+def forget(model_name: str, **request: Any) -> ForgetResult:
     """Forget records from a registered model; returns the new version (or the plan, for a dry run).
+
+    The keywords are the fields of :class:`ForgetRequest` (``records_file=``, ``ids=``, ``cls=``,
+    ``version=``/``alias=``, ``method=``, ``repair=``, ``repair_epochs=``, ``repair_lr=``,
+    ``method_epochs=``, ``copies=``, ``dry_run=``, ``yes=``, ``max_step_share=``, ``set_alias=``,
+    ``store_uri=``, ``data_root=``, ``confirm=``, ``audit=``, ``audit_settings=``, ``on_epoch=``,
+    ``purge=``); the work is :func:`run_forget`'s named steps.
 
     ``confirm`` is asked when the steps to roll back exceed ``max_step_share`` (a share in
     (0, 1]) of all recorded steps, for this request or along the lineage (steps earlier forgets
@@ -319,116 +362,166 @@ def forget(
     run at ``step=epoch``, so the MLflow UI plots them per epoch. Its time counts in the
     method's ``unlearn.seconds`` / ``repair.seconds``.
     """
+    return run_forget(ForgetRequest(model_name, **request))
+
+
+def run_forget(request: ForgetRequest) -> ForgetResult:
+    """The forget job, step by step (docs/ARCHITECTURE.md, "Forget's order of work"):
+    check -> plan -> guard the step share -> (run) method -> audit -> register -> complete."""
     import mlflow
-    from mlflow.entities import LoggedModelInput
 
-    from .audit import forgotten_positions, full_audit
-    from .data import Split, rebuild
-    from .keys import hash_rows
-    from .locations import phase_base, start_run
-    from .tracking import check_tracking_store
-    from .unlearn import ForgetContext, get_method
-    from .unlearn.base import check_repair
-    from .validation import check_forget_options
+    from .locations import start_run
 
-    max_step_share = check_step_share(max_step_share)
-    check_forget_options(repair_lr=repair_lr, store_uri=store_uri)  # before any run or rollback
-    check_tracking_store(create=False)  # a missing database is an error, never created
-    repair = check_repair(repair)
-    plan, mv, am, key, target_hashes, records = plan_forget(
-        model_name, records_file=records_file, ids=ids, cls=cls, version=version, alias=alias,
-        method=method, data_root=data_root)
+    r = request.checked()
+    planned = plan_forget(r.model_name, records_file=r.records_file, ids=r.ids, cls=r.cls, version=r.version,
+                          alias=r.alias, method=r.method, data_root=r.data_root)
+    plan, mv = planned.plan, planned.version
     if plan.completes is not None:
-        return _complete_earlier(plan, mv, set_alias=set_alias, purge=purge, dry_run=dry_run)
-    say(plan.describe())
-    if len(plan.steps) == 0:
-        say("no recorded step saw these records that is not already rolled back")
-    m = get_method(method)
-    if m.rolls_back and len(plan.steps) and max(plan.share, plan.cumulative_share) > max_step_share:
-        warn = (f"rolling back {plan.share:.2%} of the recorded steps for this request, {plan.cumulative_share:.2%} "
-                f"along this lineage with the {plan.rolled_back_before} step(s) earlier forgets rolled back, exceeds "
-                f"--max-step-share {max_step_share:.2%}: the paper finds that rolling back more than ~1% of batches "
-                "costs accuracy that then needs repair (--repair finetune) or another method (--method retrain "
-                "trains anew without every forgotten record).")
-        say("WARNING: " + warn)
-        if not dry_run and not yes:
-            if confirm is None or not confirm("Roll back anyway?"):
-                raise InputError(warn + " Re-run with --yes to proceed, or with --dry-run to inspect.")
-    if dry_run:
-        say(f"dry run: would register {model_name} v(next) with method {method}" + (f" and repair {repair}" if repair != "none" else ""))
+        return _complete_earlier(plan, mv, set_alias=r.set_alias, purge=r.purge, dry_run=r.dry_run)
+    _guard_share(r, plan)
+    if r.dry_run:
+        say(f"dry run: would register {r.model_name} v(next) with method {r.method}"
+            + (f" and repair {r.repair}" if r.repair != "none" else ""))
         return ForgetResult(plan)
-
-    cache: dict = {}
-
-    def load_records():
-        if "r" not in cache:
-            cache["r"] = records if records is not None else rebuild(am.info.dataset or {}, root=data_root)
-        return cache["r"]
 
     parent_run = mlflow.MlflowClient().get_run(mv.run_id) if mv.run_id else None
     t0 = time.monotonic()
-    with start_run(f"forget-{model_name}-v{mv.version}", experiment_id=parent_run.info.experiment_id if parent_run else None) as run:
-        run_id = run.info.run_id
-        store_base = store_uri or am.info.store_uri
-        mlflow.log_params({"model_name": model_name, "parent_version": mv.version, "method": method,
-                           "repair": repair, "repair_epochs": repair_epochs, "n_records": plan.n_records,
-                           "max_step_share": max_step_share, "epochs": method_epochs or "", "copies": copies})
-        mlflow.set_tags({TAG_ROLE: "forget", registry.TAG_REQUEST: plan.request_hash})
-        if mv.model_id:
-            mlflow.MlflowClient().log_inputs(run_id, models=[LoggedModelInput(mv.model_id)])
-        child = AmnesiaModel(module=copy.deepcopy(am.module), arch=am.arch, info=am.info.copy(),
-                             segments=list(am.segments), rolled_back=am.rolled_back, forgotten=am.forgotten)
-        ctx = ForgetContext(
-            model=child, key=key, target_hashes=target_hashes, steps=plan.steps, load_records=load_records,
-            phase_base=lambda: phase_base(run.info.artifact_uri, run_id, store_base), run_id=run_id,
-            options={"repair": repair, "repair_epochs": repair_epochs, "repair_lr": repair_lr,
-                     "epochs": method_epochs, "copies": copies, "cls": cls},
-            on_epoch=None if on_epoch is None else _epoch_logger(on_epoch, child.module),
-        )
-        result = m.apply(ctx)
-        if result.replace_segments is not None:
-            child.segments = list(result.replace_segments)
-            child.rolled_back = np.zeros(0, np.int64)
-        else:
-            child.segments = list(am.segments) + result.new_segments
-            child.rolled_back = np.union1d(am.rolled_back, result.rolled_back).astype(np.int64)
-        child.forgotten = np.concatenate([hash_rows(am.forgotten), hash_rows(target_hashes)])
+    with start_run(f"forget-{r.model_name}-v{mv.version}",
+                   experiment_id=parent_run.info.experiment_id if parent_run else None) as run:
+        records = _LazyRecords(planned, r.data_root)
+        child, result = _apply_method(r, planned, run, records)
+        metrics = _audit(r, planned, child, result, records, t0)
+        new_version = _register(r, planned, child, result, run.info.run_id)
+    say(f"registered {r.model_name} version {new_version} (run {run.info.run_id}): {result.summary}")
+    done = complete_registration(r.model_name, new_version, set_alias=r.set_alias, purge=r.purge)
+    return ForgetResult(plan, new_version, run.info.run_id, metrics, purge=done.purge)
 
-        recs = load_records()
-        sp = Split.from_json(am.info.split or {}, recs)
-        fidx = forgotten_positions(recs, sp.train, target_hashes, key)
-        all_idx = forgotten_positions(recs, sp.train, child.forgotten, key)
-        with tempfile.TemporaryDirectory() as tmp:
-            metrics = full_audit(child.module, recs, sp, fidx, all_idx, arch_spec=child.arch,
-                                 recipe=child.info.recipe or {}, privacy=audit, settings=audit_settings, artifact_dir=tmp)
-            if audit:
-                mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
-        metrics.update(result.metrics)
-        metrics.update({"forget.seconds": time.monotonic() - t0, "steps.rolled_back": float(len(result.rolled_back)),
-                        "steps.share": plan.share})
-        mlflow.log_metrics(metrics)
-        mlflow.set_tag(TAG_PLAN, json.dumps({  # what the description needs, should a kill come after registering
-            "format": 1, "steps_seen": plan.n_steps, "total_steps": plan.total_steps,
-            "rolled_back_before": plan.rolled_back_before, "n_already_forgotten": plan.n_already_forgotten,
-            "summary": result.summary}, sort_keys=True))
-        child.info.history = list(am.info.history) + [{
-            "method": method, "repair": repair, "parent_version": int(mv.version), "run_id": run_id,
-            "n_records": plan.n_records, "steps_rolled_back": int(len(result.rolled_back)),
-            "request": plan.request_hash,
-        }]
-        # Registration is the last step (docs/RELIABILITY.md): log_model returns once every artifact
-        # is uploaded; register_child then creates the version with its lineage tags in one call and
-        # settles a race with a concurrent forget of the same parent (one child survives).
-        info = log_model(child, name="model")
-        new_mv = register_child(model_name, info.model_uri, parent=int(mv.version), run_id=run_id, tags={
-            registry.TAG_METHOD: method, registry.TAG_N_RECORDS: plan.n_records,
-            registry.TAG_STEPS: len(result.rolled_back), registry.TAG_REQUEST: plan.request_hash,
-            registry.TAG_REPAIR: repair, TAG_FLAVOR_FORMAT: "1", TAG_N_RECORDS_TOTAL: len(child.forgotten),
-        })
-        new_version = int(new_mv.version)
-    say(f"registered {model_name} version {new_version} (run {run_id}): {result.summary}")
-    done = complete_registration(model_name, new_version, set_alias=set_alias, purge=purge)
-    return ForgetResult(plan, new_version, run_id, metrics, purge=done.purge)
+
+def _guard_share(r: ForgetRequest, plan: ForgetPlan) -> None:
+    """Say what the request touches; above ``max_step_share`` warn, and ask (or refuse without ``yes``)."""
+    from .unlearn import get_method
+
+    say(plan.describe())
+    if len(plan.steps) == 0:
+        say("no recorded step saw these records that is not already rolled back")
+    if get_method(r.method).rolls_back and len(plan.steps) and max(plan.share, plan.cumulative_share) > r.max_step_share:
+        warn = (f"rolling back {plan.share:.2%} of the recorded steps for this request, {plan.cumulative_share:.2%} "
+                f"along this lineage with the {plan.rolled_back_before} step(s) earlier forgets rolled back, exceeds "
+                f"--max-step-share {r.max_step_share:.2%}: the paper finds that rolling back more than ~1% of batches "
+                "costs accuracy that then needs repair (--repair finetune) or another method (--method retrain "
+                "trains anew without every forgotten record).")
+        say("WARNING: " + warn)
+        if not r.dry_run and not r.yes:
+            if r.confirm is None or not r.confirm("Roll back anyway?"):
+                raise InputError(warn + " Re-run with --yes to proceed, or with --dry-run to inspect.")
+
+
+def _apply_method(r: ForgetRequest, planned: PlannedForget, run: Any,
+                  records: _LazyRecords) -> tuple[AmnesiaModel, "MethodResult"]:
+    """The method, on a private copy of the parent, inside the forget run: the child model and what it did."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    from .keys import hash_rows
+    from .locations import phase_base
+    from .unlearn import ForgetContext, get_method
+
+    plan, mv, am = planned.plan, planned.version, planned.model
+    run_id = run.info.run_id
+    store_base = r.store_uri or am.info.store_uri
+    mlflow.log_params({"model_name": r.model_name, "parent_version": mv.version, "method": r.method,
+                       "repair": r.repair, "repair_epochs": r.repair_epochs, "n_records": plan.n_records,
+                       "max_step_share": r.max_step_share, "epochs": r.method_epochs or "", "copies": r.copies})
+    mlflow.set_tags({TAG_ROLE: "forget", registry.TAG_REQUEST: plan.request_hash})
+    if mv.model_id:
+        mlflow.MlflowClient().log_inputs(run_id, models=[LoggedModelInput(mv.model_id)])
+    child = AmnesiaModel(module=copy.deepcopy(am.module), arch=am.arch, info=am.info.copy(),
+                         segments=list(am.segments), rolled_back=am.rolled_back, forgotten=am.forgotten)
+    m = get_method(r.method)
+    ctx = ForgetContext(
+        model=child, key=planned.key, target_hashes=planned.target_hashes, steps=plan.steps,
+        load_records=records, run_id=run_id,
+        phase_base=lambda: phase_base(run.info.artifact_uri, run_id, store_base),
+        options=m.Options.of(r.method_options()),
+        on_epoch=None if r.on_epoch is None else _epoch_logger(r.on_epoch, child.module),
+    )
+    result = m.apply(ctx)
+    if result.replace_segments is not None:
+        child.segments = list(result.replace_segments)
+        child.rolled_back = np.zeros(0, np.int64)
+    else:
+        child.segments = list(am.segments) + result.new_segments
+        child.rolled_back = np.union1d(am.rolled_back, result.rolled_back).astype(np.int64)
+    child.forgotten = np.concatenate([hash_rows(am.forgotten), hash_rows(planned.target_hashes)])
+    return child, result
+
+
+class _LazyRecords:
+    """The version's training data, rebuilt once per forget when something first needs it (a
+    rollback needs none); the plan's, when ``--class`` rebuilt it already."""
+
+    def __init__(self, planned: PlannedForget, data_root: Optional[str]) -> None:
+        self._records, self._spec, self._root = planned.records, planned.model.info.dataset or {}, data_root
+
+    def __call__(self) -> Any:
+        if self._records is None:
+            from .data import rebuild
+
+            self._records = rebuild(self._spec, root=self._root)
+        return self._records
+
+
+def _audit(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: "MethodResult",
+           records: _LazyRecords, t0: float) -> dict:
+    """Accuracy and privacy figures of the child (logged on the forget run); the audit fails the forget."""
+    import mlflow
+
+    from . import audit as audit_lib
+    from .data import Split
+
+    plan, am, key = planned.plan, planned.model, planned.key
+    recs = records()
+    sp = Split.from_json(am.info.split or {}, recs)
+    fidx = audit_lib.forgotten_positions(recs, sp.train, planned.target_hashes, key)
+    all_idx = audit_lib.forgotten_positions(recs, sp.train, child.forgotten, key)
+    with tempfile.TemporaryDirectory() as tmp:
+        metrics = audit_lib.full_audit(child.module, recs, sp, fidx, all_idx, arch_spec=child.arch,
+                                       recipe=child.info.recipe or {}, privacy=r.audit, settings=r.audit_settings,
+                                       artifact_dir=tmp)
+        if r.audit:
+            mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
+    metrics.update(result.metrics)
+    metrics.update({"forget.seconds": time.monotonic() - t0, "steps.rolled_back": float(len(result.rolled_back)),
+                    "steps.share": plan.share})
+    mlflow.log_metrics(metrics)
+    return metrics
+
+
+def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: "MethodResult",
+              run_id: str) -> int:
+    """Log the child and register it as the one child of its parent, its lineage tags in the same call."""
+    import mlflow
+
+    plan, mv, am = planned.plan, planned.version, planned.model
+    mlflow.set_tag(TAG_PLAN, json.dumps({  # what the description needs, should a kill come after registering
+        "format": 1, "steps_seen": plan.n_steps, "total_steps": plan.total_steps,
+        "rolled_back_before": plan.rolled_back_before, "n_already_forgotten": plan.n_already_forgotten,
+        "summary": result.summary}, sort_keys=True))
+    child.info.history = list(am.info.history) + [{
+        "method": r.method, "repair": r.repair, "parent_version": int(mv.version), "run_id": run_id,
+        "n_records": plan.n_records, "steps_rolled_back": int(len(result.rolled_back)),
+        "request": plan.request_hash,
+    }]
+    # Registration is the last step (docs/RELIABILITY.md): log_model returns once every artifact
+    # is uploaded; register_child then creates the version with its lineage tags in one call and
+    # settles a race with a concurrent forget of the same parent (one child survives).
+    info = log_model(child, name="model")
+    new_mv = register_child(r.model_name, info.model_uri, parent=int(mv.version), run_id=run_id, tags={
+        registry.TAG_METHOD: r.method, registry.TAG_N_RECORDS: plan.n_records,
+        registry.TAG_STEPS: len(result.rolled_back), registry.TAG_REQUEST: plan.request_hash,
+        registry.TAG_REPAIR: r.repair, TAG_FLAVOR_FORMAT: "1", TAG_N_RECORDS_TOTAL: len(child.forgotten),
+    })
+    return int(new_mv.version)
 
 
 def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: Optional[str], purge: bool, dry_run: bool) -> ForgetResult:

@@ -5,7 +5,9 @@ retraining") and ``retrain`` (from the initial weights without the records: the 
 from .base import (
     METHODS,
     REPAIRS,
+    AllOptions,
     ForgetContext,
+    MethodOptions,
     MethodResult,
     Repair,
     RepairResult,
@@ -20,5 +22,5 @@ from . import finetune as _finetune  # noqa: F401
 from . import relabel as _relabel  # noqa: F401
 from . import retrain as _retrain  # noqa: F401
 
-__all__ = ["METHODS", "REPAIRS", "ForgetContext", "MethodResult", "Repair", "RepairResult", "UnlearningMethod",
+__all__ = ["METHODS", "REPAIRS", "AllOptions", "ForgetContext", "MethodOptions", "MethodResult", "Repair", "RepairResult", "UnlearningMethod",
            "available_methods", "check_repair", "get_method", "register_method"]

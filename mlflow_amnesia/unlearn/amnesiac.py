@@ -20,6 +20,7 @@ with momentum 0.1), the rest stream through the store's sum; BatchNorm with ``mo
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import numpy as np
@@ -27,7 +28,17 @@ import torch
 
 from ..errors import InputError
 from ..version.model import AmnesiaModel
-from .base import REPAIRS, ForgetContext, MethodResult, Repair, RepairResult, UnlearningMethod, check_repair, register_method
+from .base import (
+    REPAIRS,
+    ForgetContext,
+    MethodOptions,
+    MethodResult,
+    Repair,
+    RepairResult,
+    UnlearningMethod,
+    check_repair,
+    register_method,
+)
 from .common import training_data
 
 
@@ -133,6 +144,15 @@ def subtract(module: torch.nn.Module, sums: dict[str, np.ndarray], n_steps: int)
                 t.sub_(n_steps).clamp_(min=0)
 
 
+@dataclass(frozen=True)
+class AmnesiacOptions(MethodOptions):
+    """``--repair`` (None: none), ``--repair-epochs`` (None: 1) and ``--repair-lr`` (None: the recipe's)."""
+
+    repair: Optional[str] = None
+    repair_epochs: Optional[int] = None
+    repair_lr: Optional[float] = None
+
+
 class NoRepair(Repair):
     """``--repair none``: the rolled-back model as it is."""
 
@@ -156,7 +176,7 @@ class FinetuneRepair(Repair):
         from .finetune import finetune_retained
 
         epochs = _repair_epochs(ctx)
-        seg, secs = finetune_retained(ctx, data, epochs=epochs, role="repair", lr=ctx.options.get("repair_lr"))
+        seg, secs = finetune_retained(ctx, data, epochs=epochs, role="repair", lr=AmnesiacOptions.of(ctx.options).repair_lr)
         return RepairResult([seg], {"repair.seconds": secs, "repair.steps": float(seg.n_steps)},
                             f", then fine-tuned {epochs} epoch(s) on the retained records")
 
@@ -176,7 +196,7 @@ class ReplayRepair(Repair):
         from .replay import replay
 
         plan = prepared
-        seg, secs = replay(ctx, data, plan, lr=ctx.options.get("repair_lr"))
+        seg, secs = replay(ctx, data, plan, lr=AmnesiacOptions.of(ctx.options).repair_lr)
         ctx.epoch_done(1)  # the replay is one pass over the rolled-back batches
         return RepairResult([seg] if seg is not None else [],
                             {"repair.seconds": secs, "repair.steps": float(len(plan.batches)),
@@ -190,7 +210,7 @@ for _repair in (NoRepair(), FinetuneRepair(), ReplayRepair()):
 
 
 def _repair_epochs(ctx: ForgetContext) -> int:
-    return int(ctx.options.get("repair_epochs") or 1)
+    return int(AmnesiacOptions.of(ctx.options).repair_epochs or 1)
 
 
 @register_method
@@ -209,9 +229,10 @@ class Amnesiac(UnlearningMethod):
     name = "amnesiac"
     needs_data = False
     rolls_back = True
+    Options = AmnesiacOptions
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
-        name = check_repair(ctx.options.get("repair"))
+        name = check_repair(AmnesiacOptions.of(ctx.options).repair)
         repair = REPAIRS.get(name)
         repair.check(ctx)
         data = training_data(ctx, f"--repair {name}") if repair.needs_data else None

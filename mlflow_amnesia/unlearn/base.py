@@ -9,14 +9,45 @@ succeeded, so a failing method leaves the registry untouched.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Optional
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 
 import numpy as np
 
+from ..names import Registry
 from ..phase import Segment
 from ..version.model import AmnesiaModel
-from ..names import Registry
+
+OptionsT = TypeVar("OptionsT", bound="MethodOptions")
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """The options of one method (``forget --epochs``, ``--copies``...), typed; subclasses add fields.
+
+    :meth:`of` takes a method's own options, another method's, or a plain mapping of every
+    method's options (``{"repair": ..., "epochs": ..., "copies": ...}``) and keeps this method's
+    fields: a request carries every option, each method reads its own.
+    """
+
+    @classmethod
+    def of(cls: type[OptionsT], value: Union["MethodOptions", Mapping[str, Any], None]) -> OptionsT:
+        if isinstance(value, cls):
+            return value
+        given: Mapping[str, Any] = asdict(value) if isinstance(value, MethodOptions) else dict(value or {})
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+
+
+@dataclass(frozen=True)
+class AllOptions(MethodOptions):
+    """Every method's options at once: what ``forget`` hands the method it runs (as a request holds them)."""
+
+    repair: Optional[str] = None  # amnesiac: none | finetune | replay (None: none)
+    repair_epochs: Optional[int] = None  # amnesiac + finetune repair (None: 1)
+    repair_lr: Optional[float] = None  # amnesiac repairs (None: the recipe's)
+    epochs: Optional[int] = None  # relabel, finetune, retrain (None: the method's default)
+    copies: Optional[int] = None  # relabel (None: 4)
+    cls: Optional[str] = None  # relabel: the class forgotten (one relabelled copy each)
 
 
 @dataclass
@@ -28,7 +59,9 @@ class ForgetContext:
     load_records: Callable[[], Any]  # rebuilds the training data on demand (lazy: rollback needs none)
     phase_base: Callable[[], str]  # base URL for a new recorded phase of this forget run
     run_id: str
-    options: dict = field(default_factory=dict)
+    #: the request's method options (:class:`AllOptions`, a method's own, or a plain mapping);
+    #: each method reads its own with ``TheirOptions.of(ctx.options)``
+    options: Union[MethodOptions, Mapping[str, Any]] = field(default_factory=AllOptions)
     # Called with 0 right after a rollback and with k after the k-th epoch a method (or its
     # repair) trains, while ``model.module`` holds the weights of that moment: forget's per-epoch
     # metrics. Methods call it through :meth:`epoch_done`; None: nobody is listening.
@@ -60,9 +93,10 @@ class MethodResult:
 
 
 class UnlearningMethod(abc.ABC):
-    """Base class: set ``name`` and implement :meth:`apply`."""
+    """Base class: set ``name`` (and ``Options``, the dataclass of its options) and implement :meth:`apply`."""
 
     name: ClassVar[str]
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
     needs_data: ClassVar[bool] = False  # True when the method trains on the data set
     rolls_back: ClassVar[bool] = False  # True when it subtracts recorded steps (the step-share check applies)
 

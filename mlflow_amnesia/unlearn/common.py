@@ -8,12 +8,13 @@ store, so a version whose data cannot be rebuilt fails the forget with nothing c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..training import Recipe
-from .base import ForgetContext
+from .base import ForgetContext, MethodOptions
 
 NO_DATA_HINT = ("Nothing was changed. Point --data-root at the copy of the data set the model was trained on, "
                 "or use --method amnesiac without --repair, which needs no training data.")
@@ -77,9 +78,16 @@ def phase_seed(recipe: Recipe, first_step: int) -> int:
     return recipe.seed + 7919 * (first_step + 1)
 
 
+@dataclass(frozen=True)
+class EpochsOptions(MethodOptions):
+    """Options of a method that trains for some epochs (finetune, retrain)."""
+
+    epochs: Optional[int] = None  # --epochs; None: the method's default
+
+
 def epochs_option(ctx: ForgetContext, default: int) -> int:
-    """``--epochs`` (ctx.options["epochs"]; None means the method's default), checked."""
-    e = ctx.options.get("epochs")
+    """``--epochs`` (None means the method's default), checked."""
+    e = EpochsOptions.of(ctx.options).epochs
     epochs = default if e is None else int(e)
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")

@@ -14,7 +14,7 @@ import numpy as np
 from ..phase import Segment
 from ..progress import info as say
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
-from .common import TrainingData, epochs_option, phase_seed, training_data
+from .common import EpochsOptions, TrainingData, epochs_option, phase_seed, training_data
 
 DEFAULT_EPOCHS = 1
 
@@ -56,6 +56,7 @@ class Finetune(UnlearningMethod):
 
     name = "finetune"
     needs_data = True
+    Options = EpochsOptions
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
         epochs = epochs_option(ctx, DEFAULT_EPOCHS)

@@ -16,6 +16,7 @@ steps that fed their wrong-label copies: it says what each step saw.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 from ..errors import InputError
 from ..progress import info as say
-from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
+from .base import ForgetContext, MethodOptions, MethodResult, UnlearningMethod, register_method
 from .common import epochs_option, phase_seed, training_data
 
 DEFAULT_COPIES = 4
@@ -68,25 +69,36 @@ def copies_per_record(records, target: np.ndarray, copies: int, cls: Optional[ob
     return per
 
 
+@dataclass(frozen=True)
+class RelabelOptions(MethodOptions):
+    """``--epochs`` (default 1), ``--copies`` (default 4) and the ``--class`` forgotten."""
+
+    epochs: Optional[int] = None
+    copies: Optional[int] = None
+    cls: Optional[str] = None
+
+
 @register_method
 class Relabel(UnlearningMethod):
     """Replace the records by copies with random incorrect labels, then train ``--epochs``."""
 
     name = "relabel"
+    Options = RelabelOptions
     needs_data = True
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
         from ..training import epoch_orders, make_optimizer, record_phase
 
         epochs = epochs_option(ctx, DEFAULT_EPOCHS)
-        copies = int(ctx.options.get("copies") or DEFAULT_COPIES)
+        opts = RelabelOptions.of(ctx.options)
+        copies = int(opts.copies or DEFAULT_COPIES)
         if copies < 1:
             raise InputError(f"--copies must be >= 1, got {copies}")
         data = training_data(ctx, "--method relabel")
         records, recipe = data.records, data.recipe
         seed = phase_seed(recipe, ctx.next_step)
 
-        per = copies_per_record(records, data.target, copies, ctx.options.get("cls"))
+        per = copies_per_record(records, data.target, copies, opts.cls)
         source = np.repeat(data.target, per)  # the real position each copy shows
         y_true = records.y.numpy()
         fake = wrong_labels(y_true[source], records.num_classes, np.random.default_rng(seed))

@@ -34,7 +34,7 @@ from ..phase import BATCH_ORDER, INITIAL_STATE, Phase
 from ..progress import info as say
 from ..training import Recipe
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
-from .common import epochs_option, training_data
+from .common import EpochsOptions, epochs_option, training_data
 
 _HINT = ("Nothing was changed. Restore the file from a backup of the training run's artifacts, or choose "
          "--method amnesiac, finetune or relabel, which do not need it.")
@@ -150,6 +150,7 @@ class Retrain(UnlearningMethod):
 
     name = "retrain"
     needs_data = True
+    Options = EpochsOptions
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
         recipe_epochs = int((ctx.model.info.recipe or {}).get("epochs", 1))
