@@ -31,8 +31,8 @@ from common import BENCH_KEY, OUT, cifar_resnet18, layout_of, machine, write_jso
 
 from mlflow_amnesia.crypto import ChunkCipher, new_salt
 from mlflow_amnesia.store import get_codec
-from mlflow_amnesia.store.chunk import pack_chunk as _pack_chunk
-from mlflow_amnesia.store.manifest import DEFAULT_PART_BYTES, TensorSpec, partition as _partition
+from mlflow_amnesia.recording.store.chunk import pack_chunk as _pack_chunk
+from mlflow_amnesia.recording.store.manifest import DEFAULT_PART_BYTES, TensorSpec, partition as _partition
 
 
 def _best(fn, rounds: int) -> float:

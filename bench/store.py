@@ -61,7 +61,7 @@ from common import (  # noqa: E402
 
 from mlflow_amnesia.store import DeltaStore, get_codec  # noqa: E402
 from mlflow_amnesia.store.codecs import DEFAULT_CODEC, DEFAULT_LEVEL  # noqa: E402
-from mlflow_amnesia.store.chunk import unpack_chunk as _unpack_chunk  # noqa: E402  (the chunk format, to time zstd alone)
+from mlflow_amnesia.recording.store.chunk import unpack_chunk as _unpack_chunk  # noqa: E402  (the chunk format, to time zstd alone)
 
 CODECS = ["zstd", "f32", "bf16", "int8"]
 COMMAND = "python bench/store.py"

@@ -15,9 +15,9 @@ import sys
 
 import click
 
-from . import validation
+from .jobs import validation
 from .errors import AmnesiaError
-from .store.codecs import CODECS
+from .recording.store.codecs import CODECS
 from .unlearn import METHODS, REPAIRS
 
 
@@ -34,7 +34,7 @@ def _friendly(fn=None, *, creates_store: bool = False):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            from .tracking import check_reachable, check_tracking_store
+            from .mlflow.tracking import check_reachable, check_tracking_store
 
             check_tracking_store(create=creates_store)
             check_reachable()  # seconds, not MLflow's ~4 minutes of retries, when the server is down
@@ -61,7 +61,7 @@ def _friendly(fn=None, *, creates_store: bool = False):
 
 
 def _checked(check, *args):
-    """A click callback running ``check(value, flag, *args)`` from :mod:`mlflow_amnesia.validation`:
+    """A click callback running ``check(value, flag, *args)`` from :mod:`mlflow_amnesia.jobs.validation`:
     a bad value stops the command while its options are parsed, before anything is created."""
 
     def callback(ctx, param, value):
@@ -202,7 +202,7 @@ def main() -> None:
 def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root,
           holdout_fraction, audit, shadows, inversion_iterations):
     """Train a model with every optimizer step recorded; register it as a new model version."""
-    from .train import train as run_train
+    from .jobs.train import train as run_train
 
     r = run_train(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
                   weight_decay=weight_decay, seed=seed, codec=codec or None, store_uri=store_uri or None,
@@ -252,8 +252,8 @@ def forget(model_name, version, alias, records_file, cls, method, method_epochs,
 
     Re-running a forget that was stopped after registering its version completes that version
     (description, --set-alias, the parent's superseded tag, --purge) and registers nothing new."""
-    from .forget import check_step_share
-    from .forget import forget as run_forget
+    from .jobs.forget import check_step_share
+    from .jobs.forget import forget as run_forget
 
     max_step_share = check_step_share(max_step_share)  # before any registry call: one line, exit 1
     confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
@@ -324,7 +324,7 @@ _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left b
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking for confirmation.")
 @_friendly
 def purge(model_name, versions, dry_run, yes):
-    from .purge import purge as run_purge
+    from .jobs.purge import purge as run_purge
 
     confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
     try:
@@ -346,7 +346,7 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
     """Audit a version: accuracy (acc.*), membership inference (audit.mia.*, audit.lira.*) on its
     forgotten records (or a sample of training records), model inversion (audit.inversion.score);
     logged on the run that produced the version, and its description table refreshed."""
-    from .audit import audit_version
+    from .jobs.audit import audit_version
 
     m = audit_version(model_name, version=version, alias=alias, data_root=data_root, privacy=privacy,
                       settings=_settings(shadows, inversion_iterations))
@@ -365,7 +365,7 @@ def lineage(model_name, fmt, output):
     """Show the version tree: method, records, steps rolled back, accuracy and audit figures."""
     import re
 
-    from .lineage import lineage_rows, render_png, render_text
+    from .jobs.lineage import lineage_rows, render_png, render_text
 
     from .errors import InputError
 
@@ -398,7 +398,7 @@ def lineage(model_name, fmt, output):
 def records(model_name, version, alias, cls, part, limit, labels, data_root):
     """List record ids of a version's training data (rebuilt from its recorded data spec),
     one per line, to write an ids file for `forget`. Already forgotten records are left out."""
-    from .records import list_records
+    from .jobs.records import list_records
 
     for rid, label in list_records(model_name, version=version, alias=alias, cls=cls, part=part, limit=limit, data_root=data_root):
         click.echo(f"{rid}\t{label}" if labels else rid)
@@ -413,7 +413,7 @@ def verify(model_name, version, alias):
     left on disk; for a purged version, that its purge finished. With the record key the sealed
     chunks are also authenticated and decoded; without it, their size and sha256 are checked. Chunks of steps the version
     already rolled back (deleted by `purge`) are counted but do not fail the check."""
-    from .verify import verify_version
+    from .jobs.verify import verify_version
 
     r = verify_version(model_name, version=version, alias=alias)
     for line in r.problems():

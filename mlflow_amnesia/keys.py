@@ -6,7 +6,7 @@ read the registry cannot test whether a given person's id is in a model without 
 the owner of the key can still match a deletion request to the steps that saw those records.
 
 A hash is only as unlinkable as the steps it lists: the batch order of every recorded phase is
-therefore keyed too (:func:`order_key`, :func:`mlflow_amnesia.data.epoch_order`), and the
+therefore keyed too (:func:`order_key`, :func:`mlflow_amnesia.learning.data.epoch_order`), and the
 recorded trajectory (deltas, initial weights, batch order, optimizer state) is sealed under keys
 derived from this one (:mod:`mlflow_amnesia.crypto`).
 

@@ -1,55 +1,25 @@
-"""Where a run's recorded phase lives, and the job's MLflow run.
+"""``mlflow_amnesia.locations``: kept as an import path; the code lives in :mod:`mlflow_amnesia.mlflow.runs`."""
 
-Each recorded phase gets a *base* URL (:class:`mlflow_amnesia.phase.Phase`: ``deltas/`` and
-``training/``). By default the base lies inside the run's artifact location, when fsspec can
-address it; an ``mlflow-artifacts:`` proxy (or any scheme fsspec does not know) needs
-``--store-uri``. The sealed training files are read and written by :mod:`mlflow_amnesia.phase`.
-"""
+from mlflow_amnesia.mlflow.runs import (  # noqa: F401 - re-exported
+    load_array,
+    load_state,
+    log_params_once,
+    phase_base,
+    read_bytes,
+    save_array,
+    save_state,
+    start_run,
+    write_bytes,
+)
 
-from __future__ import annotations
-
-import os
-from urllib.parse import urlparse
-
-import fsspec
-
-from .errors import InputError
-from .fs import PROXY_SCHEMES, write_url
-from .phase import load_array, load_state, read_bytes, save_array, save_state  # noqa: F401 - their historical home
-
-def phase_base(artifact_uri: str, run_id: str, store_uri: str | None) -> str:
-    """The base URL of a run's recorded phase (``<base>/deltas``, ``<base>/training``)."""
-    if store_uri:
-        return f"{store_uri.rstrip('/')}/{run_id}"
-    scheme = urlparse(artifact_uri).scheme
-    if scheme in PROXY_SCHEMES or (scheme and len(scheme) > 1 and scheme not in fsspec.available_protocols()):
-        raise InputError(
-            f"the run's artifact location {artifact_uri!r} is not addressable by fsspec, so the delta store "
-            "cannot live there: pass --store-uri (a local path, s3://bucket/prefix, ...)."
-        )
-    return f"{artifact_uri.rstrip('/')}/amnesia"
-
-
-#: Write ``data`` to ``url`` whole and durably (:func:`mlflow_amnesia.fs.write_url`).
-write_bytes = write_url
-
-
-def start_run(run_name: str, experiment_id: str | None = None):
-    """Start this job's MLflow run; under ``mlflow run`` (MLFLOW_RUN_ID set) reuse the project's run."""
-    import mlflow
-
-    if os.environ.get("MLFLOW_RUN_ID"):
-        return mlflow.start_run()
-    return mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=mlflow.active_run() is not None)
-
-
-def log_params_once(params: dict) -> None:
-    """Log params the active run does not have yet (``mlflow run`` logged the project's already,
-    as typed, and MLflow refuses to change a param)."""
-    import mlflow
-
-    run = mlflow.active_run()
-    have = mlflow.MlflowClient().get_run(run.info.run_id).data.params if run else {}
-    new = {k: v for k, v in params.items() if k not in have}
-    if new:
-        mlflow.log_params(new)
+__all__ = [
+    "load_array",
+    "load_state",
+    "log_params_once",
+    "phase_base",
+    "read_bytes",
+    "save_array",
+    "save_state",
+    "start_run",
+    "write_bytes",
+]

@@ -1,23 +1,22 @@
-"""Model versions: resolving them, lineage tags, descriptions, aliases.
+"""``mlflow_amnesia.registry``: kept as an import path; the code lives in :mod:`mlflow_amnesia.mlflow.registry`."""
 
-Tag names are a contract (other features and users' dashboards read them): every one is a
-constant of :mod:`mlflow_amnesia.tags`, re-exported here as ``registry.TAG_*``.
-
-A version's description is what a privacy officer reads on its page in the MLflow UI (which
-renders it as markdown): the job's summary, a line of links (parent version, source run), the
-figures table ``metric | this version | parent | change``, and for a forget the lineage picture
-(:mod:`.lineage`), logged on the source run as ``lineage.png`` and shown inline.
-"""
-
-from __future__ import annotations
-
-import math
-from typing import Mapping, Optional
-from urllib.parse import quote
-
-from .errors import InputError
-from .progress import info as say
-from .tags import (  # noqa: F401 - re-exported: registry.TAG_* is how callers have named them
+from mlflow_amnesia.mlflow.registry import (  # noqa: F401 - re-exported
+    annotate_version,
+    artifact_link,
+    client,
+    compose_description,
+    filter_literal,
+    HEADLINE_METRICS,
+    LINEAGE_ARTIFACT,
+    links_line,
+    metrics_table,
+    model_uri,
+    replace_table,
+    resolve_version,
+    run_link,
+    run_metrics,
+    search_versions,
+    split_description,
     TAG_FLAVOR_FORMAT,
     TAG_METHOD,
     TAG_N_RECORDS,
@@ -26,266 +25,33 @@ from .tags import (  # noqa: F401 - re-exported: registry.TAG_* is how callers h
     TAG_REQUEST,
     TAG_STEPS,
     TAG_SUPERSEDED,
+    version_link,
 )
 
-HEADLINE_METRICS = (
-    "acc.test", "acc.retain", "acc.forget", "loss.forget",
-    "audit.mia.auc", "audit.mia.recall", "audit.mia.tpr_at_1pct_fpr", "audit.lira.auc", "audit.lira.tpr_at_1pct_fpr",
-    "audit.retain.lira.auc", "audit.inversion.score",
-)
-
-
-def client():
-    import mlflow
-
-    return mlflow.MlflowClient()
-
-
-# ---------------------------------------------------------------------------------------------
-# search filters: MLflow builds them from strings, so every value goes through filter_literal
-
-
-def filter_literal(value: object) -> Optional[str]:
-    """``value`` as a string literal of MLflow's search filter grammar, or None where that
-    grammar cannot spell it.
-
-    MLflow (3.x) takes the text between the quotes as it is, without escape sequences: a value
-    without ``'`` is quoted with ``'``, one without ``"`` with ``"``. A value holding both, or
-    ending in a backslash (the tokenizer reads it as escaping the closing quote), has no
-    exact literal: :func:`search_versions` then matches a pattern and compares exactly itself.
-    """
-    s = str(value)
-    if s.endswith("\\"):
-        return None
-    if "'" not in s:
-        return f"'{s}'"
-    if '"' not in s:
-        return f'"{s}"'
-    return None
-
-
-def _clause(field: str, value: object) -> str:
-    """``field = <literal>``; else ``field LIKE <pattern>`` with each quote and backslash as the
-    one-character wildcard ``_`` (a superset: the caller compares exactly)."""
-    lit = filter_literal(value)
-    if lit is not None:
-        return f"{field} = {lit}"
-    return f"{field} LIKE '" + "".join("_" if c in "'\"\\" else c for c in str(value)) + "'"
-
-
-def search_versions(name: str, *, tags: Optional[Mapping[str, object]] = None) -> list:
-    """Every version of the registered model ``name`` (with these tag values), ascending, whatever
-    characters the name and values hold (quotes, backticks, spaces): the filter quotes them
-    (:func:`filter_literal`), every page is read, and the result is compared exactly here."""
-    want = {k: str(v) for k, v in (tags or {}).items()}
-    flt = " and ".join([_clause("name", name)] + [_clause(f"tags.`{k}`", v) for k, v in want.items()])
-    c, found, token = client(), [], None
-    while True:
-        page = c.search_model_versions(flt, page_token=token)
-        found += list(page)
-        token = getattr(page, "token", None)
-        if not token:
-            break
-    out = [v for v in found if v.name == name and all((v.tags or {}).get(k) == x for k, x in want.items())]
-    return sorted(out, key=lambda v: int(v.version))
-
-
-def resolve_version(name: str, *, version: Optional[int] = None, alias: Optional[str] = None):
-    """The ModelVersion asked for (latest when neither version nor alias is given)."""
-    from mlflow.exceptions import MlflowException
-
-    if version is not None and alias is not None:
-        raise InputError("give --version or --alias, not both")
-    c = client()
-    try:
-        c.get_registered_model(name)
-    except MlflowException as e:
-        if "RESOURCE_DOES_NOT_EXIST" in str(getattr(e, "error_code", "")) or "not found" in str(e).lower():
-            names = sorted(m.name for m in c.search_registered_models(max_results=50))
-            raise InputError(
-                f"no registered model named {name!r} in {_where()}. "
-                + (f"Registered models: {', '.join(names)}." if names else "No model is registered yet: run `mlflow-amnesia train` first.")
-            ) from None
-        raise
-    try:
-        if alias is not None:
-            return c.get_model_version_by_alias(name, alias)
-        if version is not None:
-            return c.get_model_version(name, str(version))
-    except MlflowException:
-        what = f"alias {alias!r}" if alias is not None else f"version {version}"
-        versions = [int(v.version) for v in search_versions(name)]
-        raise InputError(f"model {name!r} has no {what}; its versions are {versions}.") from None
-    versions = search_versions(name)
-    if not versions:
-        raise InputError(f"model {name!r} has no versions yet.")
-    return max(versions, key=lambda v: int(v.version))
-
-
-def _where() -> str:
-    import mlflow
-
-    return f"the registry at {mlflow.get_registry_uri()}"
-
-
-def model_uri(mv) -> str:
-    return f"models:/{mv.name}/{mv.version}"
-
-
-def _fmt(v) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
-
-
-def _change(a, b) -> str:
-    """``a - b`` signed, or a dash when either side is missing."""
-    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or math.isnan(a) or math.isnan(b):
-        return "–"
-    return f"{a - b:+.4f}"
-
-
-def metrics_table(rows: dict[str, dict[str, float]], names=HEADLINE_METRICS) -> str:
-    """A markdown table of ``names``: one column per entry of ``rows``.
-
-    With two entries the first is this version and the second its parent (e.g. ``{"v2": ...,
-    "v1 (parent)": ...}``), and a ``change`` column gives this version minus the parent, so the
-    UI answers "what did the forget cost, and what did it remove" at a glance.
-    """
-    cols = list(rows)
-    heads = cols + (["change"] if len(cols) == 2 else [])
-    out = ["| metric | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
-    for n in names:
-        if any(n in rows[c] for c in cols):
-            cells = [_fmt(rows[c].get(n)) for c in cols]
-            if len(cols) == 2:
-                cells.append(_change(rows[cols[0]].get(n), rows[cols[1]].get(n)))
-            out.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(out)
-
-
-def run_metrics(run_id: Optional[str]) -> dict[str, float]:
-    if not run_id:
-        return {}
-    try:
-        return dict(client().get_run(run_id).data.metrics)
-    except Exception:  # noqa: BLE001 - a deleted parent run only empties a table column
-        return {}
-
-
-# ---------------------------------------------------------------------------------------------
-# descriptions: links the MLflow UI follows, the table, the lineage picture
-
-LINEAGE_ARTIFACT = "lineage.png"  # on each forget's source run: the version tree up to that version
-_TABLE_START = "| metric |"
-_LINKS_START = "**Lineage:**"
-
-
-def version_link(name: str, version) -> str:
-    """The MLflow UI's page of a model version, as a link relative to the UI's page."""
-    return f"#/models/{quote(str(name), safe='')}/versions/{version}"
-
-
-def run_link(experiment_id: str, run_id: str) -> str:
-    """The MLflow UI's page of a run, relative to the UI's page."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}"
-
-
-def artifact_link(run_id: str, path: str) -> str:
-    """A run artifact as the tracking server serves it (``/get-artifact``), relative to the UI's page."""
-    return f"get-artifact?path={quote(path)}&run_uuid={run_id}"
-
-
-def _md(text: str) -> str:
-    """``text`` safe inside a markdown link's label."""
-    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
-
-
-def split_description(description: str) -> tuple[str, str, str]:
-    """``(head, table, tail)``: the text before the metrics table, the table, the text after it."""
-    if _TABLE_START not in description:
-        return description.rstrip(), "", ""
-    head, rest = description.split(_TABLE_START, 1)
-    lines = (_TABLE_START + rest).split("\n")
-    n = next((i for i, ln in enumerate(lines) if not ln.startswith("|")), len(lines))
-    return head.rstrip(), "\n".join(lines[:n]), "\n".join(lines[n:]).strip()
-
-
-def _join(*parts: str) -> str:
-    return "\n\n".join(p for p in parts if p)
-
-
-def replace_table(description: str, table: str) -> str:
-    """``description`` with its metrics table replaced (text before and after it kept)."""
-    head, _, tail = split_description(description)
-    return _join(head, table, tail)
-
-
-def links_line(name: str, *, parent: Optional[str], run_id: Optional[str], run_name: Optional[str],
-               experiment_id: Optional[str]) -> str:
-    """``**Lineage:** parent v1 · source run <name>`` as markdown links into the MLflow UI."""
-    parts = []
-    if parent is not None:
-        parts.append(f"parent [v{parent}]({version_link(name, parent)})")
-    if run_id and experiment_id is not None:
-        parts.append(f"source run [{_md(run_name or run_id)}]({run_link(experiment_id, run_id)})")
-    return f"{_LINKS_START} " + " · ".join(parts) if parts else ""
-
-
-def compose_description(description: str, *, links: str = "", picture: str = "") -> str:
-    """The job's ``description`` (summary, then table) with the links line after the summary and
-    the lineage picture after the table; links and picture already there are replaced."""
-    head, table, tail = split_description(description)
-    head = "\n\n".join(p for p in head.split("\n\n") if not p.startswith(_LINKS_START))
-    tail = "\n\n".join(p for p in tail.split("\n\n") if not p.startswith("![lineage"))
-    return _join(head, links, table, picture, tail)
-
-
-def annotate_version(mv, *, tags: Mapping[str, object], description: str, aliases: tuple[str, ...] = ()) -> None:
-    """Set ``tags`` and ``aliases`` on a registered version and write its description.
-
-    The description gets a line of links (parent version, source run). A version with a parent
-    (a forget) also gets the lineage picture of its model up to this version, logged on the
-    source run as ``lineage.png`` and shown in the description; drawing it is best effort (a
-    warning, never a failure: the version is registered by now).
-    """
-    c = client()
-    for k, v in tags.items():
-        c.set_model_version_tag(mv.name, mv.version, k, str(v))
-    for a in aliases:
-        c.set_registered_model_alias(mv.name, a, mv.version)
-    mv = c.get_model_version(mv.name, str(mv.version))  # every tag, whoever set it
-    parent = (mv.tags or {}).get(TAG_PARENT)
-    run = None
-    if mv.run_id:
-        try:
-            run = c.get_run(mv.run_id)
-        except Exception:  # noqa: BLE001 - a version whose run is gone gets no run link
-            run = None
-    links = links_line(mv.name, parent=parent, run_id=mv.run_id, run_name=run.info.run_name if run else None,
-                       experiment_id=run.info.experiment_id if run else None)
-    picture = ""
-    if parent is not None and run is not None:
-        picture = _log_lineage_picture(mv)
-    c.update_model_version(mv.name, mv.version, description=compose_description(description, links=links, picture=picture))
-
-
-def _log_lineage_picture(mv) -> str:
-    """Draw the version tree up to ``mv``, log it on its run; the markdown image, or "" on failure."""
-    import tempfile
-    from pathlib import Path
-
-    from .lineage import lineage_rows, render_png
-
-    try:
-        rows = lineage_rows(mv.name, up_to=int(mv.version))
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / LINEAGE_ARTIFACT
-            path.write_bytes(render_png(mv.name, rows, highlight=int(mv.version)))
-            client().log_artifact(mv.run_id, str(path))
-    except Exception as e:  # noqa: BLE001 - a picture must not fail a registered version
-        say(f"warning: the lineage picture of {mv.name} v{mv.version} was not drawn: {type(e).__name__}: {e}")
-        return ""
-    return f"![lineage of {_md(mv.name)} up to v{mv.version}]({artifact_link(mv.run_id, LINEAGE_ARTIFACT)})"
+__all__ = [
+    "annotate_version",
+    "artifact_link",
+    "client",
+    "compose_description",
+    "filter_literal",
+    "HEADLINE_METRICS",
+    "LINEAGE_ARTIFACT",
+    "links_line",
+    "metrics_table",
+    "model_uri",
+    "replace_table",
+    "resolve_version",
+    "run_link",
+    "run_metrics",
+    "search_versions",
+    "split_description",
+    "TAG_FLAVOR_FORMAT",
+    "TAG_METHOD",
+    "TAG_N_RECORDS",
+    "TAG_PARENT",
+    "TAG_REPAIR",
+    "TAG_REQUEST",
+    "TAG_STEPS",
+    "TAG_SUPERSEDED",
+    "version_link",
+]

@@ -42,9 +42,9 @@ def die() -> None:
 
 def install_kill(point: str) -> None:
     if point.startswith("recording:"):
-        from mlflow_amnesia import recorder
+        from mlflow_amnesia.recording.recorder.recorder import Recorder
 
-        n, orig, seen = int(point.split(":", 1)[1]), recorder.Recorder.step, [0]
+        n, orig, seen = int(point.split(":", 1)[1]), Recorder.step, [0]
 
         def step(self, *args, **kwargs):
             out = orig(self, *args, **kwargs)
@@ -53,7 +53,7 @@ def install_kill(point: str) -> None:
                 die()
             return out
 
-        recorder.Recorder.step = step
+        Recorder.step = step
     elif point.startswith("schema:"):
         import sqlalchemy
         import mlflow.store.db.utils as db_utils
@@ -106,7 +106,7 @@ def install_kill(point: str) -> None:
 
         fluent._register_model = register
     elif point == "described":
-        from mlflow_amnesia import registry
+        from mlflow_amnesia.mlflow import registry
 
         orig_annotate = registry.annotate_version
 
@@ -129,7 +129,7 @@ def install_kill(point: str) -> None:
 
         setattr(MlflowClient, name, call)
     elif point == "purging":
-        from mlflow_amnesia import purge
+        from mlflow_amnesia.jobs import purge
 
         purge._delete = lambda *a, **k: die()
     elif point.startswith("purge:"):
@@ -154,8 +154,8 @@ def _die_after(owner: object, name: str, when=lambda *a, **k: True) -> None:
 def install_purge_kill(where: str) -> None:
     from mlflow import MlflowClient
 
-    from mlflow_amnesia import purge
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.jobs import purge
+    from mlflow_amnesia.recording.store import DeltaStore
 
     if where == "started":
         DeltaStore.purge = lambda self, steps: die()

@@ -20,7 +20,7 @@ import pytest
 import torch
 from helpers import MODEL, invoke
 
-from mlflow_amnesia import flavor
+from mlflow_amnesia.mlflow import flavor
 from mlflow_amnesia.errors import IndexFormatError, InputError, ManifestFormatError, PurgedVersionError
 
 URI = f"models:/{MODEL}/1"
@@ -28,7 +28,7 @@ ENV = "MLFLOW_AMNESIA_ALLOWED_BUILDERS"
 
 
 def _version_dir(version: int = 1) -> Path:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     c = registry.client()
     mv = c.get_model_version(MODEL, str(version))
@@ -346,7 +346,7 @@ def _segment_last() -> int:
 
 
 def test_purge_reads_a_version_through_the_same_checks(registry_copy):
-    from mlflow_amnesia.purge import _Registry
+    from mlflow_amnesia.jobs.purge import _Registry
 
     with tampered("rolled_back.npy", b"garbage"):
         with pytest.raises(InputError, match=rf"data/rolled_back.npy of {MODEL} v1"):

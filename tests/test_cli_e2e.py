@@ -42,7 +42,7 @@ def _all_artifact_bytes(root: Path) -> bytes:
 
 
 def test_train_registers_version_1_with_tags(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     mv = registry.resolve_version(MODEL)
     assert int(mv.version) == 1
@@ -52,8 +52,8 @@ def test_train_registers_version_1_with_tags(registry_copy):
 
 
 def test_forget_chain_is_exact_and_never_stores_ids(registry_copy, trained):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import load_model
     from mlflow_amnesia.keys import load_key
 
     ids1 = _ids(3)
@@ -119,7 +119,7 @@ def test_forget_chain_is_exact_and_never_stores_ids(registry_copy, trained):
 
 
 def test_dry_run_registers_nothing(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     r = _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(2)), "--dry-run")
     assert "dry run" in r.output
@@ -127,7 +127,7 @@ def test_dry_run_registers_nothing(registry_copy):
 
 
 def test_share_threshold_refuses_without_yes(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     r = _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(1)), ok=False)
     assert r.exit_code == 1
@@ -136,7 +136,7 @@ def test_share_threshold_refuses_without_yes(registry_copy):
 
 
 def test_forget_with_finetune_repair_records_new_segment(registry_copy):
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     ids = _ids(2)
     _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids), "--yes", "--repair", "finetune")
@@ -162,7 +162,7 @@ def test_forget_with_finetune_repair_records_new_segment(registry_copy):
     ],
 )
 def test_bad_ids_files(registry_copy, content, needle):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     p = registry_copy / "bad.txt"
     if content is not None:
@@ -174,7 +174,7 @@ def test_bad_ids_files(registry_copy, content, needle):
 
 
 def test_unknown_ids_are_listed(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     r = _invoke("forget", "--model", MODEL, "--records",
                 _write(registry_copy, _ids(1, "digits:999999", "nobody@example.com")), "--yes", ok=False)
@@ -205,7 +205,7 @@ def test_help_on_every_command():
 
 
 def test_alias_moves_and_forget_by_alias(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     ids = _ids(4)
     _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, ids[:1]), "--yes", "--set-alias", "production")
@@ -221,7 +221,7 @@ def test_alias_moves_and_forget_by_alias(registry_copy):
 
 
 def test_forget_class_dry_run_counts_the_class(registry_copy):
-    from mlflow_amnesia.data import class_records, load_dataset, split
+    from mlflow_amnesia.learning.data import class_records, load_dataset, split
 
     r = _invoke("forget", "--model", MODEL, "--class", "3", "--dry-run")
     recs = load_dataset("digits")
@@ -240,11 +240,11 @@ def test_already_forgotten_records_are_skipped(registry_copy):
 
 
 def test_training_state_is_kept_losslessly(registry_copy):
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow.flavor import load_model
     from mlflow_amnesia.keys import load_key
-    from mlflow_amnesia.locations import load_array, load_state
-    from mlflow_amnesia.data import load_dataset, split
-    from mlflow_amnesia.training import epoch_orders
+    from mlflow_amnesia.mlflow.runs import load_array, load_state
+    from mlflow_amnesia.learning.data import load_dataset, split
+    from mlflow_amnesia.learning.training import epoch_orders
 
     v1 = load_model("models:/%s/1" % MODEL)
     url, key = v1.info["training_url"], load_key()
@@ -267,8 +267,8 @@ def test_training_state_is_kept_losslessly(registry_copy):
 
 
 def test_store_uri_option(tmp_path, monkeypatch):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     monkeypatch.chdir(tmp_path)
     _invoke("train", "--arch", "cnn", "--epochs", "1", "--batch-size", "256", "--store-uri", str(tmp_path / "stores"),
@@ -285,7 +285,7 @@ AUDIT_NAMES = ["audit.mia.auc", "audit.mia.recall", "audit.mia.precision", "audi
 
 
 def test_forget_and_audit_log_the_privacy_audit(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
     from mlflow_amnesia.audit.privacy import SHADOW_EXPERIMENT
 
     small = ["--audit", "--shadows", "2", "--inversion-iterations", "30"]

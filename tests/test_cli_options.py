@@ -93,7 +93,7 @@ def test_an_unwritable_store_directory_is_refused(tmp_path, monkeypatch):
 
 
 def test_good_store_uris_pass_and_create_nothing(tmp_path):
-    from mlflow_amnesia.validation import writable_store_uri
+    from mlflow_amnesia.jobs.validation import writable_store_uri
 
     for uri in (str(tmp_path / "new" / "deeper"), f"file://{tmp_path}/x", str(tmp_path), "memory://deltas"):
         assert writable_store_uri(uri) == uri
@@ -105,7 +105,7 @@ def test_a_store_uri_whose_driver_is_not_installed_says_which(monkeypatch):
     import importlib.util
 
     from mlflow_amnesia.errors import InputError
-    from mlflow_amnesia.validation import writable_store_uri
+    from mlflow_amnesia.jobs.validation import writable_store_uri
 
     if importlib.util.find_spec("gcsfs"):
         pytest.skip("gcsfs is installed here")
@@ -125,7 +125,7 @@ _BAD_FORGET = [
 def test_bad_forget_options_are_one_line_before_any_run_or_rollback(registry_copy, args, named, why):
     from helpers import MODEL
 
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     c = registry.client()
     runs = lambda: sum(len(c.search_runs([e.experiment_id])) for e in c.search_experiments())  # noqa: E731
@@ -149,7 +149,7 @@ def test_bad_forget_options_are_one_line_before_any_run_or_rollback(registry_cop
 ])
 def test_train_in_python_checks_its_arguments_first(tmp_path, monkeypatch, kwargs, named):
     from mlflow_amnesia.errors import InputError
-    from mlflow_amnesia.train import train
+    from mlflow_amnesia.jobs.train import train
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="^" + named.replace("(", r"\(").replace(".", r"\.")):
@@ -162,7 +162,7 @@ def test_train_in_python_checks_its_arguments_first(tmp_path, monkeypatch, kwarg
                                            ({"store_uri": "runs:/x"}, "store_uri='runs:/x'")])
 def test_forget_in_python_checks_its_arguments_first(tmp_path, monkeypatch, kwargs, named):
     from mlflow_amnesia.errors import InputError
-    from mlflow_amnesia.forget import forget
+    from mlflow_amnesia.jobs.forget import forget
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(InputError, match="^" + named.replace(".", r"\.")):

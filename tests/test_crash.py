@@ -60,7 +60,7 @@ def _forget_args(ids_file: str, *extra: str) -> list[str]:
 
 
 def _versions(name: str = MODEL):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     return sorted(registry.client().search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
 
@@ -68,8 +68,8 @@ def _versions(name: str = MODEL):
 def _assert_sound(name: str = MODEL) -> None:
     """Every registered version loads and carries its tags; no parent has two children; each
     child's forgotten records include its parent's."""
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     vs = _versions(name)
     parents = [v.tags[registry.TAG_PARENT] for v in vs if registry.TAG_PARENT in v.tags]
@@ -87,7 +87,7 @@ def _assert_sound(name: str = MODEL) -> None:
 
 
 def _run_status(run_name_prefix: str) -> list[str]:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     c = registry.client()
     runs = [r for e in c.search_experiments() for r in c.search_runs([e.experiment_id])]
@@ -112,7 +112,7 @@ def test_forget_killed_before_registration_registers_nothing_and_reruns(registry
 
 
 def test_forget_killed_right_after_registration_leaves_a_complete_version(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     ids = _ids(2)
     rc, out = _run(*_forget_args(_write(registry_copy, ids)), AMNESIA_TEST_KILL_AT="registered")
@@ -142,8 +142,8 @@ REGISTRATION_WINDOWS = ["registered", "described", "aliased", "superseded", "pur
 
 @pytest.mark.parametrize("point", REGISTRATION_WINDOWS)
 def test_forget_killed_after_registration_is_finished_by_its_rerun(registry_copy, point):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.purge import TAG_PURGED
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.jobs.purge import TAG_PURGED
 
     name = f"crash-{point}"
     invoke(*_train_args(name), "--codec", "f32")  # its own store: the purge deletes its chunks
@@ -197,8 +197,8 @@ def _train_args(name: str) -> list[str]:
 
 
 def test_train_killed_while_recording_restarts_cleanly(registry_copy):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.recording.store import DeltaStore
 
     rc, out = _run(*_train_args("crash-train"), AMNESIA_TEST_KILL_AT="recording:5")
     assert rc == KILLED, out
@@ -219,7 +219,7 @@ def test_train_killed_while_recording_restarts_cleanly(registry_copy):
 
 
 def test_train_killed_right_after_registration_leaves_a_complete_tagged_version(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     rc, out = _run(*_train_args("crash-reg"), AMNESIA_TEST_KILL_AT="registered")
     assert rc == KILLED, out
@@ -318,8 +318,8 @@ def _two_forgets(tmp: Path, lock_dirs: tuple[str, str], barrier: str | None) -> 
 
 
 def test_two_forgets_on_one_machine_queue_and_chain(registry_copy, tmp_path):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     shared = str(tmp_path / "locks")
     results, _ = _two_forgets(tmp_path, (shared, shared), barrier=None)
@@ -333,8 +333,8 @@ def test_two_forgets_on_one_machine_queue_and_chain(registry_copy, tmp_path):
 def test_two_forgets_from_two_machines_leave_one_child_and_one_clear_refusal(registry_copy, tmp_path):
     """Separate lock directories stand for two machines; the barrier makes both pass the
     "parent has no child yet" check and register together: the tie-break alone decides."""
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     (tmp_path / "barrier").mkdir()
     results, files = _two_forgets(tmp_path, (str(tmp_path / "m1"), str(tmp_path / "m2")),

@@ -12,7 +12,7 @@ import torch
 from mlflow_amnesia import crypto
 from mlflow_amnesia.errors import RecordKeyError, StoreError
 from mlflow_amnesia.keys import key_id
-from mlflow_amnesia.locations import load_array, load_state, save_array, save_state
+from mlflow_amnesia.mlflow.runs import load_array, load_state, save_array, save_state
 
 KEY, OTHER = bytes(range(32)), bytes(32)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_amnesia import data as D
+from mlflow_amnesia.learning import data as D
 from mlflow_amnesia.errors import InputError, UnknownRecordsError
 
 # ---------------------------------------------------------------------------------------------

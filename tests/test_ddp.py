@@ -24,9 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from mlflow_amnesia.errors import InputError, RecordKeyError
-from mlflow_amnesia.index import RecordIndex, RecordIndexBuilder
-from mlflow_amnesia.recorder import Recorder, state_layout
-from mlflow_amnesia.store import DeltaStore
+from mlflow_amnesia.recording.index import RecordIndex, RecordIndexBuilder
+from mlflow_amnesia.recording.recorder import Recorder, state_layout
+from mlflow_amnesia.recording.store import DeltaStore
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -267,7 +267,7 @@ def test_distributed_without_an_initialised_process_group_is_an_error(tmp_path):
 
 
 def test_a_ddp_wrapper_is_recorded_as_its_inner_module():
-    from mlflow_amnesia.recorder import float_state, unwrap
+    from mlflow_amnesia.recording.recorder import float_state, unwrap
 
     inner = _Net()
     wrapped = nn.DataParallel(inner)  # same unwrapping as DistributedDataParallel, no process group

@@ -9,16 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_amnesia import flavor
-from mlflow_amnesia.flavor import AmnesiaModel, Segment
+from mlflow_amnesia.mlflow import flavor
+from mlflow_amnesia.mlflow.flavor import AmnesiaModel, Segment
 
 
 def _tiny_model(tmp_path) -> AmnesiaModel:
-    from mlflow_amnesia.index import RecordIndexBuilder
+    from mlflow_amnesia.recording.index import RecordIndexBuilder
     from mlflow_amnesia.keys import load_key
-    from mlflow_amnesia.models import build_model
-    from mlflow_amnesia.recorder import state_layout
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.learning.models import build_model
+    from mlflow_amnesia.recording.recorder import state_layout
+    from mlflow_amnesia.recording.store import DeltaStore
 
     arch = {"arch": "cnn", "in_channels": 1, "num_classes": 10, "image_size": 8}
     torch.manual_seed(0)

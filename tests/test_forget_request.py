@@ -28,7 +28,7 @@ def test_a_method_reads_its_own_typed_options_from_any_request():
 
 
 def test_a_forget_request_holds_what_the_user_asked_and_its_method_options():
-    from mlflow_amnesia.forget import ForgetRequest
+    from mlflow_amnesia.jobs.forget import ForgetRequest
     from mlflow_amnesia.unlearn import AllOptions
 
     r = ForgetRequest("m", ids=["a"], method="relabel", method_epochs=2, copies=3, repair_lr=0.1)
@@ -42,7 +42,7 @@ def test_forget_takes_its_keywords_as_a_request(monkeypatch):
 
     import mlflow_amnesia as ma
 
-    forget_mod = importlib.import_module("mlflow_amnesia.forget")  # the module (the package's forget is the function)
+    forget_mod = importlib.import_module("mlflow_amnesia.jobs.forget")  # the real module (ma.forget is its function)
 
     seen = []
     monkeypatch.setattr(forget_mod, "run_forget", lambda request: seen.append(request) or "done")
@@ -53,8 +53,8 @@ def test_forget_takes_its_keywords_as_a_request(monkeypatch):
 
 
 def test_plan_forget_is_typed_and_still_unpacks_as_before(registry_copy):
-    from mlflow_amnesia.flavor import AmnesiaModel
-    from mlflow_amnesia.forget import ForgetPlan, PlannedForget, plan_forget
+    from mlflow_amnesia.mlflow.flavor import AmnesiaModel
+    from mlflow_amnesia.jobs.forget import ForgetPlan, PlannedForget, plan_forget
     from mlflow_amnesia.keys import HASH_BYTES
 
     planned = plan_forget(MODEL, ids=["digits:0"])

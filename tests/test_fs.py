@@ -48,7 +48,7 @@ def durability(monkeypatch):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name fsync'ed files")
 def test_a_store_manifest_is_written_durably(tmp_path, durability):
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.recording.store import DeltaStore
 
     st = DeltaStore.create(str(tmp_path / "s"), layout=[{"name": "w", "shape": [4]}], codec="f32", key=KEY)
     st.append(0, {"w": np.ones(4, np.float32)})
@@ -58,8 +58,8 @@ def test_a_store_manifest_is_written_durably(tmp_path, durability):
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="needs /proc to name fsync'ed files")
 def test_a_record_index_and_the_training_files_are_written_durably(tmp_path, durability):
-    from mlflow_amnesia.index import RecordIndexBuilder
-    from mlflow_amnesia.locations import save_array, save_state
+    from mlflow_amnesia.recording.index import RecordIndexBuilder
+    from mlflow_amnesia.mlflow.runs import save_array, save_state
 
     b = RecordIndexBuilder(KEY)
     b.add(0, ["a", "b"])

@@ -79,7 +79,7 @@ _KEY = bytes(range(32))  # the store below is sealed (format 2), as train writes
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     """A small real store (3 steps, 2 parts) and its manifest as a dict."""
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.recording.store import DeltaStore
 
     url = str(tmp_path_factory.mktemp("fuzz") / "store")
     rng = np.random.default_rng(0)
@@ -93,7 +93,7 @@ def store(tmp_path_factory):
 
 def _open_and_read(url: str, raw) -> None:
     """What a forget does with a version's copied manifest: open, list, read every step."""
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.recording.store import DeltaStore
 
     s = DeltaStore.open(url, manifest=raw, key=_KEY)
     s.layout, s.parts, s.meta, s.purged_steps  # noqa: B018 - properties must not fail either
@@ -182,7 +182,7 @@ def test_a_manifest_cannot_point_a_read_outside_the_store(store, tmp_path):
 @FUZZ
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_as_an_index_are_an_index_error(raw):
-    from mlflow_amnesia.index import RecordIndex
+    from mlflow_amnesia.recording.index import RecordIndex
 
     with pytest.raises(IndexFormatError):
         RecordIndex.from_bytes(raw, b"k" * 32, name="idx.bin")
@@ -191,7 +191,7 @@ def test_arbitrary_bytes_as_an_index_are_an_index_error(raw):
 @FUZZ
 @given(pos=st.integers(0, 10_000), flip=st.integers(1, 255))
 def test_a_flipped_byte_in_an_index_is_refused(pos, flip):
-    from mlflow_amnesia.index import RecordIndex, RecordIndexBuilder
+    from mlflow_amnesia.recording.index import RecordIndex, RecordIndexBuilder
 
     key = b"k" * 32
     b = RecordIndexBuilder(key)
@@ -225,7 +225,7 @@ def test_a_forged_index_header_is_read_or_refused_never_misread(field, value):
     import struct
 
     from mlflow_amnesia.errors import RecordKeyError
-    from mlflow_amnesia.index import RecordIndex, RecordIndexBuilder
+    from mlflow_amnesia.recording.index import RecordIndex, RecordIndexBuilder
 
     key = b"k" * 32
     b = RecordIndexBuilder(key)
@@ -261,7 +261,7 @@ _SEGMENTS = [{"role": "train", "store_url": "/s", "first_step": 0, "last_step": 
 
 
 def _version_file_parsers():
-    from mlflow_amnesia import flavor
+    from mlflow_amnesia.mlflow import flavor
 
     return {
         "amnesia.json": lambda raw: flavor.read_info(raw, "data/amnesia.json of m v1"),
@@ -274,7 +274,7 @@ def _version_file_parsers():
 @given(which=st.sampled_from(["amnesia.json", "rolled_back.npy", "forgotten.npy"]), raw=st.binary(max_size=400))
 @example(which="rolled_back.npy", raw=b"\x93NUMPY\x01\x00v\x00{'descr': '<i8', 'fortran_order': False, 'shape': (10**12,), }")
 def test_arbitrary_bytes_as_a_version_file_are_an_input_error(which, raw):
-    from mlflow_amnesia import flavor
+    from mlflow_amnesia.mlflow import flavor
 
     try:
         _version_file_parsers()[which](raw)
@@ -314,7 +314,7 @@ def test_an_npy_header_with_an_impossible_empty_shape_is_an_input_error():
     it with a ValueError, which must reach the user as the file's InputError (found by the fuzz test above)."""
     import io
 
-    from mlflow_amnesia import flavor
+    from mlflow_amnesia.mlflow import flavor
 
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": "<i8", "fortran_order": False, "shape": (0, 2**30, 2**30)})

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mlflow_amnesia.errors import InputError, RecordKeyError, UnknownRecordsError
-from mlflow_amnesia.index import FORMAT_VERSION, IndexFormatError, RecordIndex, RecordIndexBuilder
+from mlflow_amnesia.recording.index import FORMAT_VERSION, IndexFormatError, RecordIndex, RecordIndexBuilder
 from mlflow_amnesia.keys import hash_ids, key_id
 
 KEY = bytes(range(32))

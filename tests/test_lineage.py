@@ -9,8 +9,8 @@ from pathlib import Path
 
 from helpers import MODEL, invoke
 
-from mlflow_amnesia import registry
-from mlflow_amnesia.lineage import node_label, node_status, render_png, tree_layout
+from mlflow_amnesia.mlflow import registry
+from mlflow_amnesia.jobs.lineage import node_label, node_status, render_png, tree_layout
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -129,7 +129,7 @@ def test_forget_describes_and_draws_its_lineage(registry_copy, monkeypatch):
     assert "![lineage" not in (v1.description or "") and "source run [" in v1.description
 
     # `audit` refreshes the table and keeps links and picture
-    from mlflow_amnesia.audit import audit_version
+    from mlflow_amnesia.jobs.audit import audit_version
 
     audit_version(MODEL, version=2, privacy=False)
     refreshed = c.get_model_version(MODEL, "2").description
@@ -162,7 +162,7 @@ def test_lineage_png_command(registry_copy, monkeypatch):
 
 
 def test_a_failing_picture_warns_and_registers_anyway(registry_copy, monkeypatch):
-    import mlflow_amnesia.lineage as lineage
+    import mlflow_amnesia.jobs.lineage as lineage
 
     def boom(*a, **k):
         raise RuntimeError("no fonts")

@@ -18,8 +18,8 @@ NAMES = [
 
 @pytest.mark.parametrize("name", NAMES)
 def test_the_full_cycle_on_a_name_with_quotes(registry_copy, tmp_path, name):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.purge import TAG_PURGED
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.jobs.purge import TAG_PURGED
 
     invoke("train", "--arch", "cnn", "--epochs", "1", "--batch-size", "128", "--codec", "f32", "--no-audit",
            "--model-name", name)
@@ -49,13 +49,13 @@ def test_the_full_cycle_on_a_name_with_quotes(registry_copy, tmp_path, name):
     ("both'\"", None), ("ends\\", None), ("mid\\dle", "'mid\\dle'"),
 ])
 def test_filter_literal_quotes_what_the_grammar_can_spell(value, want):
-    from mlflow_amnesia.registry import filter_literal
+    from mlflow_amnesia.mlflow.registry import filter_literal
 
     assert filter_literal(value) == want
 
 
 def test_search_versions_finds_exactly_the_name_and_tags(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     c = registry.client()
     src = c.get_model_version("digits-cnn", "1").source

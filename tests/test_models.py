@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from mlflow_amnesia.errors import InputError
-from mlflow_amnesia.models import SmallCNN, build_model, default_arch_spec, validate_spec
+from mlflow_amnesia.learning.models import SmallCNN, build_model, default_arch_spec, validate_spec
 
 
 def tiny_builder(in_channels: int = 1, num_classes: int = 10, hidden: int = 16) -> nn.Module:

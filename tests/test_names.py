@@ -66,9 +66,9 @@ def test_registering_a_method_under_a_taken_name_is_refused_not_silently_replace
 
 
 def test_methods_repairs_codecs_data_sets_and_architectures_are_registries():
-    from mlflow_amnesia.data import DATASETS, KNOWN_SPECS
-    from mlflow_amnesia.models import ARCHITECTURES, ARCHS
-    from mlflow_amnesia.store.codecs import CODEC_NAMES, CODECS
+    from mlflow_amnesia.learning.data import DATASETS, KNOWN_SPECS
+    from mlflow_amnesia.learning.models import ARCHITECTURES, ARCHS
+    from mlflow_amnesia.recording.store.codecs import CODEC_NAMES, CODECS
     from mlflow_amnesia.unlearn import METHODS, REPAIRS
 
     assert METHODS.names() == ("amnesiac", "finetune", "relabel", "retrain")

@@ -90,7 +90,8 @@ def test_hashes_in_is_the_membership_of_whole_hash_rows():
 
 
 def test_store_errors_live_in_errors_and_are_the_stores():
-    from mlflow_amnesia import errors, store
+    from mlflow_amnesia import errors
+    from mlflow_amnesia.recording import store
 
     assert store.UnknownStepsError is errors.UnknownStepsError
     assert store.PurgedStepsError is errors.PurgedStepsError

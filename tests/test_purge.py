@@ -79,7 +79,7 @@ def _purge(*args: str):
 
 
 def _tags(version: int) -> dict:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     return dict(registry.client().get_model_version(MODEL, str(version)).tags)
 
@@ -88,13 +88,13 @@ def _tags(version: int) -> dict:
 def story(trained, tmp_path_factory):
     import mlflow
 
-    from mlflow_amnesia import purge as purge_mod
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.data import load_dataset
-    from mlflow_amnesia.flavor import PurgedVersionError, load_model
-    from mlflow_amnesia.lineage import lineage_rows, render_text
-    from mlflow_amnesia.locations import load_state
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.jobs import purge as purge_mod
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.learning.data import load_dataset
+    from mlflow_amnesia.mlflow.flavor import PurgedVersionError, load_model
+    from mlflow_amnesia.jobs.lineage import lineage_rows, render_text
+    from mlflow_amnesia.mlflow.runs import load_state
+    from mlflow_amnesia.recording.store import DeltaStore
 
     base = tmp_path_factory.mktemp("purge")
     o = SimpleNamespace()
@@ -215,8 +215,8 @@ def main_registry(story):
 def test_purged_weights_cannot_be_downloaded_or_loaded(main_registry):
     import mlflow
 
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import PurgedVersionError, load_model
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import PurgedVersionError, load_model
 
     uri = registry.client().get_model_version_download_uri(MODEL, "1")
     with pytest.raises(Exception):
@@ -232,7 +232,7 @@ def test_purged_weights_cannot_be_downloaded_or_loaded(main_registry):
 
 @pytest.mark.slow
 def test_rolled_back_chunks_are_gone_and_the_store_refuses_them(main_registry):
-    from mlflow_amnesia.store import DeltaStore, PurgedStepsError
+    from mlflow_amnesia.recording.store import DeltaStore, PurgedStepsError
 
     s = main_registry
     assert s.rolled and s.chunks_existed
@@ -347,8 +347,8 @@ def test_forget_from_the_child_still_works_and_purges_with_it(story):
 
 @pytest.mark.slow
 def test_tags_tombstone_and_lineage_keep_the_version(main_registry):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.lineage import lineage_rows, render_text
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.jobs.lineage import lineage_rows, render_text
 
     t = main_registry.v1_purged_tags
     assert t["amnesia.superseded_by"] == "2" and t["amnesia.method"] == "train"
@@ -436,7 +436,7 @@ def test_an_artifact_store_that_cannot_delete_fails_the_purge_clearly(tmp_path):
     notice the file is still there and say so, never report success."""
     from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-    from mlflow_amnesia import purge as purge_mod
+    from mlflow_amnesia.jobs import purge as purge_mod
     from mlflow_amnesia.errors import StoreError
 
     class NoDelete(LocalArtifactRepository):
@@ -453,8 +453,8 @@ def test_an_artifact_store_that_cannot_delete_fails_the_purge_clearly(tmp_path):
 
 def test_kept_files_are_lineage_metadata_only():
     """The allowlist of what a purge keeps: weights and input examples are never on it."""
-    from mlflow_amnesia.flavor import TOMBSTONE
-    from mlflow_amnesia.purge import KEEP, _kept
+    from mlflow_amnesia.mlflow.flavor import TOMBSTONE
+    from mlflow_amnesia.jobs.purge import KEEP, _kept
 
     assert f"data/{TOMBSTONE}" in KEEP and _kept("data/segments/0/record_index.bin") and _kept("MLmodel")
     for gone in ("data/weights.pt", "input_example.json", "serving_input_example.json", "data/new_file.bin"):
@@ -462,7 +462,7 @@ def test_kept_files_are_lineage_metadata_only():
 
 
 def _small_store(url: str, steps: int = 3) -> None:
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.recording.store import DeltaStore
 
     with DeltaStore.create(url, layout=[{"name": "w", "shape": [4]}], codec="f32", key=None) as st:
         for t in range(steps):
@@ -472,8 +472,8 @@ def _small_store(url: str, steps: int = 3) -> None:
 def test_the_plan_lists_chunk_files_of_steps_a_killed_purge_already_marked(tmp_path):
     """The store's manifest says purged, chunks/ still holds the files: there is work left, and
     the plan (hence `--dry-run`, and the re-run) knows it from a listing."""
-    from mlflow_amnesia.purge import PurgePlan, _plan_store
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.jobs.purge import PurgePlan, _plan_store
+    from mlflow_amnesia.recording.store import DeltaStore
 
     url = str(tmp_path / "run" / "deltas")
     _small_store(url)
@@ -489,7 +489,7 @@ def test_the_plan_lists_chunk_files_of_steps_a_killed_purge_already_marked(tmp_p
 
 
 def test_a_store_whose_manifest_is_gone_is_not_gone_while_its_chunks_are_there(tmp_path):
-    from mlflow_amnesia.purge import PurgePlan, _plan_store
+    from mlflow_amnesia.jobs.purge import PurgePlan, _plan_store
 
     url = str(tmp_path / "run" / "deltas")
     _small_store(url)
@@ -504,7 +504,7 @@ def test_a_store_whose_manifest_is_gone_is_not_gone_while_its_chunks_are_there(t
 
 
 def test_a_plan_is_complete_only_with_the_tag_the_tombstone_and_the_note():
-    from mlflow_amnesia.purge import PurgePlan, VersionPurge
+    from mlflow_amnesia.jobs.purge import PurgePlan, VersionPurge
 
     def plan(**kw):
         done = dict(purged_at="2026-01-01T00:00:00Z", described=True, tombstone_done=True)
@@ -519,8 +519,8 @@ def test_a_plan_is_complete_only_with_the_tag_the_tombstone_and_the_note():
 def test_a_retrain_child_needs_no_old_chunk_and_the_records_steps_are_purged(tmp_path):
     """A retrain trains a new store without the records: nothing rolled the old steps back, yet
     no live version needs them, so purging v1 deletes the old store's steps that saw them."""
-    from mlflow_amnesia.flavor import load_model
-    from mlflow_amnesia.store import DeltaStore, PurgedStepsError
+    from mlflow_amnesia.mlflow.flavor import load_model
+    from mlflow_amnesia.recording.store import DeltaStore, PurgedStepsError
 
     with _registry(tmp_path / "mlflow.db", tmp_path):
         invoke("train", "--arch", "cnn", "--epochs", "1", "--batch-size", "64", "--codec", "f32", "--no-audit")

@@ -1,6 +1,6 @@
 """A real `mlflow-amnesia purge` SIGKILLed between any two of its steps, then run again.
 
-The purge job (mlflow_amnesia/purge.py) is a sequence of writes: the tag
+The purge job (mlflow_amnesia/jobs/purge.py) is a sequence of writes: the tag
 ``amnesia.purge_started`` and a tombstone, per store the manifest (steps marked purged) and then
 the chunk files, the optimizer state, the version's files, its run's ``audit/`` files, the
 tombstone's completion, the description note, and last the tag ``amnesia.purged``. The child
@@ -77,8 +77,8 @@ def forgotten(tmp_path_factory):
     audit/ artifact. Saved as a copy, so each test restores the very same registry and files."""
     import mlflow
 
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     root = tmp_path_factory.mktemp("purge-crash")
     base = root / "registry"
@@ -136,9 +136,9 @@ def _purge(ok: bool = True):
 def test_a_purge_killed_between_two_steps_is_finished_by_its_rerun(fresh, point):
     import mlflow
 
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.purge import _kept
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.jobs.purge import _kept
+    from mlflow_amnesia.recording.store import DeltaStore
 
     s = fresh
     rc, out = _run_killed(s.base, point, "purge", "--model", MODEL, "--version", "1", "--yes")

@@ -11,19 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlflow_amnesia.recorder import recorder as recorder_mod
+from mlflow_amnesia.recording.recorder import recorder as recorder_mod
 from mlflow_amnesia.errors import InputError, StoreError
-from mlflow_amnesia.index import RecordIndexBuilder
+from mlflow_amnesia.recording.index import RecordIndexBuilder
 from mlflow_amnesia.keys import hash_ids, load_key
-from mlflow_amnesia.recorder import (
-    Recorder,
-    float_state,
-    integer_state_names,
-    optimizer_meta,
-    state_layout,
-    step_meta,
-)
-from mlflow_amnesia.store import DeltaStore
+from mlflow_amnesia.recording.recorder import Recorder, float_state, integer_state_names, optimizer_meta, state_layout, step_meta
+from mlflow_amnesia.recording.store import DeltaStore
 
 # ------------------------------------------------------------------------------------------------
 # The real store and index

@@ -14,8 +14,8 @@ def _train(name: str) -> None:  # its own run and store: a purge deletes that st
 
 
 def test_a_parent_with_a_child_but_no_superseded_tag_can_be_purged(registry_copy):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.purge import TAG_PURGED
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.jobs.purge import TAG_PURGED
 
     _train("untagged")
     ids = invoke("records", "--model", "untagged", "--limit", "2").output.split()
@@ -32,8 +32,8 @@ def test_a_parent_with_a_child_but_no_superseded_tag_can_be_purged(registry_copy
 
 
 def test_complete_registration_is_idempotent_and_says_what_it_did(registry_copy, tmp_path):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.forget import complete_registration
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.jobs.forget import complete_registration
 
     _train("twice")
     ids = invoke("records", "--model", "twice", "--limit", "1").output.split()

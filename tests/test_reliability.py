@@ -41,13 +41,13 @@ def _write(tmp_path: Path, ids: list[str], name: str = "ids.txt") -> str:
 
 
 def _versions(name: str = MODEL) -> list[int]:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     return sorted(int(v.version) for v in registry.client().search_model_versions(f"name='{name}'"))
 
 
 def _n_runs() -> int:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     c = registry.client()
     return sum(len(c.search_runs([e.experiment_id])) for e in c.search_experiments())
@@ -55,7 +55,7 @@ def _n_runs() -> int:
 
 def _version_dir(version: int = 1) -> Path:
     """Where version ``version``'s artifacts live (shared by the tests of this module: restore!)."""
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     c = registry.client()
     mv = c.get_model_version(MODEL, str(version))
@@ -85,7 +85,7 @@ def test_huge_ids_file_is_refused_before_it_is_read(registry_copy):
 
 
 def test_duplicate_ids_are_forgotten_once_and_reported(registry_copy, monkeypatch):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     ids = _ids(2)
     path = _write(registry_copy, [ids[0], ids[1], ids[0], "  " + ids[0]])
@@ -117,7 +117,7 @@ def test_unreadable_ids_file_is_named(registry_copy):
 
 @pytest.mark.parametrize("damage", ["corrupt", "truncate", "delete"])
 def test_damaged_chunk_fails_the_forget_naming_step_and_file(registry_copy, damage):
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow.flavor import load_model
     from mlflow_amnesia.keys import load_key
 
     ids = _ids(1)
@@ -199,8 +199,8 @@ def test_a_frame_declaring_a_huge_size_is_refused_by_the_store_before_allocating
     anything is allocated."""
     from mlflow_amnesia.crypto import ChunkCipher
     from mlflow_amnesia.errors import ChunkCorruptedError
-    from mlflow_amnesia.store import DeltaStore
-    from mlflow_amnesia.store.chunk import pack_chunk as _pack_chunk, seal_chunk as _seal_chunk
+    from mlflow_amnesia.recording.store import DeltaStore
+    from mlflow_amnesia.recording.store.chunk import pack_chunk as _pack_chunk, seal_chunk as _seal_chunk
     import hashlib
 
     url, key = str(tmp_path / "s"), b"\x11" * 32
@@ -227,7 +227,7 @@ def test_a_frame_declaring_a_huge_size_is_refused_by_the_store_before_allocating
 
 def test_a_chunk_file_grown_huge_is_not_read_whole(tmp_path):
     from mlflow_amnesia.errors import ChunkCorruptedError
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.recording.store import DeltaStore
 
     url = str(tmp_path / "s")
     with DeltaStore.create(url, layout=[{"name": "w", "shape": [10]}], codec="f32", key=b"\x11" * 32) as st:
@@ -415,7 +415,7 @@ def test_a_database_wedged_by_a_killed_schema_creation_is_one_line_with_the_fix(
     import sys
 
     import mlflow.store.db.utils as db_utils
-    from mlflow_amnesia.tracking import check_tracking_store
+    from mlflow_amnesia.mlflow.tracking import check_tracking_store
 
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "mlflow.db"
@@ -479,7 +479,7 @@ def test_a_wedged_database_holding_runs_names_the_upgrade_not_removal(registry_c
 def test_missing_tables_in_an_empty_database_say_it_can_be_removed(tmp_path, monkeypatch):
     import sqlite3
 
-    from mlflow_amnesia.tracking import create_sqlite_database
+    from mlflow_amnesia.mlflow.tracking import create_sqlite_database
 
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "mlflow.db"
@@ -496,7 +496,7 @@ def test_the_temp_files_of_dead_creators_are_removed_and_live_ones_kept(tmp_path
     import subprocess
     import sys
 
-    from mlflow_amnesia import tracking
+    from mlflow_amnesia.mlflow import tracking
 
     monkeypatch.chdir(tmp_path)
     assert tracking.create_sqlite_database(str(tmp_path / "mlflow.db"))
@@ -611,19 +611,19 @@ def test_no_pickle_in_the_package_source():
 def _register_sibling(parent: int = 1) -> int:
     """A child of ``parent`` as another machine's forget would register it."""
     import mlflow
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     return int(mlflow.register_model(_v1_uri(), MODEL, tags={registry.TAG_PARENT: str(parent)}).version)
 
 
 def _v1_uri() -> str:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     return registry.client().get_model_version(MODEL, "1").source  # models:/<logged model id>
 
 
 def test_register_child_refuses_when_the_parent_already_has_a_child(registry_copy):
-    from mlflow_amnesia.concurrency import register_child
+    from mlflow_amnesia.mlflow.concurrency import register_child
     from mlflow_amnesia.errors import ForgetConflictError
 
     other = _register_sibling()
@@ -634,7 +634,7 @@ def test_register_child_refuses_when_the_parent_already_has_a_child(registry_cop
 
 def test_the_higher_of_two_racing_children_deletes_itself(registry_copy, monkeypatch):
     import mlflow
-    from mlflow_amnesia.concurrency import register_child
+    from mlflow_amnesia.mlflow.concurrency import register_child
     from mlflow_amnesia.errors import ForgetConflictError
 
     real = mlflow.register_model
@@ -651,15 +651,15 @@ def test_the_higher_of_two_racing_children_deletes_itself(registry_copy, monkeyp
 
 
 def _register_sibling_with(register) -> int:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     return int(register(_v1_uri(), MODEL, tags={registry.TAG_PARENT: "1"}).version)
 
 
 def test_the_lower_child_wins_and_the_stale_loser_is_never_built_on(registry_copy, monkeypatch):
     import mlflow
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.concurrency import check_forkable, register_child
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.concurrency import check_forkable, register_child
     from mlflow_amnesia.errors import ForgetConflictError, InputError
 
     real = mlflow.register_model
@@ -686,7 +686,7 @@ def test_the_lower_child_wins_and_the_stale_loser_is_never_built_on(registry_cop
 
 
 def test_model_lock_queues_a_second_forget_of_the_same_model(tmp_path, monkeypatch, capsys):
-    from mlflow_amnesia.concurrency import lock_path, model_lock
+    from mlflow_amnesia.mlflow.concurrency import lock_path, model_lock
 
     monkeypatch.setenv("MLFLOW_AMNESIA_LOCK_DIR", str(tmp_path / "locks"))
     monkeypatch.setenv("MLFLOW_AMNESIA_QUIET", "0")
@@ -715,7 +715,7 @@ def test_model_lock_queues_a_second_forget_of_the_same_model(tmp_path, monkeypat
 
 def test_lock_key_is_the_store_not_its_spelling(tmp_path, monkeypatch):
     import mlflow
-    from mlflow_amnesia.concurrency import lock_path
+    from mlflow_amnesia.mlflow.concurrency import lock_path
 
     monkeypatch.chdir(tmp_path)
     mlflow.set_tracking_uri("sqlite:///mlflow.db")
@@ -730,7 +730,7 @@ def test_lock_key_is_the_store_not_its_spelling(tmp_path, monkeypatch):
 
 def test_dry_run_takes_no_lock(registry_copy, monkeypatch, tmp_path):
     monkeypatch.setenv("MLFLOW_AMNESIA_LOCK_DIR", str(tmp_path / "locks"))
-    from mlflow_amnesia.concurrency import model_lock
+    from mlflow_amnesia.mlflow.concurrency import model_lock
 
     with model_lock(MODEL):  # held: a dry run still answers at once
         r = invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(1)), "--dry-run", "--no-audit")

@@ -28,7 +28,7 @@ from helpers import invoke  # noqa: E402
 
 from mlflow_amnesia.errors import InputError, StoreError  # noqa: E402
 from mlflow_amnesia.keys import load_key  # noqa: E402
-from mlflow_amnesia.store import DeltaStore  # noqa: E402
+from mlflow_amnesia.recording.store import DeltaStore  # noqa: E402
 
 LAYOUT = [
     {"name": "w1", "shape": [64, 40], "dtype": "float32"},
@@ -179,7 +179,7 @@ def test_a_missing_bucket_is_an_error_and_no_bucket_is_created(s3):
     missing = f"no-such-{uuid.uuid4().hex[:10]}"
     with pytest.raises(StoreError, match=rf"cannot create a delta store at s3://{missing}/deltas.*never creates buckets"):
         DeltaStore.create(f"s3://{missing}/deltas", layout=LAYOUT, key=_KEY)
-    from mlflow_amnesia.locations import save_state
+    from mlflow_amnesia.mlflow.runs import save_state
 
     with pytest.raises(InputError, match=rf"cannot write s3://{missing}/training/x.pt"):
         save_state(f"s3://{missing}/training/x.pt", {"w": np.zeros(3)}, key=_KEY)
@@ -191,7 +191,7 @@ def test_a_missing_bucket_is_an_error_and_no_bucket_is_created(s3):
 def test_training_state_round_trips_with_single_puts(s3):
     import torch
 
-    from mlflow_amnesia.locations import load_array, load_state, save_array, save_state
+    from mlflow_amnesia.mlflow.runs import load_array, load_state, save_array, save_state
 
     bucket, log, fs = s3
     base = f"s3://{bucket}/run/training"
@@ -208,7 +208,7 @@ def test_training_state_round_trips_with_single_puts(s3):
 
 
 def test_explicit_fsspec_endpoint_wins_over_mlflows(s3, monkeypatch):
-    from mlflow_amnesia.fs import url_to_fs
+    from mlflow_amnesia.recording.fs import url_to_fs
 
     bucket, _, _ = s3
     fs, path = url_to_fs(f"s3://{bucket}/x", {"endpoint_url": "http://127.0.0.1:9"})

@@ -11,7 +11,7 @@ from helpers import MODEL, invoke
 
 @pytest.mark.parametrize("value", ["nan", "-1", "0", "1.5", "inf", "-inf"])
 def test_a_share_outside_0_1_is_refused_in_one_line(registry_copy, value):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     r = invoke("forget", "--model", MODEL, "--records", "ids.txt", "--yes", "--no-audit", "--max-step-share", value,
                ok=False)
@@ -24,7 +24,7 @@ def test_a_share_outside_0_1_is_refused_in_one_line(registry_copy, value):
 @pytest.mark.parametrize("value", [float("nan"), -1.0, 0.0, 1.5, float("inf")])
 def test_forget_refuses_a_share_outside_0_1(registry_copy, value):
     from mlflow_amnesia.errors import InputError
-    from mlflow_amnesia.forget import forget
+    from mlflow_amnesia.jobs.forget import forget
 
     with pytest.raises(InputError, match="above 0 and at most 1"):
         forget(MODEL, ids=["digits:1"], yes=True, audit=False, max_step_share=value)
@@ -36,8 +36,8 @@ def test_a_share_of_1_is_accepted(registry_copy):
 
 
 def test_chained_forgets_are_gated_on_the_cumulative_share(registry_copy, tmp_path):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.forget import plan_forget
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.jobs.forget import plan_forget
 
     limit = 0.1
     accepted = 0

@@ -79,7 +79,7 @@ def test_version_page_shows_lineage_tags_audit_table_and_picture(browser_availab
         # v1 without its audit (speed); v2 with a cheap one: 2 shadow models, 20 inversion steps
         ui.register_demo(cli, tmp_path, model=MODEL, epochs=1, n_records=2,
                          audit=("--shadows", "2", "--inversion-iterations", "20"), audit_training=False)
-        from mlflow_amnesia import registry
+        from mlflow_amnesia.mlflow import registry
 
         mv = registry.resolve_version(MODEL, version=2)
         run = registry.client().get_run(mv.run_id)

@@ -88,8 +88,8 @@ def test_no_artifact_holds_a_plaintext_delta_or_training_file(story):
     """Every chunk is a version-2 (sealed) chunk; no .pt but the registered weights loads; no .npy
     but the version's step list and forgotten hashes parses."""
     from mlflow_amnesia.errors import ChunkCorruptedError
-    from mlflow_amnesia.store import chunk as ds
-    from mlflow_amnesia.store.manifest import FORMAT
+    from mlflow_amnesia.recording.store import chunk as ds
+    from mlflow_amnesia.recording.store.manifest import FORMAT
 
     files = _artifact_files(story["base"])
     chunks = [p for p in files if p.parent.name == "chunks" and p.suffix == ".zst"]
@@ -118,8 +118,8 @@ def test_the_attacks_work_on_the_same_files_decrypted_with_the_key(story, tmp_pa
     what they need; so the two tests above would catch a leak."""
     from dataclasses import replace
 
-    from mlflow_amnesia.locations import load_array, load_state, save_array, save_state
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.mlflow.runs import load_array, load_state, save_array, save_state
+    from mlflow_amnesia.recording.store import DeltaStore
 
     rd, t, key = story["rd"], story["target"], bytes.fromhex(KEY)
     src = DeltaStore.open(t.store_url, manifest=t.manifest, key=key)
@@ -146,13 +146,13 @@ def old(tmp_path_factory):
     the public batch order of the seed, no ``info["order"]``. 2 epochs of batch 64."""
     import mlflow
 
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.locations import save_array, save_state
-    from mlflow_amnesia.store import DeltaStore
-    from mlflow_amnesia.training import epoch_orders
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.runs import save_array, save_state
+    from mlflow_amnesia.recording.store import DeltaStore
+    from mlflow_amnesia.learning.training import epoch_orders
 
-    train_mod = importlib.import_module("mlflow_amnesia.train")
-    phase_mod = importlib.import_module("mlflow_amnesia.phase")  # where a phase writes its training files
+    train_mod = importlib.import_module("mlflow_amnesia.jobs.train")
+    phase_mod = importlib.import_module("mlflow_amnesia.recording.phase")  # where a phase writes its training files
     base = tmp_path_factory.mktemp("old")
     mp = pytest.MonkeyPatch()
     for k, v in {"MLFLOW_AMNESIA_QUIET": "1", "MLFLOW_AMNESIA_KEY": KEY,
@@ -195,9 +195,9 @@ def old_registry(old, monkeypatch):
 
 @pytest.mark.slow  # a training run, a retrain and a forget with replay (~50 s on 2 cores)
 def test_an_old_version_in_clear_is_forgotten_from_and_retrained_as_before(old_registry, tmp_path):
-    from mlflow_amnesia.data import epoch_order
-    from mlflow_amnesia.flavor import load_model
-    from mlflow_amnesia.models import build_model
+    from mlflow_amnesia.learning.data import epoch_order
+    from mlflow_amnesia.mlflow.flavor import load_model
+    from mlflow_amnesia.learning.models import build_model
     from mlflow_amnesia.unlearn.retrain import load_retrain_inputs, retrain
 
     key = bytes.fromhex(KEY)
@@ -230,7 +230,7 @@ def test_an_old_version_in_clear_is_forgotten_from_and_retrained_as_before(old_r
 
 
 def _split_of(am, records):
-    from mlflow_amnesia.data import Split
+    from mlflow_amnesia.learning.data import Split
 
     return Split.from_json(am.info["split"], records)
 
@@ -246,9 +246,9 @@ def _split_of(am, records):
 ])
 @pytest.mark.parametrize("method", ["retrain", "amnesiac --repair replay"])
 def test_a_replaced_training_file_of_a_sealed_phase_is_refused(registry_copy, tmp_path, what, make, method):
-    from mlflow_amnesia import registry
-    from mlflow_amnesia.flavor import load_model
-    from mlflow_amnesia.locations import load_array
+    from mlflow_amnesia.mlflow import registry
+    from mlflow_amnesia.mlflow.flavor import load_model
+    from mlflow_amnesia.mlflow.runs import load_array
 
     am = load_model(registry.model_uri(registry.resolve_version(MODEL)))
     path = Path(am.info["training_url"]) / "batch_order.npy"

@@ -1,4 +1,4 @@
-"""`mlflow-amnesia verify` (mlflow_amnesia/verify.py): a false "OK" is the failure that matters.
+"""`mlflow-amnesia verify` (mlflow_amnesia/jobs/verify.py): a false "OK" is the failure that matters.
 
 Each test damages the module's trained store in one way (conftest's `trained`, shared by the
 registry copies: every change is undone in `finally`) and checks that verify fails, exit 1,
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _store_dir() -> Path:
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     return Path(urlparse(load_model(f"models:/{MODEL}/1").segments[0].store_url).path)
 
@@ -44,7 +44,7 @@ def _verify(ok: bool):
 
 
 def test_a_sound_version_verifies(registry_copy):
-    from mlflow_amnesia.verify import verify_version
+    from mlflow_amnesia.jobs.verify import verify_version
 
     assert ": OK" in _verify(True).output
     rep = verify_version(MODEL)
@@ -54,7 +54,7 @@ def test_a_sound_version_verifies(registry_copy):
 def test_chunk_files_of_steps_the_store_marks_purged_fail_verify(registry_copy):
     """The state a purge killed between its manifest and its deletions leaves: the version's
     copy still lists the step, whose chunk is sound, so reading through the copy alone says OK."""
-    from mlflow_amnesia.verify import verify_version
+    from mlflow_amnesia.jobs.verify import verify_version
 
     manifest = _store_dir() / "manifest.json"
     with _restored(manifest):
@@ -110,7 +110,7 @@ def test_a_garbled_or_disagreeing_store_manifest_fails_verify(registry_copy, how
 
 
 def test_an_unreadable_manifest_copy_in_the_version_fails_verify(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     version_dir = Path(urlparse(registry.client().get_model_version_download_uri(MODEL, "1")).path)
     copy = version_dir / "data" / "segments" / "0" / "manifest.json"
@@ -154,8 +154,9 @@ def _messages(tree: ast.AST) -> list[tuple[int, str]]:
 
 
 @pytest.mark.parametrize("module", [  # where the messages of the store, purge, the CLI, verify and the recorder live
-    "store/delta_store.py", "store/manifest.py", "store/chunk.py", "purge.py", "cli.py", "verify.py",
-    "recorder/recorder.py", "recorder/staging.py", "recorder/ddp.py"])
+    "recording/store/delta_store.py", "recording/store/manifest.py", "recording/store/chunk.py", "jobs/purge.py",
+    "cli.py", "jobs/verify.py", "recording/recorder/recorder.py", "recording/recorder/staging.py",
+    "recording/recorder/ddp.py"])
 def test_messages_the_cli_prints_name_commands_not_python_calls(module):
     """What to run is a command and its flags (`mlflow-amnesia verify --model NAME`), never only a
     Python call that a user of the command line cannot make. Docstrings are for Python readers."""

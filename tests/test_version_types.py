@@ -39,7 +39,7 @@ def _path_constants(names: tuple[str, ...], allowed: set[str]) -> list[str]:
 
 
 def test_a_phase_knows_its_urls_and_nobody_else_spells_them():
-    from mlflow_amnesia.phase import Phase
+    from mlflow_amnesia.recording.phase import Phase
 
     p = Phase("s3://b/run/amnesia/")
     assert p.base_url == "s3://b/run/amnesia" and p.deltas_url == "s3://b/run/amnesia/deltas"
@@ -49,7 +49,7 @@ def test_a_phase_knows_its_urls_and_nobody_else_spells_them():
     with pytest.raises(InputError, match="not a training file"):
         p.file_url("weights.pt")
     found = _path_constants(("/deltas", "/training", "training/", "initial_state.pt", "batch_order.npy",
-                             "optimizer_state.pt"), {"phase.py", "recording/phase.py"})
+                             "optimizer_state.pt"), {"recording/phase.py"})
     assert not found, "a phase's URLs spelled out outside mlflow_amnesia.phase:\n" + "\n".join(found)
 
 
@@ -60,7 +60,7 @@ def test_the_layout_of_a_versions_files_is_written_once():
 
 
 def test_a_segment_records_its_base_and_an_old_one_derives_it_once_when_read():
-    from mlflow_amnesia.phase import Phase, Segment
+    from mlflow_amnesia.recording.phase import Phase, Segment
 
     new = Segment("train", "/r/amnesia/deltas", 0, 9, base_url="/r/amnesia")
     assert new.to_json()["base_url"] == "/r/amnesia" and new.phase == Phase("/r/amnesia")
@@ -93,11 +93,11 @@ def test_version_info_is_typed_keeps_unknown_keys_and_checks_like_before():
 
 
 def test_a_saved_version_loads_with_typed_info_and_its_segments_bases(tmp_path):
-    from mlflow_amnesia.flavor import AmnesiaModel, load_model, save_model
-    from mlflow_amnesia.index import RecordIndexBuilder
-    from mlflow_amnesia.models import build_model
-    from mlflow_amnesia.phase import Segment
-    from mlflow_amnesia.store import DeltaStore
+    from mlflow_amnesia.mlflow.flavor import AmnesiaModel, load_model, save_model
+    from mlflow_amnesia.recording.index import RecordIndexBuilder
+    from mlflow_amnesia.learning.models import build_model
+    from mlflow_amnesia.recording.phase import Segment
+    from mlflow_amnesia.recording.store import DeltaStore
     from mlflow_amnesia.version.info import VersionInfo
 
     key = bytes(range(32))

@@ -45,7 +45,7 @@ def test_records_with_the_right_key_leaves_the_forgotten_out(forgotten):
 
 
 def test_audit_with_a_wrong_key_is_refused_and_logs_nothing(forgotten, monkeypatch):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     mv = registry.resolve_version(MODEL)
     before = (dict(registry.client().get_run(mv.run_id).data.metrics), mv.description)
@@ -66,7 +66,7 @@ def test_forget_and_purge_with_a_wrong_key_are_refused(forgotten, monkeypatch, t
 def test_evaluator_plugin_refuses_a_wrong_key(forgotten, monkeypatch):
     from mlflow_amnesia.audit import audit_model
     from mlflow_amnesia.errors import RecordKeyError
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     am = load_model(f"models:/{MODEL}/2")
     monkeypatch.setenv("MLFLOW_AMNESIA_KEY", WRONG)
@@ -92,7 +92,7 @@ def test_load_key_for_names_both_key_ids_and_the_fix(monkeypatch):
 
 
 def test_an_accuracy_only_audit_keeps_the_other_rows_of_the_table(registry_copy):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     c = registry.client()
     mv = registry.resolve_version(MODEL)

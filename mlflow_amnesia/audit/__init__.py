@@ -12,17 +12,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..training import evaluate
-
-
-def forgotten_positions(records, train_idx: np.ndarray, forgotten: np.ndarray, key: bytes) -> np.ndarray:
-    """Positions (into ``records``) of training records whose keyed hash is in ``forgotten``."""
-    from ..keys import hash_ids, hashes_in
-
-    if len(forgotten) == 0:
-        return np.zeros(0, np.int64)
-    train_idx = np.asarray(train_idx, dtype=np.int64)
-    return train_idx[hashes_in(hash_ids([records.ids[i] for i in train_idx], key), forgotten)]
+from ..learning.data import forgotten_positions  # noqa: F401 - re-exported: its historical home
+from ..learning.training import evaluate
 
 
 def accuracy_metrics(module, records, train_idx, holdout_idx, forget_idx) -> dict[str, float]:
@@ -55,13 +46,13 @@ def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_sp
 
 def audit_model(am, *, data_root: Optional[str] = None, privacy: bool = True, settings=None,
                 artifact_dir: Optional[str] = None, what: Optional[str] = None) -> dict[str, float]:
-    """The full audit of a loaded version (:class:`~mlflow_amnesia.flavor.AmnesiaModel`): its
+    """The full audit of a loaded version (:class:`~mlflow_amnesia.mlflow.flavor.AmnesiaModel`): its
     own request's forgotten records are the membership targets (see :mod:`.privacy`).
 
     The record key is checked against the version's key id first (``what`` names the version in
     the error): with another key no forgotten record would be found and every figure would be
     computed on the wrong records."""
-    from ..data import Split, rebuild
+    from ..learning.data import Split, rebuild
     from ..keys import load_key_for
 
     key = load_key_for(am.info.key_id, what or f"the model {am.info.model_name or ''}".rstrip(), to="audit it")
@@ -74,37 +65,3 @@ def audit_model(am, *, data_root: Optional[str] = None, privacy: bool = True, se
     this_request = forgotten_positions(records, sp.train, am.forgotten[len(am.forgotten) - n:], key) if n else np.zeros(0, np.int64)
     return full_audit(am.module, records, sp, this_request, all_forgotten, arch_spec=am.arch,
                       recipe=am.info.recipe or {}, privacy=privacy, settings=settings, artifact_dir=artifact_dir)
-
-
-def audit_version(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None,
-                  data_root: Optional[str] = None, privacy: bool = True, settings=None, log: bool = True) -> dict[str, float]:
-    """Audit a registered version and log the figures on the run that produced it (and its
-    inversion grid as ``audit/inversion.png``); the version's description table is refreshed."""
-    import tempfile
-
-    import mlflow
-
-    from .. import registry
-    from ..flavor import load_model
-
-    mv = registry.resolve_version(model_name, version=version, alias=alias)
-    am = load_model(registry.model_uri(mv))
-    with tempfile.TemporaryDirectory() as tmp:
-        metrics = audit_model(am, data_root=data_root, privacy=privacy, settings=settings, artifact_dir=tmp,
-                              what=f"{model_name} v{mv.version}")
-        if log and mv.run_id:
-            c = mlflow.MlflowClient()
-            now = mlflow.utils.time.get_current_time_millis()
-            c.log_batch(mv.run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()])
-            if privacy:
-                c.log_artifact(mv.run_id, f"{tmp}/inversion.png", "audit")
-            parent = registry.run_metrics(
-                registry.client().get_model_version(model_name, mv.tags[registry.TAG_PARENT]).run_id
-            ) if registry.TAG_PARENT in (mv.tags or {}) else None
-            # every figure the run holds now, not only this audit's: an accuracy-only audit keeps
-            # the privacy rows an earlier audit logged (the run's latest value of each metric)
-            cols = {f"v{mv.version}": {**registry.run_metrics(mv.run_id), **metrics}}
-            if parent is not None:
-                cols[f"v{mv.tags[registry.TAG_PARENT]} (parent)"] = parent
-            c.update_model_version(mv.name, mv.version, description=registry.replace_table(mv.description or "", registry.metrics_table(cols)))
-    return metrics

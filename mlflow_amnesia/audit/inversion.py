@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Records
+from ..learning.data import Records
 from ..errors import InputError
 from ..progress import Progress
 

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data import Records
+from ..learning.data import Records
 from ..errors import InputError
 from ..progress import info as say
 from .metrics import precision, recall, roc_auc, tpr_at_fpr

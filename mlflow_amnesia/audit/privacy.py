@@ -2,9 +2,9 @@
 
 Membership inference (the paper's attack and LiRA, :mod:`.membership`) and model inversion
 (:mod:`.inversion`), sharing one set of shadow models that is trained once per (data, arch,
-recipe, count, seed) and cached as the artifacts of an MLflow run in the experiment
-``mlflow-amnesia-shadows`` (tag ``amnesia.shadow_key``); later audits download it and only run
-inference.
+recipe, count, seed) and cached behind a :class:`ShadowCache` (the MLflow layer's keeps each set
+as a run of the experiment ``mlflow-amnesia-shadows``, tag ``amnesia.shadow_key``); later audits
+download it and only run inference.
 
 What is attacked:
 - after a forget: the records this version forgot (``audit.mia.*``, ``audit.lira.*``: they
@@ -17,17 +17,17 @@ records (up to 3), or the first 10 classes of a version that forgot nothing.
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional, Protocol
 
 import numpy as np
 
-from ..errors import InputError
 from ..progress import info as say
-from ..registry import filter_literal
 from ..tags import TAG_SHADOW_KEY
+
+if TYPE_CHECKING:
+    from .membership import AttackModels
+    from .shadow import ShadowSet
 
 SHADOW_EXPERIMENT = "mlflow-amnesia-shadows"
 SHADOW_TAG = TAG_SHADOW_KEY
@@ -59,51 +59,61 @@ def audit_pool(split, seed: int) -> np.ndarray:
     return np.union1d(train, hold)
 
 
-def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int):
-    """(ShadowSet, AttackModels, run id of the cache): from the cache, else trained and cached."""
-    import mlflow
+class ShadowCache(Protocol):
+    """Where trained shadow models are kept between audits, by cache key (:func:`shadow_cache_key`).
 
+    The audit library only asks for a key and hands over what it trained; where they live is the
+    caller's: MLflow runs of the ``mlflow-amnesia-shadows`` experiment
+    (:class:`mlflow_amnesia.mlflow.shadow_cache.MlflowShadowCache`, the default once the package
+    is imported).
+    """
+
+    def load(self, key: str) -> Optional[tuple["ShadowSet", "AttackModels", str]]:
+        """The shadows and attack models cached under ``key`` and where they were (a run id), or None.
+
+        A cached set whose content does not match ``key`` is an :class:`InputError`, never used."""
+
+    def save(self, key: str, shadows: "ShadowSet", attack: "AttackModels") -> str:
+        """Keep ``shadows`` and ``attack`` under ``key``; returns where (a run id)."""
+
+
+class NoShadowCache:
+    """Keeps nothing: every audit trains its shadows anew."""
+
+    def load(self, key: str) -> None:
+        return None
+
+    def save(self, key: str, shadows: "ShadowSet", attack: "AttackModels") -> str:
+        return ""
+
+
+_cache: ShadowCache = NoShadowCache()
+
+
+def use_shadow_cache(cache: ShadowCache) -> None:
+    """Make ``cache`` the one :func:`get_shadows` uses when it is given none."""
+    global _cache
+    _cache = cache
+
+
+def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *,
+                cache: Optional[ShadowCache] = None):
+    """(ShadowSet, AttackModels, where they are cached): from ``cache`` (default: the one
+    :func:`use_shadow_cache` set), else trained and cached there."""
     from .membership import AttackModels
-    from .shadow import ShadowSet, shadow_cache_key, train_shadows
+    from .shadow import shadow_cache_key, train_shadows
 
+    store = cache if cache is not None else _cache
     pool = audit_pool(split, seed)
     key = shadow_cache_key(records.fingerprint, arch_spec, recipe, n, seed, pool)
-    client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(SHADOW_EXPERIMENT)
-    if exp is not None:
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.`{SHADOW_TAG}` = {filter_literal(key)} and attributes.status = 'FINISHED'",
-                                  max_results=1)
-        if runs:
-            run_id = runs[0].info.run_id
-            with tempfile.TemporaryDirectory() as tmp:
-                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="shadows", dst_path=tmp)
-                shadows = ShadowSet.load(local)
-                if shadows.cache_key != key:  # other data, recipe or architecture: never build its models
-                    raise InputError(
-                        f"the cached shadow models of run {run_id} (experiment {SHADOW_EXPERIMENT}) are tagged with "
-                        f"cache key {key} but hold a set with key {shadows.cache_key}: the cache is damaged or forged; "
-                        "delete that run and audit again (the shadows are then trained afresh)."
-                    )
-                attack = AttackModels.load(local)
-            say(f"audit: reusing {n} cached shadow models (run {run_id})")
-            return shadows, attack, run_id
+    found = store.load(key)
+    if found is not None:
+        say(f"audit: reusing {n} cached shadow models (run {found[2]})")
+        return found
     say(f"audit: training {n} shadow models (cached for later audits)")
     shadows = train_shadows(records, pool, arch_spec, recipe, n_shadows=n, seed=seed)
     attack = AttackModels.fit(shadows, records, seed=seed)
-    exp_id = exp.experiment_id if exp is not None else client.create_experiment(SHADOW_EXPERIMENT)
-    run = client.create_run(exp_id, run_name=f"shadows-{key[:12]}", tags={SHADOW_TAG: key})
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp) / "shadows"
-            shadows.save(d)
-            attack.save(d)
-            client.log_artifacts(run.info.run_id, str(d), artifact_path="shadows")
-        client.log_param(run.info.run_id, "n_shadows", n)
-        client.set_terminated(run.info.run_id, "FINISHED")
-    except BaseException:
-        client.set_terminated(run.info.run_id, "FAILED")
-        raise
-    return shadows, attack, run.info.run_id
+    return shadows, attack, store.save(key, shadows, attack)
 
 
 def privacy_audit(module, records, split, forget_idx: np.ndarray, forgotten_all_idx: np.ndarray, *,

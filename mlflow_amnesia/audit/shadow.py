@@ -45,12 +45,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data import Records, Split, epoch_order
+from ..learning.data import Records, Split, epoch_order
 from ..errors import InputError
-from ..fs import write_local
-from ..models import build_model, validate_spec
+from ..recording.fs import write_local
+from ..learning.models import build_model, validate_spec
 from ..progress import Progress
-from ..training import Recipe, epoch_orders, make_optimizer, run_epochs
+from ..learning.training import Recipe, epoch_orders, make_optimizer, run_epochs
 
 __all__ = [
     "SHADOW_FORMAT",
@@ -109,7 +109,7 @@ def _derived_seed(seed: int, what: str) -> int:
 def balanced_membership(n_shadows: int, n_pool: int, seed: int) -> np.ndarray:
     """(n_shadows, n_pool) bool: each column has exactly ``n_shadows // 2`` True, chosen at random.
 
-    Derived from :func:`mlflow_amnesia.data.epoch_order` (a platform-independent permutation),
+    Derived from :func:`mlflow_amnesia.learning.data.epoch_order` (a platform-independent permutation),
     so the same ``seed`` gives the same matrix on every machine and NumPy release.
     """
     if n_shadows < 2:
@@ -367,7 +367,7 @@ def _torch_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
 
 
 def _write_atomic(path: Path, data: bytes) -> str:
-    """Write ``path`` whole and durably (:func:`mlflow_amnesia.fs.write_local`); its ``sha256:`` digest."""
+    """Write ``path`` whole and durably (:func:`mlflow_amnesia.recording.fs.write_local`); its ``sha256:`` digest."""
     write_local(path, data)
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -390,7 +390,7 @@ def train_shadows(
     """Train ``n_shadows`` models of ``arch_spec`` with ``recipe``, each on its half of the pool.
 
     Shadow ``i`` trains on ``pool[membership[i]]`` (see :func:`balanced_membership`) with
-    :func:`mlflow_amnesia.training.run_epochs`, from an initialisation and batch orders drawn
+    :func:`mlflow_amnesia.learning.training.run_epochs`, from an initialisation and batch orders drawn
     from ``(seed, i)``. Deterministic for a given device: equal :func:`shadow_cache_key` inputs
     give equal weights. ``progress=False`` silences the per-shadow lines; the training loop's
     own lines follow ``MLFLOW_AMNESIA_QUIET``.

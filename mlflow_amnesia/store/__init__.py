@@ -1,13 +1,12 @@
-"""Compressed, chunked, crash-safe storage of per-step state deltas.
+"""``mlflow_amnesia.store``: kept as an import path; the code lives in :mod:`mlflow_amnesia.recording.store`."""
 
-``DeltaStore`` (append, read, sum, verify, purge) on any fsspec URL, and the codecs
-``f32`` (lossless), ``bf16``, ``int8`` and the plain ``zstd`` baseline.
-"""
-
-from mlflow_amnesia.store.codecs import CODEC_NAMES, DEFAULT_CODEC, Codec, get_codec
-from mlflow_amnesia.store.delta_store import (
-    FORMAT_VERSION,
+from mlflow_amnesia.recording.store import (  # noqa: F401 - re-exported
+    Codec,
+    CODEC_NAMES,
+    DEFAULT_CODEC,
     DeltaStore,
+    FORMAT_VERSION,
+    get_codec,
     PurgedStepsError,
     StoreProblem,
     StoreSize,
@@ -17,16 +16,16 @@ from mlflow_amnesia.store.delta_store import (
 )
 
 __all__ = [
+    "Codec",
     "CODEC_NAMES",
     "DEFAULT_CODEC",
-    "FORMAT_VERSION",
-    "Codec",
     "DeltaStore",
+    "FORMAT_VERSION",
+    "get_codec",
     "PurgedStepsError",
     "StoreProblem",
     "StoreSize",
     "StoreStats",
     "TensorSpec",
     "UnknownStepsError",
-    "get_codec",
 ]

@@ -28,17 +28,7 @@ import torch
 
 from ..errors import InputError
 from ..version.model import AmnesiaModel
-from .base import (
-    REPAIRS,
-    ForgetContext,
-    MethodOptions,
-    MethodResult,
-    Repair,
-    RepairResult,
-    UnlearningMethod,
-    check_repair,
-    register_method,
-)
+from .base import REPAIRS, ForgetContext, MethodOptions, MethodResult, Repair, RepairResult, UnlearningMethod, check_repair, register_method
 from .common import training_data
 
 

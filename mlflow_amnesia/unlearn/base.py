@@ -15,7 +15,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
 import numpy as np
 
 from ..names import Registry
-from ..phase import Segment
+from ..recording.phase import Segment
 from ..version.model import AmnesiaModel
 
 OptionsT = TypeVar("OptionsT", bound="MethodOptions")

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import InputError
-from ..training import Recipe
+from ..learning.training import Recipe
 from .base import ForgetContext, MethodOptions
 
 NO_DATA_HINT = ("Nothing was changed. Point --data-root at the copy of the data set the model was trained on, "
@@ -24,8 +24,8 @@ NO_DATA_HINT = ("Nothing was changed. Point --data-root at the copy of the data 
 class TrainingData:
     """The training data of a version, with the records every later phase must leave out."""
 
-    records: object  # mlflow_amnesia.data.Records
-    split: object  # mlflow_amnesia.data.Split
+    records: object  # mlflow_amnesia.learning.data.Records
+    split: object  # mlflow_amnesia.learning.data.Split
     recipe: Recipe
     excluded: np.ndarray  # sorted positions of every record forgotten along the lineage, this request included
     target: np.ndarray  # sorted positions of this request's records
@@ -42,8 +42,8 @@ def training_data(ctx: ForgetContext, needed_by: str) -> TrainingData:
     ``needed_by`` names the method or repair in the error raised when the data cannot be
     rebuilt (a missing or changed data set, a version that recorded no data spec).
     """
-    from ..audit import forgotten_positions
-    from ..data import Split
+    from ..learning.data import forgotten_positions
+    from ..learning.data import Split
     from ..keys import hash_rows
 
     info = ctx.model.info

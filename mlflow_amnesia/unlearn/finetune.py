@@ -11,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..phase import Segment
+from ..recording.phase import Segment
 from ..progress import info as say
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
 from .common import EpochsOptions, TrainingData, epochs_option, phase_seed, training_data
@@ -28,8 +28,8 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
 
     Returns the segment and the seconds the training loop took.
     """
-    from ..phase import Phase
-    from ..training import epoch_orders, make_optimizer, record_phase
+    from ..recording.phase import Phase
+    from ..learning.training import epoch_orders, make_optimizer, record_phase
 
     recipe = data.recipe
     if lr:

@@ -60,7 +60,7 @@ class _Rows:
 
 def copies_per_record(records, target: np.ndarray, copies: int, cls: Optional[object]) -> np.ndarray:
     """How many relabelled copies each target record gets: ``copies``, or 1 for members of ``cls``."""
-    from ..data import class_records
+    from ..learning.data import class_records
 
     per = np.full(len(target), int(copies), np.int64)
     if cls is not None:
@@ -87,7 +87,7 @@ class Relabel(UnlearningMethod):
     needs_data = True
 
     def apply(self, ctx: ForgetContext) -> MethodResult:
-        from ..training import epoch_orders, make_optimizer, record_phase
+        from ..learning.training import epoch_orders, make_optimizer, record_phase
 
         epochs = epochs_option(ctx, DEFAULT_EPOCHS)
         opts = RelabelOptions.of(ctx.options)

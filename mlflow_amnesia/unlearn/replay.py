@@ -30,9 +30,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..keys import hash_keys
-from ..phase import Segment
+from ..recording.phase import Segment
 from ..version.model import AmnesiaModel
-from ..phase import BATCH_ORDER
+from ..recording.phase import BATCH_ORDER
 from ..progress import info as say
 from .base import ForgetContext
 from .common import TrainingData
@@ -139,7 +139,7 @@ def replay(ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: Opti
 
     Returns (None, 0.0) when every batch was left empty (nothing to replay).
     """
-    from ..training import make_optimizer, record_phase
+    from ..learning.training import make_optimizer, record_phase
 
     if not plan.batches:
         say(f"{role}: every rolled-back batch held only forgotten records; nothing to replay")

@@ -7,7 +7,7 @@ forgotten along the lineage (the parent's ``forgotten`` plus this request) is re
 epoch's order, which is then cut into batches of the recipe's size again: the batches before the
 first removed record are the original ones, later ones shift by the records removed. With
 nothing removed this reproduces the original model bit for bit (same process settings: CPU,
-threads). Epochs beyond the recorded ones use :func:`mlflow_amnesia.data.epoch_order`, as
+threads). Epochs beyond the recorded ones use :func:`mlflow_amnesia.learning.data.epoch_order`, as
 ``train`` would have.
 
 The global torch RNG is re-seeded and advanced as ``train`` left it (seed, then one model build)
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 
 from ..errors import InputError, RecordKeyError, StoreError
-from ..phase import Segment
-from ..phase import BATCH_ORDER, INITIAL_STATE, Phase
+from ..recording.phase import Segment
+from ..recording.phase import BATCH_ORDER, INITIAL_STATE, Phase
 from ..progress import info as say
-from ..training import Recipe
+from ..learning.training import Recipe
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
 from .common import EpochsOptions, epochs_option, training_data
 
@@ -48,7 +48,7 @@ class RetrainInputs:
     recipe: Recipe
     initial_state: dict[str, torch.Tensor]
     orders: np.ndarray  # (epochs, n_train - n_excluded): the recorded order minus the excluded records
-    records: Any  # mlflow_amnesia.data.Records
+    records: Any  # mlflow_amnesia.learning.data.Records
     n_excluded: int
 
 
@@ -74,8 +74,8 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
     recorded ones follow the version's order scheme (``info["order"]``: keyed, or public before
     keyed orders). Raises InputError naming the missing or mismatching input; changes nothing.
     """
-    from ..data import ORDER_KEYED
-    from ..training import epoch_orders
+    from ..learning.data import ORDER_KEYED
+    from ..learning.training import epoch_orders
 
     url = info.get("training_url")
     phase = Phase.of_training_url(url) if url else None
@@ -121,9 +121,9 @@ def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, co
             run_id: Optional[str] = None, role: str = "retrain", on_epoch=None) -> tuple[Segment, float]:
     """Reset ``module`` to the initial weights and train it on ``inputs.orders`` exactly as
     ``train`` did, every step recorded at ``base_url`` from step 0; (segment, loop seconds).
-    ``on_epoch``: :func:`~mlflow_amnesia.training.record_phase`'s per-epoch callback."""
-    from ..models import build_model
-    from ..training import make_optimizer, record_phase
+    ``on_epoch``: :func:`~mlflow_amnesia.learning.training.record_phase`'s per-epoch callback."""
+    from ..learning.models import build_model
+    from ..learning.training import make_optimizer, record_phase
 
     recipe, records = inputs.recipe, inputs.records
     with torch.random.fork_rng(devices=[]):

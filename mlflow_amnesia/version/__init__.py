@@ -1,6 +1,6 @@
 """A model version: its metadata (:mod:`.info`), its files (:mod:`.files`), the loaded model (:mod:`.model`).
 
-Independent of MLflow: the MLflow flavor (:mod:`mlflow_amnesia.flavor`) saves and loads these
+Independent of MLflow: the MLflow flavor (:mod:`mlflow_amnesia.mlflow.flavor`) saves and loads these
 through MLflow's artifact stores.
 """
 

@@ -3,7 +3,7 @@
 The layout (written by :func:`write_files`, read through :class:`VersionFiles`)::
 
     data/weights.pt                      state dict (torch.save; read with weights_only=True: no pickle)
-    data/arch.json                       architecture spec (mlflow_amnesia.models)
+    data/arch.json                       architecture spec (mlflow_amnesia.learning.models)
     data/amnesia.json                    the version's metadata (mlflow_amnesia.version.info.VersionInfo)
     data/segments/<k>/manifest.json      copy of segment k's delta-store manifest
     data/segments/<k>/record_index.bin   segment k's record index (keyed hashes only)
@@ -15,7 +15,7 @@ Loading, purge, verify and lineage read a version through the same :class:`Versi
 local directory (:class:`LocalFiles`) or an artifact repository (the MLflow layer's source), so
 every file is parsed by one function here that checks types, ranges and sizes before allocating
 and raises an :class:`~mlflow_amnesia.errors.AmnesiaError` naming the version's file. No code an
-artifact names is imported (:func:`mlflow_amnesia.models.check_builder`), nothing is unpickled.
+artifact names is imported (:func:`mlflow_amnesia.learning.models.check_builder`), nothing is unpickled.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 
 from ..errors import IndexFormatError, InputError, PurgedVersionError
 from ..keys import HASH_BYTES, hash_rows, no_hashes
-from ..phase import Segment
+from ..recording.phase import Segment
 from .info import MAX_INFO_BYTES, RESTORE, VersionInfo, damaged, json_object, text
 
 __all__ = [
@@ -139,7 +139,7 @@ class VersionFiles:
     def segments(self, info: VersionInfo) -> list[Segment]:
         """The version's segments with their manifest and index copies; each index's header must
         list exactly its segment's steps (nothing decompressed, no key needed)."""
-        from ..index import index_counts
+        from ..recording.index import index_counts
 
         out = []
         for k, s in enumerate(info.segments):
@@ -253,7 +253,7 @@ def check_not_purged(data: Path) -> None:
 
 def read_arch(raw: bytes, where: str, builders: Iterable[str] = ()) -> dict:
     """``data/arch.json``, checked as a spec; a builder it names must be allowed (nothing imported)."""
-    from ..models import check_builder, validate_spec
+    from ..learning.models import check_builder, validate_spec
 
     try:
         spec = validate_spec(json_object(raw, where))

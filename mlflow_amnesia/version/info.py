@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Optional
 
 from ..errors import InputError
-from ..phase import Phase, Segment
+from ..recording.phase import Phase, Segment
 
 __all__ = ["FORMAT_VERSION", "MAX_INFO_BYTES", "VersionInfo", "damaged", "text"]
 
@@ -138,7 +138,7 @@ _ALWAYS = ("key_id", "model_name", "training_url", "store_uri")
 class VersionInfo(Mapping):
     """``data/amnesia.json`` of a version: typed fields, plus ``extra`` for keys this release does not know."""
 
-    dataset: Optional[dict[str, Any]] = None  # the data spec (mlflow_amnesia.data: rebuild)
+    dataset: Optional[dict[str, Any]] = None  # the data spec (mlflow_amnesia.learning.data: rebuild)
     split: Optional[dict[str, Any]] = None  # the train/holdout split (Split.to_dict)
     recipe: Optional[dict[str, Any]] = None  # the training recipe (Recipe.to_dict)
     codec: Optional[str] = None  # the delta codec of every recorded phase of the version

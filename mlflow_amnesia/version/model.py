@@ -17,7 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..keys import no_hashes
-from ..phase import Segment
+from ..recording.phase import Segment
 from .files import ARCH, INFO, MAX_SMALL_JSON, WEIGHTS, LocalFiles, VersionFiles, check_not_purged, read_weights
 from .info import RESTORE, VersionInfo, text
 
@@ -72,7 +72,7 @@ def read_model(path: Path, label: Optional[str] = None, builders: Iterable[str] 
     Every file goes through :class:`VersionFiles` (checked, bounded); the weights must fit the
     architecture (compared on the meta device before the module is built).
     """
-    from ..models import build_model, state_shapes
+    from ..learning.models import build_model, state_shapes
 
     local = LocalFiles(path)
     if not local.path(INFO).is_file():

@@ -8,20 +8,11 @@ import torch
 from PIL import Image
 
 from mlflow_amnesia.audit import inversion as inv
-from mlflow_amnesia.audit.inversion import (
-    INVERSION_METRICS,
-    denormalize,
-    inversion_audit,
-    inversion_scores,
-    invert_classes,
-    pixel_bounds,
-    process,
-    save_image_grid,
-)
-from mlflow_amnesia.data import epoch_order, load_dataset, split
+from mlflow_amnesia.audit.inversion import INVERSION_METRICS, denormalize, inversion_audit, inversion_scores, invert_classes, pixel_bounds, process, save_image_grid
+from mlflow_amnesia.learning.data import epoch_order, load_dataset, split
 from mlflow_amnesia.errors import InputError
-from mlflow_amnesia.models import build_model, default_arch_spec
-from mlflow_amnesia.training import Recipe, epoch_orders, make_optimizer, run_epochs
+from mlflow_amnesia.learning.models import build_model, default_arch_spec
+from mlflow_amnesia.learning.training import Recipe, epoch_orders, make_optimizer, run_epochs
 
 
 @pytest.fixture(scope="module")

@@ -12,18 +12,11 @@ import torch
 from mlflow_amnesia.audit import membership as mem
 from mlflow_amnesia.audit import shadow as shd
 from mlflow_amnesia.audit.membership import METRIC_NAMES, AttackModels, lira_scores, membership_audit, score_records
-from mlflow_amnesia.audit.shadow import (
-    ShadowSet,
-    balanced_membership,
-    default_pool,
-    logit_confidence,
-    shadow_cache_key,
-    train_shadows,
-)
-from mlflow_amnesia.data import epoch_order, load_dataset, split
+from mlflow_amnesia.audit.shadow import ShadowSet, balanced_membership, default_pool, logit_confidence, shadow_cache_key, train_shadows
+from mlflow_amnesia.learning.data import epoch_order, load_dataset, split
 from mlflow_amnesia.errors import InputError
-from mlflow_amnesia.models import build_model, default_arch_spec
-from mlflow_amnesia.training import Recipe, epoch_orders, make_optimizer, run_epochs
+from mlflow_amnesia.learning.models import build_model, default_arch_spec
+from mlflow_amnesia.learning.training import Recipe, epoch_orders, make_optimizer, run_epochs
 
 RECIPE = Recipe(epochs=3, batch_size=64, lr=0.05)
 

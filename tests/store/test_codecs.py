@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlflow_amnesia.errors import ChunkCorruptedError, InputError
-from mlflow_amnesia.store.codecs import CODEC_NAMES, INT8_BLOCK, get_codec
+from mlflow_amnesia.recording.store.codecs import CODEC_NAMES, INT8_BLOCK, get_codec
 
 SIZES = [0, 1, 7, INT8_BLOCK - 1, INT8_BLOCK, INT8_BLOCK + 1, 3 * INT8_BLOCK + 5]
 

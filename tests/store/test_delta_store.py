@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from mlflow_amnesia.errors import ChunkCorruptedError, InputError, ManifestFormatError, RecordKeyError, StoreError
-from mlflow_amnesia.store import DeltaStore, PurgedStepsError, UnknownStepsError, get_codec
-from mlflow_amnesia.store.codecs import Int8Codec
+from mlflow_amnesia.recording.store import DeltaStore, PurgedStepsError, UnknownStepsError, get_codec
+from mlflow_amnesia.recording.store.codecs import Int8Codec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -430,7 +430,7 @@ def test_a_sealed_store_records_its_scheme_and_reads_only_with_its_key(url):
 
 
 def test_sealed_chunks_hold_no_plaintext_and_two_stores_seal_differently(tmp_path):
-    from mlflow_amnesia.store import chunk as ds
+    from mlflow_amnesia.recording.store import chunk as ds
 
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
     _write(a, range(2))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_amnesia.flavor import AmnesiaModel, Segment
-from mlflow_amnesia.store import DeltaStore
+from mlflow_amnesia.mlflow.flavor import AmnesiaModel, Segment
+from mlflow_amnesia.recording.store import DeltaStore
 from mlflow_amnesia.unlearn.amnesiac import live_after, rollback_sums, rolled_back_sums, subtract
 
 T = 40

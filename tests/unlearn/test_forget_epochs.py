@@ -28,8 +28,8 @@ def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_on_epoch_sees_every_epoch_and_its_metrics_are_logged_per_step(registry_copy):
     import mlflow_amnesia as ma
-    from mlflow_amnesia.flavor import load_model
-    from mlflow_amnesia.forget import plan_forget
+    from mlflow_amnesia.mlflow.flavor import load_model
+    from mlflow_amnesia.jobs.forget import plan_forget
     from mlflow_amnesia.unlearn.amnesiac import rolled_back_sums, subtract
 
     seen: dict[int, dict] = {}

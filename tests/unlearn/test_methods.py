@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from mlflow_amnesia import training
+from mlflow_amnesia.learning import training
 from mlflow_amnesia.errors import InputError
 
 from helpers import MODEL, invoke
@@ -38,13 +38,13 @@ def _forget(tmp: Path, ids: list[str], *args: str, ok: bool = True):
 
 
 def _load(version: int):
-    from mlflow_amnesia.flavor import load_model
+    from mlflow_amnesia.mlflow.flavor import load_model
 
     return load_model(f"models:/{MODEL}/{version}")
 
 
 def _data(am):
-    from mlflow_amnesia.data import Split, rebuild
+    from mlflow_amnesia.learning.data import Split, rebuild
 
     recs = rebuild(am.info["dataset"])
     return recs, Split.from_json(am.info["split"], recs)
@@ -57,7 +57,7 @@ def _key() -> bytes:
 
 
 def _tags(version: int) -> dict:
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     return registry.resolve_version(MODEL, version=version).tags
 
@@ -98,7 +98,7 @@ def _ctx(am, phase: Path, *, ids=(), records=None, options=None, steps=()):
 
 def _order_batches(am, steps) -> dict[int, np.ndarray]:
     """The training batches of ``steps`` cut from v1's recorded batch order."""
-    from mlflow_amnesia.locations import load_array
+    from mlflow_amnesia.mlflow.runs import load_array
 
     order = load_array(f"{am.info['training_url']}/batch_order.npy", key=_key())
     per = math.ceil(order.shape[1] / BATCH)
@@ -155,7 +155,7 @@ def test_relabel_replaces_records_by_wrongly_labelled_copies(registry_copy, monk
 
 
 def test_relabel_a_class_relabels_each_example_once(registry_copy, monkeypatch):
-    from mlflow_amnesia.data import class_records
+    from mlflow_amnesia.learning.data import class_records
 
     calls = _capture_training(monkeypatch)
     invoke("forget", "--model", MODEL, "--class", "3", "--method", "relabel", "--no-audit")
@@ -206,7 +206,7 @@ def test_finetune_never_feeds_a_record_forgotten_along_the_lineage(registry_copy
 
 
 def test_retrain_of_nothing_reproduces_the_trained_model_bit_for_bit(registry_copy, tmp_path):
-    from mlflow_amnesia.models import build_model
+    from mlflow_amnesia.learning.models import build_model
     from mlflow_amnesia.unlearn.retrain import load_retrain_inputs, retrain
 
     v1 = _load(1)
@@ -221,7 +221,7 @@ def test_retrain_of_nothing_reproduces_the_trained_model_bit_for_bit(registry_co
 
 
 def test_retrain_excludes_the_lineage_and_its_version_can_be_forgotten_from(registry_copy, trained):
-    from mlflow_amnesia.locations import load_array, load_state
+    from mlflow_amnesia.mlflow.runs import load_array, load_state
 
     ids = _ids(9)
     a, b, c = ids[:3], ids[3:6], ids[6:]
@@ -285,7 +285,7 @@ def test_retrain_without_its_training_state_stops_before_any_change(registry_cop
 
 
 def test_retrain_without_initial_state_through_the_cli_registers_nothing(registry_copy, trained):
-    from mlflow_amnesia import registry
+    from mlflow_amnesia.mlflow import registry
 
     init = Path(_load(1).info["training_url"]) / "initial_state.pt"
     aside = init.with_suffix(".aside")
@@ -378,9 +378,9 @@ def test_replay_of_a_phase_without_batch_order_uses_the_record_index(registry_co
 
 
 def test_replay_plan_skips_emptied_batches_and_refuses_a_foreign_order(registry_copy, tmp_path):
-    from mlflow_amnesia.flavor import Segment
-    from mlflow_amnesia.locations import load_array, save_array
-    from mlflow_amnesia.training import Recipe
+    from mlflow_amnesia.mlflow.flavor import Segment
+    from mlflow_amnesia.mlflow.runs import load_array, save_array
+    from mlflow_amnesia.learning.training import Recipe
     from mlflow_amnesia.unlearn.common import TrainingData
     from mlflow_amnesia.unlearn.replay import plan_replay
 

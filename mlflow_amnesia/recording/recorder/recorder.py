@@ -46,8 +46,8 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from ..errors import InputError, RecordKeyError, StoreError
-from ..keys import hash_ids, key_id, load_key
+from ...errors import InputError, RecordKeyError, StoreError
+from ...keys import hash_ids, key_id, load_key
 from ..store.codecs import get_codec
 from .ddp import distributed_ranks
 from .layout import float_state, unwrap
@@ -128,7 +128,7 @@ class Recorder:
     the ranks that train one global step together (default: all of them). Every rank builds a
     Recorder on its model (a ``DistributedDataParallel`` wrapper is fine: its inner module is
     recorded) and calls ``rec.step(local_ids)`` after each ``optimizer.step()``. Rank 0 passes the
-    store and a :class:`~mlflow_amnesia.index.RecordIndexBuilder` and records the global step;
+    store and a :class:`~mlflow_amnesia.recording.index.RecordIndexBuilder` and records the global step;
     the other ranks pass ``store=None`` and either ``index_builder=None`` (the key then comes
     from :func:`~mlflow_amnesia.keys.load_key`) or a builder with the same key, used only to hash
     their ids. Every rank must hash with the same key; a different key is an error on every rank.

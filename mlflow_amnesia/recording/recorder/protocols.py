@@ -1,6 +1,6 @@
 """What the Recorder needs from its collaborators: a sink for deltas and one for batches.
 
-:class:`~mlflow_amnesia.store.DeltaStore` and :class:`~mlflow_amnesia.index.RecordIndexBuilder`
+:class:`~mlflow_amnesia.recording.store.DeltaStore` and :class:`~mlflow_amnesia.recording.index.RecordIndexBuilder`
 are the implementations; tests and users may pass anything with these methods.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["DeltaSink", "IndexSink"]
 
 @runtime_checkable
 class DeltaSink(Protocol):
-    """Where each step's delta goes (a :class:`~mlflow_amnesia.store.DeltaStore`).
+    """Where each step's delta goes (a :class:`~mlflow_amnesia.recording.store.DeltaStore`).
 
     The Recorder also reads, when the sink has them, ``steps`` (to refuse a ``start_step`` that
     is not after them), ``layout`` (to check it fits the model), ``codec`` (to quantise as the
@@ -31,7 +31,7 @@ class DeltaSink(Protocol):
 
 @runtime_checkable
 class IndexSink(Protocol):
-    """Where each step's batch goes (a :class:`~mlflow_amnesia.index.RecordIndexBuilder`)."""
+    """Where each step's batch goes (a :class:`~mlflow_amnesia.recording.index.RecordIndexBuilder`)."""
 
     @property
     def key_id(self) -> str:

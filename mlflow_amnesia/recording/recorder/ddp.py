@@ -12,8 +12,8 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..errors import InputError, RecordKeyError
-from ..keys import HASH_BYTES
+from ...errors import InputError, RecordKeyError
+from ...keys import HASH_BYTES
 
 __all__ = ["Ranks", "distributed_ranks"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import InputError
+from ...errors import InputError
 
 __all__ = ["float_state", "integer_state_names", "state_layout", "unwrap"]
 

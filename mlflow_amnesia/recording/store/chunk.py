@@ -14,7 +14,7 @@ import struct
 from typing import Any, Sequence
 
 from mlflow_amnesia.errors import ChunkCorruptedError
-from mlflow_amnesia.store.manifest import CHUNKS
+from mlflow_amnesia.recording.store.manifest import CHUNKS
 
 __all__ = ["CHUNK_RE", "MARKER_RE", "chunk_file", "marker_file", "pack_chunk", "seal_chunk", "unpack_chunk",
            "unseal_chunk"]

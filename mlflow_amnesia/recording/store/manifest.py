@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from mlflow_amnesia.errors import InputError, ManifestFormatError
-from mlflow_amnesia.store.codecs import Codec, codec_from_spec
+from mlflow_amnesia.recording.store.codecs import Codec, codec_from_spec
 
 __all__ = [
     "CHUNKS",

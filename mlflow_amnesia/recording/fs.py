@@ -22,7 +22,7 @@ from typing import Any, Mapping
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import InputError
+from ..errors import InputError
 
 __all__ = ["PROXY_SCHEMES", "TMP_MARK", "is_local", "url_to_fs", "write_file", "write_local", "write_url"]
 

@@ -27,7 +27,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from .errors import InputError, ManifestFormatError, StoreError
+from ..errors import InputError, ManifestFormatError, StoreError
 from .fs import url_to_fs, write_url
 
 __all__ = [
@@ -117,13 +117,13 @@ def _role(url: str) -> str:
 
 
 def _seal(data: bytes, url: str, key: bytes | None) -> bytes:
-    from .crypto import seal_file
+    from ..crypto import seal_file
 
     return data if key is None else seal_file(data, key, _role(url))
 
 
 def _unseal(data: bytes, url: str, key: bytes | None, sealed: bool = False) -> bytes:
-    from .crypto import is_sealed, open_file
+    from ..crypto import is_sealed, open_file
 
     if is_sealed(data):
         return open_file(data, key, _role(url), url)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 
-from ..errors import AmnesiaError, InputError, StoreError
+from ...errors import AmnesiaError, InputError, StoreError
 from .protocols import DeltaSink
 
 __all__ = ["DirectStaging", "PooledStaging", "use_pooled_staging"]

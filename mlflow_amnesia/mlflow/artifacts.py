@@ -11,7 +11,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from .errors import StoreError
+from ..errors import StoreError
 
 __all__ = ["ArtifactFiles", "download", "list_files", "repo_at"]
 

@@ -1,0 +1,39 @@
+"""Listing the record ids of a version's data, so a user can write an ids file."""
+
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import numpy as np
+
+from ..mlflow import registry
+
+
+def list_records(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None,
+                 cls: Optional[str] = None, part: str = "train", limit: Optional[int] = None,
+                 data_root: Optional[str] = None) -> Iterator[tuple[str, str]]:
+    """(record id, class name) of the version's training (or held-out) records, in data order,
+    leaving out records already forgotten along the lineage."""
+    from ..learning.data import forgotten_positions
+    from ..learning.data import Split, class_records, rebuild
+    from ..mlflow.flavor import load_model
+
+    mv = registry.resolve_version(model_name, version=version, alias=alias)
+    am = load_model(registry.model_uri(mv))
+    key = None
+    if part == "train" and len(am.forgotten):  # the forgotten are keyed hashes: the version's key finds them
+        from ..keys import load_key_for
+
+        key = load_key_for(am.info.key_id, f"{model_name} v{mv.version}", to="leave out its forgotten records")
+    records = rebuild(am.info.dataset or {}, root=data_root)
+    sp = Split.from_json(am.info.split or {}, records)
+    pos = np.asarray(sp.train if part == "train" else sp.holdout, dtype=np.int64)
+    if cls is not None:
+        pos = np.intersect1d(pos, class_records(records, int(cls) if str(cls).isdigit() else cls))
+    if key is not None:
+        pos = np.setdiff1d(pos, forgotten_positions(records, pos, am.forgotten, key))
+    if limit is not None:
+        pos = pos[:limit]
+    y = records.y.numpy()
+    for p in pos:
+        yield str(records.ids[p]), str(records.classes[y[p]])

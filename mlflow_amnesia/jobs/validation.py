@@ -1,0 +1,147 @@
+"""Checking the options of ``train`` and ``forget`` before anything starts.
+
+One set of checks for both callers: the CLI runs them as option callbacks, so a bad value stops
+the command before a database, a run, a lock or a file exists, and the Python functions
+:func:`mlflow_amnesia.jobs.train.train` and :func:`mlflow_amnesia.jobs.forget.forget` run them first.
+Each check raises :class:`InputError` naming the option as its caller spells it (``--lr`` on
+the command line, ``lr`` in Python), the value given and what would be valid. Nothing here
+creates or writes anything: a store location is checked by looking, not by trying.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from typing import Optional
+from urllib.parse import urlparse
+
+from ..errors import InputError
+from ..recording.fs import PROXY_SCHEMES
+
+
+def _given(name: str, value: object) -> str:
+    """``--lr nan`` (a flag) or ``lr=nan`` (a Python argument)."""
+    return f"{name} {value}" if name.startswith("-") else f"{name}={value!r}"
+
+
+def _number(value: object, name: str, rule: str) -> float:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        x = math.nan
+    if not math.isfinite(x):
+        raise InputError(f"{_given(name, value)}: {rule}")
+    return x
+
+
+def positive_number(value: object, name: str, what: str = "learning rate") -> float:
+    """``value`` as a finite float above 0 (a learning rate)."""
+    rule = f"the {what} must be a finite number above 0, e.g. 0.02"
+    x = _number(value, name, rule)
+    if x <= 0:
+        raise InputError(f"{_given(name, value)}: {rule}")
+    return x
+
+
+def non_negative_number(value: object, name: str, what: str) -> float:
+    """``value`` as a finite float >= 0 (momentum, weight decay: 0 turns them off)."""
+    rule = f"the {what} must be a finite number, 0 or more (0 turns it off)"
+    x = _number(value, name, rule)
+    if x < 0:
+        raise InputError(f"{_given(name, value)}: {rule}")
+    return x
+
+
+def whole_number(value: object, name: str, what: str) -> int:
+    """``value`` as an int >= 1 (epochs, batch size)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise InputError(f"{_given(name, value)}: the {what} must be a whole number of 1 or more")
+    return int(value)
+
+
+def known_codec(value: Optional[str], name: str = "--codec") -> Optional[str]:
+    """A codec name this package knows (``None`` or empty: the default)."""
+    if value is None or str(value).strip() == "":
+        return None
+    from ..recording.store.codecs import CODEC_NAMES, get_codec
+
+    try:
+        get_codec(value)
+    except InputError:
+        raise InputError(f"{_given(name, value)}: unknown codec; choose one of {', '.join(CODEC_NAMES)}") from None
+    return value
+
+
+def writable_store_uri(value: Optional[str], name: str = "--store-uri") -> Optional[str]:
+    """A location the delta store can be written at (``None`` or empty: inside the run's artifacts).
+
+    Its scheme must be one fsspec knows and can load here, and not an MLflow proxy scheme; a
+    local path must be a writable directory or creatable under one (nothing is created now).
+    """
+    if value is None or str(value).strip() == "":
+        return None
+    uri = str(value)
+    scheme = urlparse(uri).scheme
+    if len(scheme) > 1 and scheme != "file":  # one letter: a Windows drive, a local path
+        if scheme in PROXY_SCHEMES:
+            raise InputError(
+                f"{_given(name, uri)}: {scheme}: is served through MLflow, where the delta store cannot be "
+                "written directly; give a location fsspec writes: a local path, s3://bucket/prefix, gs://..."
+            )
+        import fsspec
+
+        if scheme not in fsspec.available_protocols():
+            raise InputError(
+                f"{_given(name, uri)}: unknown scheme {scheme!r} (not a file system fsspec knows); give a "
+                "local path or a URL such as s3://bucket/prefix"
+            )
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except ImportError as e:
+            raise InputError(f"{_given(name, uri)}: {e} (the {scheme}:// driver is not installed here)") from None
+        return value
+    path = urlparse(uri).path if scheme == "file" else uri
+    problem = _unwritable(os.path.abspath(path))
+    if problem:
+        raise InputError(f"{_given(name, uri)}: {problem}; give a directory you can write to")
+    return value
+
+
+def _unwritable(path: str) -> Optional[str]:
+    """Why a store directory could not be made at ``path`` (None: it can), creating nothing."""
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            return f"{path} exists and is not a directory"
+        if not os.access(path, os.W_OK | os.X_OK):
+            return f"the directory {path} is not writable"
+        return None
+    parent = os.path.dirname(path)
+    while parent and not os.path.exists(parent):
+        parent, up = os.path.dirname(parent), parent
+        if parent == up:
+            break
+    if not os.path.isdir(parent):
+        return f"it cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"it cannot be created: the directory {parent} is not writable"
+    return None
+
+
+def check_train_options(*, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
+                        codec: Optional[str], store_uri: Optional[str]) -> None:
+    """The arguments of :func:`mlflow_amnesia.jobs.train.train` that could fail later, checked first."""
+    whole_number(epochs, "epochs", "number of epochs")
+    whole_number(batch_size, "batch_size", "batch size")
+    positive_number(lr, "lr")
+    non_negative_number(momentum, "momentum", "momentum")
+    non_negative_number(weight_decay, "weight_decay", "weight decay")
+    known_codec(codec, "codec")
+    writable_store_uri(store_uri, "store_uri")
+
+
+def check_forget_options(*, repair_lr: Optional[float], store_uri: Optional[str]) -> None:
+    """The arguments of :func:`mlflow_amnesia.jobs.forget.forget` checked before any lock, run or rollback."""
+    if repair_lr is not None:
+        positive_number(repair_lr, "repair_lr", "repair learning rate")
+    writable_store_uri(store_uri, "store_uri")
