@@ -5,7 +5,6 @@ jobs users run: :func:`train` and :func:`forget`.
 """
 
 from ._version import __version__  # noqa: E402
-
 from .interrupts import guard_startup as _guard_startup  # noqa: E402 - stdlib only: before torch/mlflow load
 
 _guard_startup()  # the mlflow-amnesia program only: Ctrl-C while loading is one line, exit 130
@@ -18,8 +17,10 @@ def _install_shadow_cache() -> None:
     use_shadow_cache(MlflowShadowCache())
 
 
-from . import forget as _forget_path, train as _train_path  # noqa: E402, F401 - old module paths, loaded first:
-# the functions below then take their names on the package (importing a module later would not rebind them)
+# The old module paths mlflow_amnesia.forget and .train are loaded first: the functions below then
+# take those names on the package (a module imported later would not rebind them).
+from . import forget as _forget_path  # noqa: E402, F401
+from . import train as _train_path  # noqa: E402, F401
 from .errors import AmnesiaError  # noqa: E402
 from .jobs.forget import forget  # noqa: E402
 from .jobs.train import train  # noqa: E402

@@ -15,8 +15,8 @@ import sys
 
 import click
 
-from .jobs import validation
 from .errors import AmnesiaError
+from .jobs import validation
 from .recording.store.codecs import CODECS
 from .unlearn import METHODS, REPAIRS
 
@@ -365,9 +365,8 @@ def lineage(model_name, fmt, output):
     """Show the version tree: method, records, steps rolled back, accuracy and audit figures."""
     import re
 
-    from .jobs.lineage import lineage_rows, render_png, render_text
-
     from .errors import InputError
+    from .jobs.lineage import lineage_rows, render_png, render_text
 
     rows = lineage_rows(model_name)
     if fmt == "png":

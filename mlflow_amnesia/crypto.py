@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-from typing import Optional
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -62,7 +61,7 @@ def _derive(key: bytes, salt: bytes, info: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt, info=info).derive(check_key(key))
 
 
-def wrong_key(what: str, stored_id: str, key: Optional[bytes]) -> RecordKeyError:
+def wrong_key(what: str, stored_id: str, key: bytes | None) -> RecordKeyError:
     """The error for a missing or wrong key: names the key id the data needs and the one given."""
     if key is None:
         return RecordKeyError(
@@ -131,7 +130,7 @@ def seal_file(data: bytes, key: bytes, role: str) -> bytes:
     return b"".join(out)
 
 
-def open_file(data: bytes, key: Optional[bytes], role: str, where: str) -> bytes:
+def open_file(data: bytes, key: bytes | None, role: str, where: str) -> bytes:
     """The plaintext of a sealed file; ``where`` (its URL) names it in errors.
 
     A missing or wrong key is a :class:`RecordKeyError` naming both key ids; a file of another

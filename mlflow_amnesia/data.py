@@ -1,22 +1,22 @@
 """``mlflow_amnesia.data``: kept as an import path; the code lives in :mod:`mlflow_amnesia.learning.data`."""
 
 from mlflow_amnesia.learning.data import (  # noqa: F401 - re-exported
-    batches,
-    class_records,
-    DataSetKind,
     DATASETS,
-    default_data_root,
-    epoch_order,
-    forgotten_positions,
     KNOWN_SPECS,
-    load_dataset,
     ORDER_KEYED,
     ORDER_PUBLIC,
-    read_idx,
-    rebuild,
+    DataSetKind,
     Records,
     RecordsDataset,
     Split,
+    batches,
+    class_records,
+    default_data_root,
+    epoch_order,
+    forgotten_positions,
+    load_dataset,
+    read_idx,
+    rebuild,
     split,
 )
 

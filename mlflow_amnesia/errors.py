@@ -7,7 +7,7 @@ the CLI prints it without a traceback and exits non-zero.
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 
 def fmt_steps(steps: Sequence[int], limit: int = 20) -> str:

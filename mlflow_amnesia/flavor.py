@@ -1,16 +1,20 @@
 """``mlflow_amnesia.flavor``: kept as an import path; the code lives in :mod:`mlflow_amnesia.mlflow.flavor`."""
 
 from mlflow_amnesia.mlflow.flavor import (  # noqa: F401 - re-exported
-    AmnesiaModel,
-    check_not_purged,
     FLAVOR_NAME,
     FORMAT_VERSION,
+    TOMBSTONE,
+    AmnesiaModel,
     IndexFormatError,
     InputError,
-    load_model,
-    log_model,
     ManifestFormatError,
     PurgedVersionError,
+    Segment,
+    VersionInfo,
+    _load_pyfunc,
+    check_not_purged,
+    load_model,
+    log_model,
     read_arch,
     read_forgotten,
     read_info,
@@ -18,10 +22,6 @@ from mlflow_amnesia.mlflow.flavor import (  # noqa: F401 - re-exported
     read_tombstone,
     read_weights,
     save_model,
-    Segment,
-    TOMBSTONE,
-    VersionInfo,
-    _load_pyfunc,
 )
 
 __all__ = [

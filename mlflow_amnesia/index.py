@@ -3,12 +3,12 @@
 from mlflow_amnesia.recording.index import (  # noqa: F401 - re-exported
     FORMAT_NAME,
     FORMAT_VERSION,
-    index_counts,
     MAGIC,
     RecordIndex,
     RecordIndexBuilder,
     _decode_arrays,
     _read_header,
+    index_counts,
 )
 
 __all__ = [

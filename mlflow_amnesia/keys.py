@@ -36,8 +36,8 @@ import secrets
 import stat
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 
@@ -101,7 +101,7 @@ def check_key(key: bytes) -> bytes:
     return bytes(key)
 
 
-def load_key(create: bool = False, *, path: Optional[Path] = None) -> bytes:
+def load_key(create: bool = False, *, path: Path | None = None) -> bytes:
     """The record-hashing key (32 bytes): ``MLFLOW_AMNESIA_KEY``, else the key file.
 
     With ``create=True`` a missing key file is created (training does this); without it a
@@ -124,7 +124,7 @@ def load_key(create: bool = False, *, path: Optional[Path] = None) -> bytes:
     return _create_key_file(p)
 
 
-def load_key_for(expected_key_id: Optional[str], what: str, *, to: str = "use it") -> bytes:
+def load_key_for(expected_key_id: str | None, what: str, *, to: str = "use it") -> bytes:
     """The record key, checked against the key id ``what`` (e.g. ``"digits-cnn v2"``) was built with.
 
     Every command that hashes record ids against a version calls this first: hashes made with
@@ -241,7 +241,7 @@ def _encode_id(rid: object) -> bytes:
         raise InputError(f"record id {rid!r} cannot be encoded as UTF-8 (it holds a lone surrogate)") from None
 
 
-def _read_key_file(p: Path) -> Optional[bytes]:
+def _read_key_file(p: Path) -> bytes | None:
     """The key in ``p``, ``None`` if absent. Waits briefly for a creator that is mid-write."""
     for attempt in range(50):
         try:

@@ -1,16 +1,16 @@
 """``mlflow_amnesia.models``: kept as an import path; the code lives in :mod:`mlflow_amnesia.learning.models`."""
 
 from mlflow_amnesia.learning.models import (  # noqa: F401 - re-exported
-    allowed_builders,
     ALLOWED_BUILDERS_ENV,
     ARCHITECTURES,
-    ArchKind,
     ARCHS,
+    ENTRY_POINT_GROUP,
+    ArchKind,
+    SmallCNN,
+    allowed_builders,
     build_model,
     check_builder,
     default_arch_spec,
-    ENTRY_POINT_GROUP,
-    SmallCNN,
     validate_spec,
 )
 

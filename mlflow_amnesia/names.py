@@ -10,8 +10,9 @@ lets installed packages add names; they are loaded only when a name is looked up
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Callable, Generic, Iterator, Optional, TypeVar
+from typing import Generic, TypeVar
 
 from .errors import InputError
 
@@ -29,7 +30,7 @@ class Registry(Generic[T]):
     """
 
     def __init__(self, what: str, *, unknown: str = "unknown {what} {name!r}; choose one of {choices}",
-                 entry_point_group: Optional[str] = None, normalize: Callable[[str], str] = str) -> None:
+                 entry_point_group: str | None = None, normalize: Callable[[str], str] = str) -> None:
         self.what = what
         self._unknown = unknown
         self._group = entry_point_group

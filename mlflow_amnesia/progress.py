@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Optional, TextIO
+from typing import TextIO
 
 
 def _quiet_default() -> bool:
@@ -37,12 +37,12 @@ class Progress:
     def __init__(
         self,
         label: str,
-        total: Optional[int] = None,
+        total: int | None = None,
         *,
         unit: str = "items",
         interval: float = 2.0,
-        quiet: Optional[bool] = None,
-        stream: Optional[TextIO] = None,
+        quiet: bool | None = None,
+        stream: TextIO | None = None,
     ) -> None:
         self.label = label
         self.total = total
@@ -78,14 +78,14 @@ class Progress:
     def close(self, **extra: object) -> None:
         self._emit(time.monotonic(), extra, final=True)
 
-    def __enter__(self) -> "Progress":
+    def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def info(msg: str, *, quiet: Optional[bool] = None) -> None:
+def info(msg: str, *, quiet: bool | None = None) -> None:
     """Print one status line to stderr unless quiet."""
     if not (_quiet_default() if quiet is None else quiet):
         print(msg, file=sys.stderr, flush=True)

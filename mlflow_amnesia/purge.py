@@ -2,14 +2,14 @@
 
 from mlflow_amnesia.jobs.purge import (  # noqa: F401 - re-exported
     KEEP,
-    plan_purge,
-    purge,
+    TAG_PURGE_STARTED,
+    TAG_PURGED,
     PurgePlan,
     PurgeResult,
     StorePurge,
-    TAG_PURGE_STARTED,
-    TAG_PURGED,
     VersionPurge,
+    plan_purge,
+    purge,
 )
 
 __all__ = [

@@ -2,11 +2,11 @@
 
 from mlflow_amnesia.recording.recorder import (  # noqa: F401 - re-exported
     DeltaSink,
-    float_state,
     IndexSink,
+    Recorder,
+    float_state,
     integer_state_names,
     optimizer_meta,
-    Recorder,
     state_layout,
     step_meta,
     unwrap,

@@ -1,13 +1,21 @@
 """``mlflow_amnesia.registry``: kept as an import path; the code lives in :mod:`mlflow_amnesia.mlflow.registry`."""
 
 from mlflow_amnesia.mlflow.registry import (  # noqa: F401 - re-exported
+    HEADLINE_METRICS,
+    LINEAGE_ARTIFACT,
+    TAG_FLAVOR_FORMAT,
+    TAG_METHOD,
+    TAG_N_RECORDS,
+    TAG_PARENT,
+    TAG_REPAIR,
+    TAG_REQUEST,
+    TAG_STEPS,
+    TAG_SUPERSEDED,
     annotate_version,
     artifact_link,
     client,
     compose_description,
     filter_literal,
-    HEADLINE_METRICS,
-    LINEAGE_ARTIFACT,
     links_line,
     metrics_table,
     model_uri,
@@ -17,14 +25,6 @@ from mlflow_amnesia.mlflow.registry import (  # noqa: F401 - re-exported
     run_metrics,
     search_versions,
     split_description,
-    TAG_FLAVOR_FORMAT,
-    TAG_METHOD,
-    TAG_N_RECORDS,
-    TAG_PARENT,
-    TAG_REPAIR,
-    TAG_REQUEST,
-    TAG_STEPS,
-    TAG_SUPERSEDED,
     version_link,
 )
 

@@ -2,8 +2,8 @@
 
 from mlflow_amnesia.jobs.verify import (  # noqa: F401 - re-exported
     SegmentCheck,
-    verify_version,
     VerifyReport,
+    verify_version,
 )
 
 __all__ = [

@@ -8,8 +8,6 @@ read them.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 from ..learning.data import forgotten_positions  # noqa: F401 - re-exported: its historical home
@@ -30,7 +28,7 @@ def accuracy_metrics(module, records, train_idx, holdout_idx, forget_idx) -> dic
 
 
 def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_spec: dict, recipe: dict,
-               privacy: bool = True, settings=None, artifact_dir: Optional[str] = None) -> dict[str, float]:
+               privacy: bool = True, settings=None, artifact_dir: str | None = None) -> dict[str, float]:
     """Accuracy figures, plus (``privacy``) membership inference and inversion; with
     ``artifact_dir`` the inversion grid is written there as ``inversion.png``."""
     retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
@@ -44,16 +42,16 @@ def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_sp
     return metrics
 
 
-def audit_model(am, *, data_root: Optional[str] = None, privacy: bool = True, settings=None,
-                artifact_dir: Optional[str] = None, what: Optional[str] = None) -> dict[str, float]:
+def audit_model(am, *, data_root: str | None = None, privacy: bool = True, settings=None,
+                artifact_dir: str | None = None, what: str | None = None) -> dict[str, float]:
     """The full audit of a loaded version (:class:`~mlflow_amnesia.mlflow.flavor.AmnesiaModel`): its
     own request's forgotten records are the membership targets (see :mod:`.privacy`).
 
     The record key is checked against the version's key id first (``what`` names the version in
     the error): with another key no forgotten record would be found and every figure would be
     computed on the wrong records."""
-    from ..learning.data import Split, rebuild
     from ..keys import load_key_for
+    from ..learning.data import Split, rebuild
 
     key = load_key_for(am.info.key_id, what or f"the model {am.info.model_name or ''}".rstrip(), to="audit it")
     records = rebuild(am.info.dataset or {}, root=data_root)

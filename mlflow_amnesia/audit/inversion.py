@@ -40,17 +40,18 @@ confidence in a class's inversion fell from ~0.35-0.7 to ~0.01-0.3 once the clas
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..learning.data import Records
 from ..errors import InputError
+from ..learning.data import Records
 from ..progress import Progress
 
 __all__ = [
@@ -110,7 +111,7 @@ def invert_classes(
     noise: float = 0.1,
     restarts: int = 1,
     seed: int = 0,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Invert ``model`` ``restarts`` times for each class: (len(classes) * restarts, C, H, W).
 
@@ -137,9 +138,9 @@ def invert_classes(
     target = torch.tensor(cls, dtype=torch.int64, device=device)
     was_training = model.training
     model.eval()
-    requires = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    requires = [q.requires_grad for q in model.parameters()]
+    for q in model.parameters():
+        q.requires_grad_(False)
     prog = Progress("model inversion", total=int(iterations), unit="iterations")
     try:
         for it in range(int(iterations)):
@@ -168,7 +169,7 @@ def inversion_scores(
     *,
     judges: Sequence[nn.Module],
     reference_idx: np.ndarray,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
 ) -> tuple[np.ndarray, np.ndarray]:
     """(judge_confidence, mean_image_corr) per inverted image; ``classes`` names each image's class.
 
@@ -235,7 +236,7 @@ class InversionResult:
         return {f"{prefix}.inversion.score": judge, f"{prefix}.inversion.judge_confidence": judge,
                 f"{prefix}.inversion.mean_image_corr": corr}
 
-    def save_png(self, path: Union[str, Path], records: Records) -> Path:
+    def save_png(self, path: str | Path, records: Records) -> Path:
         """A PNG grid of the inversions (one row per class when restarts > 1), captioned
         ``class: judge confidence``."""
         image_classes = [c for c in self.classes for _ in range(self.restarts)]
@@ -257,7 +258,7 @@ def inversion_audit(
     noise: float = 0.1,
     restarts: int = 1,
     seed: int = 0,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
 ) -> InversionResult:
     """Invert ``model`` for ``classes`` and score the inversions with ``judges`` (see module doc)."""
     images = invert_classes(model, records, classes, iterations=iterations, process_every=process_every,
@@ -271,11 +272,11 @@ def inversion_audit(
 
 def save_image_grid(
     images: torch.Tensor,
-    path: Union[str, Path],
+    path: str | Path,
     *,
     records: Records,
-    labels: Optional[Sequence[str]] = None,
-    ncols: Optional[int] = None,
+    labels: Sequence[str] | None = None,
+    ncols: int | None = None,
     min_tile: int = 84,
 ) -> Path:
     """Write normalised ``images`` (N, C, H, W) as one PNG grid (PIL), captions under each tile.

@@ -46,24 +46,24 @@ of the members, on those 100: LiRA 0.53, the paper's attack 0.49 (recall 0.71).
 from __future__ import annotations
 
 import contextlib
-
 import hashlib
 import io
 import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Sequence, Union
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..learning.data import Records
 from ..errors import InputError
+from ..learning.data import Records
 from ..progress import info as say
 from .metrics import precision, recall, roc_auc, tpr_at_fpr
 from .shadow import ShadowSet, _write_atomic, logit_confidence, predict_logits
@@ -141,7 +141,7 @@ class _PerClassMLP(nn.Module):
             self.weights.append(nn.Parameter(torch.empty(num_classes, d_in, d_out).uniform_(-bound, bound)))
             self.biases.append(nn.Parameter(torch.empty(num_classes, d_out).uniform_(-bound, bound)))
 
-    def forward(self, feats: torch.Tensor, classes: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, feats: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Logits: ``feats`` (K, B, F) -> (K, B); or, with ``classes``, ``feats`` (B, F) of one class each."""
         if classes is None:
             h = feats
@@ -185,8 +185,8 @@ class AttackModels:
         batch_size: int = 128,
         lr: float = 1e-3,
         seed: int = 0,
-        device: Union[str, torch.device] = "cpu",
-    ) -> "AttackModels":
+        device: str | torch.device = "cpu",
+    ) -> AttackModels:
         """Train one network per class on the shadows' softmax vectors over the pool.
 
         Runs each shadow once over the pool (inference), then ``steps`` Adam steps in which every
@@ -268,7 +268,7 @@ class AttackModels:
                 f"{self.info.get('shadow_key')}, given {shadows.cache_key}): fit them on the shadows you audit with."
             )
 
-    def save(self, directory: Union[str, "os.PathLike[str]"]) -> Path:
+    def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``attack.json`` + ``attack.pt`` (state dict) to ``directory``; may share a shadow set's directory."""
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
@@ -281,7 +281,7 @@ class AttackModels:
         return d
 
     @classmethod
-    def load(cls, directory: Union[str, "os.PathLike[str]"]) -> "AttackModels":
+    def load(cls, directory: str | os.PathLike[str]) -> AttackModels:
         """Read what :meth:`save` wrote, checking the weights' sha256."""
         d = Path(directory)
         redo = "delete it so the attack models are fitted again"
@@ -325,7 +325,7 @@ def lira_scores(
     *,
     online: bool,
     pooled_std: tuple[float, float],
-    per_record_variance: Optional[bool] = None,
+    per_record_variance: bool | None = None,
 ) -> np.ndarray:
     """LiRA membership scores (higher = member), one per record; see the module docstring.
 
@@ -370,7 +370,7 @@ class MembershipScores:
     lira_variant: str  # "online" | "offline"
     phi: np.ndarray  # the audited model's logit-scaled confidence of the true class
 
-    def take(self, positions: np.ndarray) -> "MembershipScores":
+    def take(self, positions: np.ndarray) -> MembershipScores:
         """The scores of ``positions`` (each must have been scored)."""
         where = {int(p): i for i, p in enumerate(self.positions.tolist())}
         try:
@@ -388,7 +388,7 @@ def score_records(
     positions: Sequence[int] | np.ndarray,
     *,
     lira: LiraVariant = "auto",
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
 ) -> MembershipScores:
     """Run both attacks on ``target_module`` (already on ``device``) for the records at ``positions``.
 
@@ -447,7 +447,7 @@ def membership_audit(
     lira: LiraVariant = "auto",
     threshold: float = 0.5,
     prefix: str = "audit",
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
 ) -> dict[str, float]:
     """Attack ``target_module``: targets (labelled member) against held-out non-members.
 

@@ -18,7 +18,7 @@ records (up to 3), or the first 10 classes of a version that forgot nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Optional, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -35,7 +35,7 @@ SHADOW_TAG = TAG_SHADOW_KEY
 
 @dataclass
 class AuditSettings:
-    shadows: Optional[int] = None  # None: 4 for the embedded digits set, 16 (the paper's) otherwise
+    shadows: int | None = None  # None: 4 for the embedded digits set, 16 (the paper's) otherwise
     shadow_seed: int = 0
     retain_sample: int = 200
     inversion_iterations: int = 1000
@@ -68,12 +68,12 @@ class ShadowCache(Protocol):
     is imported).
     """
 
-    def load(self, key: str) -> Optional[tuple["ShadowSet", "AttackModels", str]]:
+    def load(self, key: str) -> tuple[ShadowSet, AttackModels, str] | None:
         """The shadows and attack models cached under ``key`` and where they were (a run id), or None.
 
         A cached set whose content does not match ``key`` is an :class:`InputError`, never used."""
 
-    def save(self, key: str, shadows: "ShadowSet", attack: "AttackModels") -> str:
+    def save(self, key: str, shadows: ShadowSet, attack: AttackModels) -> str:
         """Keep ``shadows`` and ``attack`` under ``key``; returns where (a run id)."""
 
 
@@ -83,7 +83,7 @@ class NoShadowCache:
     def load(self, key: str) -> None:
         return None
 
-    def save(self, key: str, shadows: "ShadowSet", attack: "AttackModels") -> str:
+    def save(self, key: str, shadows: ShadowSet, attack: AttackModels) -> str:
         return ""
 
 
@@ -97,7 +97,7 @@ def use_shadow_cache(cache: ShadowCache) -> None:
 
 
 def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *,
-                cache: Optional[ShadowCache] = None):
+                cache: ShadowCache | None = None):
     """(ShadowSet, AttackModels, where they are cached): from ``cache`` (default: the one
     :func:`use_shadow_cache` set), else trained and cached there."""
     from .membership import AttackModels
@@ -117,8 +117,8 @@ def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int
 
 
 def privacy_audit(module, records, split, forget_idx: np.ndarray, forgotten_all_idx: np.ndarray, *,
-                  arch_spec: dict, recipe: dict, settings: Optional[AuditSettings] = None,
-                  png_path: Optional[str] = None) -> dict[str, float]:
+                  arch_spec: dict, recipe: dict, settings: AuditSettings | None = None,
+                  png_path: str | None = None) -> dict[str, float]:
     """Membership-inference and inversion figures of ``module`` (see the module docstring)."""
     from .inversion import inversion_audit
     from .membership import membership_audit

@@ -37,20 +37,21 @@ import json
 import math
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..learning.data import Records, Split, epoch_order
 from ..errors import InputError
-from ..recording.fs import write_local
+from ..learning.data import Records, Split, epoch_order
 from ..learning.models import build_model, validate_spec
-from ..progress import Progress
 from ..learning.training import Recipe, epoch_orders, make_optimizer, run_epochs
+from ..progress import Progress
+from ..recording.fs import write_local
 
 __all__ = [
     "SHADOW_FORMAT",
@@ -89,7 +90,7 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_logits(module: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+def predict_logits(module: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
     """Logits of ``module`` (put in eval mode) on ``x``, in batches, returned on the CPU as float32."""
     module.eval()
     out = [module(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
@@ -123,7 +124,7 @@ def _pool_checksum(pool: np.ndarray) -> str:
     return "sha256:" + hashlib.sha256(np.asarray(pool, dtype="<i8").tobytes()).hexdigest()
 
 
-def _recipe_dict(recipe: Union[Recipe, Mapping[str, Any]]) -> dict[str, Any]:
+def _recipe_dict(recipe: Recipe | Mapping[str, Any]) -> dict[str, Any]:
     r = recipe if isinstance(recipe, Recipe) else Recipe.from_dict(dict(recipe))
     return r.to_dict()
 
@@ -140,7 +141,7 @@ def _check_pool(records: Records, pool_idx: Sequence[int] | np.ndarray) -> np.nd
 def shadow_cache_key(
     fingerprint: str,
     arch_spec: Mapping[str, Any],
-    recipe: Union[Recipe, Mapping[str, Any]],
+    recipe: Recipe | Mapping[str, Any],
     n_shadows: int,
     seed: int,
     pool_idx: Sequence[int] | np.ndarray,
@@ -212,7 +213,7 @@ class ShadowSet:
                 f"({records.fingerprint}): train shadows for this data set (different cache key)."
             )
 
-    def modules(self, device: Union[str, torch.device] = "cpu") -> list[nn.Module]:
+    def modules(self, device: str | torch.device = "cpu") -> list[nn.Module]:
         """The shadow models, built from ``arch_spec`` and loaded with their weights, in eval mode."""
         out = []
         for i, state in enumerate(self.states):
@@ -240,7 +241,7 @@ class ShadowSet:
         out[:, inside] = self.membership[:, slot[inside]]
         return out
 
-    def shadow_phi(self, records: Records, positions: np.ndarray, *, device: Union[str, torch.device] = "cpu") -> np.ndarray:
+    def shadow_phi(self, records: Records, positions: np.ndarray, *, device: str | torch.device = "cpu") -> np.ndarray:
         """(n_shadows, len(positions)) float64 ``phi`` of each shadow; stored for pool records,
         computed (shadow inference) for the others."""
         self.check_records(records)
@@ -314,7 +315,7 @@ class ShadowSet:
         return d
 
     @classmethod
-    def load(cls, directory: _PathLike) -> "ShadowSet":
+    def load(cls, directory: _PathLike) -> ShadowSet:
         """Read a set written by :meth:`save`, checking every file's sha256 and the arrays' shapes."""
         d = Path(directory)
         redo = "delete that directory (or the cached run) so the shadows are trained again"
@@ -380,12 +381,12 @@ def train_shadows(
     records: Records,
     pool_idx: Sequence[int] | np.ndarray,
     arch_spec: Mapping[str, Any],
-    recipe: Union[Recipe, Mapping[str, Any]],
+    recipe: Recipe | Mapping[str, Any],
     n_shadows: int = 4,
     seed: int = 0,
     *,
     progress: bool = True,
-    device: Union[str, torch.device] = "cpu",
+    device: str | torch.device = "cpu",
 ) -> ShadowSet:
     """Train ``n_shadows`` models of ``arch_spec`` with ``recipe``, each on its half of the pool.
 

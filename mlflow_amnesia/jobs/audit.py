@@ -8,7 +8,6 @@ figures table of the version's description.
 from __future__ import annotations
 
 import tempfile
-from typing import Optional
 
 from ..audit import audit_model
 from ..mlflow import registry
@@ -17,8 +16,8 @@ from ..mlflow.flavor import load_model
 __all__ = ["audit_version"]
 
 
-def audit_version(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None,
-                  data_root: Optional[str] = None, privacy: bool = True, settings=None, log: bool = True) -> dict[str, float]:
+def audit_version(model_name: str, *, version: int | None = None, alias: str | None = None,
+                  data_root: str | None = None, privacy: bool = True, settings=None, log: bool = True) -> dict[str, float]:
     """Audit a registered version and log the figures on the run that produced it (and its
     inversion grid as ``audit/inversion.png``); the version's description table is refreshed."""
     import mlflow

@@ -15,25 +15,25 @@ import json
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from . import lineage
-from ..mlflow import registry
-from ..mlflow.concurrency import children_of, check_forkable, one_forget_per_model, register_child
 from ..errors import AmnesiaError, InputError, ManifestFormatError, StoreError
+from ..mlflow import registry
+from ..mlflow.concurrency import check_forkable, children_of, one_forget_per_model, register_child
 from ..mlflow.flavor import AmnesiaModel, load_model, log_model
 from ..progress import info as say
 from ..tags import TAG_FLAVOR_FORMAT, TAG_N_RECORDS_TOTAL, TAG_PLAN, TAG_PURGED, TAG_ROLE
+from . import lineage
 
 if TYPE_CHECKING:
     import torch
 
-    from .purge import PurgeResult
     from ..unlearn import AllOptions, MethodResult
+    from .purge import PurgeResult
 
 DEFAULT_MAX_STEP_SHARE = 0.01  # the paper: rolling back more than ~1% of batches costs accuracy
 
@@ -65,9 +65,9 @@ class ForgetPlan:
     total_steps: int
     request_hash: str
     rolled_back_before: int = 0  # steps of the version's segments earlier forgets rolled back
-    n_steps_seen: Optional[int] = None  # a plan read back from a registered forget keeps counts, not steps
-    completes: Optional[int] = None  # the version this same request registered earlier, to complete
-    refusal: Optional[str] = field(default=None, repr=False)  # said when that version is complete already
+    n_steps_seen: int | None = None  # a plan read back from a registered forget keeps counts, not steps
+    completes: int | None = None  # the version this same request registered earlier, to complete
+    refusal: str | None = field(default=None, repr=False)  # said when that version is complete already
 
     @property
     def n_steps(self) -> int:
@@ -97,11 +97,11 @@ class ForgetPlan:
 @dataclass
 class ForgetResult:
     plan: ForgetPlan
-    version: Optional[int] = None  # None for a dry run
-    run_id: Optional[str] = None
+    version: int | None = None  # None for a dry run
+    run_id: str | None = None
     metrics: dict = field(default_factory=dict)
     completed: list[str] = field(default_factory=list)  # steps of an earlier registration this call finished (or would)
-    purge: Optional["PurgeResult"] = None  # the purge of the parent (--purge)
+    purge: PurgeResult | None = None  # the purge of the parent (--purge)
 
 
 @dataclass
@@ -109,7 +109,7 @@ class Completion:
     """What :func:`complete_registration` did: ``done`` names each step, ``purge`` the parent's purge."""
 
     done: list[str] = field(default_factory=list)
-    purge: Optional["PurgeResult"] = None
+    purge: PurgeResult | None = None
 
 
 class PlannedForget(NamedTuple):
@@ -128,30 +128,30 @@ class ForgetRequest:
     """What the user asked ``forget`` to do: the command's options, ``forget()``'s keywords."""
 
     model_name: str
-    records_file: Optional[str] = None  # an ids file (one record id per line)
-    ids: Optional[Sequence[str]] = None
-    cls: Optional[str] = None  # every training record of this class
-    version: Optional[int] = None  # the version to forget from (default: the latest)
-    alias: Optional[str] = None
+    records_file: str | None = None  # an ids file (one record id per line)
+    ids: Sequence[str] | None = None
+    cls: str | None = None  # every training record of this class
+    version: int | None = None  # the version to forget from (default: the latest)
+    alias: str | None = None
     method: str = "amnesiac"
-    repair: Optional[str] = None
+    repair: str | None = None
     repair_epochs: int = 1
-    repair_lr: Optional[float] = None
-    method_epochs: Optional[int] = None
+    repair_lr: float | None = None
+    method_epochs: int | None = None
     copies: int = 4
     dry_run: bool = False
     yes: bool = False
     max_step_share: float = DEFAULT_MAX_STEP_SHARE
-    set_alias: Optional[str] = None
-    store_uri: Optional[str] = None  # where a repair records (default: where training recorded)
-    data_root: Optional[str] = None
-    confirm: Optional[Callable[[str], bool]] = None  # asked above max_step_share, unless yes
+    set_alias: str | None = None
+    store_uri: str | None = None  # where a repair records (default: where training recorded)
+    data_root: str | None = None
+    confirm: Callable[[str], bool] | None = None  # asked above max_step_share, unless yes
     audit: bool = True
     audit_settings: Any = None
-    on_epoch: Optional[Callable[[int, "torch.nn.Module"], Optional[Mapping[str, float]]]] = None
+    on_epoch: Callable[[int, torch.nn.Module], Mapping[str, float] | None] | None = None
     purge: bool = False  # purge the parent once the child is registered
 
-    def checked(self) -> "ForgetRequest":
+    def checked(self) -> ForgetRequest:
         """The request with its options checked and normalised, before any database, lock, run or
         rollback exists (InputError naming the option otherwise)."""
         from ..mlflow.tracking import check_tracking_store
@@ -163,7 +163,7 @@ class ForgetRequest:
         check_tracking_store(create=False)  # a missing database is an error, never created
         return replace(self, max_step_share=share, repair=check_repair(self.repair))
 
-    def method_options(self) -> "AllOptions":
+    def method_options(self) -> AllOptions:
         """Every method's options (each method keeps its own: ``TheirOptions.of(...)``)."""
         from ..unlearn import AllOptions
 
@@ -171,7 +171,7 @@ class ForgetRequest:
                           epochs=self.method_epochs, copies=self.copies, cls=self.cls)
 
 
-def _load_ids(records_file: Optional[str], ids: Optional[Sequence[str]]) -> list[str]:
+def _load_ids(records_file: str | None, ids: Sequence[str] | None) -> list[str]:
     from ..ids import read_ids_file
 
     out: list[str] = []
@@ -188,13 +188,13 @@ def _load_ids(records_file: Optional[str], ids: Optional[Sequence[str]]) -> list
 def plan_forget(
     model_name: str,
     *,
-    records_file: Optional[str] = None,
-    ids: Optional[Sequence[str]] = None,
-    cls: Optional[str] = None,
-    version: Optional[int] = None,
-    alias: Optional[str] = None,
+    records_file: str | None = None,
+    ids: Sequence[str] | None = None,
+    cls: str | None = None,
+    version: int | None = None,
+    alias: str | None = None,
     method: str = "amnesiac",
-    data_root: Optional[str] = None,
+    data_root: str | None = None,
 ):
     """Resolve the version and the records: a :class:`PlannedForget` (it unpacks as the tuple
     ``(plan, mv, model, key, target_hashes, records)``).
@@ -203,8 +203,8 @@ def plan_forget(
     the version asked for, or its child, carries the request's hash), the plan names that child
     in ``plan.completes`` and ``mv``/model are the child's: :func:`forget` completes it.
     """
-    from ..learning.data import class_records, rebuild
     from ..keys import hash_ids, hash_request, hashes_in, load_key_for
+    from ..learning.data import class_records, rebuild
     from ..unlearn import get_method
 
     get_method(method)  # unknown method: fail before any work
@@ -238,7 +238,7 @@ def plan_forget(
 
         records = rebuild(am.info.dataset or {}, root=data_root)
         sp = Split.from_json(am.info.split or {}, records)
-        c: object = int(cls) if str(cls).isdigit() else cls
+        c: int | str = int(cls) if str(cls).isdigit() else cls
         pos = np.intersect1d(class_records(records, c), sp.train)
         if len(pos) == 0:
             raise InputError(f"class {cls!r} has no training records in {model_name} v{mv.version}")
@@ -418,7 +418,7 @@ def _guard_share(r: ForgetRequest, plan: ForgetPlan) -> None:
 
 
 def _apply_method(r: ForgetRequest, planned: PlannedForget, run: Any,
-                  records: _LazyRecords) -> tuple[AmnesiaModel, "MethodResult"]:
+                  records: _LazyRecords) -> tuple[AmnesiaModel, MethodResult]:
     """The method, on a private copy of the parent, inside the forget run: the child model and what it did."""
     import mlflow
     from mlflow.entities import LoggedModelInput
@@ -461,7 +461,7 @@ class _LazyRecords:
     """The version's training data, rebuilt once per forget when something first needs it (a
     rollback needs none); the plan's, when ``--class`` rebuilt it already."""
 
-    def __init__(self, planned: PlannedForget, data_root: Optional[str]) -> None:
+    def __init__(self, planned: PlannedForget, data_root: str | None) -> None:
         self._records, self._spec, self._root = planned.records, planned.model.info.dataset or {}, data_root
 
     def __call__(self) -> Any:
@@ -472,7 +472,7 @@ class _LazyRecords:
         return self._records
 
 
-def _audit(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: "MethodResult",
+def _audit(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult,
            records: _LazyRecords, t0: float) -> dict:
     """Accuracy and privacy figures of the child (logged on the forget run); the audit fails the forget."""
     import mlflow
@@ -498,7 +498,7 @@ def _audit(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result
     return metrics
 
 
-def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: "MethodResult",
+def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult,
               run_id: str) -> int:
     """Log the child and register it as the one child of its parent, its lineage tags in the same call."""
     import mlflow
@@ -525,7 +525,7 @@ def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, res
     return int(new_mv.version)
 
 
-def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: Optional[str], purge: bool, dry_run: bool) -> ForgetResult:
+def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: str | None, purge: bool, dry_run: bool) -> ForgetResult:
     """This request registered ``mv`` before and was stopped: finish it, or say it is complete."""
     name, v = mv.name, int(mv.version)
     left = registration_left(name, v, set_alias=set_alias, purge=purge)
@@ -539,7 +539,7 @@ def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: Optional[str], purge: 
     return ForgetResult(plan, v, mv.run_id, registry.run_metrics(mv.run_id), completed=done.done, purge=done.purge)
 
 
-def registration_left(name: str, version: int, *, set_alias: Optional[str] = None, purge: bool = False) -> list[str]:
+def registration_left(name: str, version: int, *, set_alias: str | None = None, purge: bool = False) -> list[str]:
     """The steps after registration that ``version`` (a forget's child) still lacks, in order:
     ``description``, ``alias NAME``, ``superseded tag on vP``, ``purge of vP``. Reads only."""
     c = registry.client()
@@ -558,7 +558,7 @@ def registration_left(name: str, version: int, *, set_alias: Optional[str] = Non
     return left
 
 
-def complete_registration(name: str, version: int, *, set_alias: Optional[str] = None, purge: bool = False) -> Completion:
+def complete_registration(name: str, version: int, *, set_alias: str | None = None, purge: bool = False) -> Completion:
     """Everything a forget does after registering its child ``version``, each step skipped when
     done already, so a forget killed between any two of them is finished by running this again:
     the description (from the version's tags and its run: figures, ``amnesia.forget_plan``), the

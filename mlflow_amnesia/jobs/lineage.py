@@ -9,7 +9,6 @@ from which parent, at what cost" without a terminal.
 from __future__ import annotations
 
 import io
-from typing import Optional
 
 from ..mlflow import registry
 from ..progress import info as say
@@ -21,7 +20,7 @@ _PNG_FIGURES = (("acc.test", "acc.test"), ("acc.forget", "acc.forget"), ("audit.
                 ("audit.lira.auc", "lira.auc"))
 
 
-def lineage_rows(model_name: str, *, up_to: Optional[int] = None) -> list[dict]:
+def lineage_rows(model_name: str, *, up_to: int | None = None) -> list[dict]:
     """One dict per version (oldest first): version, parent, method, records, steps, figures.
 
     ``up_to``: only versions up to this one, as the tree stood when it was registered (a
@@ -58,7 +57,7 @@ def lineage_rows(model_name: str, *, up_to: Optional[int] = None) -> list[dict]:
     return rows
 
 
-def picture_of(mv) -> Optional[bytes]:
+def picture_of(mv) -> bytes | None:
     """The lineage picture of ``mv``'s model up to ``mv`` (PNG), for its description; None, with a
     warning, when it cannot be drawn (a registered version is never failed by its picture)."""
     try:
@@ -107,7 +106,7 @@ def tree_layout(rows: list[dict]) -> dict[int, tuple[float, int]]:
     take consecutive x slots in version order and a parent sits above the middle of its children.
     A version whose parent is not in ``rows`` is a root."""
     versions = {r["version"] for r in rows}
-    kids: dict[Optional[int], list[int]] = {}
+    kids: dict[int | None, list[int]] = {}
     for r in sorted(rows, key=lambda r: r["version"]):
         p = r["parent"] if r["parent"] in versions else None
         kids.setdefault(p, []).append(r["version"])
@@ -171,7 +170,7 @@ _STYLE = {  # status -> (face colour, text colour)
 }
 
 
-def render_png(model_name: str, rows: list[dict], *, highlight: Optional[int] = None, dpi: int = 100) -> bytes:
+def render_png(model_name: str, rows: list[dict], *, highlight: int | None = None, dpi: int = 100) -> bytes:
     """The version tree as PNG bytes: one box per version (see :func:`node_label`), an arrow from
     each parent to its child; ``highlight`` (a version) gets a heavy border. Superseded versions
     are grey, purged ones red. Drawn with matplotlib's Agg canvas (no display, no global state)."""

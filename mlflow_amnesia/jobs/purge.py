@@ -40,21 +40,22 @@ import datetime as _dt
 import json
 import re
 import tempfile
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
-from ..mlflow import registry
 from ..errors import InputError, StoreError
-from ..mlflow.artifacts import ArtifactFiles, download, list_files, repo_at
-from ..recording.fs import url_to_fs
 from ..keys import hashes_in
-from ..recording.phase import OPTIMIZER_STATE, Phase, Segment
+from ..mlflow import registry
+from ..mlflow.artifacts import ArtifactFiles, download, list_files, repo_at
 from ..progress import info as say
-from ..version.files import ARCH, FORGOTTEN, INFO, ROLLED_BACK, SEGMENTS, TOMBSTONE, TOMBSTONE_FILE, VersionFiles
+from ..recording.fs import url_to_fs
+from ..recording.phase import OPTIMIZER_STATE, Phase, Segment
 from ..tags import TAG_PURGE_STARTED, TAG_PURGED
+from ..version.files import ARCH, FORGOTTEN, INFO, ROLLED_BACK, SEGMENTS, TOMBSTONE, TOMBSTONE_FILE, VersionFiles
 
 #: Artifacts of a purged version that are kept: lineage metadata, no record content. A path
 #: ending in "/" keeps the whole folder. Everything else in the version is deleted.
@@ -81,11 +82,11 @@ class VersionPurge:
     n_records: int  # records the superseding forget removed (whose steps are purged)
     model_location: str  # the version's artifact location
     model_files: list[tuple[str, int]] = field(default_factory=list)  # (path, bytes) to delete
-    run_id: Optional[str] = None
-    run_location: Optional[str] = None
+    run_id: str | None = None
+    run_location: str | None = None
     run_files: list[tuple[str, int]] = field(default_factory=list)
-    purged_at: Optional[str] = None  # the amnesia.purged tag, when set (the purge's last write)
-    started_at: Optional[str] = None  # the amnesia.purge_started tag, when set
+    purged_at: str | None = None  # the amnesia.purged tag, when set (the purge's last write)
+    started_at: str | None = None  # the amnesia.purge_started tag, when set
     described: bool = False  # the description starts with the **Purged** note
     tombstone_done: bool = False  # data/purged.json records its completion time
     steps: dict[str, list[int]] = field(default_factory=dict)  # store URL -> steps that saw the records (purged or not)
@@ -104,7 +105,7 @@ class StorePurge:
     already: int  # target steps purged before
     bytes: int  # stored bytes of ``steps``' chunks
     chunks: int
-    optimizer_state: Optional[tuple[str, int]] = None  # (url, bytes) still to delete
+    optimizer_state: tuple[str, int] | None = None  # (url, bytes) still to delete
     missing: bool = False  # the store's manifest no longer exists (only files listed in chunks/ can be left)
     # (path relative to the URL, bytes) of chunk files of steps already purged, still on disk: a purge
     # stopped between marking them and deleting them; listed in chunks/, never taken from a manifest
@@ -203,8 +204,8 @@ class _Meta:
     repo: Any  # its ArtifactRepository
     segments: list[Segment]  # without their manifest and index bytes
     rolled_back: np.ndarray
-    _forgotten: Optional[np.ndarray] = None
-    key_id: Optional[str] = None  # of the record key its indexes were built with
+    _forgotten: np.ndarray | None = None
+    key_id: str | None = None  # of the record key its indexes were built with
 
     @property
     def files(self) -> VersionFiles:
@@ -239,12 +240,12 @@ class _Registry:
         self.name = model_name
         self.client = registry.client()
         self.versions = {int(mv.version): mv for mv in registry.search_versions(model_name)}
-        self._metas: dict[int, Optional[_Meta]] = {}
-        self._key: Optional[bytes] = None
+        self._metas: dict[int, _Meta | None] = {}
+        self._key: bytes | None = None
         self._indexes: dict[tuple, Any] = {}
-        self.phases: dict[str, Optional[Phase]] = {}  # store URL -> its phase (where its training files are)
+        self.phases: dict[str, Phase | None] = {}  # store URL -> its phase (where its training files are)
 
-    def meta(self, v: int) -> Optional[_Meta]:
+    def meta(self, v: int) -> _Meta | None:
         """Version ``v``'s metadata; None for a version that is not of this flavor."""
         if v not in self._metas:
             mv = self.versions.get(v) or registry.resolve_version(self.name, version=v)
@@ -292,7 +293,7 @@ class _Registry:
                                      to="purge it (the steps that saw the forgotten records are found by their keyed hashes)")
         return self._key
 
-    def run_location(self, run_id: Optional[str]) -> Optional[str]:
+    def run_location(self, run_id: str | None) -> str | None:
         from mlflow.exceptions import MlflowException
 
         if not run_id:
@@ -333,7 +334,7 @@ def plan_purge(model_name: str, versions: Iterable[int]) -> PurgePlan:
     return PurgePlan(model_name, plans, stores)
 
 
-def _superseded_by(reg: _Registry, mv) -> Optional[int]:
+def _superseded_by(reg: _Registry, mv) -> int | None:
     """The version that superseded ``mv``: its tag ``amnesia.superseded_by``, else its child (a
     version whose ``amnesia.parent_version`` is ``mv``; the lowest wins a race). A forget sets the
     tag after registering the child, so one killed in between leaves only the child."""
@@ -373,6 +374,7 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
     its superseding forget removed, in every segment of its lineage (ancestors, itself, child)."""
     v, t = int(mv.version), mv.tags or {}
     child_v = _superseded_by(reg, mv)
+    assert child_v is not None  # _check_purgeable refused a version no forget superseded
     p, child = reg.amnesia(v), reg.amnesia(child_v)
     removed = child.forgotten()[~hashes_in(child.forgotten(), p.forgotten())]
     steps: dict[str, set[int]] = {}
@@ -395,7 +397,7 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
     return vp
 
 
-def _plan_store(url: str, steps: list[int], phase: Optional[Phase] = None) -> StorePurge:
+def _plan_store(url: str, steps: list[int], phase: Phase | None = None) -> StorePurge:
     """The part of ``steps`` still to purge in the store at ``url``, sized; the chunk files of its
     purged steps still on disk (a purge stopped before deleting them); its phase's optimizer state
     (``phase``: where the phase keeps its training files; default: the store's own phase)."""
@@ -412,7 +414,7 @@ def _plan_store(url: str, steps: list[int], phase: Optional[Phase] = None) -> St
     return StorePurge(url, todo, len(steps) - len(todo), size.stored, size.chunks, opt, leftovers=store.leftover_files())
 
 
-def _optimizer_state(phase: Optional[Phase]) -> Optional[tuple[str, int]]:
+def _optimizer_state(phase: Phase | None) -> tuple[str, int] | None:
     """(url, bytes) of the final optimizer state of ``phase``, if there is one."""
     if phase is None:
         return None
@@ -507,7 +509,7 @@ def purge(
     *,
     dry_run: bool = False,
     yes: bool = False,
-    confirm: Optional[Callable[[str], bool]] = None,
+    confirm: Callable[[str], bool] | None = None,
 ) -> PurgeResult:
     """Purge superseded ``versions`` of ``model_name`` (module docstring); idempotent.
 
@@ -586,7 +588,7 @@ def purge(
     return PurgeResult(plan, done=True, deleted_bytes=deleted)
 
 
-def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: Optional[str] = None) -> dict:
+def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: str | None = None) -> dict:
     """Write ``data/purged.json`` into the version (merged with one a killed purge left); return it."""
     repo = _repo(vp.model_location)
     old = _tombstone(repo)
@@ -638,7 +640,7 @@ def _exists(url: str) -> bool:
     return bool(fs.exists(path))
 
 
-def _size(url: str) -> Optional[int]:
+def _size(url: str) -> int | None:
     fs, path = url_to_fs(url)
     return int(fs.size(path)) if fs.exists(path) else None
 
@@ -667,7 +669,7 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:.1f} {unit}"
 
 
-def _fmt_steps(steps: Sequence[int], limit: int = 12) -> str:
+def _fmt_steps(steps: Sequence[int] | Sequence[str], limit: int = 12) -> str:
     s = ", ".join(str(x) for x in list(steps)[:limit])
     return s + (f" ... ({len(steps)} in all)" if len(steps) > limit else "")
 

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from collections.abc import Iterator
 
 import numpy as np
 
 from ..mlflow import registry
 
 
-def list_records(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None,
-                 cls: Optional[str] = None, part: str = "train", limit: Optional[int] = None,
-                 data_root: Optional[str] = None) -> Iterator[tuple[str, str]]:
+def list_records(model_name: str, *, version: int | None = None, alias: str | None = None,
+                 cls: str | None = None, part: str = "train", limit: int | None = None,
+                 data_root: str | None = None) -> Iterator[tuple[str, str]]:
     """(record id, class name) of the version's training (or held-out) records, in data order,
     leaving out records already forgotten along the lineage."""
-    from ..learning.data import forgotten_positions
-    from ..learning.data import Split, class_records, rebuild
+    from ..learning.data import Split, class_records, forgotten_positions, rebuild
     from ..mlflow.flavor import load_model
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)

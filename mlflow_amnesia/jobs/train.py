@@ -8,20 +8,28 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
 
-from ..mlflow import registry
 from ..audit import full_audit
-from ..mlflow.flavor import AmnesiaModel, log_model
-from ..version.info import VersionInfo
-from ..mlflow.runs import log_params_once, phase_base, start_run
-from ..recording.phase import Phase
-from ..progress import info as say
-from ..tags import TAG_ARCH, TAG_CODEC, TAG_DATASET, TAG_FLAVOR_FORMAT, TAG_MODEL_NAME, TAG_ROLE, TAG_STEPS_TOTAL, TAG_STORE
 from ..learning.training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
+from ..mlflow import registry
+from ..mlflow.flavor import AmnesiaModel, log_model
+from ..mlflow.runs import log_params_once, phase_base, start_run
+from ..progress import info as say
+from ..recording.phase import Phase
+from ..tags import (
+    TAG_ARCH,
+    TAG_CODEC,
+    TAG_DATASET,
+    TAG_FLAVOR_FORMAT,
+    TAG_MODEL_NAME,
+    TAG_ROLE,
+    TAG_STEPS_TOTAL,
+    TAG_STORE,
+)
+from ..version.info import VersionInfo
 
 
 @dataclass
@@ -43,7 +51,7 @@ def default_model_name(dataset: str, arch: str) -> str:
     return f"{base}-{short}".replace(":", "-")
 
 
-def open_records(dataset: str, data_root: Optional[str]):
+def open_records(dataset: str, data_root: str | None):
     from ..learning.data import load_dataset
 
     return load_dataset(dataset, root=data_root)
@@ -59,10 +67,10 @@ def train(
     momentum: float = 0.9,
     weight_decay: float = 5e-4,
     seed: int = 0,
-    codec: Optional[str] = None,
-    store_uri: Optional[str] = None,
-    model_name: Optional[str] = None,
-    data_root: Optional[str] = None,
+    codec: str | None = None,
+    store_uri: str | None = None,
+    model_name: str | None = None,
+    data_root: str | None = None,
     holdout_fraction: float = 0.2,
     audit: bool = True,
     audit_settings=None,
@@ -70,11 +78,12 @@ def train(
     """Train ``arch`` on ``dataset`` with every step recorded; register version 1 (or n+1)."""
     import mlflow
 
-    from ..learning.data import ORDER_KEYED, split as make_split
     from ..keys import key_id, load_key
+    from ..learning.data import ORDER_KEYED
+    from ..learning.data import split as make_split
     from ..learning.models import build_model, default_arch_spec
-    from ..recording.store import DEFAULT_CODEC
     from ..mlflow.tracking import check_tracking_store
+    from ..recording.store import DEFAULT_CODEC
     from .validation import check_train_options
 
     check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import numbers
 import os
-from typing import Optional
 from urllib.parse import urlparse
 
 from ..errors import InputError
@@ -60,7 +59,7 @@ def whole_number(value: object, name: str, what: str) -> int:
     return int(value)
 
 
-def known_codec(value: Optional[str], name: str = "--codec") -> Optional[str]:
+def known_codec(value: str | None, name: str = "--codec") -> str | None:
     """A codec name this package knows (``None`` or empty: the default)."""
     if value is None or str(value).strip() == "":
         return None
@@ -73,7 +72,7 @@ def known_codec(value: Optional[str], name: str = "--codec") -> Optional[str]:
     return value
 
 
-def writable_store_uri(value: Optional[str], name: str = "--store-uri") -> Optional[str]:
+def writable_store_uri(value: str | None, name: str = "--store-uri") -> str | None:
     """A location the delta store can be written at (``None`` or empty: inside the run's artifacts).
 
     Its scheme must be one fsspec knows and can load here, and not an MLflow proxy scheme; a
@@ -108,7 +107,7 @@ def writable_store_uri(value: Optional[str], name: str = "--store-uri") -> Optio
     return value
 
 
-def _unwritable(path: str) -> Optional[str]:
+def _unwritable(path: str) -> str | None:
     """Why a store directory could not be made at ``path`` (None: it can), creating nothing."""
     if os.path.exists(path):
         if not os.path.isdir(path):
@@ -129,7 +128,7 @@ def _unwritable(path: str) -> Optional[str]:
 
 
 def check_train_options(*, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
-                        codec: Optional[str], store_uri: Optional[str]) -> None:
+                        codec: str | None, store_uri: str | None) -> None:
     """The arguments of :func:`mlflow_amnesia.jobs.train.train` that could fail later, checked first."""
     whole_number(epochs, "epochs", "number of epochs")
     whole_number(batch_size, "batch_size", "batch size")
@@ -140,7 +139,7 @@ def check_train_options(*, epochs: int, batch_size: int, lr: float, momentum: fl
     writable_store_uri(store_uri, "store_uri")
 
 
-def check_forget_options(*, repair_lr: Optional[float], store_uri: Optional[str]) -> None:
+def check_forget_options(*, repair_lr: float | None, store_uri: str | None) -> None:
     """The arguments of :func:`mlflow_amnesia.jobs.forget.forget` checked before any lock, run or rollback."""
     if repair_lr is not None:
         positive_number(repair_lr, "repair_lr", "repair learning rate")

@@ -22,12 +22,10 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
-from typing import Optional
 
-
+from ..errors import InputError, StoreError
 from ..mlflow import registry
 from ..mlflow.artifacts import ArtifactFiles, list_files, repo_at
-from ..errors import InputError, StoreError
 from ..mlflow.flavor import load_model
 from ..recording.phase import Segment
 from ..recording.store import DeltaStore, StoreProblem
@@ -82,7 +80,7 @@ class VerifyReport:
     model_name: str
     version: int
     segments: list[SegmentCheck]
-    purged: Optional[str] = None  # the version's amnesia.purged tag, when it was purged
+    purged: str | None = None  # the version's amnesia.purged tag, when it was purged
     erasure: list[str] = field(default_factory=list)  # the version's own purge unfinished, files left
     finish: str = ""  # the command that finishes an interrupted purge
 
@@ -124,7 +122,7 @@ class VerifyReport:
         return f"{self.model_name} v{self.version}: {'; '.join(parts)}; see above" if parts else ""
 
 
-def verify_version(model_name: str, *, version: Optional[int] = None, alias: Optional[str] = None) -> VerifyReport:
+def verify_version(model_name: str, *, version: int | None = None, alias: str | None = None) -> VerifyReport:
     """Check one version (default: the latest) as the module docstring says; changes nothing.
 
     Raises :class:`InputError` for a version that is not of this flavor or of a newer format;
@@ -162,7 +160,7 @@ def verify_version(model_name: str, *, version: Optional[int] = None, alias: Opt
                         finish=_finish_command(model_name, v if is_purged else None))
 
 
-def _key_or_none(expected: Optional[str]) -> Optional[bytes]:
+def _key_or_none(expected: str | None) -> bytes | None:
     """The record key when it is here and is the version's: sealed chunks are then decoded too."""
     from ..errors import RecordKeyError
     from ..keys import key_id, load_key
@@ -175,12 +173,12 @@ def _key_or_none(expected: Optional[str]) -> Optional[bytes]:
 
 
 def _check_segment(seg: Segment, copy: bytes, k: int, done: set[int], is_purged: bool,
-                   key: Optional[bytes]) -> SegmentCheck:
+                   key: bytes | None) -> SegmentCheck:
     url = str(seg.store_url)
     first, last = int(seg.first_step), int(seg.last_step)
     out = SegmentCheck(str(seg.role or "?"), url, max(0, last - first + 1), of_purged_version=is_purged)
-    own: Optional[DeltaStore] = None
-    theirs: Optional[DeltaStore] = None
+    own: DeltaStore | None = None
+    theirs: DeltaStore | None = None
     try:
         try:
             theirs = DeltaStore.open(url, manifest=copy, key=key)
@@ -216,7 +214,7 @@ def _check_segment(seg: Segment, copy: bytes, k: int, done: set[int], is_purged:
     return out
 
 
-def _finish_command(model_name: str, version: Optional[int]) -> str:
+def _finish_command(model_name: str, version: int | None) -> str:
     """The purge command that finishes the interrupted purge(s) of this model's versions."""
     started = sorted(int(mv.version) for mv in registry.search_versions(model_name)
                      if TAG_PURGE_STARTED in (mv.tags or {}))

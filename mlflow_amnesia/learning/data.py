@@ -45,10 +45,11 @@ import math
 import os
 import re
 import zlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -126,7 +127,7 @@ class Records:
         return str(self.spec["fingerprint"])
 
     @property
-    def predefined_split(self) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    def predefined_split(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(train, holdout) positions when the source defines them (MNIST, CIFAR-100), else None."""
         pre = self.spec.get("predefined_split")
         if not pre:
@@ -168,7 +169,7 @@ _IDX_TYPES: dict[int, np.dtype] = {
 _IMAGES_RE = re.compile(r"^(?P<stem>.+)-images[-.]idx3-ubyte(?P<gz>\.gz)?$")
 
 
-def read_idx(path: Union[str, os.PathLike]) -> np.ndarray:
+def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read one idx file (gzipped or not) into a numpy array, checking magic and sizes.
 
     Raises InputError naming the file when it is missing, not gzip though compressed, truncated,
@@ -258,8 +259,8 @@ class _Raw:
     parts: list[dict[str, Any]]  # {"name", "start", "stop", ...source details}
     id_prefix: str  # e.g. "mnist:{part}:"
     scale: float
-    predefined: Optional[dict[str, str]]
-    root: Optional[str]
+    predefined: dict[str, str] | None
+    root: str | None
     spec: str
 
     def ids(self) -> np.ndarray:
@@ -332,7 +333,9 @@ def _raw_cifar100(root: Path, download: bool) -> _Raw:
 
 
 def _raw_idx(d: Path) -> _Raw:
-    imgs, labels, parts = [], [], []
+    imgs: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    parts: list[dict[str, Any]] = []
     start = 0
     for stem, fi, fl in _idx_pairs(d):
         im, lb = read_idx(fi), read_idx(fl)
@@ -365,7 +368,7 @@ def _fingerprint(raw: _Raw) -> str:
         "classes": raw.classes,
     }
     h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
-    h.update(memoryview(np.ascontiguousarray(raw.images)).cast("B"))
+    h.update(memoryview(np.ascontiguousarray(raw.images)).cast("B"))  # type: ignore[arg-type]  # numpy arrays are buffers
     h.update(raw.labels.astype("<i8").tobytes())
     return "sha256:" + h.hexdigest()
 
@@ -399,7 +402,7 @@ class DataSetKind:
     ``<kind>:<dir>``, unless ``--data-root`` overrides it: idx).
     """
 
-    load: Callable[[Optional[Path], bool], _Raw]  # (directory or None, download) -> raw records
+    load: Callable[[Path | None, bool], _Raw]  # (directory or None, download) -> raw records
     where: str = "cache"
 
     @property
@@ -416,7 +419,7 @@ DATASETS.register("idx", DataSetKind(lambda where, download: _raw_idx(where), "s
 KNOWN_SPECS = tuple(DATASETS.get(n).spelling.format(name=n) for n in DATASETS.names())
 
 
-def _parse_spec(spec: str, root: Optional[Union[str, os.PathLike]]) -> tuple[str, Optional[Path]]:
+def _parse_spec(spec: str, root: str | os.PathLike | None) -> tuple[str, Path | None]:
     if not isinstance(spec, str) or not spec.strip():
         raise InputError(f"data set spec {spec!r} is not a name: use one of {', '.join(KNOWN_SPECS)}.")
     s = spec.strip()
@@ -434,7 +437,7 @@ def _parse_spec(spec: str, root: Optional[Union[str, os.PathLike]]) -> tuple[str
     return kind, Path(root).expanduser().resolve() if root is not None else default_data_root()
 
 
-def _load(spec: str, root: Optional[Union[str, os.PathLike]], download: bool, normalization: Optional[Mapping[str, Any]]) -> tuple[_Raw, Records]:
+def _load(spec: str, root: str | os.PathLike | None, download: bool, normalization: Mapping[str, Any] | None) -> tuple[_Raw, Records]:
     kind, where = _parse_spec(spec, root)
     raw = DATASETS.get(kind).load(where, download)
     parts = {p["name"]: (int(p["start"]), int(p["stop"])) for p in raw.parts}
@@ -470,7 +473,7 @@ def _load(spec: str, root: Optional[Union[str, os.PathLike]], download: bool, no
     return raw, recs
 
 
-def load_dataset(spec: str, *, root: Optional[Union[str, os.PathLike]] = None, download: bool = True) -> Records:
+def load_dataset(spec: str, *, root: str | os.PathLike | None = None, download: bool = True) -> Records:
     """Load the data set named by ``spec`` (see the module docstring) with stable record ids.
 
     ``root`` is where ``mnist``/``cifar100`` live or are downloaded to (default
@@ -480,7 +483,7 @@ def load_dataset(spec: str, *, root: Optional[Union[str, os.PathLike]] = None, d
     return _load(spec, root, download, None)[1]
 
 
-def rebuild(spec: Mapping[str, Any], *, root: Optional[Union[str, os.PathLike]] = None, download: bool = True) -> Records:
+def rebuild(spec: Mapping[str, Any], *, root: str | os.PathLike | None = None, download: bool = True) -> Records:
     """Load the data a recorded ``spec`` describes and prove it is the same data.
 
     ``root`` overrides the recorded root (the data moved). The recorded normalisation is reused.
@@ -530,7 +533,7 @@ ORDER_KEYED = "keyed-v2"
 ORDER_PUBLIC = "public-v1"
 
 
-def epoch_order(n_train: int, seed: int, epoch: int, *, key: Optional[bytes] = None) -> np.ndarray:
+def epoch_order(n_train: int, seed: int, epoch: int, *, key: bytes | None = None) -> np.ndarray:
     """The order (a permutation of ``range(n_train)``, int64) in which epoch ``epoch`` visits records.
 
     With the record ``key`` (scheme :data:`ORDER_KEYED`, what every recorded phase uses): the
@@ -597,7 +600,7 @@ class Split:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], records: Records) -> "Split":
+    def from_dict(cls, d: Mapping[str, Any], records: Records) -> Split:
         """Rebuild a recorded split over ``records`` and verify it is the one recorded."""
         need = {"method", "fingerprint", "seed", "holdout_fraction", "stratify", "checksum"}
         if not isinstance(d, Mapping) or not need <= set(d):
@@ -621,7 +624,7 @@ class Split:
         return s
 
     @classmethod
-    def from_json(cls, text: Union[str, bytes, Mapping[str, Any]], records: Records) -> "Split":
+    def from_json(cls, text: str | bytes | Mapping[str, Any], records: Records) -> Split:
         if isinstance(text, Mapping):
             return cls.from_dict(text, records)
         try:
@@ -685,7 +688,7 @@ def forgotten_positions(records: Records, train_idx: np.ndarray, forgotten: np.n
     return train_idx[hashes_in(hash_ids([records.ids[i] for i in train_idx], key), forgotten)]
 
 
-def class_records(records: Records, cls: Union[int, str, np.integer]) -> np.ndarray:
+def class_records(records: Records, cls: int | str | np.integer) -> np.ndarray:
     """Positions (int64) of the records of class ``cls``, given as an index or a class name."""
     if isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
         k = int(cls)
@@ -713,7 +716,7 @@ class RecordsDataset(torch.utils.data.Dataset):
     The position maps back to ``records.ids[position]``, which is what the Recorder indexes.
     """
 
-    def __init__(self, records: Records, positions: Optional[np.ndarray] = None) -> None:
+    def __init__(self, records: Records, positions: np.ndarray | None = None) -> None:
         self.records = records
         self.positions = np.arange(len(records), dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
         if len(self.positions) and (self.positions.min() < 0 or self.positions.max() >= len(records)):

@@ -29,9 +29,10 @@ import inspect
 import json
 import os
 import re
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable, Iterable, Mapping, Optional, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -214,7 +215,7 @@ def check_builder(spec: Mapping[str, Any], *, source: str, builders: Iterable[st
     )
 
 
-def build_model(spec: Mapping[str, Any], *, seed: Optional[int] = None, source: Optional[str] = None,
+def build_model(spec: Mapping[str, Any], *, seed: int | None = None, source: str | None = None,
                 builders: Iterable[str] = ()) -> nn.Module:
     """Build the module a spec describes (see the module docstring).
 
@@ -232,7 +233,7 @@ def build_model(spec: Mapping[str, Any], *, seed: Optional[int] = None, source: 
         return _build(s)
 
 
-def state_shapes(spec: Mapping[str, Any]) -> Optional[dict[str, tuple[int, ...]]]:
+def state_shapes(spec: Mapping[str, Any]) -> dict[str, tuple[int, ...]] | None:
     """The ``state_dict`` shapes of a built-in architecture, computed on the meta device (nothing
     allocated, the RNG untouched); None for a builder, whose code alone knows them.
 
@@ -305,7 +306,7 @@ def default_arch_spec(arch: str, records: Any) -> dict[str, Any]:
     """
     h, w = records.image_size
     c, k = int(records.in_channels), int(records.num_classes)
-    size: Union[int, list[int]] = h if h == w else [h, w]
+    size: int | list[int] = h if h == w else [h, w]
     if arch == "resnet18":
         return {"arch": "resnet18", "stem": "cifar" if max(h, w) <= 64 else "imagenet", "in_channels": c, "num_classes": k}
     if arch == "cnn":
@@ -314,6 +315,7 @@ def default_arch_spec(arch: str, records: Any) -> dict[str, Any]:
         raise InputError(f"architecture {arch!r}: name one of resnet18, cnn, or a builder 'package.module:function' / entry-point name.")
     fn = _resolve_builder(arch)
     offer = {"in_channels": c, "num_classes": k, "image_size": size}
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(fn).parameters
     except ValueError:

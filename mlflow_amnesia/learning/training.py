@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Callable, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ class Recipe:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Recipe":
+    def from_dict(cls, d: dict) -> Recipe:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
@@ -45,7 +46,7 @@ def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimi
 
 
 def epoch_orders(positions: np.ndarray, seed: int, epochs: int, first_epoch: int = 0, *,
-                 key: Optional[bytes] = None) -> np.ndarray:
+                 key: bytes | None = None) -> np.ndarray:
     """Per-epoch permutations of ``positions`` (record positions), shape (epochs, len(positions)).
 
     Recorded phases pass the record ``key``: their order then cannot be recomputed without it
@@ -72,17 +73,17 @@ class EpochResult:
 def run_epochs(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: Any,  # indexable by an array of positions: a tensor, or a view of one (relabel's copies)
     y: torch.Tensor,
-    orders: np.ndarray,
+    orders: np.ndarray | Sequence[np.ndarray],  # one row of positions per epoch (rows may differ: replay)
     *,
     batch_size: int,
-    ids: Optional[Sequence[str]] = None,
+    ids: Sequence[str] | None = None,
     recorder=None,
     label: str = "train",
-    on_epoch: Optional[Callable[[EpochResult], None]] = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
     first_epoch: int = 0,
-    targets: Optional[torch.Tensor] = None,
+    targets: torch.Tensor | None = None,
 ) -> list[EpochResult]:
     """Train over ``orders`` (one row of record positions per epoch) in batches of ``batch_size``.
 
@@ -97,7 +98,7 @@ def run_epochs(
     for e, order in enumerate(orders):
         model.train()
         t0 = time.monotonic()
-        tot_loss = tot_correct = seen = steps = 0
+        tot_loss, tot_correct, seen, steps = 0.0, 0, 0, 0
         order = np.asarray(order, dtype=np.int64)
         for i in range(0, len(order), batch_size):
             pos = order[i : i + batch_size]
@@ -108,6 +109,7 @@ def run_epochs(
             loss.backward()
             optimizer.step()
             if recorder is not None:
+                assert ids is not None, "a recorded loop needs the record ids"
                 recorder.step([ids[p] for p in pos])
             steps += 1
             seen += len(pos)
@@ -141,21 +143,21 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
 def record_phase(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
-    x: torch.Tensor,
+    x: Any,
     y: torch.Tensor,
     ids: Sequence[str],
-    orders: np.ndarray,
+    orders: np.ndarray | Sequence[np.ndarray],
     *,
     batch_size: int,
     base_url: str,
     codec: str,
     role: str,
     key: bytes,
-    run_id: Optional[str] = None,
+    run_id: str | None = None,
     first_step: int = 0,
-    on_epoch: Optional[Callable[[EpochResult], None]] = None,
-    targets: Optional[torch.Tensor] = None,
-    label: Optional[str] = None,
+    on_epoch: Callable[[EpochResult], None] | None = None,
+    targets: torch.Tensor | None = None,
+    label: str | None = None,
 ):
     """Run :func:`run_epochs` with every step recorded; return the phase as a version's Segment.
 

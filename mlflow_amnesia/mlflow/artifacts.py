@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ..errors import StoreError
 
@@ -23,7 +23,7 @@ def repo_at(location: str) -> Any:
     return get_artifact_repository(location)
 
 
-def download(repo: Any, path: str, *, optional: bool = False) -> Optional[bytes]:
+def download(repo: Any, path: str, *, optional: bool = False) -> bytes | None:
     """One artifact's bytes; None when ``optional`` and the file is not listed. A file that is
     listed but cannot be read is an error, never taken for an absent one."""
     if optional and path not in {f.path for f in repo.list_artifacts(path.rsplit("/", 1)[0] if "/" in path else None)}:
@@ -37,7 +37,7 @@ def download(repo: Any, path: str, *, optional: bool = False) -> Optional[bytes]
                              "what the versions need cannot be checked without it. Restore it, then re-run.") from None
 
 
-def list_files(repo: Any, path: Optional[str] = None) -> list[tuple[str, int]]:
+def list_files(repo: Any, path: str | None = None) -> list[tuple[str, int]]:
     """(path, bytes) of every file under ``path`` of an artifact repository, recursively."""
     out: list[tuple[str, int]] = []
     for f in repo.list_artifacts(path):
@@ -54,5 +54,5 @@ class ArtifactFiles:
     def __init__(self, repo: Any) -> None:
         self.repo = repo
 
-    def read(self, rel: str, where: str, *, limit: Optional[int] = None, optional: bool = False) -> Optional[bytes]:
+    def read(self, rel: str, where: str, *, limit: int | None = None, optional: bool = False) -> bytes | None:
         return download(self.repo, rel, optional=optional)

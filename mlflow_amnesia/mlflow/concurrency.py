@@ -36,14 +36,15 @@ import socket
 import stat
 import tempfile
 import time
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from . import registry
 from ..errors import ForgetConflictError, InputError
 from ..progress import info as say
 from ..tags import TAG_CONFLICT
+from . import registry
 
 LOCK_DIR_ENV = "MLFLOW_AMNESIA_LOCK_DIR"
 
@@ -98,7 +99,7 @@ def lock_path(model_name: str) -> Path:
 
 
 @contextlib.contextmanager
-def model_lock(model_name: str) -> Iterator[Optional[Path]]:
+def model_lock(model_name: str) -> Iterator[Path | None]:
     """Hold the local forget lock of ``model_name``; wait (saying so) while another holds it.
 
     Yields the lock file, or None where no lock can be taken (no ``fcntl``, an unwritable lock
@@ -202,7 +203,7 @@ def check_forkable(mv) -> None:
             )
 
 
-def _conflict(name: str, parent: int, winner: int, run_id: Optional[str], what: str) -> ForgetConflictError:
+def _conflict(name: str, parent: int, winner: int, run_id: str | None, what: str) -> ForgetConflictError:
     run = f" (its work is in run {run_id}, marked FAILED)" if run_id else ""
     return ForgetConflictError(
         f"another forget of {name} registered v{winner} from v{parent} while this one ran; {what}{run}. "
@@ -212,7 +213,7 @@ def _conflict(name: str, parent: int, winner: int, run_id: Optional[str], what: 
 
 
 def register_child(
-    name: str, model_uri: str, *, parent: int, tags: Mapping[str, object], run_id: Optional[str] = None
+    name: str, model_uri: str, *, parent: int, tags: Mapping[str, object], run_id: str | None = None
 ):
     """Register ``model_uri`` (a logged model whose artifacts are all uploaded) as the one child
     of ``parent``, with ``tags`` set in the same call; return its ModelVersion.
@@ -227,7 +228,7 @@ def register_child(
     kids = children_of(name, parent)
     sup = (pmv.tags or {}).get(registry.TAG_SUPERSEDED)
     if kids or sup:
-        raise _conflict(name, parent, kids[0] if kids else int(sup), run_id, "this one registered nothing")
+        raise _conflict(name, parent, kids[0] if kids else int(str(sup)), run_id, "this one registered nothing")
     mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in {**tags, registry.TAG_PARENT: parent}.items()})
     mine = int(mv.version)
     kids = children_of(name, parent)

@@ -15,8 +15,9 @@ names is imported (:func:`mlflow_amnesia.learning.models.check_builder`), nothin
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -59,8 +60,8 @@ def save_model(
     *,
     signature: Any = None,
     input_example: Any = None,
-    pip_requirements: Optional[list[str]] = None,
-    metadata: Optional[dict] = None,
+    pip_requirements: list[str] | None = None,
+    metadata: dict | None = None,
 ) -> None:
     """Write ``amnesia_model`` to a local directory in this flavor's format.
 
@@ -131,17 +132,18 @@ def log_model(
     amnesia_model: AmnesiaModel,
     name: str = "model",
     *,
-    registered_model_name: Optional[str] = None,
+    registered_model_name: str | None = None,
     signature: Any = None,
     input_example: Any = None,
-    pip_requirements: Optional[list[str]] = None,
-    metadata: Optional[dict] = None,
-    params: Optional[dict] = None,
-    tags: Optional[dict] = None,
+    pip_requirements: list[str] | None = None,
+    metadata: dict | None = None,
+    params: dict | None = None,
+    tags: dict | None = None,
     await_registration_for: int = 300,
 ):
     """Log ``amnesia_model`` to the active run (MLflow 3 logged model); optionally register it."""
     import mlflow
+
     import mlflow_amnesia.mlflow.flavor as this
 
     return mlflow.models.Model.log(
@@ -160,7 +162,7 @@ def log_model(
     )
 
 
-def load_model(model_uri: str, dst_path: Optional[str] = None, *, builders: Iterable[str] = ()) -> AmnesiaModel:
+def load_model(model_uri: str, dst_path: str | None = None, *, builders: Iterable[str] = ()) -> AmnesiaModel:
     """Load a version (``models:/NAME/3``, ``runs:/...``, a local path); reads no delta chunk.
 
     ``builders``: ``package.module:function`` architecture builders this version's ``arch.json``
@@ -185,7 +187,7 @@ class _PyFuncWrapper:
     def get_raw_model(self) -> AmnesiaModel:
         return self.model
 
-    def predict(self, data: Any, params: Optional[dict] = None) -> np.ndarray:
+    def predict(self, data: Any, params: dict | None = None) -> np.ndarray:
         if hasattr(data, "to_numpy"):
             data = np.stack([np.asarray(v, dtype=np.float32) for v in data.iloc[:, 0]]) if data.shape[1] == 1 else data.to_numpy()
         return self.model.predict_proba(np.asarray(data, dtype=np.float32))
@@ -193,7 +195,7 @@ class _PyFuncWrapper:
 
 
 
-def _load_pyfunc(path: str, model_config: Optional[dict] = None) -> _PyFuncWrapper:
+def _load_pyfunc(path: str, model_config: dict | None = None) -> _PyFuncWrapper:
     # Builders are allowed by MLFLOW_AMNESIA_ALLOWED_BUILDERS only, never by model_config, which
     # MLflow may fill from the MLmodel file: an artifact must not allow its own code.
     p = Path(path)

@@ -12,12 +12,19 @@ figures table ``metric | this version | parent | change``, and for a forget the 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Optional
+from collections.abc import Mapping
 from urllib.parse import quote
 
 from ..errors import InputError
 from ..progress import info as say
-from ..tags import TAG_FLAVOR_FORMAT, TAG_METHOD, TAG_N_RECORDS, TAG_PARENT, TAG_REPAIR, TAG_REQUEST, TAG_STEPS, TAG_SUPERSEDED
+from ..tags import TAG_FLAVOR_FORMAT as TAG_FLAVOR_FORMAT  # re-exported: registry.TAG_* is how callers name them
+from ..tags import TAG_METHOD as TAG_METHOD
+from ..tags import TAG_N_RECORDS as TAG_N_RECORDS
+from ..tags import TAG_PARENT as TAG_PARENT
+from ..tags import TAG_REPAIR as TAG_REPAIR
+from ..tags import TAG_REQUEST as TAG_REQUEST
+from ..tags import TAG_STEPS as TAG_STEPS
+from ..tags import TAG_SUPERSEDED as TAG_SUPERSEDED
 
 HEADLINE_METRICS = (
     "acc.test", "acc.retain", "acc.forget", "loss.forget",
@@ -36,7 +43,7 @@ def client():
 # search filters: MLflow builds them from strings, so every value goes through filter_literal
 
 
-def filter_literal(value: object) -> Optional[str]:
+def filter_literal(value: object) -> str | None:
     """``value`` as a string literal of MLflow's search filter grammar, or None where that
     grammar cannot spell it.
 
@@ -64,7 +71,7 @@ def _clause(field: str, value: object) -> str:
     return f"{field} LIKE '" + "".join("_" if c in "'\"\\" else c for c in str(value)) + "'"
 
 
-def search_versions(name: str, *, tags: Optional[Mapping[str, object]] = None) -> list:
+def search_versions(name: str, *, tags: Mapping[str, object] | None = None) -> list:
     """Every version of the registered model ``name`` (with these tag values), ascending, whatever
     characters the name and values hold (quotes, backticks, spaces): the filter quotes them
     (:func:`filter_literal`), every page is read, and the result is compared exactly here."""
@@ -81,7 +88,7 @@ def search_versions(name: str, *, tags: Optional[Mapping[str, object]] = None) -
     return sorted(out, key=lambda v: int(v.version))
 
 
-def resolve_version(name: str, *, version: Optional[int] = None, alias: Optional[str] = None):
+def resolve_version(name: str, *, version: int | None = None, alias: str | None = None):
     """The ModelVersion asked for (latest when neither version nor alias is given)."""
     from mlflow.exceptions import MlflowException
 
@@ -107,10 +114,10 @@ def resolve_version(name: str, *, version: Optional[int] = None, alias: Optional
         what = f"alias {alias!r}" if alias is not None else f"version {version}"
         versions = [int(v.version) for v in search_versions(name)]
         raise InputError(f"model {name!r} has no {what}; its versions are {versions}.") from None
-    versions = search_versions(name)
-    if not versions:
+    found = search_versions(name)
+    if not found:
         raise InputError(f"model {name!r} has no versions yet.")
-    return max(versions, key=lambda v: int(v.version))
+    return max(found, key=lambda v: int(v.version))
 
 
 def _where() -> str:
@@ -157,7 +164,7 @@ def metrics_table(rows: dict[str, dict[str, float]], names=HEADLINE_METRICS) -> 
     return "\n".join(out)
 
 
-def run_metrics(run_id: Optional[str]) -> dict[str, float]:
+def run_metrics(run_id: str | None) -> dict[str, float]:
     if not run_id:
         return {}
     try:
@@ -214,8 +221,8 @@ def replace_table(description: str, table: str) -> str:
     return _join(head, table, tail)
 
 
-def links_line(name: str, *, parent: Optional[str], run_id: Optional[str], run_name: Optional[str],
-               experiment_id: Optional[str]) -> str:
+def links_line(name: str, *, parent: str | None, run_id: str | None, run_name: str | None,
+               experiment_id: str | None) -> str:
     """``**Lineage:** parent v1 · source run <name>`` as markdown links into the MLflow UI."""
     parts = []
     if parent is not None:
@@ -235,7 +242,7 @@ def compose_description(description: str, *, links: str = "", picture: str = "")
 
 
 def annotate_version(mv, *, tags: Mapping[str, object], description: str, aliases: tuple[str, ...] = (),
-                     picture: Optional[bytes] = None) -> None:
+                     picture: bytes | None = None) -> None:
     """Set ``tags`` and ``aliases`` on a registered version and write its description.
 
     The description gets a line of links (parent version, source run). ``picture`` (a PNG: the

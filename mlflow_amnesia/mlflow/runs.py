@@ -17,6 +17,7 @@ from ..errors import InputError
 from ..recording.fs import PROXY_SCHEMES, write_url
 from ..recording.phase import load_array, load_state, read_bytes, save_array, save_state  # noqa: F401 - their historical home
 
+
 def phase_base(artifact_uri: str, run_id: str, store_uri: str | None) -> str:
     """The base URL of a run's recorded phase (``<base>/deltas``, ``<base>/training``)."""
     if store_uri:

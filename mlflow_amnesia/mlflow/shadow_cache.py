@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Optional
 
 from ..audit.membership import AttackModels
 from ..audit.privacy import SHADOW_EXPERIMENT
@@ -26,7 +25,7 @@ __all__ = ["MlflowShadowCache"]
 class MlflowShadowCache:
     """Shadow sets as runs of the ``mlflow-amnesia-shadows`` experiment of the current tracking store."""
 
-    def load(self, key: str) -> Optional[tuple[ShadowSet, AttackModels, str]]:
+    def load(self, key: str) -> tuple[ShadowSet, AttackModels, str] | None:
         import mlflow
 
         client = mlflow.MlflowClient()

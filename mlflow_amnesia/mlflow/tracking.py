@@ -22,7 +22,7 @@ import shlex
 import socket
 import sqlite3
 import urllib.request
-from typing import Iterator
+from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from ..errors import InputError, TrackingServerError

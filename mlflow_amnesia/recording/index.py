@@ -39,7 +39,7 @@ import hashlib
 import json
 import struct
 from array import array
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import zstandard
@@ -184,11 +184,11 @@ class RecordIndexBuilder:
     def __init__(self, key: bytes) -> None:
         self._key = check_key(key)
         self._table = _HashTable()
-        self._declared: Optional[int] = None
+        self._declared: int | None = None
         self._steps = array("q")
         self._counts = array("q")
         self._max_step = -1
-        self._seen: Optional[set[int]] = None  # only once steps arrive out of order
+        self._seen: set[int] | None = None  # only once steps arrive out of order
         self._blocks: list[np.ndarray] = []
         self._fill = 0
         self._entries = 0
@@ -294,7 +294,7 @@ class RecordIndexBuilder:
             self._fill += take
             nums = nums[take:]
 
-    def build(self) -> "RecordIndex":
+    def build(self) -> RecordIndex:
         """The index of everything added so far. The builder stays usable."""
         hashes, num_of_row = self._table.finalize()
         n, S, E = len(hashes), len(self._steps), self._entries
@@ -352,8 +352,8 @@ class RecordIndex:
         self._indptr = _readonly(record_indptr)
         self._rsteps = _readonly(record_steps)
         self._hi, self._lo = _halves(self._hashes)
-        self._step_indptr: Optional[np.ndarray] = None
-        self._step_rows: Optional[np.ndarray] = None
+        self._step_indptr: np.ndarray | None = None
+        self._step_rows: np.ndarray | None = None
 
     # -- sizes and arrays
 
@@ -530,8 +530,8 @@ class RecordIndex:
         return _PREFIX.pack(MAGIC, len(hb), hashlib.sha256(hb).digest()) + hb + payload
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: Optional[bytes] = None, *, name: str = "<bytes>",
-                   steps: Optional[tuple[int, int]] = None) -> "RecordIndex":
+    def from_bytes(cls, data: bytes, key: bytes | None = None, *, name: str = "<bytes>",
+                   steps: tuple[int, int] | None = None) -> RecordIndex:
         """Read an index written by :meth:`to_bytes`; ``name`` says where it came from in errors.
 
         ``key`` defaults to :func:`mlflow_amnesia.keys.load_key`. A key other than the one the
@@ -563,7 +563,7 @@ class RecordIndex:
         _write(url, self.to_bytes(compress=compress))
 
     @classmethod
-    def load(cls, url: str, key: Optional[bytes] = None) -> "RecordIndex":
+    def load(cls, url: str, key: bytes | None = None) -> RecordIndex:
         """Read the index at ``url``; see :meth:`from_bytes` for the checks it makes."""
         from .fs import url_to_fs
 
@@ -579,7 +579,7 @@ class RecordIndex:
         return cls.from_bytes(data, key, name=url)
 
 
-def index_counts(data: bytes, *, name: str = "<bytes>", steps: Optional[tuple[int, int]] = None) -> tuple[int, int, int]:
+def index_counts(data: bytes, *, name: str = "<bytes>", steps: tuple[int, int] | None = None) -> tuple[int, int, int]:
     """``(n_records, n_steps, n_entries)`` of an index file, from its header alone.
 
     Runs the checks of :meth:`RecordIndex.from_bytes` that need neither the key nor the payload
@@ -619,7 +619,7 @@ def _apply_filters(a: np.ndarray, filters: list[str], indptr: np.ndarray) -> byt
     return a.tobytes()
 
 
-def _read_header(data: bytes, name: str) -> tuple[dict, bytes]:
+def _read_header(data: bytes, name: str) -> tuple[dict, bytes | memoryview]:
     if len(data) < _PREFIX.size or data[:8] != MAGIC:
         raise IndexFormatError(f"{name} is not an mlflow-amnesia record index (it does not start with {MAGIC!r})")
     _, hlen, hsha = _PREFIX.unpack_from(data)
@@ -664,7 +664,7 @@ _MIN_BUDGET = 64 << 20
 
 
 def _layout(header: dict, file_bytes: int, name: str,
-            steps: Optional[tuple[int, int]] = None) -> tuple[tuple[int, int, int], dict[str, tuple], bool]:
+            steps: tuple[int, int] | None = None) -> tuple[tuple[int, int, int], dict[str, tuple], bool]:
     """Check the counts and the array table of a header against each other, the file and the
     segment's step range; return ``(n, S, E)``, each array's ``(dtype, shape, filters, offset, size)``
     and whether arrays are compressed. Nothing is allocated: every size is bounded first."""
@@ -726,8 +726,8 @@ def _layout(header: dict, file_bytes: int, name: str,
     return (n, S, E), out, compressed
 
 
-def _decode_arrays(header: dict, payload: bytes, name: str, file_bytes: int,
-                   steps: Optional[tuple[int, int]] = None) -> dict[str, np.ndarray]:
+def _decode_arrays(header: dict, payload: bytes | memoryview, name: str, file_bytes: int,
+                   steps: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
     def bad(what: str) -> IndexFormatError:
         return IndexFormatError(f"the record index {name} is inconsistent: {what}; rebuild it")
 

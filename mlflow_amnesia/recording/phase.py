@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -148,14 +148,14 @@ class Phase:
         object.__setattr__(self, "base_url", str(self.base_url).rstrip("/"))
 
     @classmethod
-    def of_store_url(cls, store_url: str) -> Optional["Phase"]:
+    def of_store_url(cls, store_url: str) -> Phase | None:
         """The phase whose store is ``<base>/deltas``; None for a store at another URL (one a
         library user created by hand: it has no training files of ours)."""
         url = str(store_url).rstrip("/")
         return cls(url[: -len(_DELTAS) - 1]) if url.endswith("/" + _DELTAS) else None
 
     @classmethod
-    def of_training_url(cls, training_url: str) -> "Phase":
+    def of_training_url(cls, training_url: str) -> Phase:
         """The phase whose training files are at ``training_url`` (``<base>/training``, as a
         version's ``training_url`` records it)."""
         url = str(training_url).rstrip("/")
@@ -214,10 +214,10 @@ class Segment:
     last_step: int  # inclusive; last_step < first_step when the phase recorded nothing
     manifest: bytes = b""
     index: bytes = b""
-    run_id: Optional[str] = None
+    run_id: str | None = None
     #: how errors name the manifest and index copies (set by the loader: the version's files)
     names: tuple[str, str] = field(default=("", ""), compare=False, repr=False)
-    base_url: Optional[str] = None
+    base_url: str | None = None
 
     def __post_init__(self) -> None:
         if self.base_url is None:
@@ -237,7 +237,7 @@ class Segment:
         return out
 
     @classmethod
-    def from_json(cls, d: dict, *, manifest: bytes = b"", index: bytes = b"", names: tuple[str, str] = ("", "")) -> "Segment":
+    def from_json(cls, d: dict, *, manifest: bytes = b"", index: bytes = b"", names: tuple[str, str] = ("", "")) -> Segment:
         """A segment from its entry of ``data/amnesia.json`` (checked by the version's reader)."""
         return cls(role=d["role"], store_url=d["store_url"], first_step=d["first_step"], last_step=d["last_step"],
                    manifest=manifest, index=index, run_id=d.get("run_id"), names=names, base_url=d.get("base_url"))
@@ -247,7 +247,7 @@ class Segment:
         return self.to_json()[key] if key != "base_url" else self.base_url
 
     @property
-    def phase(self) -> Optional[Phase]:
+    def phase(self) -> Phase | None:
         """Where the phase keeps its files; None for a store a library user put elsewhere."""
         return Phase(self.base_url) if self.base_url is not None else None
 
@@ -258,7 +258,7 @@ class Segment:
     def n_steps(self) -> int:
         return max(0, self.last_step - self.first_step + 1)
 
-    def open_store(self, key: Optional[bytes] = None):
+    def open_store(self, key: bytes | None = None):
         """The segment's DeltaStore, read through the manifest copied into the version.
 
         Its deltas are sealed under the record ``key``: reading them needs it; listing steps,

@@ -21,14 +21,24 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InputError
 from ..version.model import AmnesiaModel
-from .base import REPAIRS, ForgetContext, MethodOptions, MethodResult, Repair, RepairResult, UnlearningMethod, check_repair, register_method
+from .base import (
+    REPAIRS,
+    ForgetContext,
+    MethodOptions,
+    MethodResult,
+    Repair,
+    RepairResult,
+    UnlearningMethod,
+    check_repair,
+    register_method,
+)
 from .common import training_data
 
 
@@ -45,7 +55,7 @@ def _by_segment(model: AmnesiaModel, steps: np.ndarray):
         raise InputError(f"steps {missing} are not recorded in any segment of this model version")
 
 
-def rolled_back_sums(model: AmnesiaModel, steps: np.ndarray, key: Optional[bytes] = None) -> dict[str, np.ndarray]:
+def rolled_back_sums(model: AmnesiaModel, steps: np.ndarray, key: bytes | None = None) -> dict[str, np.ndarray]:
     """sum(delta_t for t in steps) per tensor name (float64), across the version's segments.
 
     ``key``: the record key the segments' deltas are sealed with (stores in clear need none)."""
@@ -83,7 +93,7 @@ def live_after(model: AmnesiaModel, steps: np.ndarray) -> np.ndarray:
     return len(live) - np.searchsorted(live, steps, side="right")
 
 
-def rollback_sums(model: AmnesiaModel, steps: np.ndarray, key: Optional[bytes] = None) -> tuple[dict[str, np.ndarray], int]:
+def rollback_sums(model: AmnesiaModel, steps: np.ndarray, key: bytes | None = None) -> tuple[dict[str, np.ndarray], int]:
     """What the rollback subtracts, per tensor name (float64): each step's delta in full for
     parameters, decayed by ``(1 - momentum) ** k_t`` for BatchNorm running statistics (module
     docstring). Returns the sums and how many steps were read one by one.
@@ -138,9 +148,9 @@ def subtract(module: torch.nn.Module, sums: dict[str, np.ndarray], n_steps: int)
 class AmnesiacOptions(MethodOptions):
     """``--repair`` (None: none), ``--repair-epochs`` (None: 1) and ``--repair-lr`` (None: the recipe's)."""
 
-    repair: Optional[str] = None
-    repair_epochs: Optional[int] = None
-    repair_lr: Optional[float] = None
+    repair: str | None = None
+    repair_epochs: int | None = None
+    repair_lr: float | None = None
 
 
 class NoRepair(Repair):

@@ -9,8 +9,9 @@ succeeded, so a failing method leaves the registry untouched.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, ClassVar, Mapping, Optional, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class MethodOptions:
     """
 
     @classmethod
-    def of(cls: type[OptionsT], value: Union["MethodOptions", Mapping[str, Any], None]) -> OptionsT:
+    def of(cls: type[OptionsT], value: MethodOptions | Mapping[str, Any] | None) -> OptionsT:
         if isinstance(value, cls):
             return value
         given: Mapping[str, Any] = asdict(value) if isinstance(value, MethodOptions) else dict(value or {})
@@ -42,12 +43,12 @@ class MethodOptions:
 class AllOptions(MethodOptions):
     """Every method's options at once: what ``forget`` hands the method it runs (as a request holds them)."""
 
-    repair: Optional[str] = None  # amnesiac: none | finetune | replay (None: none)
-    repair_epochs: Optional[int] = None  # amnesiac + finetune repair (None: 1)
-    repair_lr: Optional[float] = None  # amnesiac repairs (None: the recipe's)
-    epochs: Optional[int] = None  # relabel, finetune, retrain (None: the method's default)
-    copies: Optional[int] = None  # relabel (None: 4)
-    cls: Optional[str] = None  # relabel: the class forgotten (one relabelled copy each)
+    repair: str | None = None  # amnesiac: none | finetune | replay (None: none)
+    repair_epochs: int | None = None  # amnesiac + finetune repair (None: 1)
+    repair_lr: float | None = None  # amnesiac repairs (None: the recipe's)
+    epochs: int | None = None  # relabel, finetune, retrain (None: the method's default)
+    copies: int | None = None  # relabel (None: 4)
+    cls: str | None = None  # relabel: the class forgotten (one relabelled copy each)
 
 
 @dataclass
@@ -61,11 +62,11 @@ class ForgetContext:
     run_id: str
     #: the request's method options (:class:`AllOptions`, a method's own, or a plain mapping);
     #: each method reads its own with ``TheirOptions.of(ctx.options)``
-    options: Union[MethodOptions, Mapping[str, Any]] = field(default_factory=AllOptions)
+    options: MethodOptions | Mapping[str, Any] = field(default_factory=AllOptions)
     # Called with 0 right after a rollback and with k after the k-th epoch a method (or its
     # repair) trains, while ``model.module`` holds the weights of that moment: forget's per-epoch
     # metrics. Methods call it through :meth:`epoch_done`; None: nobody is listening.
-    on_epoch: Optional[Callable[[int], None]] = None
+    on_epoch: Callable[[int], None] | None = None
 
     @property
     def next_step(self) -> int:
@@ -76,7 +77,7 @@ class ForgetContext:
         if self.on_epoch is not None:
             self.on_epoch(int(epoch))
 
-    def epoch_hook(self) -> Optional[Callable[[Any], None]]:
+    def epoch_hook(self) -> Callable[[Any], None] | None:
         """``record_phase``'s ``on_epoch`` reporting each trained epoch (1-based), or None."""
         return None if self.on_epoch is None else (lambda r: self.epoch_done(r.epoch + 1))
 
@@ -87,7 +88,7 @@ class MethodResult:
     new_segments: list[Segment] = field(default_factory=list)  # appended after the parent's segments
     # A method whose result no longer descends from the parent's recorded steps (retrain from the
     # initial weights) sets this: the child's segments become exactly these, nothing rolled back.
-    replace_segments: Optional[list[Segment]] = None
+    replace_segments: list[Segment] | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     summary: str = ""
 
@@ -135,7 +136,7 @@ class Repair(abc.ABC):
     name: ClassVar[str]
     needs_data: ClassVar[bool] = True  # the retained training data is rebuilt for it
 
-    def check(self, ctx: ForgetContext) -> None:
+    def check(self, ctx: ForgetContext) -> None:  # noqa: B027 - a hook: nothing to refuse by default
         """Refuse options this repair cannot run with (before anything is read)."""
 
     def prepare(self, ctx: ForgetContext, data: Any) -> Any:
@@ -143,7 +144,7 @@ class Repair(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def run(self, ctx: ForgetContext, data: Any, prepared: Any) -> "RepairResult":  # pragma: no cover - interface
+    def run(self, ctx: ForgetContext, data: Any, prepared: Any) -> RepairResult:  # pragma: no cover - interface
         ...
 
 
@@ -158,7 +159,7 @@ class RepairResult:
 REPAIRS: Registry[Repair] = Registry("repair", unknown="unknown repair {name!r}; available: {choices}")
 
 
-def check_repair(repair: Optional[str]) -> str:
+def check_repair(repair: str | None) -> str:
     """``repair`` (None: ``none``) if it names a registered repair, else InputError naming them."""
     r = repair or "none"
     REPAIRS.get(r)

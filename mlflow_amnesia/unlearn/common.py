@@ -8,13 +8,16 @@ store, so a version whose data cannot be rebuilt fails the forget with nothing c
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import InputError
 from ..learning.training import Recipe
 from .base import ForgetContext, MethodOptions
+
+if TYPE_CHECKING:
+    from ..learning.data import Records, Split
 
 NO_DATA_HINT = ("Nothing was changed. Point --data-root at the copy of the data set the model was trained on, "
                 "or use --method amnesiac without --repair, which needs no training data.")
@@ -24,8 +27,8 @@ NO_DATA_HINT = ("Nothing was changed. Point --data-root at the copy of the data 
 class TrainingData:
     """The training data of a version, with the records every later phase must leave out."""
 
-    records: object  # mlflow_amnesia.learning.data.Records
-    split: object  # mlflow_amnesia.learning.data.Split
+    records: Records
+    split: Split
     recipe: Recipe
     excluded: np.ndarray  # sorted positions of every record forgotten along the lineage, this request included
     target: np.ndarray  # sorted positions of this request's records
@@ -42,9 +45,8 @@ def training_data(ctx: ForgetContext, needed_by: str) -> TrainingData:
     ``needed_by`` names the method or repair in the error raised when the data cannot be
     rebuilt (a missing or changed data set, a version that recorded no data spec).
     """
-    from ..learning.data import forgotten_positions
-    from ..learning.data import Split
     from ..keys import hash_rows
+    from ..learning.data import Split, forgotten_positions
 
     info = ctx.model.info
     missing = [k for k in ("dataset", "split", "recipe") if k not in info]
@@ -82,7 +84,7 @@ def phase_seed(recipe: Recipe, first_step: int) -> int:
 class EpochsOptions(MethodOptions):
     """Options of a method that trains for some epochs (finetune, retrain)."""
 
-    epochs: Optional[int] = None  # --epochs; None: the method's default
+    epochs: int | None = None  # --epochs; None: the method's default
 
 
 def epochs_option(ctx: ForgetContext, default: int) -> int:

@@ -7,12 +7,11 @@ Also the ``--repair finetune`` of amnesiac rollback (same phase, role ``repair``
 from __future__ import annotations
 
 import time
-from typing import Optional
 
 import numpy as np
 
-from ..recording.phase import Segment
 from ..progress import info as say
+from ..recording.phase import Segment
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
 from .common import EpochsOptions, TrainingData, epochs_option, phase_seed, training_data
 
@@ -20,7 +19,7 @@ DEFAULT_EPOCHS = 1
 
 
 def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, role: str,
-                      lr: Optional[float] = None) -> tuple[Segment, float]:
+                      lr: float | None = None) -> tuple[Segment, float]:
     """Train ``ctx.model.module`` for ``epochs`` on ``data.retained`` (every forgotten record left
     out) with a fresh SGD from the recipe (``lr`` overrides its rate); every step is recorded at
     ``ctx.phase_base()`` from ``ctx.next_step`` on, and the phase's batch order (keyed, sealed) is
@@ -28,8 +27,8 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
 
     Returns the segment and the seconds the training loop took.
     """
-    from ..recording.phase import Phase
     from ..learning.training import epoch_orders, make_optimizer, record_phase
+    from ..recording.phase import Phase
 
     recipe = data.recipe
     if lr:
@@ -42,7 +41,7 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
     t0 = time.monotonic()
     seg = record_phase(
         ctx.model.module, optimizer, data.records.x, data.records.y, list(data.records.ids), orders,
-        batch_size=recipe.batch_size, base_url=base, codec=ctx.model.info.codec,
+        batch_size=recipe.batch_size, base_url=base, codec=ctx.model.info.phase_codec,
         role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
     )
     seconds = time.monotonic() - t0

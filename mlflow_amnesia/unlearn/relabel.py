@@ -16,8 +16,8 @@ steps that fed their wrong-label copies: it says what each step saw.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -58,13 +58,13 @@ class _Rows:
         return self.base[self.source[positions]]
 
 
-def copies_per_record(records, target: np.ndarray, copies: int, cls: Optional[object]) -> np.ndarray:
+def copies_per_record(records, target: np.ndarray, copies: int, cls: str | int | None) -> np.ndarray:
     """How many relabelled copies each target record gets: ``copies``, or 1 for members of ``cls``."""
     from ..learning.data import class_records
 
     per = np.full(len(target), int(copies), np.int64)
     if cls is not None:
-        c: object = int(cls) if str(cls).isdigit() else cls
+        c: int | str = int(cls) if str(cls).isdigit() else cls
         per[np.isin(target, class_records(records, c))] = 1
     return per
 
@@ -73,9 +73,9 @@ def copies_per_record(records, target: np.ndarray, copies: int, cls: Optional[ob
 class RelabelOptions(MethodOptions):
     """``--epochs`` (default 1), ``--copies`` (default 4) and the ``--class`` forgotten."""
 
-    epochs: Optional[int] = None
-    copies: Optional[int] = None
-    cls: Optional[str] = None
+    epochs: int | None = None
+    copies: int | None = None
+    cls: str | None = None
 
 
 @register_method
@@ -116,7 +116,7 @@ class Relabel(UnlearningMethod):
         t0 = time.monotonic()
         seg = record_phase(
             ctx.model.module, optimizer, x, targets, ids, orders, targets=targets,
-            batch_size=recipe.batch_size, base_url=ctx.phase_base(), codec=ctx.model.info.codec,
+            batch_size=recipe.batch_size, base_url=ctx.phase_base(), codec=ctx.model.info.phase_codec,
             role="relabel", key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
         )
         seconds = time.monotonic() - t0

@@ -24,16 +24,14 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..keys import hash_keys
-from ..recording.phase import Segment
-from ..version.model import AmnesiaModel
-from ..recording.phase import BATCH_ORDER
 from ..progress import info as say
+from ..recording.phase import BATCH_ORDER, Segment
+from ..version.model import AmnesiaModel
 from .base import ForgetContext
 from .common import TrainingData
 
@@ -74,7 +72,7 @@ class _TrainHashes:
         return np.sort(self._positions[i])
 
 
-def _recorded_order(seg: Segment, batch_size: int, key: bytes) -> Optional[np.ndarray]:
+def _recorded_order(seg: Segment, batch_size: int, key: bytes) -> np.ndarray | None:
     """The segment's batch order (sealed under ``key``, or in clear from an older version) when it
     has one that describes exactly its steps, else None."""
     if seg.phase is None:  # a store put elsewhere by hand: no training files of ours
@@ -133,8 +131,8 @@ def plan_replay(model: AmnesiaModel, steps: np.ndarray, data: TrainingData, key:
     return plan
 
 
-def replay(ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: Optional[float] = None,
-           role: str = "replay") -> tuple[Optional[Segment], float]:
+def replay(ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: float | None = None,
+           role: str = "replay") -> tuple[Segment | None, float]:
     """Run one recorded SGD step per batch of ``plan`` on ``ctx.model.module``; (segment, seconds).
 
     Returns (None, 0.0) when every batch was left empty (nothing to replay).
@@ -154,7 +152,7 @@ def replay(ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: Opti
     # One row per batch, each no longer than batch_size: every row becomes exactly one step.
     seg = record_phase(
         ctx.model.module, optimizer, data.records.x, data.records.y, list(data.records.ids), plan.batches,
-        batch_size=max(len(b) for b in plan.batches), base_url=ctx.phase_base(), codec=ctx.model.info.codec,
+        batch_size=max(len(b) for b in plan.batches), base_url=ctx.phase_base(), codec=ctx.model.info.phase_codec,
         role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step,
     )
     return seg, time.monotonic() - t0

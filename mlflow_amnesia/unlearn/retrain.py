@@ -22,17 +22,17 @@ versions trained before sealing are read as they are.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import InputError, RecordKeyError, StoreError
-from ..recording.phase import Segment
-from ..recording.phase import BATCH_ORDER, INITIAL_STATE, Phase
-from ..progress import info as say
 from ..learning.training import Recipe
+from ..progress import info as say
+from ..recording.phase import BATCH_ORDER, INITIAL_STATE, Phase, Segment
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
 from .common import EpochsOptions, epochs_option, training_data
 
@@ -63,9 +63,9 @@ def _load(url: str, what: str, loader):
         raise InputError(f"--method retrain cannot read {url} ({what}): {type(e).__name__}: {e}. {_HINT}") from None
 
 
-def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.ndarray, *,
-                        epochs: Optional[int] = None, module: Optional[torch.nn.Module] = None,
-                        key: Optional[bytes] = None) -> RetrainInputs:
+def load_retrain_inputs(info: Mapping[str, Any], arch: dict, records, split, excluded: np.ndarray, *,
+                        epochs: int | None = None, module: torch.nn.Module | None = None,
+                        key: bytes | None = None) -> RetrainInputs:
     """Load and check the initial weights and batch order of a version's training run.
 
     ``excluded``: positions never to feed. ``epochs`` defaults to the recipe's. With ``module``,
@@ -118,7 +118,7 @@ def load_retrain_inputs(info: dict, arch: dict, records, split, excluded: np.nda
 
 
 def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, codec: str, key: bytes,
-            run_id: Optional[str] = None, role: str = "retrain", on_epoch=None) -> tuple[Segment, float]:
+            run_id: str | None = None, role: str = "retrain", on_epoch=None) -> tuple[Segment, float]:
     """Reset ``module`` to the initial weights and train it on ``inputs.orders`` exactly as
     ``train`` did, every step recorded at ``base_url`` from step 0; (segment, loop seconds).
     ``on_epoch``: :func:`~mlflow_amnesia.learning.training.record_phase`'s per-epoch callback."""
@@ -158,7 +158,7 @@ class Retrain(UnlearningMethod):
         data = training_data(ctx, "--method retrain")
         inputs = load_retrain_inputs(ctx.model.info, ctx.model.arch, data.records, data.split, data.excluded,
                                      epochs=epochs, module=ctx.model.module, key=ctx.key)
-        seg, seconds = retrain(ctx.model.module, inputs, base_url=ctx.phase_base(), codec=ctx.model.info.codec,
+        seg, seconds = retrain(ctx.model.module, inputs, base_url=ctx.phase_base(), codec=ctx.model.info.phase_codec,
                                key=ctx.key, run_id=ctx.run_id, on_epoch=ctx.epoch_hook())
         return MethodResult(
             rolled_back=np.zeros(0, np.int64), replace_segments=[seg],

@@ -24,8 +24,9 @@ import io
 import json
 import math
 import zipfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -70,7 +71,7 @@ def segment_index(k: int) -> str:
 class FileSource(Protocol):
     """Where a version's files are read from (a local directory, an artifact repository)."""
 
-    def read(self, rel: str, where: str, *, limit: Optional[int] = None, optional: bool = False) -> Optional[bytes]:
+    def read(self, rel: str, where: str, *, limit: int | None = None, optional: bool = False) -> bytes | None:
         """The bytes of ``rel`` (a path of the layout above); None when ``optional`` and absent.
 
         ``where`` names the file in errors; a file over ``limit`` bytes is refused unread.
@@ -90,7 +91,7 @@ class LocalFiles:
     def exists(self, rel: str) -> bool:
         return self.path(rel).exists()
 
-    def read(self, rel: str, where: str, *, limit: Optional[int] = None, optional: bool = False) -> Optional[bytes]:
+    def read(self, rel: str, where: str, *, limit: int | None = None, optional: bool = False) -> bytes | None:
         p = self.path(rel)
         if optional and not p.exists():
             return None
@@ -122,10 +123,10 @@ class VersionFiles:
     def where(self, rel: str) -> str:
         return f"{rel} of {self.label}"
 
-    def read(self, rel: str, *, limit: Optional[int] = None, optional: bool = False) -> Optional[bytes]:
+    def read(self, rel: str, *, limit: int | None = None, optional: bool = False) -> bytes | None:
         return self.source.read(rel, self.where(rel), limit=limit, optional=optional)
 
-    def info(self, *, optional: bool = False) -> Optional[VersionInfo]:
+    def info(self, *, optional: bool = False) -> VersionInfo | None:
         """``data/amnesia.json``, checked (:meth:`VersionInfo.parse`); None when ``optional`` and absent."""
         raw = self.read(INFO, limit=MAX_INFO_BYTES, optional=optional)
         return None if raw is None else VersionInfo.parse(raw, self.where(INFO))
@@ -178,7 +179,7 @@ class VersionFiles:
         """``data/forgotten.npy`` (absent: nothing forgotten)."""
         return read_forgotten(self.read(FORGOTTEN, optional=True), self.where(FORGOTTEN))
 
-    def tombstone(self) -> Optional[dict]:
+    def tombstone(self) -> dict | None:
         """The purge tombstone's fields; None when the version has none (``{}`` when unreadable)."""
         raw = self.read(TOMBSTONE_FILE, optional=True)
         return None if raw is None else read_tombstone(raw)
@@ -316,7 +317,7 @@ def _read_npy(raw: bytes, where: str, kind: str, itemsize: int) -> tuple[np.ndar
     return a.astype(dtype.newbyteorder("="), copy=True), tuple(shape)
 
 
-def read_rolled_back(raw: Optional[bytes], where: str, segments: Iterable[Any]) -> np.ndarray:
+def read_rolled_back(raw: bytes | None, where: str, segments: Iterable[Any]) -> np.ndarray:
     """``data/rolled_back.npy``: 1-D int64, strictly increasing, each a step of ``segments``
     (:class:`Segment` or their JSON dicts). None (no file): nothing rolled back."""
     if raw is None:
@@ -339,7 +340,7 @@ def read_rolled_back(raw: Optional[bytes], where: str, segments: Iterable[Any]) 
     return a
 
 
-def read_forgotten(raw: Optional[bytes], where: str) -> np.ndarray:
+def read_forgotten(raw: bytes | None, where: str) -> np.ndarray:
     """``data/forgotten.npy``: ``(n, 16)`` uint8 keyed hashes. None (no file): nothing forgotten."""
     if raw is None:
         return no_hashes()

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from ..errors import InputError
 from ..recording.phase import Phase, Segment
@@ -138,27 +138,27 @@ _ALWAYS = ("key_id", "model_name", "training_url", "store_uri")
 class VersionInfo(Mapping):
     """``data/amnesia.json`` of a version: typed fields, plus ``extra`` for keys this release does not know."""
 
-    dataset: Optional[dict[str, Any]] = None  # the data spec (mlflow_amnesia.learning.data: rebuild)
-    split: Optional[dict[str, Any]] = None  # the train/holdout split (Split.to_dict)
-    recipe: Optional[dict[str, Any]] = None  # the training recipe (Recipe.to_dict)
-    codec: Optional[str] = None  # the delta codec of every recorded phase of the version
-    input_shape: Optional[list[int]] = None
-    num_classes: Optional[int] = None
-    classes: Optional[list[str]] = None
-    model_name: Optional[str] = None
-    key_id: Optional[str] = None  # the id of the record key its indexes and seals are made with
-    training_url: Optional[str] = None  # <base>/training of the train phase (initial state, batch order)
-    order: Optional[str] = None  # the batch-order scheme of the train phase (data.ORDER_KEYED); None: public-v1
-    store_uri: Optional[str] = None  # --store-uri of train: where later phases record too
+    dataset: dict[str, Any] | None = None  # the data spec (mlflow_amnesia.learning.data: rebuild)
+    split: dict[str, Any] | None = None  # the train/holdout split (Split.to_dict)
+    recipe: dict[str, Any] | None = None  # the training recipe (Recipe.to_dict)
+    codec: str | None = None  # the delta codec of every recorded phase of the version
+    input_shape: list[int] | None = None
+    num_classes: int | None = None
+    classes: list[str] | None = None
+    model_name: str | None = None
+    key_id: str | None = None  # the id of the record key its indexes and seals are made with
+    training_url: str | None = None  # <base>/training of the train phase (initial state, batch order)
+    order: str | None = None  # the batch-order scheme of the train phase (data.ORDER_KEYED); None: public-v1
+    store_uri: str | None = None  # --store-uri of train: where later phases record too
     history: list[dict[str, Any]] = field(default_factory=list)  # train, then one entry per forget
     segments: list[Segment] = field(default_factory=list)  # the recorded phases (no manifest or index bytes)
-    format_version: Optional[int] = None
+    format_version: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     # -- JSON
 
     @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> "VersionInfo":
+    def from_json(cls, d: Mapping[str, Any]) -> VersionInfo:
         """From the JSON object (unchecked: :meth:`parse` checks); unknown keys go to ``extra``."""
         if isinstance(d, VersionInfo):
             return d.copy()
@@ -180,12 +180,12 @@ class VersionInfo(Mapping):
         out["segments"] = [s.to_json() for s in self.segments]
         return out
 
-    def copy(self) -> "VersionInfo":
+    def copy(self) -> VersionInfo:
         """A deep copy (a forget's child changes its copy only)."""
         return VersionInfo.from_json(json.loads(json.dumps(self.to_json())))
 
     @classmethod
-    def parse(cls, raw: bytes, where: str) -> "VersionInfo":
+    def parse(cls, raw: bytes, where: str) -> VersionInfo:
         """``data/amnesia.json``, checked: format version first (a newer one says upgrade), then the
         type and range of every field that loading, forget, records, audit and purge read."""
         return cls.from_json(check_info(raw, where))
@@ -193,9 +193,17 @@ class VersionInfo(Mapping):
     # -- typed views
 
     @property
-    def training_phase(self) -> Optional[Phase]:
+    def training_phase(self) -> Phase | None:
         """The phase ``train`` recorded (its initial state and batch order), when the version says."""
         return Phase.of_training_url(self.training_url) if self.training_url else None
+
+    @property
+    def phase_codec(self) -> str:
+        """The codec every recorded phase of the version uses (a later phase records with it too)."""
+        if not self.codec:
+            raise InputError("this model version records no codec (data/amnesia.json has no 'codec'), so no "
+                             "phase can be recorded for it: train it again with `mlflow-amnesia train`")
+        return self.codec
 
     @property
     def last_request(self) -> dict[str, Any]:

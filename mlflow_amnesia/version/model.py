@@ -8,9 +8,9 @@ and the keyed hashes of every record forgotten along it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -66,7 +66,7 @@ class AmnesiaModel:
         return torch.cat(out).numpy() if out else np.zeros((0, self.info.num_classes or 0), np.float32)
 
 
-def read_model(path: Path, label: Optional[str] = None, builders: Iterable[str] = ()) -> AmnesiaModel:
+def read_model(path: Path, label: str | None = None, builders: Iterable[str] = ()) -> AmnesiaModel:
     """Load the version in the local directory ``path``; ``label`` names it in errors (its URI).
 
     Every file goes through :class:`VersionFiles` (checked, bounded); the weights must fit the

@@ -7,7 +7,7 @@ and send the hashes over a CPU (gloo) group. No id travels in clear text, nothin
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,7 +57,7 @@ class Ranks:
         self._dist.all_gather(out, t, group=self.group)
         return out
 
-    def agree(self, kid: str, start_step: int, role_problem: Optional[str]) -> None:
+    def agree(self, kid: str, start_step: int, role_problem: str | None) -> None:
         """Check, in one collective, that every rank has its role, the same key and start step.
 
         Every rank sees every rank's answer, so all of them raise the same error together (a
@@ -87,7 +87,7 @@ class Ranks:
                 f"the ranks' recorders start at different steps ({starts} by rank); pass the same start_step on every rank"
             )
 
-    def gather(self, step: int, hashes: np.ndarray) -> Optional[np.ndarray]:
+    def gather(self, step: int, hashes: np.ndarray) -> np.ndarray | None:
         """The global batch's hashes ``(N, 16)`` in rank order on rank 0; None on the others."""
         n = len(hashes)
         heads = self._all_gather(torch.tensor([step, n], dtype=torch.int64))
@@ -111,7 +111,7 @@ class Ranks:
         return np.concatenate([o[: c * HASH_BYTES].numpy().reshape(c, HASH_BYTES) for o, c in zip(out, counts)])
 
 
-def distributed_ranks(process_group: Any, distributed: Optional[bool]) -> Optional[Ranks]:
+def distributed_ranks(process_group: Any, distributed: bool | None) -> Ranks | None:
     """The ranks to gather over, or None for a single-process recording."""
     dist = torch.distributed
     initialised = dist.is_available() and dist.is_initialized()

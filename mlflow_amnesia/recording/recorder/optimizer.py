@@ -7,7 +7,8 @@ JSON whatever the optimizer; schedulers change the per-step values, flags go in 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,7 +16,7 @@ import torch
 __all__ = ["optimizer_meta", "step_meta"]
 
 
-def _number(v: Any) -> Optional[float | int]:
+def _number(v: Any) -> float | int | None:
     """``v`` as a JSON number when it is a real scalar (bools excluded), else None."""
     if isinstance(v, bool):
         return None
@@ -48,7 +49,7 @@ def _hparams(group: Mapping[str, Any], *, flags: bool) -> dict:
     return out
 
 
-def step_meta(optimizer: Optional[torch.optim.Optimizer]) -> dict:
+def step_meta(optimizer: torch.optim.Optimizer | None) -> dict:
     """One step's meta: ``{"lr": <group 0's lr>, "param_groups": [{lr, momentum, betas...}]}``.
 
     Only numeric hyper-parameters (they change under schedulers); flags such as ``nesterov``

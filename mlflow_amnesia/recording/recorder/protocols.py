@@ -6,7 +6,8 @@ are the implementations; tests and users may pass anything with these methods.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -22,7 +23,7 @@ class DeltaSink(Protocol):
     store encodes) and ``url`` (to name it in errors).
     """
 
-    def append(self, step: int, delta: Mapping[str, Any], meta: Optional[Mapping[str, Any]] = None) -> None:
+    def append(self, step: int, delta: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
         """Take one step's delta (float32 arrays by name); may return before it is written."""
 
     def flush(self) -> None:

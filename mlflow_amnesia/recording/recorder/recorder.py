@@ -41,7 +41,8 @@ store is then called from that thread: leave it alone while recording (``rec.flu
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -69,7 +70,7 @@ _STORE_THREADS = 2
 _SLICE = 1 << 16
 
 
-def _sub_into(theta: torch.Tensor, r: torch.Tensor, d: torch.Tensor, scratch: Optional[torch.Tensor]) -> None:
+def _sub_into(theta: torch.Tensor, r: torch.Tensor, d: torch.Tensor, scratch: torch.Tensor | None) -> None:
     """``d = float32(theta - r)``, computed in float64 and rounded once.
 
     On CPU ``torch.sub(theta, r, out=d)`` casts on the output element by element (about 3x
@@ -137,16 +138,16 @@ class Recorder:
     def __init__(
         self,
         model: torch.nn.Module,
-        store: Optional[DeltaSink],
-        index_builder: Optional[IndexSink],
+        store: DeltaSink | None,
+        index_builder: IndexSink | None,
         *,
-        optimizer: Optional[torch.optim.Optimizer] = None,
+        optimizer: torch.optim.Optimizer | None = None,
         start_step: int = 0,
         codec: Any = None,
         error_feedback: bool = True,
         pinned_buffers: int = 3,
         process_group: Any = None,
-        distributed: Optional[bool] = None,
+        distributed: bool | None = None,
     ) -> None:
         self.model = unwrap(model)
         self.store = store
@@ -158,12 +159,12 @@ class Recorder:
         self._next_step = int(start_step)
         self._steps_recorded = 0
         self._hook: Any = None
-        self._pending_ids: Optional[list[str]] = None
-        self._failed: Optional[BaseException] = None
+        self._pending_ids: list[str] | None = None
+        self._failed: BaseException | None = None
         self._failed_step = -1
         self._closed = False
         self._ranks = distributed_ranks(process_group, distributed)
-        self._staging: Optional[DirectStaging | PooledStaging] = None
+        self._staging: DirectStaging | PooledStaging | None = None
         if self._ranks is not None:
             self._hasher = self._setup_ranks(index_builder)
             if not self._ranks.writes:
@@ -208,12 +209,12 @@ class Recorder:
         if _use_pooled_staging(self.device):
             pin = self.device.type == "cuda"
             self._staging = PooledStaging(
-                store, {n: t.shape for n, t in state.items()}, self.device, pinned_buffers, pin=pin
+                self._sink(), {n: t.shape for n, t in state.items()}, self.device, pinned_buffers, pin=pin
             )
         else:
-            self._staging = DirectStaging(store)
+            self._staging = DirectStaging(self._sink())
 
-    def _setup_ranks(self, index_builder: Optional[IndexSink]) -> Any:
+    def _setup_ranks(self, index_builder: IndexSink | None) -> Any:
         """Check the roles and the key of every rank (one collective); return this rank's hasher."""
         ranks = self._ranks
         assert ranks is not None
@@ -282,12 +283,13 @@ class Recorder:
         try:
             if self._ranks is None:
                 self._record(step)
-                self.index_builder.add(step, batch)
+                self._index().add(step, batch)
             else:  # every rank's hashed share to rank 0, which records the global step
                 hashes = self._ranks.gather(step, self._hasher(batch))
                 if self._ranks.writes:
+                    assert hashes is not None  # rank 0 receives every rank's share
                     self._record(step)
-                    self.index_builder.add_hashes(step, hashes)
+                    self._index().add_hashes(step, hashes)
         except BaseException as exc:
             # r may now be ahead of what the store holds: refuse further steps rather than record
             # a trajectory the store cannot reconstruct.
@@ -296,6 +298,14 @@ class Recorder:
         self._next_step += 1
         self._steps_recorded += 1
         return step
+
+    def _index(self) -> IndexSink:
+        assert self.index_builder is not None  # the writing process has one (checked at construction)
+        return self.index_builder
+
+    def _sink(self) -> DeltaSink:
+        assert self.store is not None  # the writing process has one (checked at construction)
+        return self.store
 
     def _record(self, step: int) -> None:
         """Compute this step's deltas (advancing ``r``) and hand them to the store."""
@@ -307,6 +317,7 @@ class Recorder:
                 f"{_first_difference(list(state), self._names)!r}). Create a new store and "
                 "recorder for the new architecture."
             )
+        assert self._staging is not None  # the writing process has one
         self._staging.put(step, self._deltas(state), step_meta(self.optimizer))
 
     @torch.no_grad()
@@ -322,6 +333,7 @@ class Recorder:
             torch.set_num_threads(threads)
 
     def _deltas_on(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        assert self.codec is not None  # the writing process has one
         quantize = self.codec.quantize
         out: dict[str, torch.Tensor] = {}
         for name, theta in state.items():
@@ -349,7 +361,7 @@ class Recorder:
         self._check_usable()
         self._pending_ids = _as_ids(ids, self._next_step)
 
-    def attach(self, optimizer: Optional[torch.optim.Optimizer] = None) -> "Recorder":
+    def attach(self, optimizer: torch.optim.Optimizer | None = None) -> Recorder:
         """Hook mode: record a step after every ``optimizer.step()`` (its post-step hook).
 
         The loop then only calls :meth:`set_batch` before stepping. Returns ``self``.
@@ -393,7 +405,7 @@ class Recorder:
             return  # a non-zero rank: nothing written here
         try:
             self._staging.drain()
-            self.store.flush()
+            self._sink().flush()
         except BaseException as exc:
             self._fail(exc, self._next_step)
             raise
@@ -411,9 +423,9 @@ class Recorder:
                 self._staging.drain()
         finally:
             self._staging.close()
-        self.store.flush()
+        self._sink().flush()
 
-    def __enter__(self) -> "Recorder":
+    def __enter__(self) -> Recorder:
         return self
 
     def __exit__(self, *exc: object) -> None:

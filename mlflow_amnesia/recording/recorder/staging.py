@@ -12,7 +12,8 @@ import queue
 import threading
 import weakref
 from collections import deque
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -71,8 +72,8 @@ class PooledStaging:
         self._buffers = [torch.empty(off, dtype=torch.float32, pin_memory=pin) for _ in range(n_buffers)]
         self._free: deque[int] = deque(range(n_buffers))
         self._cond = threading.Condition()
-        self._queue: "queue.Queue[Optional[tuple[int, int, Any, dict]]]" = queue.Queue()
-        self._error: Optional[tuple[int, BaseException]] = None
+        self._queue: queue.Queue[tuple[int, int, Any, dict] | None] = queue.Queue()
+        self._error: tuple[int, BaseException] | None = None
         self._thread = threading.Thread(target=self._run, name="mlflow-amnesia-recorder", daemon=True)
         self._thread.start()
 
@@ -111,7 +112,7 @@ class PooledStaging:
         self._thread.join()
 
     @property
-    def failed_step(self) -> Optional[int]:
+    def failed_step(self) -> int | None:
         """The step whose hand-off to the store failed, if one did."""
         return None if self._error is None else self._error[0]
 

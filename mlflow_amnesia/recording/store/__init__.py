@@ -5,7 +5,16 @@
 """
 
 from mlflow_amnesia.recording.store.codecs import CODEC_NAMES, DEFAULT_CODEC, Codec, get_codec
-from mlflow_amnesia.recording.store.delta_store import FORMAT_VERSION, DeltaStore, PurgedStepsError, StoreProblem, StoreSize, StoreStats, TensorSpec, UnknownStepsError
+from mlflow_amnesia.recording.store.delta_store import (
+    FORMAT_VERSION,
+    DeltaStore,
+    PurgedStepsError,
+    StoreProblem,
+    StoreSize,
+    StoreStats,
+    TensorSpec,
+    UnknownStepsError,
+)
 
 __all__ = [
     "CODEC_NAMES",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import re
 import struct
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from mlflow_amnesia.errors import ChunkCorruptedError
 from mlflow_amnesia.recording.store.manifest import CHUNKS

@@ -25,7 +25,8 @@ from __future__ import annotations
 import abc
 import math
 import threading
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,7 @@ class Codec(abc.ABC):
     def encode(self, x: np.ndarray) -> bytes:
         """Compress one tensor's float32 values (flattened) into one zstd frame."""
         payload = self._pack(_as_f32_vector(x))
-        return _compressor(self.level).compress(payload)
+        return _compressor(self.level).compress(payload)  # type: ignore[arg-type]  # an ndarray is a buffer: no copy
 
     def decode(self, b: bytes, n: int) -> np.ndarray:
         """The ``n`` float32 values of frame ``b`` (1-D)."""
@@ -155,7 +156,7 @@ class Codec(abc.ABC):
     def payload_size(self, n: int) -> int:
         """Bytes of the uncompressed payload of ``n`` values."""
 
-    def decompress(self, b: bytes, n: int) -> bytes:
+    def decompress(self, b: bytes | memoryview, n: int) -> bytes:
         """The payload of frame ``b``; refuses a frame declaring another size, before allocating.
 
         Raises :class:`ChunkCorruptedError` (without a file name: the caller adds it).
@@ -307,7 +308,7 @@ class Int8Codec(Codec):
         """The same arithmetic as ``quantize``, in numpy: float32 scales and int8 codes."""
         n = x.size
         nb = math.ceil(n / self.block)
-        xp = np.zeros(nb * self.block, dtype=_F32)
+        xp: np.ndarray = np.zeros(nb * self.block, dtype=_F32)
         xp[:n] = x
         xp = xp.reshape(nb, self.block)
         scale = (np.abs(xp).max(axis=1, keepdims=True) / np.float32(127)).astype(_F32)

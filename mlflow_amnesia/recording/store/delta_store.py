@@ -49,18 +49,45 @@ import posixpath
 import queue
 import threading
 from collections import deque
-from typing import Any, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from mlflow_amnesia.errors import ChunkCorruptedError, InputError, PurgedStepsError, StoreError, UnknownStepsError
 from mlflow_amnesia.errors import fmt_steps as _fmt_steps
-from mlflow_amnesia.recording.fs import TMP_MARK, is_local, url_to_fs, write_file
 from mlflow_amnesia.progress import Progress
-from mlflow_amnesia.recording.store.chunk import CHUNK_RE, MARKER_RE, chunk_file, marker_file, pack_chunk, seal_chunk, unpack_chunk, unseal_chunk
+from mlflow_amnesia.recording.fs import TMP_MARK, is_local, url_to_fs, write_file
+from mlflow_amnesia.recording.store.chunk import (
+    CHUNK_RE,
+    MARKER_RE,
+    chunk_file,
+    marker_file,
+    pack_chunk,
+    seal_chunk,
+    unpack_chunk,
+    unseal_chunk,
+)
 from mlflow_amnesia.recording.store.codecs import DEFAULT_CODEC, Codec, get_codec
-from mlflow_amnesia.recording.store.manifest import CHUNKS, DEFAULT_PART_BYTES, FORMAT, FORMAT_VERSION, MANIFEST, StepEntry, TensorSpec, check_chunks, check_meta, check_step, dumps, manifest_obj, now, parse_manifest, partition, read_manifest
+from mlflow_amnesia.recording.store.manifest import (
+    CHUNKS,
+    DEFAULT_PART_BYTES,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    StepEntry,
+    TensorSpec,
+    check_chunks,
+    check_meta,
+    check_step,
+    dumps,
+    manifest_obj,
+    now,
+    parse_manifest,
+    partition,
+    read_manifest,
+)
 
 __all__ = [
     "DeltaStore",
@@ -158,6 +185,36 @@ class DeltaStore:
     the methods (the store runs its own threads inside).
     """
 
+    # The state of an open store, set by create/open (_new) and the manifest (_load_manifest).
+    url: str
+    stats: StoreStats
+    _fs: Any
+    _root: str
+    _local: bool
+    _threads: int
+    _max_pending: int
+    _writable: bool
+    _steps: dict[int, StepEntry]
+    _n_in_manifest: int
+    _pending_markers: list[int]
+    _pool: cf.ThreadPoolExecutor | None
+    _committer: threading.Thread | None
+    _closed: bool
+    _error: BaseException | None
+    _error_step: int | None
+    _last_step: int
+    _lock: threading.Lock
+    _encryption: dict[str, str] | None
+    _cipher: Any
+    _codec: Codec
+    _layout: list[TensorSpec]
+    _parts: list[tuple[int, int]]
+    _part_bytes: int
+    _meta: dict[str, Any]
+    _created: str
+    _slots: threading.BoundedSemaphore
+    _jobs: queue.Queue[_Job | None]
+
     # ----------------------------------------------------------------- construction
 
     def __init__(self, *, _private: object) -> None:
@@ -177,7 +234,7 @@ class DeltaStore:
         part_bytes: int = DEFAULT_PART_BYTES,
         storage_options: Mapping[str, Any] | None = None,
         key: bytes | None,
-    ) -> "DeltaStore":
+    ) -> DeltaStore:
         """A new, empty store at ``url`` open for appending; StoreError if one is there already.
 
         ``key``: the record key (:func:`mlflow_amnesia.keys.load_key`); every chunk is sealed under
@@ -243,7 +300,7 @@ class DeltaStore:
         max_pending: int = 4,
         storage_options: Mapping[str, Any] | None = None,
         key: bytes | None = None,
-    ) -> "DeltaStore":
+    ) -> DeltaStore:
         """Open the store at ``url``: ``mode="r"`` to read, ``"a"`` to clean debris and append.
 
         ``manifest``: a copy of :meth:`manifest_bytes` (bytes, JSON text or dict), e.g. the
@@ -282,7 +339,7 @@ class DeltaStore:
         return self
 
     @classmethod
-    def _new(cls, url: str, *, threads: int, max_pending: int, storage_options: Mapping[str, Any] | None, writable: bool) -> "DeltaStore":
+    def _new(cls, url: str, *, threads: int, max_pending: int, storage_options: Mapping[str, Any] | None, writable: bool) -> DeltaStore:
         for name, v in (("threads", threads), ("max_pending", max_pending)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive int, got {v!r}")
@@ -297,19 +354,19 @@ class DeltaStore:
         self._threads = threads
         self._max_pending = max_pending
         self._writable = writable
-        self._steps: dict[int, StepEntry] = {}
+        self._steps = {}
         self._n_in_manifest = 0
-        self._pending_markers: list[int] = []
+        self._pending_markers = []
         self.stats = StoreStats()
-        self._pool: cf.ThreadPoolExecutor | None = None
-        self._committer: threading.Thread | None = None
+        self._pool = None
+        self._committer = None
         self._closed = False
-        self._error: BaseException | None = None
-        self._error_step: int | None = None
+        self._error = None
+        self._error_step = None
         self._last_step = -1
         self._lock = threading.Lock()  # guards _steps, _pending_markers, _error against the committer
-        self._encryption: dict[str, str] | None = None  # the manifest's "encryption" (format 2)
-        self._cipher: Any = None  # crypto.ChunkCipher once the key is known
+        self._encryption = None  # the manifest's "encryption" (format 2)
+        self._cipher = None  # crypto.ChunkCipher once the key is known
         return self
 
     def _use_key(self, key: bytes | None) -> None:
@@ -432,7 +489,8 @@ class DeltaStore:
             self._raise_background_error()
         self._last_step = step
         try:
-            futures = [self._pool.submit(self._write_part, step, p, arrays[a:b]) for p, (a, b) in enumerate(self._parts)]
+            pool = self._ensure_pool()
+            futures = [pool.submit(self._write_part, step, p, arrays[a:b]) for p, (a, b) in enumerate(self._parts)]
         except BaseException:
             self._slots.release()
             raise
@@ -464,7 +522,7 @@ class DeltaStore:
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
 
-    def __enter__(self) -> "DeltaStore":
+    def __enter__(self) -> DeltaStore:
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
@@ -486,7 +544,7 @@ class DeltaStore:
     def _start_writer(self) -> None:
         self._last_step = max(self._steps, default=-1)
         self._slots = threading.BoundedSemaphore(self._max_pending)
-        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._jobs = queue.Queue()
         self._ensure_pool()
         self._committer = threading.Thread(target=self._commit_loop, name="delta-store-commit", daemon=True)
         self._committer.start()
@@ -664,10 +722,11 @@ class DeltaStore:
         unknown = [s for s, e in zip(steps, found) if e is None]
         if unknown:
             raise UnknownStepsError(unknown, self.url)
-        purged = [s for s, e in zip(steps, found) if e.purged]
+        entries = [e for e in found if e is not None]
+        purged = [s for s, e in zip(steps, entries) if e.purged]
         if purged:
             raise PurgedStepsError(purged, self.url)
-        return found  # type: ignore[return-value]
+        return entries
 
     def _read_chunk(self, step: int, chunk: Mapping[str, Any]) -> bytes:
         """A chunk's bytes, size and sha256 checked; ChunkCorruptedError names step and file."""
@@ -915,7 +974,7 @@ class DeltaStore:
         """
         return [(rel, b) for _, rel, b in self._leftover_chunks()]
 
-    def check_copy(self, copy: "DeltaStore") -> list[str]:
+    def check_copy(self, copy: DeltaStore) -> list[str]:
         """How a copied manifest (``copy``: this URL opened with ``manifest=``, e.g. a model
         version's) disagrees with this store's own; empty when they agree.
 

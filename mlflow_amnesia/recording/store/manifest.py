@@ -15,7 +15,8 @@ import dataclasses
 import datetime as _dt
 import json
 import math
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +70,7 @@ class TensorSpec:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
     @classmethod
-    def parse(cls, obj: Any) -> "TensorSpec":
+    def parse(cls, obj: Any) -> TensorSpec:
         """From a TensorSpec or ``{"name", "shape", "dtype"}``; InputError when malformed."""
         if isinstance(obj, TensorSpec):
             return obj
