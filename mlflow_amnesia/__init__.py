@@ -28,4 +28,14 @@ from .mlflow.flavor import FLAVOR_NAME, AmnesiaModel, load_model, log_model, sav
 
 _install_shadow_cache()  # the audit keeps its shadow models as MLflow runs (mlflow_amnesia.mlflow.shadow_cache)
 
-__all__ = ["AmnesiaError", "AmnesiaModel", "FLAVOR_NAME", "forget", "load_model", "log_model", "save_model", "train", "__version__"]
+__all__ = [
+    "AmnesiaError",
+    "AmnesiaModel",
+    "FLAVOR_NAME",
+    "forget",
+    "load_model",
+    "log_model",
+    "save_model",
+    "train",
+    "__version__",
+]

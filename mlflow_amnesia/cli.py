@@ -42,8 +42,11 @@ def _friendly(fn=None, *, creates_store: bool = False):
         except AmnesiaError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
-            click.echo("interrupted: a version is registered only as the last step, complete; "
-                       "`mlflow-amnesia lineage` shows what exists, and re-running is safe", err=True)
+            click.echo(
+                "interrupted: a version is registered only as the last step, complete; "
+                "`mlflow-amnesia lineage` shows what exists, and re-running is safe",
+                err=True,
+            )
             sys.exit(130)
         except Exception as e:  # noqa: BLE001 - classify only tracking-server failures
             from mlflow.exceptions import MlflowException
@@ -101,16 +104,27 @@ def _method_named(value, flag):
 def _version_options(fn):
     fn = click.option("--alias", default=None, help="Use the version this alias points to (e.g. production).")(fn)
     fn = click.option("--version", "version", type=int, default=None, help="Model version (default: the latest).")(fn)
-    fn = click.option("--model", "model_name", required=True, help="Registered model name, as `train` registered it.")(fn)
+    fn = click.option("--model", "model_name", required=True, help="Registered model name, as `train` registered it.")(
+        fn
+    )
     return fn
 
 
 def _audit_options(fn):
-    fn = click.option("--inversion-iterations", default=1000, show_default=True, type=click.IntRange(min=1),
-                      help="Model-inversion gradient steps per class (a PROCESS denoising step every 500).")(fn)
-    fn = click.option("--shadows", default=None, callback=_optional_count,
-                      help="Shadow models for membership inference, >= 2 (default, or empty: 4 on digits, 16 "
-                           "otherwise; trained once, then cached).")(fn)
+    fn = click.option(
+        "--inversion-iterations",
+        default=1000,
+        show_default=True,
+        type=click.IntRange(min=1),
+        help="Model-inversion gradient steps per class (a PROCESS denoising step every 500).",
+    )(fn)
+    fn = click.option(
+        "--shadows",
+        default=None,
+        callback=_optional_count,
+        help="Shadow models for membership inference, >= 2 (default, or empty: 4 on digits, 16 "
+        "otherwise; trained once, then cached).",
+    )(fn)
     return fn
 
 
@@ -123,15 +137,18 @@ def _optional_count(ctx, param, value):
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an integer") from None
     if n < 2:
-        raise click.BadParameter(f"{n} is below 2: membership inference needs shadows that saw and did not see each record")
+        raise click.BadParameter(
+            f"{n} is below 2: membership inference needs shadows that saw and did not see each record"
+        )
     return n
 
 
 def _settings(shadows, inversion_iterations):
     from .audit.privacy import AuditSettings
 
-    return AuditSettings(shadows=shadows, inversion_iterations=inversion_iterations,
-                         process_every=min(500, inversion_iterations))
+    return AuditSettings(
+        shadows=shadows, inversion_iterations=inversion_iterations, process_every=min(500, inversion_iterations)
+    )
 
 
 class _Main(click.Group):
@@ -175,79 +192,214 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--dataset", default="digits", show_default=True,
-              help="digits (offline, scikit-learn's bundled set), mnist, cifar100 (downloaded by torchvision), or idx:<dir> (MNIST-format files).")
-@click.option("--arch", default="resnet18", show_default=True,
-              help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.")
+@click.option(
+    "--dataset",
+    default="digits",
+    show_default=True,
+    help="digits (offline, scikit-learn's bundled set), mnist, cifar100 (downloaded by torchvision), or idx:<dir> (MNIST-format files).",
+)
+@click.option(
+    "--arch",
+    default="resnet18",
+    show_default=True,
+    help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.",
+)
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
 @click.option("--lr", default=0.02, show_default=True, type=float, callback=_checked(validation.positive_number))
-@click.option("--momentum", default=0.9, show_default=True, type=float,
-              callback=_checked(validation.non_negative_number, "momentum"))
-@click.option("--weight-decay", default=5e-4, show_default=True, type=float,
-              callback=_checked(validation.non_negative_number, "weight decay"))
+@click.option(
+    "--momentum",
+    default=0.9,
+    show_default=True,
+    type=float,
+    callback=_checked(validation.non_negative_number, "momentum"),
+)
+@click.option(
+    "--weight-decay",
+    default=5e-4,
+    show_default=True,
+    type=float,
+    callback=_checked(validation.non_negative_number, "weight decay"),
+)
 @click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--codec", default=None, type=_Named(CODECS.names(), validation.known_codec),
-              help="Delta codec: int8 (default), bf16, f32 (lossless), zstd (lossless, unshuffled: a baseline).")
-@click.option("--store-uri", default=None, callback=_checked(validation.writable_store_uri),
-              help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).")
-@click.option("--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).")
+@click.option(
+    "--codec",
+    default=None,
+    type=_Named(CODECS.names(), validation.known_codec),
+    help="Delta codec: int8 (default), bf16, f32 (lossless), zstd (lossless, unshuffled: a baseline).",
+)
+@click.option(
+    "--store-uri",
+    default=None,
+    callback=_checked(validation.writable_store_uri),
+    help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).",
+)
+@click.option(
+    "--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet)."
+)
 @click.option("--data-root", default=None, help="Where mnist/cifar100 are (or are downloaded to).")
-@click.option("--holdout-fraction", default=0.2, show_default=True, type=click.FloatRange(0.0, 1.0, max_open=True),
-              help="Share of records held out (data sets without a predefined test split).")
-@click.option("--audit/--no-audit", default=True, show_default=True,
-              help="Run the privacy audit (membership inference, inversion) on the new version.")
+@click.option(
+    "--holdout-fraction",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Share of records held out (data sets without a predefined test split).",
+)
+@click.option(
+    "--audit/--no-audit",
+    default=True,
+    show_default=True,
+    help="Run the privacy audit (membership inference, inversion) on the new version.",
+)
 @_audit_options
 @_friendly(creates_store=True)
-def train(dataset, arch, epochs, batch_size, lr, momentum, weight_decay, seed, codec, store_uri, model_name, data_root,
-          holdout_fraction, audit, shadows, inversion_iterations):
+def train(
+    dataset,
+    arch,
+    epochs,
+    batch_size,
+    lr,
+    momentum,
+    weight_decay,
+    seed,
+    codec,
+    store_uri,
+    model_name,
+    data_root,
+    holdout_fraction,
+    audit,
+    shadows,
+    inversion_iterations,
+):
     """Train a model with every optimizer step recorded; register it as a new model version."""
     from .jobs.train import train as run_train
 
-    r = run_train(dataset=dataset, arch=arch, epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum,
-                  weight_decay=weight_decay, seed=seed, codec=codec or None, store_uri=store_uri or None,
-                  model_name=model_name or None, data_root=data_root, holdout_fraction=holdout_fraction, audit=audit,
-                  audit_settings=_settings(shadows, inversion_iterations))
-    click.echo(f"{r.model_name} v{r.version}: acc.test {r.metrics.get('acc.test', float('nan')):.4f}, {r.steps} steps recorded (run {r.run_id})")
+    r = run_train(
+        dataset=dataset,
+        arch=arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        seed=seed,
+        codec=codec or None,
+        store_uri=store_uri or None,
+        model_name=model_name or None,
+        data_root=data_root,
+        holdout_fraction=holdout_fraction,
+        audit=audit,
+        audit_settings=_settings(shadows, inversion_iterations),
+    )
+    click.echo(
+        f"{r.model_name} v{r.version}: acc.test {r.metrics.get('acc.test', float('nan')):.4f}, {r.steps} steps recorded (run {r.run_id})"
+    )
 
 
 @main.command()
 @_version_options
-@click.option("--records", "records_file", type=click.Path(dir_okay=False), default=None,
-              help="Text file, one record id per line (# comments and blank lines ignored).")
+@click.option(
+    "--records",
+    "records_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Text file, one record id per line (# comments and blank lines ignored).",
+)
 @click.option("--class", "cls", default=None, help="Forget every training record of this class (index or name).")
-@click.option("--method", default="amnesiac", show_default=True, type=_Named(METHODS.names(), _method_named),
-              help="Unlearning method: amnesiac (roll back the steps that saw the records), relabel (train on "
-                   "the records with wrong labels), finetune (continue training without them), retrain (from the "
-                   "initial weights without them: the reference).")
-@click.option("--epochs", "method_epochs", default=None, type=click.IntRange(min=1),
-              help="Training epochs of relabel / finetune (default 1) and retrain (default: as trained).")
-@click.option("--copies", default=4, show_default=True, type=click.IntRange(min=1),
-              help="relabel: copies of each forgotten record inserted with random wrong labels.")
-@click.option("--repair", type=click.Choice(list(REPAIRS.names())), default="none", show_default=True,
-              help="After amnesiac rollback: finetune on the retained records, or replay the rolled-back steps "
-                   "without the forgotten records.")
+@click.option(
+    "--method",
+    default="amnesiac",
+    show_default=True,
+    type=_Named(METHODS.names(), _method_named),
+    help="Unlearning method: amnesiac (roll back the steps that saw the records), relabel (train on "
+    "the records with wrong labels), finetune (continue training without them), retrain (from the "
+    "initial weights without them: the reference).",
+)
+@click.option(
+    "--epochs",
+    "method_epochs",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Training epochs of relabel / finetune (default 1) and retrain (default: as trained).",
+)
+@click.option(
+    "--copies",
+    default=4,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="relabel: copies of each forgotten record inserted with random wrong labels.",
+)
+@click.option(
+    "--repair",
+    type=click.Choice(list(REPAIRS.names())),
+    default="none",
+    show_default=True,
+    help="After amnesiac rollback: finetune on the retained records, or replay the rolled-back steps "
+    "without the forgotten records.",
+)
 @click.option("--repair-epochs", default=1, show_default=True, type=click.IntRange(min=1))
-@click.option("--repair-lr", default=None, type=float, callback=_checked(validation.positive_number, "repair learning rate"),
-              help="Learning rate of the repair (default: the training lr).")
-@click.option("--max-step-share", default=0.01, show_default=True, type=float,
-              help="Warn and ask (refuse without --yes) above this share of rolled-back steps.")
+@click.option(
+    "--repair-lr",
+    default=None,
+    type=float,
+    callback=_checked(validation.positive_number, "repair learning rate"),
+    help="Learning rate of the repair (default: the training lr).",
+)
+@click.option(
+    "--max-step-share",
+    default=0.01,
+    show_default=True,
+    type=float,
+    help="Warn and ask (refuse without --yes) above this share of rolled-back steps.",
+)
 @click.option("--dry-run", is_flag=True, help="Report the affected steps and what would be registered; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Proceed without asking, also above --max-step-share.")
 @click.option("--set-alias", default=None, help="Move this alias (e.g. production) to the new version.")
-@click.option("--purge", "purge_parent", is_flag=True,
-              help="After registering, purge the version just superseded (GDPR erasure of its weights and of the "
-                   "deltas of the steps that saw the records; see `mlflow-amnesia purge --help`).")
-@click.option("--store-uri", default=None, callback=_checked(validation.writable_store_uri),
-              help="fsspec URL for deltas recorded by a repair (default: as at training).")
+@click.option(
+    "--purge",
+    "purge_parent",
+    is_flag=True,
+    help="After registering, purge the version just superseded (GDPR erasure of its weights and of the "
+    "deltas of the steps that saw the records; see `mlflow-amnesia purge --help`).",
+)
+@click.option(
+    "--store-uri",
+    default=None,
+    callback=_checked(validation.writable_store_uri),
+    help="fsspec URL for deltas recorded by a repair (default: as at training).",
+)
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
-@click.option("--audit/--no-audit", default=True, show_default=True,
-              help="Run the privacy audit (membership inference, inversion) on the new version.")
+@click.option(
+    "--audit/--no-audit",
+    default=True,
+    show_default=True,
+    help="Run the privacy audit (membership inference, inversion) on the new version.",
+)
 @_audit_options
 @_friendly
-def forget(model_name, version, alias, records_file, cls, method, method_epochs, copies, repair, repair_epochs, repair_lr,
-           max_step_share, dry_run, yes, set_alias, store_uri, data_root, audit, shadows, inversion_iterations,
-           purge_parent):
+def forget(
+    model_name,
+    version,
+    alias,
+    records_file,
+    cls,
+    method,
+    method_epochs,
+    copies,
+    repair,
+    repair_epochs,
+    repair_lr,
+    max_step_share,
+    dry_run,
+    yes,
+    set_alias,
+    store_uri,
+    data_root,
+    audit,
+    shadows,
+    inversion_iterations,
+    purge_parent,
+):
     """Forget records: register version n+1 without their contribution, with lineage tags.
 
     Re-running a forget that was stopped after registering its version completes that version
@@ -257,26 +409,52 @@ def forget(model_name, version, alias, records_file, cls, method, method_epochs,
 
     max_step_share = check_step_share(max_step_share)  # before any registry call: one line, exit 1
     confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
-    r = run_forget(model_name, records_file=records_file, cls=cls, version=version, alias=alias, method=method,
-                   repair=repair, repair_epochs=repair_epochs, repair_lr=repair_lr, method_epochs=method_epochs,
-                   copies=copies, dry_run=dry_run, yes=yes,
-                   max_step_share=max_step_share, set_alias=set_alias, store_uri=store_uri, data_root=data_root,
-                   confirm=confirm, audit=audit, audit_settings=_settings(shadows, inversion_iterations),
-                   purge=purge_parent)
+    r = run_forget(
+        model_name,
+        records_file=records_file,
+        cls=cls,
+        version=version,
+        alias=alias,
+        method=method,
+        repair=repair,
+        repair_epochs=repair_epochs,
+        repair_lr=repair_lr,
+        method_epochs=method_epochs,
+        copies=copies,
+        dry_run=dry_run,
+        yes=yes,
+        max_step_share=max_step_share,
+        set_alias=set_alias,
+        store_uri=store_uri,
+        data_root=data_root,
+        confirm=confirm,
+        audit=audit,
+        audit_settings=_settings(shadows, inversion_iterations),
+        purge=purge_parent,
+    )
     done = r.plan.completes
     if r.version is None and done is not None:
-        click.echo(f"dry run: {model_name} v{done} was registered by this request earlier and not finished; "
-                   f"would complete: {', '.join(r.completed)}")
+        click.echo(
+            f"dry run: {model_name} v{done} was registered by this request earlier and not finished; "
+            f"would complete: {', '.join(r.completed)}"
+        )
     elif r.version is None:
-        click.echo(f"dry run: {r.plan.describe()}" + (f"; --purge would then purge v{r.plan.parent_version}" if purge_parent else ""))
+        click.echo(
+            f"dry run: {r.plan.describe()}"
+            + (f"; --purge would then purge v{r.plan.parent_version}" if purge_parent else "")
+        )
     elif done is not None:
-        click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {r.plan.method}): completed the earlier "
-                   f"registration of v{r.version} by this request, stopped before it finished: {', '.join(r.completed)}")
+        click.echo(
+            f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {r.plan.method}): completed the earlier "
+            f"registration of v{r.version} by this request, stopped before it finished: {', '.join(r.completed)}"
+        )
     else:
         m = r.metrics
-        click.echo(f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {method}): "
-                   f"rolled back {int(m.get('steps.rolled_back', 0))} of {r.plan.total_steps} steps; "
-                   f"acc.test {m.get('acc.test', float('nan')):.4f}, acc.forget {m.get('acc.forget', float('nan')):.4f}")
+        click.echo(
+            f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {method}): "
+            f"rolled back {int(m.get('steps.rolled_back', 0))} of {r.plan.total_steps} steps; "
+            f"acc.test {m.get('acc.test', float('nan')):.4f}, acc.forget {m.get('acc.forget', float('nan')):.4f}"
+        )
     if r.purge is not None:
         click.echo(r.purge.summary())
 
@@ -316,10 +494,18 @@ _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left b
     """
 
 
-@main.command(help=_PURGE_HELP, short_help="Erase superseded versions for good (GDPR): weights and the records' deltas.")
+@main.command(
+    help=_PURGE_HELP, short_help="Erase superseded versions for good (GDPR): weights and the records' deltas."
+)
 @click.option("--model", "model_name", required=True, help="Registered model name.")
-@click.option("--version", "versions", type=int, multiple=True, required=True,
-              help="A superseded version to purge; repeat to purge several at once (e.g. with its ancestors).")
+@click.option(
+    "--version",
+    "versions",
+    type=int,
+    multiple=True,
+    required=True,
+    help="A superseded version to purge; repeat to purge several at once (e.g. with its ancestors).",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, with byte counts; delete nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking for confirmation.")
 @_friendly
@@ -338,8 +524,12 @@ def purge(model_name, versions, dry_run, yes):
 @main.command()
 @_version_options
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
-@click.option("--privacy/--accuracy-only", default=True, show_default=True,
-              help="Include membership inference and model inversion (default), or accuracy figures only.")
+@click.option(
+    "--privacy/--accuracy-only",
+    default=True,
+    show_default=True,
+    help="Include membership inference and model inversion (default), or accuracy figures only.",
+)
 @_audit_options
 @_friendly
 def audit(model_name, version, alias, data_root, privacy, shadows, inversion_iterations):
@@ -348,18 +538,35 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
     logged on the run that produced the version, and its description table refreshed."""
     from .jobs.audit import audit_version
 
-    m = audit_version(model_name, version=version, alias=alias, data_root=data_root, privacy=privacy,
-                      settings=_settings(shadows, inversion_iterations))
+    m = audit_version(
+        model_name,
+        version=version,
+        alias=alias,
+        data_root=data_root,
+        privacy=privacy,
+        settings=_settings(shadows, inversion_iterations),
+    )
     for k in sorted(m):
         click.echo(f"{k}\t{m[k]:.4f}")
 
 
 @main.command()
 @click.option("--model", "model_name", required=True, help="Registered model name.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "png"]), default="text", show_default=True,
-              help="text (a tree), json (one object per version), or png (a picture of the tree).")
-@click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write to this file instead of stdout (png: default lineage-<model>.png).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "png"]),
+    default="text",
+    show_default=True,
+    help="text (a tree), json (one object per version), or png (a picture of the tree).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write to this file instead of stdout (png: default lineage-<model>.png).",
+)
 @_friendly
 def lineage(model_name, fmt, output):
     """Show the version tree: method, records, steps rolled back, accuracy and audit figures."""
@@ -399,7 +606,9 @@ def records(model_name, version, alias, cls, part, limit, labels, data_root):
     one per line, to write an ids file for `forget`. Already forgotten records are left out."""
     from .jobs.records import list_records
 
-    for rid, label in list_records(model_name, version=version, alias=alias, cls=cls, part=part, limit=limit, data_root=data_root):
+    for rid, label in list_records(
+        model_name, version=version, alias=alias, cls=cls, part=part, limit=limit, data_root=data_root
+    ):
         click.echo(f"{rid}\t{label}" if labels else rid)
 
 

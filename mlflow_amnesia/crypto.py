@@ -117,15 +117,24 @@ def _nonce(base: bytes, i: int) -> bytes:
 def seal_file(data: bytes, key: bytes, role: str) -> bytes:
     """``data`` encrypted under a fresh data key for the file role ``role`` (its file name)."""
     salt, base = new_salt(), os.urandom(NONCE_BYTES)
-    header = json.dumps({"scheme": SCHEME, "key_id": key_id(key), "role": role, "salt": salt.hex(),
-                         "nonce": base.hex(), "segment_bytes": _SEGMENT}, sort_keys=True).encode()
+    header = json.dumps(
+        {
+            "scheme": SCHEME,
+            "key_id": key_id(key),
+            "role": role,
+            "salt": salt.hex(),
+            "nonce": base.hex(),
+            "segment_bytes": _SEGMENT,
+        },
+        sort_keys=True,
+    ).encode()
     head = _FILE_PREFIX.pack(_FILE_MAGIC, _FILE_VERSION, len(header)) + header
     aead = AESGCM(_derive(key, salt, _FILE_INFO + role.encode()))
     mv = memoryview(data)
     n = max(1, -(-len(data) // _SEGMENT))
     out = [head]
     for i in range(n):
-        seg = bytes(mv[i * _SEGMENT:(i + 1) * _SEGMENT])
+        seg = bytes(mv[i * _SEGMENT : (i + 1) * _SEGMENT])
         out.append(aead.encrypt(_nonce(base, i), seg, _segment_aad(head, role, i, i == n - 1)))
     return b"".join(out)
 
@@ -136,8 +145,11 @@ def open_file(data: bytes, key: bytes | None, role: str, where: str) -> bytes:
     A missing or wrong key is a :class:`RecordKeyError` naming both key ids; a file of another
     role, a truncated, altered or foreign file is a :class:`StoreError`.
     """
+
     def damaged(why: str) -> StoreError:
-        return StoreError(f"{where} is damaged or was altered ({why}); restore it from a backup of the run's artifacts.")
+        return StoreError(
+            f"{where} is damaged or was altered ({why}); restore it from a backup of the run's artifacts."
+        )
 
     if len(data) < _FILE_PREFIX.size:
         raise damaged("shorter than its header")
@@ -145,13 +157,15 @@ def open_file(data: bytes, key: bytes | None, role: str, where: str) -> bytes:
     if magic != _FILE_MAGIC:
         raise damaged("not a sealed file")
     if version > _FILE_VERSION:
-        raise StoreError(f"{where} is a sealed file of version {version}, newer than the {_FILE_VERSION} this "
-                         "mlflow-amnesia reads; upgrade mlflow-amnesia.")
+        raise StoreError(
+            f"{where} is a sealed file of version {version}, newer than the {_FILE_VERSION} this "
+            "mlflow-amnesia reads; upgrade mlflow-amnesia."
+        )
     if hlen > _MAX_HEADER or _FILE_PREFIX.size + hlen > len(data):
         raise damaged("truncated header")
-    head = bytes(data[:_FILE_PREFIX.size + hlen])
+    head = bytes(data[: _FILE_PREFIX.size + hlen])
     try:
-        h = json.loads(head[_FILE_PREFIX.size:])
+        h = json.loads(head[_FILE_PREFIX.size :])
         stored_id, salt, base = str(h["key_id"]), bytes.fromhex(h["salt"]), bytes.fromhex(h["nonce"])
         seg_bytes, stored_role = int(h["segment_bytes"]), str(h["role"])
         if h["scheme"] != SCHEME or len(base) != NONCE_BYTES or seg_bytes < 1:
@@ -159,19 +173,24 @@ def open_file(data: bytes, key: bytes | None, role: str, where: str) -> bytes:
     except (ValueError, KeyError, TypeError):
         raise damaged("unreadable header") from None
     if stored_role != role:
-        raise StoreError(f"{where} holds a phase's {stored_role}, not its {role}: the file was swapped or renamed; "
-                         "restore it from a backup of the run's artifacts.")
+        raise StoreError(
+            f"{where} holds a phase's {stored_role}, not its {role}: the file was swapped or renamed; "
+            "restore it from a backup of the run's artifacts."
+        )
     if key is None or key_id(key) != stored_id:
         raise wrong_key(where, stored_id, key)
     aead = AESGCM(_derive(key, salt, _FILE_INFO + role.encode()))
-    body = memoryview(data)[len(head):]
+    body = memoryview(data)[len(head) :]
     step = seg_bytes + TAG_BYTES
     n = max(1, -(-len(body) // step))
     out = []
     try:
         for i in range(n):
-            out.append(aead.decrypt(_nonce(base, i), bytes(body[i * step:(i + 1) * step]),
-                                    _segment_aad(head, role, i, i == n - 1)))
+            out.append(
+                aead.decrypt(
+                    _nonce(base, i), bytes(body[i * step : (i + 1) * step]), _segment_aad(head, role, i, i == n - 1)
+                )
+            )
     except InvalidTag:
         raise damaged("authentication failed") from None
     return b"".join(out)

@@ -48,7 +48,9 @@ def parse_ids(text: bytes, source: str = "<ids>") -> IdsRequest:
         if not s or s.startswith("#"):
             continue
         if len(s) > MAX_ID_LEN:
-            raise InputError(f"{source} line {n}: a record id of {len(s)} characters (limit {MAX_ID_LEN}); is this the right file?")
+            raise InputError(
+                f"{source} line {n}: a record id of {len(s)} characters (limit {MAX_ID_LEN}); is this the right file?"
+            )
         if any(ord(c) < 32 for c in s):
             raise InputError(f"{source} line {n}: control characters in a record id; is this the right file?")
         if s in seen:
@@ -57,7 +59,9 @@ def parse_ids(text: bytes, source: str = "<ids>") -> IdsRequest:
         seen.add(s)
         ids.append(s)
     if not ids:
-        raise InputError(f"{source} holds no record ids (empty, or only blank and # comment lines): put one record id per line.")
+        raise InputError(
+            f"{source} holds no record ids (empty, or only blank and # comment lines): put one record id per line."
+        )
     return IdsRequest(ids=ids, duplicates=dups, source=source)
 
 

@@ -35,8 +35,11 @@ def _on_sigint(signum, frame) -> None:  # noqa: ARG001 - signal handler signatur
 
 def guard_startup() -> None:
     """For the ``mlflow-amnesia`` program: Ctrl-C ends it with one line, until :func:`end_startup`."""
-    if (_is_the_program() and threading.current_thread() is threading.main_thread()
-            and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+    if (
+        _is_the_program()
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
         signal.signal(signal.SIGINT, _on_sigint)
 
 

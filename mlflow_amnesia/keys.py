@@ -267,8 +267,7 @@ def _warn_if_open(p: Path) -> None:
         return
     if mode & 0o077:
         warnings.warn(
-            f"the record-hashing key file {p} is accessible to other users (mode {mode:o}); "
-            f"run `chmod 600 {p}`.",
+            f"the record-hashing key file {p} is accessible to other users (mode {mode:o}); run `chmod 600 {p}`.",
             UserWarning,
             stacklevel=3,
         )

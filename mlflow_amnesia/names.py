@@ -29,8 +29,14 @@ class Registry(Generic[T]):
     whose entries are registered (loaded) the first time the names are needed.
     """
 
-    def __init__(self, what: str, *, unknown: str = "unknown {what} {name!r}; choose one of {choices}",
-                 entry_point_group: str | None = None, normalize: Callable[[str], str] = str) -> None:
+    def __init__(
+        self,
+        what: str,
+        *,
+        unknown: str = "unknown {what} {name!r}; choose one of {choices}",
+        entry_point_group: str | None = None,
+        normalize: Callable[[str], str] = str,
+    ) -> None:
         self.what = what
         self._unknown = unknown
         self._group = entry_point_group

@@ -27,8 +27,19 @@ def accuracy_metrics(module, records, train_idx, holdout_idx, forget_idx) -> dic
     return out
 
 
-def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_spec: dict, recipe: dict,
-               privacy: bool = True, settings=None, artifact_dir: str | None = None) -> dict[str, float]:
+def full_audit(
+    module,
+    records,
+    split,
+    forget_idx,
+    forgotten_all_idx,
+    *,
+    arch_spec: dict,
+    recipe: dict,
+    privacy: bool = True,
+    settings=None,
+    artifact_dir: str | None = None,
+) -> dict[str, float]:
     """Accuracy figures, plus (``privacy``) membership inference and inversion; with
     ``artifact_dir`` the inversion grid is written there as ``inversion.png``."""
     retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
@@ -37,13 +48,31 @@ def full_audit(module, records, split, forget_idx, forgotten_all_idx, *, arch_sp
         from .privacy import privacy_audit
 
         png = f"{artifact_dir}/inversion.png" if artifact_dir else None
-        metrics.update(privacy_audit(module, records, split, forget_idx, forgotten_all_idx, arch_spec=arch_spec,
-                                     recipe=recipe, settings=settings, png_path=png))
+        metrics.update(
+            privacy_audit(
+                module,
+                records,
+                split,
+                forget_idx,
+                forgotten_all_idx,
+                arch_spec=arch_spec,
+                recipe=recipe,
+                settings=settings,
+                png_path=png,
+            )
+        )
     return metrics
 
 
-def audit_model(am, *, data_root: str | None = None, privacy: bool = True, settings=None,
-                artifact_dir: str | None = None, what: str | None = None) -> dict[str, float]:
+def audit_model(
+    am,
+    *,
+    data_root: str | None = None,
+    privacy: bool = True,
+    settings=None,
+    artifact_dir: str | None = None,
+    what: str | None = None,
+) -> dict[str, float]:
     """The full audit of a loaded version (:class:`~mlflow_amnesia.mlflow.flavor.AmnesiaModel`): its
     own request's forgotten records are the membership targets (see :mod:`.privacy`).
 
@@ -60,6 +89,20 @@ def audit_model(am, *, data_root: str | None = None, privacy: bool = True, setti
     last = am.info.last_request
     n = int(last.get("n_records", 0)) if last.get("method", "train") != "train" else 0
     # forgotten hashes are appended request by request: this version's request is the last n
-    this_request = forgotten_positions(records, sp.train, am.forgotten[len(am.forgotten) - n:], key) if n else np.zeros(0, np.int64)
-    return full_audit(am.module, records, sp, this_request, all_forgotten, arch_spec=am.arch,
-                      recipe=am.info.recipe or {}, privacy=privacy, settings=settings, artifact_dir=artifact_dir)
+    this_request = (
+        forgotten_positions(records, sp.train, am.forgotten[len(am.forgotten) - n :], key)
+        if n
+        else np.zeros(0, np.int64)
+    )
+    return full_audit(
+        am.module,
+        records,
+        sp,
+        this_request,
+        all_forgotten,
+        arch_spec=am.arch,
+        recipe=am.info.recipe or {},
+        privacy=privacy,
+        settings=settings,
+        artifact_dir=artifact_dir,
+    )

@@ -126,10 +126,14 @@ def invert_classes(
     cls = [int(c) for c in classes for _ in range(int(restarts))]
     bad = [c for c in cls if not 0 <= c < records.num_classes]
     if not len(classes) or bad:
-        raise InputError(f"classes to invert must be 0..{records.num_classes - 1} of {records.spec.get('spec')!r}; got {list(classes)!r}.")
+        raise InputError(
+            f"classes to invert must be 0..{records.num_classes - 1} of {records.spec.get('spec')!r}; got {list(classes)!r}."
+        )
     if iterations < 1 or process_every < 1 or lr <= 0 or noise < 0 or restarts < 1:
-        raise InputError("inversion needs iterations >= 1, process_every >= 1, lr > 0, noise >= 0, restarts >= 1; "
-                         f"got {iterations}, {process_every}, {lr}, {noise}, {restarts}.")
+        raise InputError(
+            "inversion needs iterations >= 1, process_every >= 1, lr > 0, noise >= 0, restarts >= 1; "
+            f"got {iterations}, {process_every}, {lr}, {noise}, {restarts}."
+        )
     low, high = (b.to(device) for b in pixel_bounds(records))
     c, h, w = records.x.shape[1:]
     gen = torch.Generator().manual_seed(int(seed))
@@ -220,8 +224,10 @@ class InversionResult:
         """Per targeted class: mean judge confidence and mean image correlation over its restarts."""
         j = self.judge_confidence.reshape(len(self.classes), self.restarts)
         c = self.mean_image_corr.reshape(len(self.classes), self.restarts)
-        return {k: {"judge_confidence": float(j[i].mean()), "mean_image_corr": float(c[i].mean())}
-                for i, k in enumerate(self.classes)}
+        return {
+            k: {"judge_confidence": float(j[i].mean()), "mean_image_corr": float(c[i].mean())}
+            for i, k in enumerate(self.classes)
+        }
 
     def metrics(self, prefix: str = "audit") -> dict[str, float]:
         """``<prefix>.inversion.score`` (= mean judge confidence), ``.judge_confidence``, ``.mean_image_corr``.
@@ -233,16 +239,20 @@ class InversionResult:
         judge = float(np.mean([p["judge_confidence"] for p in per]))
         corrs = [p["mean_image_corr"] for p in per if math.isfinite(p["mean_image_corr"])]
         corr = float(np.mean(corrs)) if corrs else math.nan
-        return {f"{prefix}.inversion.score": judge, f"{prefix}.inversion.judge_confidence": judge,
-                f"{prefix}.inversion.mean_image_corr": corr}
+        return {
+            f"{prefix}.inversion.score": judge,
+            f"{prefix}.inversion.judge_confidence": judge,
+            f"{prefix}.inversion.mean_image_corr": corr,
+        }
 
     def save_png(self, path: str | Path, records: Records) -> Path:
         """A PNG grid of the inversions (one row per class when restarts > 1), captioned
         ``class: judge confidence``."""
         image_classes = [c for c in self.classes for _ in range(self.restarts)]
         labels = [f"{records.classes[c]}: {p:.2f}" for c, p in zip(image_classes, self.judge_confidence)]
-        return save_image_grid(self.images, path, records=records, labels=labels,
-                               ncols=self.restarts if self.restarts > 1 else None)
+        return save_image_grid(
+            self.images, path, records=records, labels=labels, ncols=self.restarts if self.restarts > 1 else None
+        )
 
 
 def inversion_audit(
@@ -261,12 +271,31 @@ def inversion_audit(
     device: str | torch.device = "cpu",
 ) -> InversionResult:
     """Invert ``model`` for ``classes`` and score the inversions with ``judges`` (see module doc)."""
-    images = invert_classes(model, records, classes, iterations=iterations, process_every=process_every,
-                            lr=lr, noise=noise, restarts=restarts, seed=seed, device=device)
+    images = invert_classes(
+        model,
+        records,
+        classes,
+        iterations=iterations,
+        process_every=process_every,
+        lr=lr,
+        noise=noise,
+        restarts=restarts,
+        seed=seed,
+        device=device,
+    )
     image_classes = [int(c) for c in classes for _ in range(int(restarts))]
-    judge, corr = inversion_scores(images, image_classes, records, judges=judges, reference_idx=reference_idx, device=device)
-    settings = {"iterations": int(iterations), "process_every": int(process_every), "lr": float(lr),
-                "noise": float(noise), "restarts": int(restarts), "seed": int(seed), "n_judges": len(judges)}
+    judge, corr = inversion_scores(
+        images, image_classes, records, judges=judges, reference_idx=reference_idx, device=device
+    )
+    settings = {
+        "iterations": int(iterations),
+        "process_every": int(process_every),
+        "lr": float(lr),
+        "noise": float(noise),
+        "restarts": int(restarts),
+        "seed": int(seed),
+        "n_judges": len(judges),
+    }
     return InversionResult([int(c) for c in classes], int(restarts), images, judge, corr, settings)
 
 

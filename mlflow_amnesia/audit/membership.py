@@ -102,7 +102,6 @@ LiraVariant = Literal["auto", "online", "offline"]
 # The paper's attack: per-class networks
 
 
-
 @contextlib.contextmanager
 def _threads(n: int):
     """Run the block with ``n`` torch intra-op threads, restoring the count after."""
@@ -112,6 +111,7 @@ def _threads(n: int):
         yield
     finally:
         torch.set_num_threads(before)
+
 
 def attack_features(logits: torch.Tensor) -> torch.Tensor:
     """The attack network's input: the model's softmax vector (the paper's choice).
@@ -212,8 +212,10 @@ class AttackModels:
         trainable = (n_member > 0) & (n_member < counts)
         untrained = [int(c) for c in torch.nonzero(~trainable).flatten()]
         if untrained:
-            say(f"membership attack: class(es) {untrained} have no member/non-member examples in the shadow pool; "
-                "their records get the uninformative score 0.5")
+            say(
+                f"membership attack: class(es) {untrained} have no member/non-member examples in the shadow pool; "
+                "their records get the uninformative score 0.5"
+            )
         threads = torch.get_num_threads()
         with torch.random.fork_rng(devices=[]), _threads(1 if torch.device(device).type == "cpu" else threads):
             # the batches are tiny (k x 128 x k): one thread is faster, and on shared cores up to
@@ -241,7 +243,10 @@ class AttackModels:
             "shadow_key": shadows.cache_key,
             "features": "softmax",
             "hidden": list(HIDDEN),
-            "steps": int(steps), "batch_size": int(batch_size), "lr": float(lr), "seed": int(seed),
+            "steps": int(steps),
+            "batch_size": int(batch_size),
+            "lr": float(lr),
+            "seed": int(seed),
             "train_accuracy": [float(a) if t else None for a, t in zip(acc.tolist(), trainable.tolist())],
             "untrained_classes": untrained,
             "fit_seconds": time.monotonic() - t0,
@@ -252,7 +257,9 @@ class AttackModels:
     def member_probability(self, logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
         """P(member) (float64) for records with these model ``logits`` and true ``labels``."""
         if logits.ndim != 2 or logits.shape[1] != self.num_classes:
-            raise InputError(f"the attack models expect {self.num_classes} classes; the model gives logits {tuple(logits.shape)}.")
+            raise InputError(
+                f"the attack models expect {self.num_classes} classes; the model gives logits {tuple(logits.shape)}."
+            )
         self.net.eval()
         labels = labels.to(torch.int64).cpu()
         p = torch.sigmoid(self.net(attack_features(logits.cpu()), labels)).double()
@@ -275,8 +282,13 @@ class AttackModels:
         buf = io.BytesIO()
         torch.save(self.net.state_dict(), buf)
         digest = _write_atomic(d / _ATTACK_WEIGHTS, buf.getvalue())
-        meta = {"format": ATTACK_FORMAT, "num_classes": self.num_classes, "n_features": int(self.net.weights[0].shape[1]),
-                "weights_sha256": digest, "info": self.info}
+        meta = {
+            "format": ATTACK_FORMAT,
+            "num_classes": self.num_classes,
+            "n_features": int(self.net.weights[0].shape[1]),
+            "weights_sha256": digest,
+            "info": self.info,
+        }
         _write_atomic(d / _ATTACK_META, json.dumps(meta, indent=1, sort_keys=True).encode())
         return d
 
@@ -291,7 +303,9 @@ class AttackModels:
         except (OSError, ValueError) as e:
             raise InputError(f"{d} holds no readable attack models ({e}); {redo}.") from None
         if int(meta.get("format", -1)) != ATTACK_FORMAT:
-            raise InputError(f"{d / _ATTACK_META} is attack format {meta.get('format')!r}; this mlflow-amnesia reads {ATTACK_FORMAT}; {redo}.")
+            raise InputError(
+                f"{d / _ATTACK_META} is attack format {meta.get('format')!r}; this mlflow-amnesia reads {ATTACK_FORMAT}; {redo}."
+            )
         if "sha256:" + hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
             raise InputError(f"{d / _ATTACK_WEIGHTS} does not match its recorded sha256: it is damaged; {redo}.")
         net = _PerClassMLP(int(meta["num_classes"]), int(meta["n_features"]))
@@ -346,7 +360,9 @@ def lira_scores(
         lacking |= m.sum(0) == 0
     if lacking.any():
         side = "IN and OUT" if online else "OUT"
-        raise InputError(f"{int(lacking.sum())} record(s) have no {side} shadow model: use the offline test or a pool and shadow count that cover them.")
+        raise InputError(
+            f"{int(lacking.sum())} record(s) have no {side} shadow model: use the offline test or a pool and shadow count that cover them."
+        )
     if per_record_variance is None:
         per_record_variance = all(int(m.sum(0).min()) >= PER_RECORD_VARIANCE_MIN for m in need)
     mu_out, sd_out = _side_stats(phi, m_out, pooled_std[1], per_record_variance)
@@ -377,7 +393,9 @@ class MembershipScores:
             rows = np.fromiter((where[int(p)] for p in positions), dtype=np.int64, count=len(positions))
         except KeyError as e:
             raise InputError(f"record position {e.args[0]} was not scored in this membership audit.") from None
-        return MembershipScores(self.positions[rows], self.mia[rows], self.lira[rows], self.lira_variant, self.phi[rows])
+        return MembershipScores(
+            self.positions[rows], self.mia[rows], self.lira[rows], self.lira_variant, self.phi[rows]
+        )
 
 
 def score_records(
@@ -399,7 +417,9 @@ def score_records(
     attack.check_shadows(shadows)
     pos = np.asarray(positions, dtype=np.int64)
     if len(pos) and (pos.min() < 0 or pos.max() >= len(records)):
-        raise InputError(f"audited positions must lie in 0..{len(records) - 1} of data set {records.spec.get('spec')!r}.")
+        raise InputError(
+            f"audited positions must lie in 0..{len(records) - 1} of data set {records.spec.get('spec')!r}."
+        )
     logits = predict_logits(target_module, records.x[pos], device=device)
     y = records.y[pos]
     phi_t = logit_confidence(logits, y)
@@ -410,13 +430,19 @@ def score_records(
         lira = "online" if both else "offline"
     if lira not in ("online", "offline"):
         raise InputError(f"LiRA variant {lira!r}: use auto, online or offline.")
-    scores = lira_scores(phi_t, shadows.shadow_phi(records, pos, device=device), in_mask,
-                         online=lira == "online", pooled_std=shadows.pooled_std())
+    scores = lira_scores(
+        phi_t,
+        shadows.shadow_phi(records, pos, device=device),
+        in_mask,
+        online=lira == "online",
+        pooled_std=shadows.pooled_std(),
+    )
     return MembershipScores(pos, mia, scores, lira, phi_t)
 
 
-def membership_metrics(targets: MembershipScores, nonmembers: MembershipScores, *, threshold: float = 0.5,
-                       prefix: str = "audit") -> dict[str, float]:
+def membership_metrics(
+    targets: MembershipScores, nonmembers: MembershipScores, *, threshold: float = 0.5, prefix: str = "audit"
+) -> dict[str, float]:
     """The eight contract metrics (:data:`METRIC_NAMES`, with ``audit`` replaced by ``prefix``)."""
     if targets.lira_variant != nonmembers.lira_variant:
         raise InputError("targets and non-members were scored with different LiRA variants; score them in one call.")
@@ -460,7 +486,9 @@ def membership_audit(
         raise InputError(f"a membership audit needs target records and non-members; got {len(t)} and {len(n)}.")
     both = np.intersect1d(t, n)
     if len(both):
-        raise InputError(f"{len(both)} record(s) are both targets and non-members (e.g. {records.ids[both[0]]!r}); "
-                         "non-members must be held-out records the model never trained on.")
+        raise InputError(
+            f"{len(both)} record(s) are both targets and non-members (e.g. {records.ids[both[0]]!r}); "
+            "non-members must be held-out records the model never trained on."
+        )
     s = score_records(target_module, records, shadows, attack, np.r_[t, n], lira=lira, device=device)
     return membership_metrics(s.take(t), s.take(n), threshold=threshold, prefix=prefix)

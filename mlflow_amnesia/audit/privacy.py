@@ -96,8 +96,7 @@ def use_shadow_cache(cache: ShadowCache) -> None:
     _cache = cache
 
 
-def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *,
-                cache: ShadowCache | None = None):
+def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *, cache: ShadowCache | None = None):
     """(ShadowSet, AttackModels, where they are cached): from ``cache`` (default: the one
     :func:`use_shadow_cache` set), else trained and cached there."""
     from .membership import AttackModels
@@ -116,9 +115,18 @@ def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int
     return shadows, attack, store.save(key, shadows, attack)
 
 
-def privacy_audit(module, records, split, forget_idx: np.ndarray, forgotten_all_idx: np.ndarray, *,
-                  arch_spec: dict, recipe: dict, settings: AuditSettings | None = None,
-                  png_path: str | None = None) -> dict[str, float]:
+def privacy_audit(
+    module,
+    records,
+    split,
+    forget_idx: np.ndarray,
+    forgotten_all_idx: np.ndarray,
+    *,
+    arch_spec: dict,
+    recipe: dict,
+    settings: AuditSettings | None = None,
+    png_path: str | None = None,
+) -> dict[str, float]:
     """Membership-inference and inversion figures of ``module`` (see the module docstring)."""
     from .inversion import inversion_audit
     from .membership import membership_audit
@@ -134,8 +142,11 @@ def privacy_audit(module, records, split, forget_idx: np.ndarray, forgotten_all_
     module.eval()
     if len(forget_idx):
         metrics = membership_audit(module, records, shadows, attack, targets_idx=forget_idx, nonmembers_idx=holdout)
-        metrics.update(membership_audit(module, records, shadows, attack, targets_idx=sample, nonmembers_idx=holdout,
-                                        prefix="audit.retain"))
+        metrics.update(
+            membership_audit(
+                module, records, shadows, attack, targets_idx=sample, nonmembers_idx=holdout, prefix="audit.retain"
+            )
+        )
         ys = records.y.numpy()[forget_idx]
         vals, counts = np.unique(ys, return_counts=True)
         classes = [int(c) for c in vals[np.argsort(-counts, kind="stable")][: s.inversion_classes]]
@@ -143,8 +154,16 @@ def privacy_audit(module, records, split, forget_idx: np.ndarray, forgotten_all_
         metrics = membership_audit(module, records, shadows, attack, targets_idx=sample, nonmembers_idx=holdout)
         classes = list(range(min(10, records.num_classes)))
     say(f"audit: inverting class(es) {classes}")
-    inv = inversion_audit(module, records, classes, judges=shadows.modules(), reference_idx=holdout,
-                          iterations=s.inversion_iterations, process_every=s.process_every, seed=s.shadow_seed)
+    inv = inversion_audit(
+        module,
+        records,
+        classes,
+        judges=shadows.modules(),
+        reference_idx=holdout,
+        iterations=s.inversion_iterations,
+        process_every=s.process_every,
+        seed=s.shadow_seed,
+    )
     metrics.update(inv.metrics("audit"))
     if png_path:
         inv.save_png(png_path, records)

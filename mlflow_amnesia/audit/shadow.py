@@ -90,7 +90,9 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_logits(module: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu") -> torch.Tensor:
+def predict_logits(
+    module: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu"
+) -> torch.Tensor:
     """Logits of ``module`` (put in eval mode) on ``x``, in batches, returned on the CPU as float32."""
     module.eval()
     out = [module(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
@@ -114,7 +116,9 @@ def balanced_membership(n_shadows: int, n_pool: int, seed: int) -> np.ndarray:
     so the same ``seed`` gives the same matrix on every machine and NumPy release.
     """
     if n_shadows < 2:
-        raise InputError(f"membership inference needs at least 2 shadow models (one IN, one OUT per record), got {n_shadows}.")
+        raise InputError(
+            f"membership inference needs at least 2 shadow models (one IN, one OUT per record), got {n_shadows}."
+        )
     keys = epoch_order(n_shadows * n_pool, _derived_seed(seed, "membership"), 0).reshape(n_shadows, n_pool)
     ranks = np.argsort(np.argsort(keys, axis=0, kind="stable"), axis=0, kind="stable")
     return ranks < n_shadows // 2
@@ -132,9 +136,13 @@ def _recipe_dict(recipe: Recipe | Mapping[str, Any]) -> dict[str, Any]:
 def _check_pool(records: Records, pool_idx: Sequence[int] | np.ndarray) -> np.ndarray:
     pool = np.unique(np.asarray(pool_idx, dtype=np.int64))
     if len(pool) < 4:
-        raise InputError(f"the reference pool holds {len(pool)} record(s); shadow models need at least 4 (two per half).")
+        raise InputError(
+            f"the reference pool holds {len(pool)} record(s); shadow models need at least 4 (two per half)."
+        )
     if pool[0] < 0 or pool[-1] >= len(records):
-        raise InputError(f"the reference pool names positions outside 0..{len(records) - 1} of data set {records.spec.get('spec')!r}.")
+        raise InputError(
+            f"the reference pool names positions outside 0..{len(records) - 1} of data set {records.spec.get('spec')!r}."
+        )
     return pool
 
 
@@ -221,7 +229,9 @@ class ShadowSet:
             try:
                 m.load_state_dict(state, strict=True)
             except RuntimeError as e:
-                raise InputError(f"shadow model {i} does not fit architecture {self.arch_spec}: {e}; delete the cache and retrain.") from None
+                raise InputError(
+                    f"shadow model {i} does not fit architecture {self.arch_spec}: {e}; delete the cache and retrain."
+                ) from None
             out.append(m.to(device).eval())
         return out
 
@@ -253,7 +263,9 @@ class ShadowSet:
         if (~inside).any():
             outside = positions[~inside]
             for i, m in enumerate(self.modules(device)):
-                out[i, ~inside] = logit_confidence(predict_logits(m, records.x[outside], device=device), records.y[outside])
+                out[i, ~inside] = logit_confidence(
+                    predict_logits(m, records.x[outside], device=device), records.y[outside]
+                )
         return out
 
     def pooled_std(self) -> tuple[float, float]:
@@ -290,8 +302,11 @@ class ShadowSet:
         if meta_path.exists():
             meta_path.unlink()  # the commit marker goes first: a half-overwritten set is never "complete"
         files: dict[str, str] = {}
-        for name, arr in ((_POOL, self.pool.astype(np.int64)), (_MEMBERSHIP, self.membership.astype(bool)),
-                          (_PHI, self.phi.astype(np.float32))):
+        for name, arr in (
+            (_POOL, self.pool.astype(np.int64)),
+            (_MEMBERSHIP, self.membership.astype(bool)),
+            (_PHI, self.phi.astype(np.float32)),
+        ):
             files[name] = _write_atomic(d / name, _npy_bytes(arr))
         shadow_files = []
         for i, state in enumerate(self.states):
@@ -327,12 +342,20 @@ class ShadowSet:
         except (OSError, ValueError) as e:
             raise InputError(f"{meta_path} is not readable JSON ({e}); {redo}.") from None
         if int(meta.get("format", -1)) != SHADOW_FORMAT:
-            raise InputError(f"{meta_path} is shadow-set format {meta.get('format')!r}; this mlflow-amnesia reads {SHADOW_FORMAT}; {redo}.")
+            raise InputError(
+                f"{meta_path} is shadow-set format {meta.get('format')!r}; this mlflow-amnesia reads {SHADOW_FORMAT}; {redo}."
+            )
         need = {"cache_key", "fingerprint", "arch", "recipe", "seed", "shadows", "files"}
         files = meta.get("files") if isinstance(meta, dict) else None
-        if (not isinstance(meta, dict) or not need <= set(meta) or not isinstance(files, dict)
-                or not {_POOL, _MEMBERSHIP, _PHI, *meta["shadows"]} <= set(files)):
-            raise InputError(f"{meta_path} lacks entries a shadow set needs ({', '.join(sorted(need))} and every file's sha256); {redo}.")
+        if (
+            not isinstance(meta, dict)
+            or not need <= set(meta)
+            or not isinstance(files, dict)
+            or not {_POOL, _MEMBERSHIP, _PHI, *meta["shadows"]} <= set(files)
+        ):
+            raise InputError(
+                f"{meta_path} lacks entries a shadow set needs ({', '.join(sorted(need))} and every file's sha256); {redo}."
+            )
         blobs: dict[str, bytes] = {}
         for name, digest in files.items():
             p = d / name
@@ -341,14 +364,22 @@ class ShadowSet:
             except OSError as e:
                 raise InputError(f"shadow-set file {p} cannot be read ({e.strerror or e}); {redo}.") from None
             if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
-                raise InputError(f"shadow-set file {p} does not match the sha256 recorded in {meta_path}: it is damaged; {redo}.")
+                raise InputError(
+                    f"shadow-set file {p} does not match the sha256 recorded in {meta_path}: it is damaged; {redo}."
+                )
             blobs[name] = data
         arrays = {n: np.load(io.BytesIO(blobs[n]), allow_pickle=False) for n in (_POOL, _MEMBERSHIP, _PHI)}
         states = [torch.load(io.BytesIO(blobs[n]), map_location="cpu", weights_only=True) for n in meta["shadows"]]
         out = cls(
-            fingerprint=meta["fingerprint"], arch_spec=meta["arch"], recipe=meta["recipe"], seed=int(meta["seed"]),
-            pool=arrays[_POOL].astype(np.int64), membership=arrays[_MEMBERSHIP].astype(bool),
-            phi=arrays[_PHI].astype(np.float32), states=states, info=meta.get("info", {}),
+            fingerprint=meta["fingerprint"],
+            arch_spec=meta["arch"],
+            recipe=meta["recipe"],
+            seed=int(meta["seed"]),
+            pool=arrays[_POOL].astype(np.int64),
+            membership=arrays[_MEMBERSHIP].astype(bool),
+            phi=arrays[_PHI].astype(np.float32),
+            states=states,
+            info=meta.get("info", {}),
         )
         if out.cache_key != meta["cache_key"]:
             raise InputError(f"{meta_path}: the recorded cache key does not match the set's contents; {redo}.")
@@ -421,7 +452,21 @@ def train_shadows(
         states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
         prog.update(acc_in=acc_in[-1], acc_out=acc_out[-1])
     prog.close()
-    info = {"train_seconds": time.monotonic() - t0, "accuracy_in": acc_in, "accuracy_out": acc_out,
-            "device": str(device), "torch": torch.__version__}
-    return ShadowSet(fingerprint=records.fingerprint, arch_spec=spec, recipe=rec.to_dict(), seed=int(seed),
-                     pool=records_pool, membership=membership, phi=phi, states=states, info=info)
+    info = {
+        "train_seconds": time.monotonic() - t0,
+        "accuracy_in": acc_in,
+        "accuracy_out": acc_out,
+        "device": str(device),
+        "torch": torch.__version__,
+    }
+    return ShadowSet(
+        fingerprint=records.fingerprint,
+        arch_spec=spec,
+        recipe=rec.to_dict(),
+        seed=int(seed),
+        pool=records_pool,
+        membership=membership,
+        phi=phi,
+        states=states,
+        info=info,
+    )

@@ -84,11 +84,15 @@ class ForgetPlan:
         return (self.rolled_back_before + self.n_steps) / self.total_steps if self.total_steps else 0.0
 
     def describe(self) -> str:
-        s = (f"{self.n_records} record(s) to forget from {self.model_name} v{self.parent_version}: "
-             f"they were seen by {self.n_steps} of {self.total_steps} recorded steps ({self.share:.2%})")
+        s = (
+            f"{self.n_records} record(s) to forget from {self.model_name} v{self.parent_version}: "
+            f"they were seen by {self.n_steps} of {self.total_steps} recorded steps ({self.share:.2%})"
+        )
         if self.rolled_back_before:
-            s += (f"; with the {self.rolled_back_before} step(s) earlier forgets rolled back, "
-                  f"{self.cumulative_share:.2%} of the steps along this lineage")
+            s += (
+                f"; with the {self.rolled_back_before} step(s) earlier forgets rolled back, "
+                f"{self.cumulative_share:.2%} of the steps along this lineage"
+            )
         if self.n_already_forgotten:
             s += f"; {self.n_already_forgotten} more were already forgotten along this lineage and are skipped"
         return s
@@ -167,8 +171,14 @@ class ForgetRequest:
         """Every method's options (each method keeps its own: ``TheirOptions.of(...)``)."""
         from ..unlearn import AllOptions
 
-        return AllOptions(repair=self.repair, repair_epochs=self.repair_epochs, repair_lr=self.repair_lr,
-                          epochs=self.method_epochs, copies=self.copies, cls=self.cls)
+        return AllOptions(
+            repair=self.repair,
+            repair_epochs=self.repair_epochs,
+            repair_lr=self.repair_lr,
+            epochs=self.method_epochs,
+            copies=self.copies,
+            cls=self.cls,
+        )
 
 
 def _load_ids(records_file: str | None, ids: Sequence[str] | None) -> list[str]:
@@ -227,7 +237,9 @@ def plan_forget(
         try:
             seg.open_store()
         except ManifestFormatError as e:
-            raise ManifestFormatError(f"{model_name} v{mv.version}, {seg.role} segment (store {seg.store_url}): {e}") from None
+            raise ManifestFormatError(
+                f"{model_name} v{mv.version}, {seg.role} segment (store {seg.store_url}): {e}"
+            ) from None
         except StoreError:
             pass  # e.g. no fsspec driver here: only methods that read chunks need the store itself
     key = load_key_for(am.info.key_id, f"{model_name} v{mv.version}", to="forget from it")
@@ -249,8 +261,10 @@ def plan_forget(
     if refusal is not None or already.all():
         if _same_request(mv, am, wanted, hashes, already, key):
             plan = registered_plan(mv)
-            plan.refusal = refusal or (f"all {len(wanted)} record(s) were already forgotten along the lineage of "
-                                       f"{model_name} v{mv.version}; nothing to do")
+            plan.refusal = refusal or (
+                f"all {len(wanted)} record(s) were already forgotten along the lineage of "
+                f"{model_name} v{mv.version}; nothing to do"
+            )
             return PlannedForget(plan, mv, am, key, hashes[:0], records)
         if refusal is not None:
             raise InputError(refusal)
@@ -261,25 +275,38 @@ def plan_forget(
     if unknown:
         from ..errors import UnknownRecordsError
 
-        err = UnknownRecordsError(unknown, where=f"the training records of {model_name} v{mv.version}", total=len(wanted))
+        err = UnknownRecordsError(
+            unknown, where=f"the training records of {model_name} v{mv.version}", total=len(wanted)
+        )
         if len(unknown) == len(wanted) and len(wanted) > 1:  # not one matches: most likely another model's request
             data = (am.info.dataset or {}).get("spec", "?")
-            err.args = (f"{err} None of them is: {model_name} was trained on data set {data!r}; is this the request "
-                        "for another model?",)
+            err.args = (
+                f"{err} None of them is: {model_name} was trained on data set {data!r}; is this the request "
+                "for another model?",
+            )
         raise err
     todo = ~already
     if not todo.any():
-        raise InputError(f"all {len(wanted)} record(s) were already forgotten along the lineage of {model_name} v{mv.version}; nothing to do")
+        raise InputError(
+            f"all {len(wanted)} record(s) were already forgotten along the lineage of {model_name} v{mv.version}; nothing to do"
+        )
     target_ids = [w for w, t in zip(wanted, todo) if t]
     target_hashes = hashes[todo]
     steps = [train_index.steps_for(target_ids)]
-    steps += [s.open_index(key).steps_for(target_ids, strict=False)
-              for s in am.segments if s is not train_seg and s.n_steps]
+    steps += [
+        s.open_index(key).steps_for(target_ids, strict=False) for s in am.segments if s is not train_seg and s.n_steps
+    ]
     all_steps = np.setdiff1d(np.unique(np.concatenate(steps)).astype(np.int64), am.rolled_back)
     plan = ForgetPlan(
-        model_name=model_name, parent_version=int(mv.version), method=method, n_records=len(target_ids),
-        n_already_forgotten=int(already.sum()), steps=all_steps, total_steps=am.total_steps,
-        request_hash=hash_request(target_ids, key), rolled_back_before=int(len(am.rolled_back)),
+        model_name=model_name,
+        parent_version=int(mv.version),
+        method=method,
+        n_records=len(target_ids),
+        n_already_forgotten=int(already.sum()),
+        steps=all_steps,
+        total_steps=am.total_steps,
+        request_hash=hash_request(target_ids, key),
+        rolled_back_before=int(len(am.rolled_back)),
     )
     return PlannedForget(plan, mv, am, key, target_hashes, records)
 
@@ -309,7 +336,7 @@ def _same_request(mv, am: AmnesiaModel, wanted: list[str], hashes: np.ndarray, a
     n = int(t.get(registry.TAG_N_RECORDS, 0) or 0)
     if not t.get(registry.TAG_REQUEST) or registry.TAG_PARENT not in t or n <= 0 or not already.all():
         return False
-    own = am.forgotten[len(am.forgotten) - n:]
+    own = am.forgotten[len(am.forgotten) - n :]
     mine = [w for w, m in zip(wanted, hashes_in(hashes, own)) if m]
     return bool(mine) and hash_request(mine, key) == t[registry.TAG_REQUEST]
 
@@ -330,11 +357,17 @@ def registered_plan(mv) -> ForgetPlan:
     ``amnesia.forget_plan`` tag (counts only: the steps themselves are not kept)."""
     t, saved = mv.tags or {}, _saved_plan(mv)
     return ForgetPlan(
-        model_name=mv.name, parent_version=int(t[registry.TAG_PARENT]), method=t.get(registry.TAG_METHOD, "?"),
-        n_records=int(t.get(registry.TAG_N_RECORDS, 0) or 0), n_already_forgotten=int(saved.get("n_already_forgotten", 0)),
-        steps=np.zeros(0, np.int64), total_steps=int(saved.get("total_steps", 0)),
-        request_hash=t.get(registry.TAG_REQUEST, ""), rolled_back_before=int(saved.get("rolled_back_before", 0)),
-        n_steps_seen=int(saved.get("steps_seen", t.get(registry.TAG_STEPS, 0) or 0)), completes=int(mv.version),
+        model_name=mv.name,
+        parent_version=int(t[registry.TAG_PARENT]),
+        method=t.get(registry.TAG_METHOD, "?"),
+        n_records=int(t.get(registry.TAG_N_RECORDS, 0) or 0),
+        n_already_forgotten=int(saved.get("n_already_forgotten", 0)),
+        steps=np.zeros(0, np.int64),
+        total_steps=int(saved.get("total_steps", 0)),
+        request_hash=t.get(registry.TAG_REQUEST, ""),
+        rolled_back_before=int(saved.get("rolled_back_before", 0)),
+        n_steps_seen=int(saved.get("steps_seen", t.get(registry.TAG_STEPS, 0) or 0)),
+        completes=int(mv.version),
     )
 
 
@@ -374,21 +407,32 @@ def run_forget(request: ForgetRequest) -> ForgetResult:
     from ..mlflow.runs import start_run
 
     r = request.checked()
-    planned = plan_forget(r.model_name, records_file=r.records_file, ids=r.ids, cls=r.cls, version=r.version,
-                          alias=r.alias, method=r.method, data_root=r.data_root)
+    planned = plan_forget(
+        r.model_name,
+        records_file=r.records_file,
+        ids=r.ids,
+        cls=r.cls,
+        version=r.version,
+        alias=r.alias,
+        method=r.method,
+        data_root=r.data_root,
+    )
     plan, mv = planned.plan, planned.version
     if plan.completes is not None:
         return _complete_earlier(plan, mv, set_alias=r.set_alias, purge=r.purge, dry_run=r.dry_run)
     _guard_share(r, plan)
     if r.dry_run:
-        say(f"dry run: would register {r.model_name} v(next) with method {r.method}"
-            + (f" and repair {r.repair}" if r.repair != "none" else ""))
+        say(
+            f"dry run: would register {r.model_name} v(next) with method {r.method}"
+            + (f" and repair {r.repair}" if r.repair != "none" else "")
+        )
         return ForgetResult(plan)
 
     parent_run = mlflow.MlflowClient().get_run(mv.run_id) if mv.run_id else None
     t0 = time.monotonic()
-    with start_run(f"forget-{r.model_name}-v{mv.version}",
-                   experiment_id=parent_run.info.experiment_id if parent_run else None) as run:
+    with start_run(
+        f"forget-{r.model_name}-v{mv.version}", experiment_id=parent_run.info.experiment_id if parent_run else None
+    ) as run:
         records = _LazyRecords(planned, r.data_root)
         child, result = _apply_method(r, planned, run, records)
         metrics = _audit(r, planned, child, result, records, t0)
@@ -405,20 +449,27 @@ def _guard_share(r: ForgetRequest, plan: ForgetPlan) -> None:
     say(plan.describe())
     if len(plan.steps) == 0:
         say("no recorded step saw these records that is not already rolled back")
-    if get_method(r.method).rolls_back and len(plan.steps) and max(plan.share, plan.cumulative_share) > r.max_step_share:
-        warn = (f"rolling back {plan.share:.2%} of the recorded steps for this request, {plan.cumulative_share:.2%} "
-                f"along this lineage with the {plan.rolled_back_before} step(s) earlier forgets rolled back, exceeds "
-                f"--max-step-share {r.max_step_share:.2%}: the paper finds that rolling back more than ~1% of batches "
-                "costs accuracy that then needs repair (--repair finetune) or another method (--method retrain "
-                "trains anew without every forgotten record).")
+    if (
+        get_method(r.method).rolls_back
+        and len(plan.steps)
+        and max(plan.share, plan.cumulative_share) > r.max_step_share
+    ):
+        warn = (
+            f"rolling back {plan.share:.2%} of the recorded steps for this request, {plan.cumulative_share:.2%} "
+            f"along this lineage with the {plan.rolled_back_before} step(s) earlier forgets rolled back, exceeds "
+            f"--max-step-share {r.max_step_share:.2%}: the paper finds that rolling back more than ~1% of batches "
+            "costs accuracy that then needs repair (--repair finetune) or another method (--method retrain "
+            "trains anew without every forgotten record)."
+        )
         say("WARNING: " + warn)
         if not r.dry_run and not r.yes:
             if r.confirm is None or not r.confirm("Roll back anyway?"):
                 raise InputError(warn + " Re-run with --yes to proceed, or with --dry-run to inspect.")
 
 
-def _apply_method(r: ForgetRequest, planned: PlannedForget, run: Any,
-                  records: _LazyRecords) -> tuple[AmnesiaModel, MethodResult]:
+def _apply_method(
+    r: ForgetRequest, planned: PlannedForget, run: Any, records: _LazyRecords
+) -> tuple[AmnesiaModel, MethodResult]:
     """The method, on a private copy of the parent, inside the forget run: the child model and what it did."""
     import mlflow
     from mlflow.entities import LoggedModelInput
@@ -430,18 +481,38 @@ def _apply_method(r: ForgetRequest, planned: PlannedForget, run: Any,
     plan, mv, am = planned.plan, planned.version, planned.model
     run_id = run.info.run_id
     store_base = r.store_uri or am.info.store_uri
-    mlflow.log_params({"model_name": r.model_name, "parent_version": mv.version, "method": r.method,
-                       "repair": r.repair, "repair_epochs": r.repair_epochs, "n_records": plan.n_records,
-                       "max_step_share": r.max_step_share, "epochs": r.method_epochs or "", "copies": r.copies})
+    mlflow.log_params(
+        {
+            "model_name": r.model_name,
+            "parent_version": mv.version,
+            "method": r.method,
+            "repair": r.repair,
+            "repair_epochs": r.repair_epochs,
+            "n_records": plan.n_records,
+            "max_step_share": r.max_step_share,
+            "epochs": r.method_epochs or "",
+            "copies": r.copies,
+        }
+    )
     mlflow.set_tags({TAG_ROLE: "forget", registry.TAG_REQUEST: plan.request_hash})
     if mv.model_id:
         mlflow.MlflowClient().log_inputs(run_id, models=[LoggedModelInput(mv.model_id)])
-    child = AmnesiaModel(module=copy.deepcopy(am.module), arch=am.arch, info=am.info.copy(),
-                         segments=list(am.segments), rolled_back=am.rolled_back, forgotten=am.forgotten)
+    child = AmnesiaModel(
+        module=copy.deepcopy(am.module),
+        arch=am.arch,
+        info=am.info.copy(),
+        segments=list(am.segments),
+        rolled_back=am.rolled_back,
+        forgotten=am.forgotten,
+    )
     m = get_method(r.method)
     ctx = ForgetContext(
-        model=child, key=planned.key, target_hashes=planned.target_hashes, steps=plan.steps,
-        load_records=records, run_id=run_id,
+        model=child,
+        key=planned.key,
+        target_hashes=planned.target_hashes,
+        steps=plan.steps,
+        load_records=records,
+        run_id=run_id,
         phase_base=lambda: phase_base(run.info.artifact_uri, run_id, store_base),
         options=m.Options.of(r.method_options()),
         on_epoch=None if r.on_epoch is None else _epoch_logger(r.on_epoch, child.module),
@@ -472,8 +543,14 @@ class _LazyRecords:
         return self._records
 
 
-def _audit(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult,
-           records: _LazyRecords, t0: float) -> dict:
+def _audit(
+    r: ForgetRequest,
+    planned: PlannedForget,
+    child: AmnesiaModel,
+    result: MethodResult,
+    records: _LazyRecords,
+    t0: float,
+) -> dict:
     """Accuracy and privacy figures of the child (logged on the forget run); the audit fails the forget."""
     import mlflow
 
@@ -486,42 +563,81 @@ def _audit(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result
     fidx = audit_lib.forgotten_positions(recs, sp.train, planned.target_hashes, key)
     all_idx = audit_lib.forgotten_positions(recs, sp.train, child.forgotten, key)
     with tempfile.TemporaryDirectory() as tmp:
-        metrics = audit_lib.full_audit(child.module, recs, sp, fidx, all_idx, arch_spec=child.arch,
-                                       recipe=child.info.recipe or {}, privacy=r.audit, settings=r.audit_settings,
-                                       artifact_dir=tmp)
+        metrics = audit_lib.full_audit(
+            child.module,
+            recs,
+            sp,
+            fidx,
+            all_idx,
+            arch_spec=child.arch,
+            recipe=child.info.recipe or {},
+            privacy=r.audit,
+            settings=r.audit_settings,
+            artifact_dir=tmp,
+        )
         if r.audit:
             mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
     metrics.update(result.metrics)
-    metrics.update({"forget.seconds": time.monotonic() - t0, "steps.rolled_back": float(len(result.rolled_back)),
-                    "steps.share": plan.share})
+    metrics.update(
+        {
+            "forget.seconds": time.monotonic() - t0,
+            "steps.rolled_back": float(len(result.rolled_back)),
+            "steps.share": plan.share,
+        }
+    )
     mlflow.log_metrics(metrics)
     return metrics
 
 
-def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult,
-              run_id: str) -> int:
+def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult, run_id: str) -> int:
     """Log the child and register it as the one child of its parent, its lineage tags in the same call."""
     import mlflow
 
     plan, mv, am = planned.plan, planned.version, planned.model
-    mlflow.set_tag(TAG_PLAN, json.dumps({  # what the description needs, should a kill come after registering
-        "format": 1, "steps_seen": plan.n_steps, "total_steps": plan.total_steps,
-        "rolled_back_before": plan.rolled_back_before, "n_already_forgotten": plan.n_already_forgotten,
-        "summary": result.summary}, sort_keys=True))
-    child.info.history = list(am.info.history) + [{
-        "method": r.method, "repair": r.repair, "parent_version": int(mv.version), "run_id": run_id,
-        "n_records": plan.n_records, "steps_rolled_back": int(len(result.rolled_back)),
-        "request": plan.request_hash,
-    }]
+    mlflow.set_tag(
+        TAG_PLAN,
+        json.dumps(
+            {  # what the description needs, should a kill come after registering
+                "format": 1,
+                "steps_seen": plan.n_steps,
+                "total_steps": plan.total_steps,
+                "rolled_back_before": plan.rolled_back_before,
+                "n_already_forgotten": plan.n_already_forgotten,
+                "summary": result.summary,
+            },
+            sort_keys=True,
+        ),
+    )
+    child.info.history = list(am.info.history) + [
+        {
+            "method": r.method,
+            "repair": r.repair,
+            "parent_version": int(mv.version),
+            "run_id": run_id,
+            "n_records": plan.n_records,
+            "steps_rolled_back": int(len(result.rolled_back)),
+            "request": plan.request_hash,
+        }
+    ]
     # Registration is the last step (docs/RELIABILITY.md): log_model returns once every artifact
     # is uploaded; register_child then creates the version with its lineage tags in one call and
     # settles a race with a concurrent forget of the same parent (one child survives).
     info = log_model(child, name="model")
-    new_mv = register_child(r.model_name, info.model_uri, parent=int(mv.version), run_id=run_id, tags={
-        registry.TAG_METHOD: r.method, registry.TAG_N_RECORDS: plan.n_records,
-        registry.TAG_STEPS: len(result.rolled_back), registry.TAG_REQUEST: plan.request_hash,
-        registry.TAG_REPAIR: r.repair, TAG_FLAVOR_FORMAT: "1", TAG_N_RECORDS_TOTAL: len(child.forgotten),
-    })
+    new_mv = register_child(
+        r.model_name,
+        info.model_uri,
+        parent=int(mv.version),
+        run_id=run_id,
+        tags={
+            registry.TAG_METHOD: r.method,
+            registry.TAG_N_RECORDS: plan.n_records,
+            registry.TAG_STEPS: len(result.rolled_back),
+            registry.TAG_REQUEST: plan.request_hash,
+            registry.TAG_REPAIR: r.repair,
+            TAG_FLAVOR_FORMAT: "1",
+            TAG_N_RECORDS_TOTAL: len(child.forgotten),
+        },
+    )
     return int(new_mv.version)
 
 
@@ -531,8 +647,10 @@ def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: str | None, purge: boo
     left = registration_left(name, v, set_alias=set_alias, purge=purge)
     if not left:
         raise InputError(plan.refusal or f"{name} v{v} is complete; nothing to do")
-    say(f"{name} v{v} was registered by this same request earlier, by a forget stopped before it finished: "
-        f"{'would complete' if dry_run else 'completing'} {', '.join(left)}")
+    say(
+        f"{name} v{v} was registered by this same request earlier, by a forget stopped before it finished: "
+        f"{'would complete' if dry_run else 'completing'} {', '.join(left)}"
+    )
     if dry_run:
         return ForgetResult(plan, completed=left)
     done = complete_registration(name, v, set_alias=set_alias, purge=purge)
@@ -549,7 +667,9 @@ def registration_left(name: str, version: int, *, set_alias: str | None = None, 
     left = []
     if not (mv.description or "").strip():
         left.append("description")
-    if set_alias and str(dict(getattr(c.get_registered_model(name), "aliases", {}) or {}).get(set_alias)) != str(version):
+    if set_alias and str(dict(getattr(c.get_registered_model(name), "aliases", {}) or {}).get(set_alias)) != str(
+        version
+    ):
         left.append(f"alias {set_alias}")
     if (pmv.tags or {}).get(registry.TAG_SUPERSEDED) != str(version):
         left.append(f"superseded tag on v{parent}")
@@ -595,8 +715,9 @@ def _description_of(mv) -> str:
     plan = registered_plan(mv)
     summary = _saved_plan(mv).get("summary") or f"{plan.n_steps} step(s) rolled back"
     parent = registry.client().get_model_version(mv.name, str(plan.parent_version))
-    return describe_forget(mv.name, int(mv.version), plan, summary, registry.run_metrics(mv.run_id),
-                           registry.run_metrics(parent.run_id))
+    return describe_forget(
+        mv.name, int(mv.version), plan, summary, registry.run_metrics(mv.run_id), registry.run_metrics(parent.run_id)
+    )
 
 
 def describe_forget(name: str, version: int, plan: ForgetPlan, summary: str, metrics: dict, parent: dict) -> str:

@@ -16,8 +16,12 @@ from ..tags import TAG_PURGE_STARTED, TAG_PURGED, TAG_STEPS_TOTAL
 
 _FIGURES = ("acc.test", "acc.retain", "acc.forget")
 # per node of the picture: the accuracy and the privacy figure a reader compares first
-_PNG_FIGURES = (("acc.test", "acc.test"), ("acc.forget", "acc.forget"), ("audit.mia.auc", "mia.auc"),
-                ("audit.lira.auc", "lira.auc"))
+_PNG_FIGURES = (
+    ("acc.test", "acc.test"),
+    ("acc.forget", "acc.forget"),
+    ("audit.mia.auc", "mia.auc"),
+    ("audit.lira.auc", "lira.auc"),
+)
 
 
 def lineage_rows(model_name: str, *, up_to: int | None = None) -> list[dict]:
@@ -38,22 +42,24 @@ def lineage_rows(model_name: str, *, up_to: int | None = None) -> list[dict]:
         t = mv.tags or {}
         metrics = registry.run_metrics(mv.run_id)
         sup = int(t[registry.TAG_SUPERSEDED]) if registry.TAG_SUPERSEDED in t else None
-        rows.append({
-            "version": int(mv.version),
-            "parent": int(t[registry.TAG_PARENT]) if registry.TAG_PARENT in t else None,
-            "method": t.get(registry.TAG_METHOD, "?"),
-            "repair": t.get(registry.TAG_REPAIR),
-            "n_records": int(t[registry.TAG_N_RECORDS]) if registry.TAG_N_RECORDS in t else 0,
-            "steps_rolled_back": int(t[registry.TAG_STEPS]) if registry.TAG_STEPS in t else 0,
-            "steps_total": int(t[TAG_STEPS_TOTAL]) if TAG_STEPS_TOTAL in t else None,
-            "forget_request": t.get(registry.TAG_REQUEST),
-            "superseded_by": sup if up_to is None or sup is None or sup <= up_to else None,
-            "aliases": held.get(int(mv.version), []) or list(getattr(mv, "aliases", []) or []),
-            "purged": t.get(TAG_PURGED),  # "<ISO time>; deleted: ..." once `purge` completed
-            "purge_started": t.get(TAG_PURGE_STARTED),
-            "run_id": mv.run_id,
-            "metrics": {k: metrics[k] for k in sorted(metrics) if k.startswith(("acc.", "audit.", "loss."))},
-        })
+        rows.append(
+            {
+                "version": int(mv.version),
+                "parent": int(t[registry.TAG_PARENT]) if registry.TAG_PARENT in t else None,
+                "method": t.get(registry.TAG_METHOD, "?"),
+                "repair": t.get(registry.TAG_REPAIR),
+                "n_records": int(t[registry.TAG_N_RECORDS]) if registry.TAG_N_RECORDS in t else 0,
+                "steps_rolled_back": int(t[registry.TAG_STEPS]) if registry.TAG_STEPS in t else 0,
+                "steps_total": int(t[TAG_STEPS_TOTAL]) if TAG_STEPS_TOTAL in t else None,
+                "forget_request": t.get(registry.TAG_REQUEST),
+                "superseded_by": sup if up_to is None or sup is None or sup <= up_to else None,
+                "aliases": held.get(int(mv.version), []) or list(getattr(mv, "aliases", []) or []),
+                "purged": t.get(TAG_PURGED),  # "<ISO time>; deleted: ..." once `purge` completed
+                "purge_started": t.get(TAG_PURGE_STARTED),
+                "run_id": mv.run_id,
+                "metrics": {k: metrics[k] for k in sorted(metrics) if k.startswith(("acc.", "audit.", "loss."))},
+            }
+        )
     return rows
 
 
@@ -158,7 +164,7 @@ def node_label(row: dict, rows: list[dict]) -> str:
             lines.append(f"request {row['forget_request'][:12]}…")
     figs = [f"{short} {row['metrics'][k]:.3f}" for k, short in _PNG_FIGURES if k in row["metrics"]]
     for i in range(0, len(figs), 2):
-        lines.append(" · ".join(figs[i:i + 2]))
+        lines.append(" · ".join(figs[i : i + 2]))
     lines.append(node_status(row, rows))
     return "\n".join(lines)
 
@@ -188,28 +194,62 @@ def render_png(model_name: str, rows: list[dict], *, highlight: int | None = Non
     ax.set_xlim(-0.5, n_cols - 0.5)
     ax.set_ylim(-(n_levels - 0.5) - 0.02, 0.5 + title_h / level_h)
     top = 0.5 + title_h / level_h
-    ax.text(-0.45, top - 0.12, f"{model_name}: lineage" + (f" up to v{highlight}" if highlight else ""),
-            ha="left", va="top", fontsize=11, fontweight="bold", color="#222222")
-    ax.text(-0.45, top - 0.30, "grey: superseded · red, dashed: purged" + (" · heavy border: this version" if highlight else ""),
-            ha="left", va="top", fontsize=7.5, color="#666666")
+    ax.text(
+        -0.45,
+        top - 0.12,
+        f"{model_name}: lineage" + (f" up to v{highlight}" if highlight else ""),
+        ha="left",
+        va="top",
+        fontsize=11,
+        fontweight="bold",
+        color="#222222",
+    )
+    ax.text(
+        -0.45,
+        top - 0.30,
+        "grey: superseded · red, dashed: purged" + (" · heavy border: this version" if highlight else ""),
+        ha="left",
+        va="top",
+        fontsize=7.5,
+        color="#666666",
+    )
     boxes = {}
     for r in rows:
         x, depth = pos[r["version"]]
         status = node_status(r, rows)
-        face, ink = _STYLE["purged" if status.startswith("purge") else "superseded" if status.startswith("superseded") else "current"]
+        face, ink = _STYLE[
+            "purged" if status.startswith("purge") else "superseded" if status.startswith("superseded") else "current"
+        ]
         if r["parent"] is None and status == "current":
             face = "#dbe9f6"
         mine = r["version"] == highlight
         boxes[r["version"]] = ax.text(
-            x, -depth, node_label(r, rows), ha="center", va="center", fontsize=8.5, color=ink, linespacing=1.35,
-            bbox={"boxstyle": "round,pad=0.5", "fc": face, "ec": "#1f4e79" if mine else "#888888",
-                  "lw": 2.4 if mine else 0.8, "ls": "--" if status.startswith("purge") else "-"},
+            x,
+            -depth,
+            node_label(r, rows),
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            color=ink,
+            linespacing=1.35,
+            bbox={
+                "boxstyle": "round,pad=0.5",
+                "fc": face,
+                "ec": "#1f4e79" if mine else "#888888",
+                "lw": 2.4 if mine else 0.8,
+                "ls": "--" if status.startswith("purge") else "-",
+            },
         )
     for r in rows:
         if r["parent"] in boxes:
-            ax.annotate("", xy=(0.5, 1.0), xycoords=boxes[r["version"]], xytext=(0.5, 0.0),
-                        textcoords=boxes[r["parent"]],
-                        arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 1.2, "shrinkA": 2, "shrinkB": 2})
+            ax.annotate(
+                "",
+                xy=(0.5, 1.0),
+                xycoords=boxes[r["version"]],
+                xytext=(0.5, 0.0),
+                textcoords=boxes[r["parent"]],
+                arrowprops={"arrowstyle": "-|>", "color": "#555555", "lw": 1.2, "shrinkA": 2, "shrinkB": 2},
+            )
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, facecolor="white")
     return buf.getvalue()

@@ -60,8 +60,17 @@ from ..version.files import ARCH, FORGOTTEN, INFO, ROLLED_BACK, SEGMENTS, TOMBST
 #: Artifacts of a purged version that are kept: lineage metadata, no record content. A path
 #: ending in "/" keeps the whole folder. Everything else in the version is deleted.
 KEEP = (
-    "MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "registered_model_meta",
-    INFO, ARCH, ROLLED_BACK, FORGOTTEN, TOMBSTONE_FILE, f"{SEGMENTS}/",
+    "MLmodel",
+    "conda.yaml",
+    "python_env.yaml",
+    "requirements.txt",
+    "registered_model_meta",
+    INFO,
+    ARCH,
+    ROLLED_BACK,
+    FORGOTTEN,
+    TOMBSTONE_FILE,
+    f"{SEGMENTS}/",
 )
 _RUN_DIRS = ("audit",)  # folders of a version's source run made from its weights
 _NOTE = "**Purged**"  # how the description of a purged version starts
@@ -124,8 +133,11 @@ class PurgePlan:
 
     @property
     def bytes(self) -> int:
-        return (sum(v.bytes for v in self.versions) + sum(s.bytes + s.leftover_bytes for s in self.stores)
-                + sum(s.optimizer_state[1] for s in self.stores if s.optimizer_state))
+        return (
+            sum(v.bytes for v in self.versions)
+            + sum(s.bytes + s.leftover_bytes for s in self.stores)
+            + sum(s.optimizer_state[1] for s in self.stores if s.optimizer_state)
+        )
 
     @property
     def n_steps(self) -> int:
@@ -139,38 +151,56 @@ class PurgePlan:
     def complete(self) -> bool:
         """Every version purged (tag, tombstone, description) and nothing left to delete, chunk
         files of purged steps included: a re-run is a no-op."""
-        return (all(v.purged_at and v.described and v.tombstone_done and not v.model_files and not v.run_files
-                    for v in self.versions)
-                and not any(s.steps or s.leftovers or s.optimizer_state for s in self.stores))
+        return all(
+            v.purged_at and v.described and v.tombstone_done and not v.model_files and not v.run_files
+            for v in self.versions
+        ) and not any(s.steps or s.leftovers or s.optimizer_state for s in self.stores)
 
     def describe(self) -> str:
         """What the purge deletes, with byte counts, and what it keeps (one line each)."""
         lines = []
         for v in self.versions:
-            state = f" (purged {v.purged_at})" if v.purged_at else (" (purge started, not finished)" if v.started_at else "")
-            lines.append(f"{self.model_name} v{v.version}{state}: superseded by v{v.superseded_by} "
-                         f"({v.child_method}, {v.n_records} record(s) forgotten)")
+            state = (
+                f" (purged {v.purged_at})"
+                if v.purged_at
+                else (" (purge started, not finished)" if v.started_at else "")
+            )
+            lines.append(
+                f"{self.model_name} v{v.version}{state}: superseded by v{v.superseded_by} "
+                f"({v.child_method}, {v.n_records} record(s) forgotten)"
+            )
             for path, b in v.model_files:
                 lines.append(f"  delete model artifact {path} ({_fmt_bytes(b)})")
             for path, b in v.run_files:
                 lines.append(f"  delete run {v.run_id} artifact {path} ({_fmt_bytes(b)})")
         for s in self.stores:
             if s.leftovers:
-                why = ("the steps that saw the records (the store's manifest is gone, these files are not)" if s.missing
-                       else "step(s) already marked purged (a purge stopped before deleting them)")
-                lines.append(f"  delete {len(s.leftovers)} chunk file(s) ({_fmt_bytes(s.leftover_bytes)}) in {s.url} of "
-                             f"{why}: {_fmt_steps([f for f, _ in s.leftovers], 4)}")
+                why = (
+                    "the steps that saw the records (the store's manifest is gone, these files are not)"
+                    if s.missing
+                    else "step(s) already marked purged (a purge stopped before deleting them)"
+                )
+                lines.append(
+                    f"  delete {len(s.leftovers)} chunk file(s) ({_fmt_bytes(s.leftover_bytes)}) in {s.url} of "
+                    f"{why}: {_fmt_steps([f for f, _ in s.leftovers], 4)}"
+                )
             if s.missing and not s.leftovers:
                 lines.append(f"  delta store {s.url}: gone already, nothing to delete")
             if s.steps:
-                lines.append(f"  delete the deltas of {len(s.steps)} step(s) ({s.chunks} chunk file(s), "
-                             f"{_fmt_bytes(s.bytes)}) in {s.url}: {_fmt_steps(s.steps)}")
+                lines.append(
+                    f"  delete the deltas of {len(s.steps)} step(s) ({s.chunks} chunk file(s), "
+                    f"{_fmt_bytes(s.bytes)}) in {s.url}: {_fmt_steps(s.steps)}"
+                )
             if s.already:
                 lines.append(f"  {s.already} more step(s) of {s.url} that saw the records were purged before")
             if s.optimizer_state:
-                lines.append(f"  delete the final optimizer state {s.optimizer_state[0]} ({_fmt_bytes(s.optimizer_state[1])})")
-        lines.append(f"total: {_fmt_bytes(self.bytes)} to delete; kept: the version rows, tags and lineage "
-                     "metadata (see `mlflow-amnesia purge --help`)")
+                lines.append(
+                    f"  delete the final optimizer state {s.optimizer_state[0]} ({_fmt_bytes(s.optimizer_state[1])})"
+                )
+        lines.append(
+            f"total: {_fmt_bytes(self.bytes)} to delete; kept: the version rows, tags and lineage "
+            "metadata (see `mlflow-amnesia purge --help`)"
+        )
         return "\n".join(lines)
 
 
@@ -183,12 +213,17 @@ class PurgeResult:
     def summary(self) -> str:
         vs = ", ".join(f"v{v.version}" for v in self.plan.versions)
         if not self.done:
-            return (f"{self.plan.model_name} {vs}: already purged, nothing left to delete" if self.plan.complete
-                    else f"dry run: would delete:\n{self.plan.describe()}")
+            return (
+                f"{self.plan.model_name} {vs}: already purged, nothing left to delete"
+                if self.plan.complete
+                else f"dry run: would delete:\n{self.plan.describe()}"
+            )
         n = self.plan.n_leftovers
         left = f", {n} leftover chunk file(s)" if n else ""
-        return (f"purged {self.plan.model_name} {vs}: deleted {_fmt_bytes(self.deleted_bytes)} "
-                f"(the deltas of {self.plan.n_steps} step(s){left}, weights and other artifacts); lineage kept")
+        return (
+            f"purged {self.plan.model_name} {vs}: deleted {_fmt_bytes(self.deleted_bytes)} "
+            f"(the deltas of {self.plan.n_steps} step(s){left}, weights and other artifacts); lineage kept"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,8 +298,10 @@ class _Registry:
     def amnesia(self, v: int) -> _Meta:
         m = self.meta(v)
         if m is None:
-            raise InputError(f"{self.name} v{v} is not an mlflow_amnesia model version (no data/amnesia.json); "
-                             "purge works on versions registered by `mlflow-amnesia train` and `forget`.")
+            raise InputError(
+                f"{self.name} v{v} is not an mlflow_amnesia model version (no data/amnesia.json); "
+                "purge works on versions registered by `mlflow-amnesia train` and `forget`."
+            )
         return m
 
     def steps_that_saw(self, m: _Meta, hashes: np.ndarray) -> dict[str, set[int]]:
@@ -280,8 +317,11 @@ class _Registry:
             if ident not in self._indexes:
                 raw = m.files.segment_index(k)
                 self._indexes[ident] = RecordIndex.from_bytes(
-                    raw, self.key(m), name=f"record index of segment {k} of {self.name} v{m.version}", steps=ident[1:])
-            out.setdefault(ident[0], set()).update(int(s) for s in self._indexes[ident].steps_for_hashes(hashes, strict=False))
+                    raw, self.key(m), name=f"record index of segment {k} of {self.name} v{m.version}", steps=ident[1:]
+                )
+            out.setdefault(ident[0], set()).update(
+                int(s) for s in self._indexes[ident].steps_for_hashes(hashes, strict=False)
+            )
         return out
 
     def key(self, m: _Meta) -> bytes:
@@ -289,8 +329,11 @@ class _Registry:
         from ..keys import key_id, load_key_for
 
         if self._key is None or (m.key_id and m.key_id != key_id(self._key)):
-            self._key = load_key_for(m.key_id, f"{self.name} v{m.version}",
-                                     to="purge it (the steps that saw the forgotten records are found by their keyed hashes)")
+            self._key = load_key_for(
+                m.key_id,
+                f"{self.name} v{m.version}",
+                to="purge it (the steps that saw the forgotten records are found by their keyed hashes)",
+            )
         return self._key
 
     def run_location(self, run_id: str | None) -> str | None:
@@ -382,9 +425,14 @@ def _plan_version(reg: _Registry, mv) -> VersionPurge:
         for url, st in reg.steps_that_saw(m, removed).items():
             steps.setdefault(url, set()).update(st)
     vp = VersionPurge(
-        version=v, superseded_by=child_v, child_method=str(child.tags.get(registry.TAG_METHOD, "?")),
-        n_records=int(len(removed)), model_location=p.location, run_id=mv.run_id,
-        purged_at=t.get(TAG_PURGED), started_at=t.get(TAG_PURGE_STARTED),
+        version=v,
+        superseded_by=child_v,
+        child_method=str(child.tags.get(registry.TAG_METHOD, "?")),
+        n_records=int(len(removed)),
+        model_location=p.location,
+        run_id=mv.run_id,
+        purged_at=t.get(TAG_PURGED),
+        started_at=t.get(TAG_PURGE_STARTED),
         described=(mv.description or "").startswith(_NOTE),
         tombstone_done=bool(_tombstone(p.repo).get("completed_at")),
         steps={u: sorted(st) for u, st in steps.items() if st},
@@ -411,7 +459,9 @@ def _plan_store(url: str, steps: list[int], phase: Phase | None = None) -> Store
     gone = set(store.purged_steps)
     todo = [s for s in steps if s not in gone]
     size = store.size(todo)
-    return StorePurge(url, todo, len(steps) - len(todo), size.stored, size.chunks, opt, leftovers=store.leftover_files())
+    return StorePurge(
+        url, todo, len(steps) - len(todo), size.stored, size.chunks, opt, leftovers=store.leftover_files()
+    )
 
 
 def _optimizer_state(phase: Phase | None) -> tuple[str, int] | None:
@@ -478,14 +528,19 @@ def _ancestors(m: _Meta, reg: _Registry) -> list[int]:
 
 
 def _refusal(name: str, wanted: list[int], blockers: list) -> str:
-    lines = [f"cannot purge {name} {', '.join(f'v{v}' for v in wanted)}: its purge would delete recorded steps "
-             "that a version which stays still needs, so nothing was deleted."]
+    lines = [
+        f"cannot purge {name} {', '.join(f'v{v}' for v in wanted)}: its purge would delete recorded steps "
+        "that a version which stays still needs, so nothing was deleted."
+    ]
     superseded = []
     for v, t, url, need in blockers:
-        why = ("it is superseded but not purged, has not rolled these steps back, and its weights still hold the "
-               "forgotten records" if registry.TAG_SUPERSEDED in t else
-               "it is live and has not rolled these steps back (the records were forgotten along its lineage by a "
-               "method that keeps the steps: relabel or finetune), so a later amnesiac forget from it may subtract them")
+        why = (
+            "it is superseded but not purged, has not rolled these steps back, and its weights still hold the "
+            "forgotten records"
+            if registry.TAG_SUPERSEDED in t
+            else "it is live and has not rolled these steps back (the records were forgotten along its lineage by a "
+            "method that keeps the steps: relabel or finetune), so a later amnesiac forget from it may subtract them"
+        )
         lines.append(f"  v{v} needs {len(need)} of them ({url}: {_fmt_steps(need)}): {why}.")
         if registry.TAG_SUPERSEDED in t:
             superseded.append(v)
@@ -493,9 +548,11 @@ def _refusal(name: str, wanted: list[int], blockers: list) -> str:
         vs = " ".join(f"--version {v}" for v in sorted(set(superseded) | set(wanted)))
         lines.append(f"Purge the superseded version(s) in the same call: mlflow-amnesia purge --model {name} {vs}")
     else:
-        lines.append("These steps can be purged once no live version needs them: after a `forget --method retrain` "
-                     "(a new store without the records) has superseded every version that lists them, purge those "
-                     "versions together.")
+        lines.append(
+            "These steps can be purged once no live version needs them: after a `forget --method retrain` "
+            "(a new store without the records) has superseded every version that lists them, purge those "
+            "versions together."
+        )
     return "\n".join(lines)
 
 
@@ -523,8 +580,10 @@ def purge(
     if not yes:
         q = plan.describe() + "\nDelete this for good? It cannot be undone."
         if confirm is None or not confirm(q):
-            raise InputError("purge deletes model weights and recorded deltas for good: re-run with --yes to "
-                             "proceed, or with --dry-run to see what it deletes.")
+            raise InputError(
+                "purge deletes model weights and recorded deltas for good: re-run with --yes to "
+                "proceed, or with --dry-run to see what it deletes."
+            )
     c = registry.client()
     started = _now()
     for vp in plan.versions:
@@ -542,8 +601,10 @@ def purge(
             for rel, _ in s.leftovers:  # each one checked gone by listing
                 _rm_url(f"{s.url.rstrip('/')}/{rel}")
         elif s.steps or s.leftovers:
-            say(f"purge: deleting the deltas of {len(s.steps)} step(s) in {s.url}"
-                + (f" and {len(s.leftovers)} chunk file(s) of steps purged before" if s.leftovers else ""))
+            say(
+                f"purge: deleting the deltas of {len(s.steps)} step(s) in {s.url}"
+                + (f" and {len(s.leftovers)} chunk file(s) of steps purged before" if s.leftovers else "")
+            )
             st = DeltaStore.open(s.url, mode="a")
             try:
                 st.purge(s.steps)  # also deletes every chunk file of an earlier purged step, then lists again
@@ -565,7 +626,8 @@ def purge(
     done_at = _now()
     for vp in plan.versions:
         touched = bool(vp.model_files or vp.run_files) or any(
-            set(vp.steps.get(s.url, ())) & set(s.steps) for s in plan.stores)
+            set(vp.steps.get(s.url, ())) & set(s.steps) for s in plan.stores
+        )
         if vp.purged_at and vp.described and vp.tombstone_done and not touched:
             continue
         # tombstone, description, and the tag last: a purge killed before the tag is not complete
@@ -575,13 +637,21 @@ def purge(
         n_steps = sum(body.get("steps_that_saw_the_records", {}).values())
         desc = c.get_model_version(model_name, str(vp.version)).description or ""
         if not desc.startswith(_NOTE):
-            note = (f"{_NOTE} {done_at} (GDPR erasure): the weights of v{vp.version} and the recorded deltas of the "
-                    f"{n_steps} step(s) that saw the records v{vp.superseded_by} forgot were deleted for good. This "
-                    "entry, its tags and lineage metadata are kept; it can no longer be loaded.")
+            note = (
+                f"{_NOTE} {done_at} (GDPR erasure): the weights of v{vp.version} and the recorded deltas of the "
+                f"{n_steps} step(s) that saw the records v{vp.superseded_by} forgot were deleted for good. This "
+                "entry, its tags and lineage metadata are kept; it can no longer be loaded."
+            )
             c.update_model_version(model_name, str(vp.version), description=f"{note}\n\n{desc}" if desc else note)
         vp.described = True
-        what = [f"{len(files)} model file(s) ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"] if files else []
-        what += [f"run artifacts {', '.join(sorted({p.split('/')[0] + '/' for p, _ in vp.run_files}))}"] if vp.run_files else []
+        what = (
+            [f"{len(files)} model file(s) ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"] if files else []
+        )
+        what += (
+            [f"run artifacts {', '.join(sorted({p.split('/')[0] + '/' for p, _ in vp.run_files}))}"]
+            if vp.run_files
+            else []
+        )
         what += [f"the deltas of {n_steps} step(s) that saw the {vp.n_records} record(s) v{vp.superseded_by} forgot"]
         c.set_model_version_tag(model_name, str(vp.version), TAG_PURGED, f"{done_at}; deleted: {'; '.join(what)}")
         vp.purged_at = done_at
@@ -602,7 +672,8 @@ def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: 
         "completed_at": at if completed else None,
         "deleted_files": sorted(set(old.get("deleted_files", [])) | {p for p, _ in vp.model_files}),
         "n_forgotten_records": vp.n_records,
-        "steps_that_saw_the_records": {u: len(st) for u, st in vp.steps.items()} or old.get("steps_that_saw_the_records", {}),
+        "steps_that_saw_the_records": {u: len(st) for u, st in vp.steps.items()}
+        or old.get("steps_that_saw_the_records", {}),
         "kept": "lineage metadata: " + ", ".join(KEEP),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -674,5 +745,14 @@ def _fmt_steps(steps: Sequence[int] | Sequence[str], limit: int = 12) -> str:
     return s + (f" ... ({len(steps)} in all)" if len(steps) > limit else "")
 
 
-__all__ = ["KEEP", "TAG_PURGED", "TAG_PURGE_STARTED", "PurgePlan", "PurgeResult", "StorePurge", "VersionPurge",
-           "plan_purge", "purge"]
+__all__ = [
+    "KEEP",
+    "TAG_PURGED",
+    "TAG_PURGE_STARTED",
+    "PurgePlan",
+    "PurgeResult",
+    "StorePurge",
+    "VersionPurge",
+    "plan_purge",
+    "purge",
+]

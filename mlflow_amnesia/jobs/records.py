@@ -9,9 +9,16 @@ import numpy as np
 from ..mlflow import registry
 
 
-def list_records(model_name: str, *, version: int | None = None, alias: str | None = None,
-                 cls: str | None = None, part: str = "train", limit: int | None = None,
-                 data_root: str | None = None) -> Iterator[tuple[str, str]]:
+def list_records(
+    model_name: str,
+    *,
+    version: int | None = None,
+    alias: str | None = None,
+    cls: str | None = None,
+    part: str = "train",
+    limit: int | None = None,
+    data_root: str | None = None,
+) -> Iterator[tuple[str, str]]:
     """(record id, class name) of the version's training (or held-out) records, in data order,
     leaving out records already forgotten along the lineage."""
     from ..learning.data import Split, class_records, forgotten_positions, rebuild

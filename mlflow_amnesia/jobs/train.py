@@ -86,11 +86,20 @@ def train(
     from ..recording.store import DEFAULT_CODEC
     from .validation import check_train_options
 
-    check_train_options(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
-                        codec=codec, store_uri=store_uri)  # before any database, run or file exists
+    check_train_options(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        codec=codec,
+        store_uri=store_uri,
+    )  # before any database, run or file exists
     check_tracking_store(create=True)  # a new local sqlite database is created whole, or not at all
     codec = codec or DEFAULT_CODEC
-    recipe = Recipe(epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed)
+    recipe = Recipe(
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed
+    )
     model_name = model_name or default_model_name(dataset, arch)
 
     say(f"loading data set {dataset!r}")
@@ -109,37 +118,78 @@ def train(
         run_id = run.info.run_id
         phase = Phase(phase_base(run.info.artifact_uri, run_id, store_uri))
         store_url = phase.deltas_url
-        log_params_once({
-            "dataset": dataset, "arch": arch, **recipe.to_dict(), "codec": codec,
-            "store_uri": store_uri or "", "model_name": model_name, "n_train": len(train_idx),
-            "n_holdout": len(hold_idx),
-        })
+        log_params_once(
+            {
+                "dataset": dataset,
+                "arch": arch,
+                **recipe.to_dict(),
+                "codec": codec,
+                "store_uri": store_uri or "",
+                "model_name": model_name,
+                "n_train": len(train_idx),
+                "n_holdout": len(hold_idx),
+            }
+        )
         mlflow.set_tags({TAG_ROLE: "train", TAG_STORE: store_url, TAG_CODEC: codec, TAG_MODEL_NAME: model_name})
         n_params = sum(p.numel() for p in model.parameters())
-        say(f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
-            f"{len(hold_idx)} held out; recording every step to {store_url} (codec {codec})")
+        say(
+            f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
+            f"{len(hold_idx)} held out; recording every step to {store_url} (codec {codec})"
+        )
         phase.save_initial_state({k: v.detach().clone() for k, v in model.state_dict().items()}, key=key)
         phase.save_batch_order(orders.astype(np.int32 if len(records.ids) < 2**31 else np.int64), key=key)
 
         def on_epoch(r: EpochResult) -> None:
             acc, loss = evaluate(model, records.x[hold_idx], records.y[hold_idx])
-            mlflow.log_metrics({"train.loss": r.loss, "train.acc": r.accuracy, "holdout.acc": acc,
-                                "holdout.loss": loss, "epoch.seconds": r.seconds}, step=r.epoch)
-            say(f"epoch {r.epoch + 1}/{epochs}: loss {r.loss:.4f} train acc {r.accuracy:.4f} "
-                f"held-out acc {acc:.4f} ({r.steps / max(r.seconds, 1e-9):.2f} steps/s)")
+            mlflow.log_metrics(
+                {
+                    "train.loss": r.loss,
+                    "train.acc": r.accuracy,
+                    "holdout.acc": acc,
+                    "holdout.loss": loss,
+                    "epoch.seconds": r.seconds,
+                },
+                step=r.epoch,
+            )
+            say(
+                f"epoch {r.epoch + 1}/{epochs}: loss {r.loss:.4f} train acc {r.accuracy:.4f} "
+                f"held-out acc {acc:.4f} ({r.steps / max(r.seconds, 1e-9):.2f} steps/s)"
+            )
 
         t0 = time.monotonic()
-        segment = record_phase(model, optimizer, records.x, records.y, list(records.ids), orders,
-                               batch_size=batch_size, base_url=phase.base_url, codec=codec, role="train",
-                               key=key, run_id=run_id, on_epoch=on_epoch)
+        segment = record_phase(
+            model,
+            optimizer,
+            records.x,
+            records.y,
+            list(records.ids),
+            orders,
+            batch_size=batch_size,
+            base_url=phase.base_url,
+            codec=codec,
+            role="train",
+            key=key,
+            run_id=run_id,
+            on_epoch=on_epoch,
+        )
         steps = segment.last_step + 1
         train_seconds = time.monotonic() - t0
         phase.save_optimizer_state(optimizer.state_dict(), key=key)
 
         none = np.zeros(0, np.int64)
         with tempfile.TemporaryDirectory() as tmp:
-            metrics = full_audit(model, records, sp, none, none, arch_spec=arch_spec, recipe=recipe.to_dict(),
-                                 privacy=audit, settings=audit_settings, artifact_dir=tmp)
+            metrics = full_audit(
+                model,
+                records,
+                sp,
+                none,
+                none,
+                arch_spec=arch_spec,
+                recipe=recipe.to_dict(),
+                privacy=audit,
+                settings=audit_settings,
+                artifact_dir=tmp,
+            )
             if audit:
                 mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
         metrics.update({"train.seconds": train_seconds, "steps.total": steps})
@@ -169,13 +219,25 @@ def train(
         # Registration last, tags in the same call (docs/RELIABILITY.md): a train killed before it
         # leaves an unregistered run; re-running train starts afresh with a new run and store.
         info = log_model(am, name="model")
-        mv = mlflow.register_model(info.model_uri, model_name, tags={
-            registry.TAG_METHOD: "train", TAG_FLAVOR_FORMAT: "1", TAG_STEPS_TOTAL: str(steps),
-            TAG_CODEC: codec, TAG_DATASET: dataset, TAG_ARCH: arch})
+        mv = mlflow.register_model(
+            info.model_uri,
+            model_name,
+            tags={
+                registry.TAG_METHOD: "train",
+                TAG_FLAVOR_FORMAT: "1",
+                TAG_STEPS_TOTAL: str(steps),
+                TAG_CODEC: codec,
+                TAG_DATASET: dataset,
+                TAG_ARCH: arch,
+            },
+        )
         version = int(mv.version)
         registry.annotate_version(
-            mv, tags={},
-            description=describe_training(model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url),
+            mv,
+            tags={},
+            description=describe_training(
+                model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url
+            ),
         )
     say(f"registered {model_name} version {version} (run {run_id}); {steps} steps recorded")
     return TrainResult(model_name, version, run_id, store_url, steps, metrics)

@@ -127,8 +127,16 @@ def _unwritable(path: str) -> str | None:
     return None
 
 
-def check_train_options(*, epochs: int, batch_size: int, lr: float, momentum: float, weight_decay: float,
-                        codec: str | None, store_uri: str | None) -> None:
+def check_train_options(
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    codec: str | None,
+    store_uri: str | None,
+) -> None:
     """The arguments of :func:`mlflow_amnesia.jobs.train.train` that could fail later, checked first."""
     whole_number(epochs, "epochs", "number of epochs")
     whole_number(batch_size, "batch_size", "batch size")

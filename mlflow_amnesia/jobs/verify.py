@@ -57,16 +57,23 @@ class SegmentCheck:
     def problems(self) -> list[str]:
         """One line per finding, prefixed with the segment."""
         at = f"{self.role} {self.store_url}"
-        return ([f"{at}: {p}" for p in self.damaged]
-                + [f"{at}: manifest.json: {m}" for m in self.manifest]
-                + [f"{at}: {c}" for c in self.copy]
-                + [f"{at}: {f}: still on disk although its step was purged: it holds that step's delta"
-                   for f in self.leftovers])
+        return (
+            [f"{at}: {p}" for p in self.damaged]
+            + [f"{at}: manifest.json: {m}" for m in self.manifest]
+            + [f"{at}: {c}" for c in self.copy]
+            + [
+                f"{at}: {f}: still on disk although its step was purged: it holds that step's delta"
+                for f in self.leftovers
+            ]
+        )
 
     def line(self) -> str:
         n = len(self.damaged) + len(self.manifest) + len(self.copy) + len(self.leftovers)
-        what = "purged step(s) without chunks: erased" if self.of_purged_version else \
-            "rolled-back step(s) without chunks: purged or lost, not needed"
+        what = (
+            "purged step(s) without chunks: erased"
+            if self.of_purged_version
+            else "rolled-back step(s) without chunks: purged or lost, not needed"
+        )
         note = f" ({self.not_needed} {what})" if self.not_needed else ""
         if self.unsealed_check:
             note += " (no record key here: size and sha256 checked, not decryption)"
@@ -90,11 +97,18 @@ class VerifyReport:
 
     def problems(self) -> list[str]:
         return [f"{self.model_name} v{self.version}: {e}" for e in self.erasure] + [
-            p for s in self.segments for p in s.problems()]
+            p for s in self.segments for p in s.problems()
+        ]
 
     def lines(self) -> list[str]:
-        head = [f"{self.model_name} v{self.version} was purged ({self.purged.split(';')[0]}): "
-                "checking that what it erased is gone"] if self.purged else []
+        head = (
+            [
+                f"{self.model_name} v{self.version} was purged ({self.purged.split(';')[0]}): "
+                "checking that what it erased is gone"
+            ]
+            if self.purged
+            else []
+        )
         return head + [s.line() for s in self.segments]
 
     def summary(self) -> str:
@@ -105,20 +119,34 @@ class VerifyReport:
             parts.append(f"{damaged} damaged chunk(s): forgets that need them will fail")
         bad = [f"{s.store_url.rstrip('/')}/manifest.json" for s in self.segments if s.manifest]
         if bad:
-            parts.append(f"the delta-store manifest {', '.join(bad[:2])}{' ...' if len(bad) > 2 else ''} is unreadable "
-                         "or disagrees with the version's copy: `mlflow-amnesia purge` relies on it, so restore it "
-                         "(from a backup) before purging")
+            parts.append(
+                f"the delta-store manifest {', '.join(bad[:2])}{' ...' if len(bad) > 2 else ''} is unreadable "
+                "or disagrees with the version's copy: `mlflow-amnesia purge` relies on it, so restore it "
+                "(from a backup) before purging"
+            )
         if any(s.copy for s in self.segments):
             parts.append("a manifest copied into the version cannot be read: forgets from this version will fail")
         left = [f for s in self.segments for f in s.leftovers]
         if left or self.erasure:
-            what = [f"{len(left)} chunk file(s) of purged steps are still on disk ({', '.join(left[:3])}"
-                    f"{', ...' if len(left) > 3 else ''})"] if left else []
-            hint = "" if "--version N" not in self.finish else (
-                f" (N: the superseded version whose purge was stopped; `mlflow-amnesia lineage --model "
-                f"{self.model_name}` marks purged versions)")
-            parts.append(f"{'; '.join(what + self.erasure)}: the erasure is not finished; run `{self.finish}`{hint} "
-                         "to finish it")
+            what = (
+                [
+                    f"{len(left)} chunk file(s) of purged steps are still on disk ({', '.join(left[:3])}"
+                    f"{', ...' if len(left) > 3 else ''})"
+                ]
+                if left
+                else []
+            )
+            hint = (
+                ""
+                if "--version N" not in self.finish
+                else (
+                    f" (N: the superseded version whose purge was stopped; `mlflow-amnesia lineage --model "
+                    f"{self.model_name}` marks purged versions)"
+                )
+            )
+            parts.append(
+                f"{'; '.join(what + self.erasure)}: the erasure is not finished; run `{self.finish}`{hint} to finish it"
+            )
         return f"{self.model_name} v{self.version}: {'; '.join(parts)}; see above" if parts else ""
 
 
@@ -136,8 +164,10 @@ def verify_version(model_name: str, *, version: int | None = None, alias: str | 
     files = VersionFiles(ArtifactFiles(repo), f"{model_name} v{v}")
     info = files.info(optional=True)  # a newer format says upgrade; damage names the file
     if info is None:
-        raise InputError(f"{model_name} v{v} is not an mlflow_amnesia model version (no {INFO}): "
-                         "`mlflow-amnesia verify` checks versions registered by `mlflow-amnesia train` and `forget`.")
+        raise InputError(
+            f"{model_name} v{v} is not an mlflow_amnesia model version (no {INFO}): "
+            "`mlflow-amnesia verify` checks versions registered by `mlflow-amnesia train` and `forget`."
+        )
     done = {int(s) for s in files.rolled_back(info.segments)}
     purged = tags.get(TAG_PURGED)
     is_purged = bool(purged or tags.get(TAG_PURGE_STARTED) or files.read(TOMBSTONE_FILE, optional=True) is not None)
@@ -154,10 +184,17 @@ def verify_version(model_name: str, *, version: int | None = None, alias: str | 
     elif purged:
         kept_not = sorted(f for f, _ in list_files(repo) if not _kept(f))
         if kept_not:
-            erasure.append(f"it is tagged purged but still holds {', '.join(kept_not[:3])}"
-                           f"{' ...' if len(kept_not) > 3 else ''}")
-    return VerifyReport(model_name, v, segments, purged=purged, erasure=erasure,
-                        finish=_finish_command(model_name, v if is_purged else None))
+            erasure.append(
+                f"it is tagged purged but still holds {', '.join(kept_not[:3])}{' ...' if len(kept_not) > 3 else ''}"
+            )
+    return VerifyReport(
+        model_name,
+        v,
+        segments,
+        purged=purged,
+        erasure=erasure,
+        finish=_finish_command(model_name, v if is_purged else None),
+    )
 
 
 def _key_or_none(expected: str | None) -> bytes | None:
@@ -172,8 +209,9 @@ def _key_or_none(expected: str | None) -> bytes | None:
     return key if not expected or key_id(key) == expected else None
 
 
-def _check_segment(seg: Segment, copy: bytes, k: int, done: set[int], is_purged: bool,
-                   key: bytes | None) -> SegmentCheck:
+def _check_segment(
+    seg: Segment, copy: bytes, k: int, done: set[int], is_purged: bool, key: bytes | None
+) -> SegmentCheck:
     url = str(seg.store_url)
     first, last = int(seg.first_step), int(seg.last_step)
     out = SegmentCheck(str(seg.role or "?"), url, max(0, last - first + 1), of_purged_version=is_purged)
@@ -190,8 +228,10 @@ def _check_segment(seg: Segment, copy: bytes, k: int, done: set[int], is_purged:
             out.manifest.append(f"the store's own manifest cannot be read: {e}")
         out.unsealed_check = key is None and theirs is not None and theirs.encrypted
         if own is not None and theirs is not None:
-            out.manifest += [f"disagrees with the version's copy (data/segments/{k}/manifest.json): {m}"
-                             for m in own.check_copy(theirs)]
+            out.manifest += [
+                f"disagrees with the version's copy (data/segments/{k}/manifest.json): {m}"
+                for m in own.check_copy(theirs)
+            ]
         purged_here = set(own.purged_steps) if own is not None else set()
         if own is not None:
             out.leftovers = [f for f, _ in own.leftover_files()]
@@ -216,8 +256,9 @@ def _check_segment(seg: Segment, copy: bytes, k: int, done: set[int], is_purged:
 
 def _finish_command(model_name: str, version: int | None) -> str:
     """The purge command that finishes the interrupted purge(s) of this model's versions."""
-    started = sorted(int(mv.version) for mv in registry.search_versions(model_name)
-                     if TAG_PURGE_STARTED in (mv.tags or {}))
+    started = sorted(
+        int(mv.version) for mv in registry.search_versions(model_name) if TAG_PURGE_STARTED in (mv.tags or {})
+    )
     if version is not None and version not in started:
         started = sorted(started + [version])
     if started:

@@ -265,8 +265,10 @@ class _Raw:
 
     def ids(self) -> np.ndarray:
         """``id_prefix`` (with ``{part}`` replaced by the part's name) + position within the part."""
-        out = [np.char.add(self.id_prefix.replace("{part}", p["name"]), np.arange(p["stop"] - p["start"]).astype(str))
-               for p in self.parts]
+        out = [
+            np.char.add(self.id_prefix.replace("{part}", p["name"]), np.arange(p["stop"] - p["start"]).astype(str))
+            for p in self.parts
+        ]
         return np.concatenate(out) if out else np.zeros(0, dtype=str)
 
 
@@ -292,8 +294,17 @@ def _raw_digits() -> _Raw:
     images = imgs.astype(np.uint8)[:, None]
     labels = np.asarray(bunch.target, dtype=np.int64)
     n = len(labels)
-    return _Raw(images, labels, [str(c) for c in bunch.target_names], [{"name": "all", "start": 0, "stop": n}],
-                "digits:", 16.0, None, None, "digits")
+    return _Raw(
+        images,
+        labels,
+        [str(c) for c in bunch.target_names],
+        [{"name": "all", "start": 0, "stop": n}],
+        "digits:",
+        16.0,
+        None,
+        None,
+        "digits",
+    )
 
 
 def _raw_mnist(root: Path, download: bool) -> _Raw:
@@ -308,9 +319,15 @@ def _raw_mnist(root: Path, download: bool) -> _Raw:
     labels = [t.targets.numpy().astype(np.int64) for t in (train, test)]
     n_tr, n_te = len(labels[0]), len(labels[1])
     return _Raw(
-        np.concatenate(imgs)[:, None], np.concatenate(labels), [str(i) for i in range(10)],
+        np.concatenate(imgs)[:, None],
+        np.concatenate(labels),
+        [str(i) for i in range(10)],
         [{"name": "train", "start": 0, "stop": n_tr}, {"name": "test", "start": n_tr, "stop": n_tr + n_te}],
-        "mnist:{part}:", 255.0, {"train": "train", "holdout": "test"}, str(root), "mnist",
+        "mnist:{part}:",
+        255.0,
+        {"train": "train", "holdout": "test"},
+        str(root),
+        "mnist",
     )
 
 
@@ -326,9 +343,15 @@ def _raw_cifar100(root: Path, download: bool) -> _Raw:
     labels = [np.asarray(t.targets, dtype=np.int64) for t in (train, test)]
     n_tr, n_te = len(labels[0]), len(labels[1])
     return _Raw(
-        np.ascontiguousarray(np.concatenate(imgs)), np.concatenate(labels), [str(c) for c in train.classes],
+        np.ascontiguousarray(np.concatenate(imgs)),
+        np.concatenate(labels),
+        [str(c) for c in train.classes],
         [{"name": "train", "start": 0, "stop": n_tr}, {"name": "test", "start": n_tr, "stop": n_tr + n_te}],
-        "cifar100:{part}:", 255.0, {"train": "train", "holdout": "test"}, str(root), "cifar100",
+        "cifar100:{part}:",
+        255.0,
+        {"train": "train", "holdout": "test"},
+        str(root),
+        "cifar100",
     )
 
 
@@ -340,13 +363,17 @@ def _raw_idx(d: Path) -> _Raw:
     for stem, fi, fl in _idx_pairs(d):
         im, lb = read_idx(fi), read_idx(fl)
         if im.dtype != np.uint8 or im.ndim != 3:
-            raise InputError(f"idx images file {fi} holds {im.dtype} with {im.ndim} dimensions; expected uint8 N x H x W.")
+            raise InputError(
+                f"idx images file {fi} holds {im.dtype} with {im.ndim} dimensions; expected uint8 N x H x W."
+            )
         if lb.dtype != np.uint8 or lb.ndim != 1:
             raise InputError(f"idx labels file {fl} holds {lb.dtype} with {lb.ndim} dimensions; expected uint8 N.")
         if len(im) != len(lb):
             raise InputError(f"idx files disagree: {fi} holds {len(im)} images but {fl} holds {len(lb)} labels.")
         if imgs and im.shape[1:] != imgs[0].shape[1:]:
-            raise InputError(f"idx images file {fi} holds {im.shape[1]}x{im.shape[2]} images, the others {imgs[0].shape[1]}x{imgs[0].shape[2]}.")
+            raise InputError(
+                f"idx images file {fi} holds {im.shape[1]}x{im.shape[2]} images, the others {imgs[0].shape[1]}x{imgs[0].shape[2]}."
+            )
         imgs.append(im)
         labels.append(lb.astype(np.int64))
         parts.append({"name": stem, "start": start, "stop": start + len(lb), "images": fi.name, "labels": fl.name})
@@ -356,8 +383,17 @@ def _raw_idx(d: Path) -> _Raw:
     names = {p["name"] for p in parts}
     test = next((t for t in ("t10k", "test") if t in names), None)
     pre = {"train": "train", "holdout": test} if "train" in names and test else None
-    return _Raw(np.concatenate(imgs)[:, None], y, [str(i) for i in range(k)], parts, "idx:{part}:", 255.0, pre,
-                str(d), f"idx:{d}")
+    return _Raw(
+        np.concatenate(imgs)[:, None],
+        y,
+        [str(i) for i in range(k)],
+        parts,
+        "idx:{part}:",
+        255.0,
+        pre,
+        str(d),
+        f"idx:{d}",
+    )
 
 
 def _fingerprint(raw: _Raw) -> str:
@@ -425,9 +461,11 @@ def _parse_spec(spec: str, root: str | os.PathLike | None) -> tuple[str, Path | 
     s = spec.strip()
     for name in DATASETS.names():
         if DATASETS.get(name).where == "spec" and s.startswith(f"{name}:"):
-            d = root if root is not None else s[len(name) + 1:]
+            d = root if root is not None else s[len(name) + 1 :]
             if not str(d):
-                raise InputError(f"data set spec '{name}:' names no directory: use {name}:<dir>, e.g. {name}:/data/mnist.")
+                raise InputError(
+                    f"data set spec '{name}:' names no directory: use {name}:<dir>, e.g. {name}:/data/mnist."
+                )
             return name, Path(d).expanduser().resolve()
     kind = s.lower()
     if kind not in DATASETS.names() or DATASETS.get(kind).where == "spec":
@@ -437,7 +475,9 @@ def _parse_spec(spec: str, root: str | os.PathLike | None) -> tuple[str, Path | 
     return kind, Path(root).expanduser().resolve() if root is not None else default_data_root()
 
 
-def _load(spec: str, root: str | os.PathLike | None, download: bool, normalization: Mapping[str, Any] | None) -> tuple[_Raw, Records]:
+def _load(
+    spec: str, root: str | os.PathLike | None, download: bool, normalization: Mapping[str, Any] | None
+) -> tuple[_Raw, Records]:
     kind, where = _parse_spec(spec, root)
     raw = DATASETS.get(kind).load(where, download)
     parts = {p["name"]: (int(p["start"]), int(p["stop"])) for p in raw.parts}
@@ -463,13 +503,17 @@ def _load(spec: str, root: str | os.PathLike | None, download: bool, normalizati
         "n_records": int(len(raw.labels)),
         "shape": [int(s) for s in raw.images.shape[1:]],
         "classes": list(raw.classes),
-        "normalization": {"scale": scale, "mean": [float(m) for m in normalization["mean"]],
-                          "std": [float(s) for s in normalization["std"]]},
+        "normalization": {
+            "scale": scale,
+            "mean": [float(m) for m in normalization["mean"]],
+            "std": [float(s) for s in normalization["std"]],
+        },
         "parts": raw.parts,
         "predefined_split": raw.predefined,
     }
-    recs = Records(ids=raw.ids(), x=x, y=torch.from_numpy(raw.labels), classes=list(raw.classes),
-                   spec=spec_dict, parts=parts)
+    recs = Records(
+        ids=raw.ids(), x=x, y=torch.from_numpy(raw.labels), classes=list(raw.classes), spec=spec_dict, parts=parts
+    )
     return raw, recs
 
 
@@ -495,7 +539,9 @@ def rebuild(spec: Mapping[str, Any], *, root: str | os.PathLike | None = None, d
             f"normalization, ...); got {type(spec).__name__} with keys {sorted(spec) if isinstance(spec, Mapping) else '-'}."
         )
     if int(spec.get("format", SPEC_FORMAT)) > SPEC_FORMAT:
-        raise InputError(f"data spec format {spec['format']} is newer than this mlflow-amnesia reads ({SPEC_FORMAT}); upgrade it.")
+        raise InputError(
+            f"data spec format {spec['format']} is newer than this mlflow-amnesia reads ({SPEC_FORMAT}); upgrade it."
+        )
     name = str(spec["spec"])
     where = root if root is not None else spec.get("root")
     _, recs = _load(name, where, download, spec["normalization"])
@@ -511,6 +557,7 @@ def rebuild(spec: Mapping[str, Any], *, root: str | os.PathLike | None = None, d
 
 # --------------------------------------------------------------------------------------------
 # Deterministic order: splitmix64 of (key, position)
+
 
 def _hash_keys(n: int, key: bytes) -> np.ndarray:
     """splitmix64 of (seed from sha256(key)) + golden * (i + 1), for i < n; uint64, version-proof."""
@@ -607,14 +654,21 @@ class Split:
             missing = sorted(need - set(d)) if isinstance(d, Mapping) else sorted(need)
             raise InputError(f"a recorded split lacks {', '.join(missing)}: it was not written by Split.to_json.")
         if int(d.get("format", SPLIT_FORMAT)) > SPLIT_FORMAT:
-            raise InputError(f"split format {d['format']} is newer than this mlflow-amnesia reads ({SPLIT_FORMAT}); upgrade it.")
+            raise InputError(
+                f"split format {d['format']} is newer than this mlflow-amnesia reads ({SPLIT_FORMAT}); upgrade it."
+            )
         if d["fingerprint"] != records.fingerprint:
             raise InputError(
                 f"the recorded split was made on data {d['fingerprint']}, not on {records.spec.get('spec')!r} "
                 f"({records.fingerprint}): rebuild the data set the model was trained on (data.rebuild)."
             )
-        s = split(records, seed=int(d["seed"]), holdout_fraction=float(d["holdout_fraction"]),
-                  stratify=bool(d["stratify"]), use_predefined=d["method"] == "predefined")
+        s = split(
+            records,
+            seed=int(d["seed"]),
+            holdout_fraction=float(d["holdout_fraction"]),
+            stratify=bool(d["stratify"]),
+            use_predefined=d["method"] == "predefined",
+        )
         if s.to_dict()["checksum"] != d["checksum"]:
             raise InputError(
                 f"the recorded split (seed {d['seed']}, fraction {d['holdout_fraction']}) rebuilds to "
@@ -670,7 +724,9 @@ def split(
     else:
         held[np.argsort(keys, kind="stable")[: int(round(f * n))]] = True
     method = "stratified-hash-v1" if stratify else "hash-v1"
-    return Split(np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64), {"method": method, **recipe})
+    return Split(
+        np.flatnonzero(~held).astype(np.int64), np.flatnonzero(held).astype(np.int64), {"method": method, **recipe}
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -699,7 +755,9 @@ def class_records(records: Records, cls: int | str | np.integer) -> np.ndarray:
             )
     elif isinstance(cls, str):
         if cls not in records.classes:
-            raise InputError(f"unknown class {cls!r} in {records.spec.get('spec')!r}: valid classes are {_list_classes(records)}.")
+            raise InputError(
+                f"unknown class {cls!r} in {records.spec.get('spec')!r}: valid classes are {_list_classes(records)}."
+            )
         k = records.classes.index(cls)
     else:
         raise InputError(f"class must be an index or a class name, got {type(cls).__name__} {cls!r}.")
@@ -718,7 +776,9 @@ class RecordsDataset(torch.utils.data.Dataset):
 
     def __init__(self, records: Records, positions: np.ndarray | None = None) -> None:
         self.records = records
-        self.positions = np.arange(len(records), dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
+        self.positions = (
+            np.arange(len(records), dtype=np.int64) if positions is None else np.asarray(positions, dtype=np.int64)
+        )
         if len(self.positions) and (self.positions.min() < 0 or self.positions.max() >= len(records)):
             raise InputError(f"RecordsDataset: positions outside 0..{len(records) - 1}.")
 

@@ -42,11 +42,24 @@ from ..names import Registry
 
 ENTRY_POINT_GROUP = "mlflow_amnesia.architectures"
 ALLOWED_BUILDERS_ENV = "MLFLOW_AMNESIA_ALLOWED_BUILDERS"
-_BUILDER_PATH = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_BUILDER_PATH = re.compile(
+    r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+)
 STEMS = ("cifar", "imagenet")
 
-__all__ = ["ALLOWED_BUILDERS_ENV", "ARCHITECTURES", "ARCHS", "ENTRY_POINT_GROUP", "ArchKind", "SmallCNN",
-           "allowed_builders", "build_model", "check_builder", "default_arch_spec", "validate_spec"]
+__all__ = [
+    "ALLOWED_BUILDERS_ENV",
+    "ARCHITECTURES",
+    "ARCHS",
+    "ENTRY_POINT_GROUP",
+    "ArchKind",
+    "SmallCNN",
+    "allowed_builders",
+    "build_model",
+    "check_builder",
+    "default_arch_spec",
+    "validate_spec",
+]
 
 
 class SmallCNN(nn.Module):
@@ -84,8 +97,11 @@ def _positive_int(spec: Mapping[str, Any], key: str, minimum: int = 1) -> int:
 def _image_size(spec: Mapping[str, Any]) -> tuple[int, int]:
     v = spec["image_size"]
     hw = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
-    if (not isinstance(hw, (list, tuple)) or len(hw) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 4 for s in hw)):
+    if (
+        not isinstance(hw, (list, tuple))
+        or len(hw) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 4 for s in hw)
+    ):
         raise InputError(f"architecture spec 'cnn': image_size must be an integer >= 4 or [height, width], got {v!r}.")
     return int(hw[0]), int(hw[1])
 
@@ -100,14 +116,17 @@ def validate_spec(spec: Any) -> dict[str, Any]:
     try:
         plain = json.loads(json.dumps(dict(spec), allow_nan=False))
     except (TypeError, ValueError) as e:
-        raise InputError(f"architecture spec {dict(spec)!r} is not JSON-serialisable ({e}); use plain numbers, strings, lists and dicts.") from None
+        raise InputError(
+            f"architecture spec {dict(spec)!r} is not JSON-serialisable ({e}); use plain numbers, strings, lists and dicts."
+        ) from None
     arch = plain.get("arch")
     kind = ARCHITECTURES.get(arch)
     required, optional = kind.required, kind.optional
     missing, unknown = required - plain.keys(), plain.keys() - required - optional
     if missing or unknown:
         parts = ([f"missing {', '.join(sorted(missing))}"] if missing else []) + (
-            [f"unknown {', '.join(sorted(unknown))}"] if unknown else [])
+            [f"unknown {', '.join(sorted(unknown))}"] if unknown else []
+        )
         raise InputError(
             f"architecture spec {arch!r}: {'; '.join(parts)}. Its keys are {', '.join(sorted(required | optional))}."
         )
@@ -130,7 +149,9 @@ def _check_cnn(spec: dict[str, Any]) -> None:
 
 def _check_builder_spec(spec: dict[str, Any]) -> None:
     if not isinstance(spec["builder"], str) or not spec["builder"].strip():
-        raise InputError(f"architecture spec 'builder': builder must be 'package.module:function' or an entry-point name, got {spec['builder']!r}.")
+        raise InputError(
+            f"architecture spec 'builder': builder must be 'package.module:function' or an entry-point name, got {spec['builder']!r}."
+        )
     if not isinstance(spec.get("kwargs", {}), dict):
         raise InputError(f"architecture spec 'builder': kwargs must be a JSON object, got {spec['kwargs']!r}.")
 
@@ -153,7 +174,9 @@ def _resolve_builder(name: str) -> Callable[..., Any]:
         try:
             obj: Any = importlib.import_module(mod_name)
         except ImportError as e:
-            raise InputError(f"architecture builder {name!r}: cannot import module {mod_name!r} ({e}); is its package installed?") from None
+            raise InputError(
+                f"architecture builder {name!r}: cannot import module {mod_name!r} ({e}); is its package installed?"
+            ) from None
         for part in attr.split("."):
             if not hasattr(obj, part):
                 raise InputError(f"architecture builder {name!r}: module {mod_name!r} has no attribute {attr!r}.")
@@ -170,7 +193,9 @@ def _resolve_builder(name: str) -> Callable[..., Any]:
         try:
             obj = eps[0].load()
         except (ImportError, AttributeError) as e:
-            raise InputError(f"architecture builder entry point {name!r} ({eps[0].value}) cannot be loaded: {e}.") from None
+            raise InputError(
+                f"architecture builder entry point {name!r} ({eps[0].value}) cannot be loaded: {e}."
+            ) from None
     if not callable(obj):
         raise InputError(f"architecture builder {name!r} is a {type(obj).__name__}, not a function or class.")
     return obj
@@ -182,8 +207,10 @@ def allowed_builders(builders: Iterable[str] = ()) -> frozenset[str]:
     env = [b.strip() for b in os.environ.get(ALLOWED_BUILDERS_ENV, "").split(",") if b.strip()]
     for b in env:
         if not _BUILDER_PATH.fullmatch(b):
-            raise InputError(f"{ALLOWED_BUILDERS_ENV} lists {b!r}, which is not a builder 'package.module:function': "
-                             "fix the variable (comma-separated module:function names).")
+            raise InputError(
+                f"{ALLOWED_BUILDERS_ENV} lists {b!r}, which is not a builder 'package.module:function': "
+                "fix the variable (comma-separated module:function names)."
+            )
     given = [str(b).strip() for b in builders]
     for b in given:
         if not _BUILDER_PATH.fullmatch(b):
@@ -204,9 +231,13 @@ def check_builder(spec: Mapping[str, Any], *, source: str, builders: Iterable[st
     if not isinstance(name, str) or ":" not in name:
         return  # an entry-point name (or invalid, which validate_spec reports): only installed code
     if not _BUILDER_PATH.fullmatch(name):
-        raise InputError(f"{source} names the architecture builder {name!r}, which is not 'package.module:function': "
-                         "the file is damaged or was not written by mlflow-amnesia; restore it.")
-    if name in allowed_builders(builders) or name in {ep.value.replace(" ", "") for ep in entry_points(group=ENTRY_POINT_GROUP)}:
+        raise InputError(
+            f"{source} names the architecture builder {name!r}, which is not 'package.module:function': "
+            "the file is damaged or was not written by mlflow-amnesia; restore it."
+        )
+    if name in allowed_builders(builders) or name in {
+        ep.value.replace(" ", "") for ep in entry_points(group=ENTRY_POINT_GROUP)
+    }:
         return
     raise InputError(
         f"{source} names the architecture builder {name}, and mlflow-amnesia never imports code that a model's "
@@ -215,8 +246,9 @@ def check_builder(spec: Mapping[str, Any], *, source: str, builders: Iterable[st
     )
 
 
-def build_model(spec: Mapping[str, Any], *, seed: int | None = None, source: str | None = None,
-                builders: Iterable[str] = ()) -> nn.Module:
+def build_model(
+    spec: Mapping[str, Any], *, seed: int | None = None, source: str | None = None, builders: Iterable[str] = ()
+) -> nn.Module:
     """Build the module a spec describes (see the module docstring).
 
     With ``seed``, parameters are initialised from that seed without touching the global RNG,
@@ -262,12 +294,16 @@ def _build_from_builder(s: dict[str, Any]) -> nn.Module:
     try:
         inspect.signature(fn).bind(**kwargs)
     except TypeError as e:
-        raise InputError(f"architecture builder {s['builder']!r} does not accept kwargs {sorted(kwargs)}: {e}.") from None
+        raise InputError(
+            f"architecture builder {s['builder']!r} does not accept kwargs {sorted(kwargs)}: {e}."
+        ) from None
     except ValueError:
         pass  # no introspectable signature (a builtin): let the call decide
     module = fn(**kwargs)
     if not isinstance(module, nn.Module):
-        raise InputError(f"architecture builder {s['builder']!r} returned {type(module).__name__}, not a torch.nn.Module.")
+        raise InputError(
+            f"architecture builder {s['builder']!r} returned {type(module).__name__}, not a torch.nn.Module."
+        )
     return module
 
 
@@ -285,15 +321,29 @@ class ArchKind:
 #: only as :func:`check_builder` and :func:`_resolve_builder` say (entry points of
 #: :data:`ENTRY_POINT_GROUP` are builders, not entries of this registry).
 ARCHITECTURES: Registry[ArchKind] = Registry(
-    "architecture", unknown="unknown architecture {name!r}: use one of {choices} (builder for your own).")
-ARCHITECTURES.register("resnet18", ArchKind(
-    frozenset({"arch", "stem", "in_channels", "num_classes"}), frozenset(), _check_resnet18,
-    lambda s: _resnet18(s["stem"], s["in_channels"], s["num_classes"])))
-ARCHITECTURES.register("cnn", ArchKind(
-    frozenset({"arch", "in_channels", "num_classes", "image_size"}), frozenset(), _check_cnn,
-    lambda s: SmallCNN(s["in_channels"], s["num_classes"], _image_size(s))))
-ARCHITECTURES.register("builder", ArchKind(
-    frozenset({"arch", "builder"}), frozenset({"kwargs"}), _check_builder_spec, _build_from_builder))
+    "architecture", unknown="unknown architecture {name!r}: use one of {choices} (builder for your own)."
+)
+ARCHITECTURES.register(
+    "resnet18",
+    ArchKind(
+        frozenset({"arch", "stem", "in_channels", "num_classes"}),
+        frozenset(),
+        _check_resnet18,
+        lambda s: _resnet18(s["stem"], s["in_channels"], s["num_classes"]),
+    ),
+)
+ARCHITECTURES.register(
+    "cnn",
+    ArchKind(
+        frozenset({"arch", "in_channels", "num_classes", "image_size"}),
+        frozenset(),
+        _check_cnn,
+        lambda s: SmallCNN(s["in_channels"], s["num_classes"], _image_size(s)),
+    ),
+)
+ARCHITECTURES.register(
+    "builder", ArchKind(frozenset({"arch", "builder"}), frozenset({"kwargs"}), _check_builder_spec, _build_from_builder)
+)
 ARCHS = ARCHITECTURES.names()
 
 
@@ -308,11 +358,18 @@ def default_arch_spec(arch: str, records: Any) -> dict[str, Any]:
     c, k = int(records.in_channels), int(records.num_classes)
     size: int | list[int] = h if h == w else [h, w]
     if arch == "resnet18":
-        return {"arch": "resnet18", "stem": "cifar" if max(h, w) <= 64 else "imagenet", "in_channels": c, "num_classes": k}
+        return {
+            "arch": "resnet18",
+            "stem": "cifar" if max(h, w) <= 64 else "imagenet",
+            "in_channels": c,
+            "num_classes": k,
+        }
     if arch == "cnn":
         return {"arch": "cnn", "in_channels": c, "num_classes": k, "image_size": size}
     if arch == "builder" or not isinstance(arch, str) or not arch.strip():
-        raise InputError(f"architecture {arch!r}: name one of resnet18, cnn, or a builder 'package.module:function' / entry-point name.")
+        raise InputError(
+            f"architecture {arch!r}: name one of resnet18, cnn, or a builder 'package.module:function' / entry-point name."
+        )
     fn = _resolve_builder(arch)
     offer = {"in_channels": c, "num_classes": k, "image_size": size}
     params: Mapping[str, inspect.Parameter]

@@ -40,13 +40,12 @@ class Recipe:
 
 
 def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
-    return torch.optim.SGD(
-        model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay
-    )
+    return torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
 
 
-def epoch_orders(positions: np.ndarray, seed: int, epochs: int, first_epoch: int = 0, *,
-                 key: bytes | None = None) -> np.ndarray:
+def epoch_orders(
+    positions: np.ndarray, seed: int, epochs: int, first_epoch: int = 0, *, key: bytes | None = None
+) -> np.ndarray:
     """Per-epoch permutations of ``positions`` (record positions), shape (epochs, len(positions)).
 
     Recorded phases pass the record ``key``: their order then cannot be recomputed without it
@@ -55,10 +54,16 @@ def epoch_orders(positions: np.ndarray, seed: int, epochs: int, first_epoch: int
     from .data import epoch_order
 
     positions = np.asarray(positions, dtype=np.int64)
-    return np.stack(
-        [positions[np.asarray(epoch_order(len(positions), seed, e, key=key), dtype=np.int64)]
-         for e in range(first_epoch, first_epoch + epochs)]
-    ) if epochs > 0 else np.zeros((0, len(positions)), np.int64)
+    return (
+        np.stack(
+            [
+                positions[np.asarray(epoch_order(len(positions), seed, e, key=key), dtype=np.int64)]
+                for e in range(first_epoch, first_epoch + epochs)
+            ]
+        )
+        if epochs > 0
+        else np.zeros((0, len(positions)), np.int64)
+    )
 
 
 @dataclass
@@ -116,7 +121,9 @@ def run_epochs(
             tot_loss += float(loss.detach()) * len(pos)
             tot_correct += int((out.argmax(1) == yb).sum())
             prog.update(loss=tot_loss / seen, acc=tot_correct / seen, epoch=first_epoch + e + 1)
-        r = EpochResult(first_epoch + e, tot_loss / max(seen, 1), tot_correct / max(seen, 1), steps, time.monotonic() - t0)
+        r = EpochResult(
+            first_epoch + e, tot_loss / max(seen, 1), tot_correct / max(seen, 1), steps, time.monotonic() - t0
+        )
         results.append(r)
         if on_epoch:
             on_epoch(r)
@@ -173,15 +180,37 @@ def record_phase(
     phase = Phase(base_url)
     store_url = phase.deltas_url
     store = DeltaStore.create(
-        store_url, layout=state_layout(model), codec=codec,
-        meta={"optimizer": optimizer_meta(optimizer), "run_id": run_id, "role": role}, key=key,
+        store_url,
+        layout=state_layout(model),
+        codec=codec,
+        meta={"optimizer": optimizer_meta(optimizer), "run_id": run_id, "role": role},
+        key=key,
     )
     builder = RecordIndexBuilder(key)
     with Recorder(model, store, builder, optimizer=optimizer, start_step=first_step) as rec:
-        run_epochs(model, optimizer, x, y, orders, batch_size=batch_size, ids=ids, recorder=rec,
-                   on_epoch=on_epoch, targets=targets, label=label or role)
+        run_epochs(
+            model,
+            optimizer,
+            x,
+            y,
+            orders,
+            batch_size=batch_size,
+            ids=ids,
+            recorder=rec,
+            on_epoch=on_epoch,
+            targets=targets,
+            label=label or role,
+        )
     store.close()
     steps = store.steps
     last = int(steps[-1]) if len(steps) else first_step - 1
-    return Segment(role, store_url, first_step, last, manifest=store.manifest_bytes(),
-                   index=builder.build().to_bytes(), run_id=run_id, base_url=phase.base_url)
+    return Segment(
+        role,
+        store_url,
+        first_step,
+        last,
+        manifest=store.manifest_bytes(),
+        index=builder.build().to_bytes(),
+        run_id=run_id,
+        base_url=phase.base_url,
+    )

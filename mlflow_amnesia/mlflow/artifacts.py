@@ -33,8 +33,10 @@ def download(repo: Any, path: str, *, optional: bool = False) -> bytes | None:
             local = repo.download_artifacts(path, dst_path=tmp)
             return Path(local).read_bytes()
         except Exception as e:  # noqa: BLE001 - every repository signals failure differently
-            raise StoreError(f"cannot read {path} of the model version at {repo.artifact_uri} ({type(e).__name__}: {e}); "
-                             "what the versions need cannot be checked without it. Restore it, then re-run.") from None
+            raise StoreError(
+                f"cannot read {path} of the model version at {repo.artifact_uri} ({type(e).__name__}: {e}); "
+                "what the versions need cannot be checked without it. Restore it, then re-run."
+            ) from None
 
 
 def list_files(repo: Any, path: str | None = None) -> list[tuple[str, int]]:

@@ -82,7 +82,7 @@ def _private_dir(d: Path) -> None:
 def _canonical_uri(uri: str) -> str:
     """One spelling per store: relative sqlite / file paths made absolute (the cwd differs)."""
     if uri.startswith("sqlite:///"):
-        return "sqlite:///" + os.path.realpath(uri[len("sqlite:///"):].split("?", 1)[0])
+        return "sqlite:///" + os.path.realpath(uri[len("sqlite:///") :].split("?", 1)[0])
     if uri.startswith("file:"):
         return "file://" + os.path.realpath(urlparse(uri).path)
     if "://" not in uri:
@@ -94,7 +94,9 @@ def lock_path(model_name: str) -> Path:
     """The lock file of ``model_name`` under the current tracking and registry URIs."""
     import mlflow
 
-    ident = "\n".join([_canonical_uri(mlflow.get_tracking_uri()), _canonical_uri(mlflow.get_registry_uri()), model_name])
+    ident = "\n".join(
+        [_canonical_uri(mlflow.get_tracking_uri()), _canonical_uri(mlflow.get_registry_uri()), model_name]
+    )
     return lock_dir() / f"forget-{hashlib.sha256(ident.encode()).hexdigest()[:32]}.lock"
 
 
@@ -118,19 +120,29 @@ def model_lock(model_name: str) -> Iterator[Path | None]:
             _private_dir(path.parent)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
     except OSError as e:
-        say(f"note: cannot take the forget lock {path} ({e.strerror or e}); concurrent forgets of "
-            f"{model_name} are still refused at registration, but not queued")
+        say(
+            f"note: cannot take the forget lock {path} ({e.strerror or e}); concurrent forgets of "
+            f"{model_name} are still refused at registration, but not queued"
+        )
         yield None
         return
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            say(f"waiting for another forget of {model_name} on this machine ({_holder(fd)}) to finish; "
-                f"this one then builds on its version (lock {path})")
+            say(
+                f"waiting for another forget of {model_name} on this machine ({_holder(fd)}) to finish; "
+                f"this one then builds on its version (lock {path})"
+            )
             fcntl.flock(fd, fcntl.LOCK_EX)
-        me = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "model": model_name,
-                         "since": time.strftime("%Y-%m-%dT%H:%M:%S%z")}).encode()
+        me = json.dumps(
+            {
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+                "model": model_name,
+                "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        ).encode()
         os.ftruncate(fd, 0)
         os.pwrite(fd, me, 0)
         yield path
@@ -212,9 +224,7 @@ def _conflict(name: str, parent: int, winner: int, run_id: str | None, what: str
     )
 
 
-def register_child(
-    name: str, model_uri: str, *, parent: int, tags: Mapping[str, object], run_id: str | None = None
-):
+def register_child(name: str, model_uri: str, *, parent: int, tags: Mapping[str, object], run_id: str | None = None):
     """Register ``model_uri`` (a logged model whose artifacts are all uploaded) as the one child
     of ``parent``, with ``tags`` set in the same call; return its ModelVersion.
 
@@ -229,7 +239,9 @@ def register_child(
     sup = (pmv.tags or {}).get(registry.TAG_SUPERSEDED)
     if kids or sup:
         raise _conflict(name, parent, kids[0] if kids else int(str(sup)), run_id, "this one registered nothing")
-    mv = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in {**tags, registry.TAG_PARENT: parent}.items()})
+    mv = mlflow.register_model(
+        model_uri, name, tags={k: str(v) for k, v in {**tags, registry.TAG_PARENT: parent}.items()}
+    )
     mine = int(mv.version)
     kids = children_of(name, parent)
     winner = min(kids + [mine])  # + mine: a listing that lags behind its own write still counts it
@@ -237,5 +249,11 @@ def register_child(
         c.delete_model_version(name, str(mine))
         if run_id:
             c.set_tag(run_id, TAG_CONFLICT, f"lost to v{winner}; v{mine} deleted")
-        raise _conflict(name, parent, winner, run_id, f"v{mine}, registered at the same moment, lost (lower version wins) and was deleted")
+        raise _conflict(
+            name,
+            parent,
+            winner,
+            run_id,
+            f"v{mine}, registered at the same moment, lost (lower version wins) and was deleted",
+        )
     return mv

@@ -38,8 +38,17 @@ from ..version.files import (  # noqa: F401 - the readers, re-exported from thei
 from ..version.info import FORMAT_VERSION, VersionInfo
 from ..version.model import AmnesiaModel, read_model
 
-__all__ = ["FLAVOR_NAME", "FORMAT_VERSION", "AmnesiaModel", "Segment", "VersionInfo", "load_model", "log_model",
-           "read_info", "save_model"]
+__all__ = [
+    "FLAVOR_NAME",
+    "FORMAT_VERSION",
+    "AmnesiaModel",
+    "Segment",
+    "VersionInfo",
+    "load_model",
+    "log_model",
+    "read_info",
+    "save_model",
+]
 
 FLAVOR_NAME = "mlflow_amnesia"
 
@@ -80,8 +89,16 @@ def save_model(
     path = os.path.abspath(path)
     _validate_and_prepare_target_save_path(path)
     am = amnesia_model
-    info = write_files(Path(path, DATA), module=am.module, arch=am.arch, info=am.info, segments=am.segments,
-                       rolled_back=am.rolled_back, forgotten=am.forgotten, format_version=FORMAT_VERSION)
+    info = write_files(
+        Path(path, DATA),
+        module=am.module,
+        arch=am.arch,
+        info=am.info,
+        segments=am.segments,
+        rolled_back=am.rolled_back,
+        forgotten=am.forgotten,
+        format_version=FORMAT_VERSION,
+    )
 
     if mlflow_model is None:
         mlflow_model = Model()
@@ -189,10 +206,12 @@ class _PyFuncWrapper:
 
     def predict(self, data: Any, params: dict | None = None) -> np.ndarray:
         if hasattr(data, "to_numpy"):
-            data = np.stack([np.asarray(v, dtype=np.float32) for v in data.iloc[:, 0]]) if data.shape[1] == 1 else data.to_numpy()
+            data = (
+                np.stack([np.asarray(v, dtype=np.float32) for v in data.iloc[:, 0]])
+                if data.shape[1] == 1
+                else data.to_numpy()
+            )
         return self.model.predict_proba(np.asarray(data, dtype=np.float32))
-
-
 
 
 def _load_pyfunc(path: str, model_config: dict | None = None) -> _PyFuncWrapper:

@@ -27,9 +27,17 @@ from ..tags import TAG_STEPS as TAG_STEPS
 from ..tags import TAG_SUPERSEDED as TAG_SUPERSEDED
 
 HEADLINE_METRICS = (
-    "acc.test", "acc.retain", "acc.forget", "loss.forget",
-    "audit.mia.auc", "audit.mia.recall", "audit.mia.tpr_at_1pct_fpr", "audit.lira.auc", "audit.lira.tpr_at_1pct_fpr",
-    "audit.retain.lira.auc", "audit.inversion.score",
+    "acc.test",
+    "acc.retain",
+    "acc.forget",
+    "loss.forget",
+    "audit.mia.auc",
+    "audit.mia.recall",
+    "audit.mia.tpr_at_1pct_fpr",
+    "audit.lira.auc",
+    "audit.lira.tpr_at_1pct_fpr",
+    "audit.retain.lira.auc",
+    "audit.inversion.score",
 )
 
 
@@ -102,7 +110,11 @@ def resolve_version(name: str, *, version: int | None = None, alias: str | None 
             names = sorted(m.name for m in c.search_registered_models(max_results=50))
             raise InputError(
                 f"no registered model named {name!r} in {_where()}. "
-                + (f"Registered models: {', '.join(names)}." if names else "No model is registered yet: run `mlflow-amnesia train` first.")
+                + (
+                    f"Registered models: {', '.join(names)}."
+                    if names
+                    else "No model is registered yet: run `mlflow-amnesia train` first."
+                )
             ) from None
         raise
     try:
@@ -221,8 +233,9 @@ def replace_table(description: str, table: str) -> str:
     return _join(head, table, tail)
 
 
-def links_line(name: str, *, parent: str | None, run_id: str | None, run_name: str | None,
-               experiment_id: str | None) -> str:
+def links_line(
+    name: str, *, parent: str | None, run_id: str | None, run_name: str | None, experiment_id: str | None
+) -> str:
     """``**Lineage:** parent v1 · source run <name>`` as markdown links into the MLflow UI."""
     parts = []
     if parent is not None:
@@ -241,8 +254,9 @@ def compose_description(description: str, *, links: str = "", picture: str = "")
     return _join(head, links, table, picture, tail)
 
 
-def annotate_version(mv, *, tags: Mapping[str, object], description: str, aliases: tuple[str, ...] = (),
-                     picture: bytes | None = None) -> None:
+def annotate_version(
+    mv, *, tags: Mapping[str, object], description: str, aliases: tuple[str, ...] = (), picture: bytes | None = None
+) -> None:
     """Set ``tags`` and ``aliases`` on a registered version and write its description.
 
     The description gets a line of links (parent version, source run). ``picture`` (a PNG: the
@@ -263,12 +277,19 @@ def annotate_version(mv, *, tags: Mapping[str, object], description: str, aliase
             run = c.get_run(mv.run_id)
         except Exception:  # noqa: BLE001 - a version whose run is gone gets no run link
             run = None
-    links = links_line(mv.name, parent=parent, run_id=mv.run_id, run_name=run.info.run_name if run else None,
-                       experiment_id=run.info.experiment_id if run else None)
+    links = links_line(
+        mv.name,
+        parent=parent,
+        run_id=mv.run_id,
+        run_name=run.info.run_name if run else None,
+        experiment_id=run.info.experiment_id if run else None,
+    )
     image = ""
     if parent is not None and run is not None and picture is not None:
         image = _log_picture(mv, picture)
-    c.update_model_version(mv.name, mv.version, description=compose_description(description, links=links, picture=image))
+    c.update_model_version(
+        mv.name, mv.version, description=compose_description(description, links=links, picture=image)
+    )
 
 
 def _log_picture(mv, png: bytes) -> str:

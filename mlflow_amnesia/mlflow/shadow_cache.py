@@ -35,7 +35,8 @@ class MlflowShadowCache:
         runs = client.search_runs(
             [exp.experiment_id],
             filter_string=f"tags.`{TAG_SHADOW_KEY}` = {filter_literal(key)} and attributes.status = 'FINISHED'",
-            max_results=1)
+            max_results=1,
+        )
         if not runs:
             return None
         run_id = runs[0].info.run_id

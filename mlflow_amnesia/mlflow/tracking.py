@@ -48,7 +48,9 @@ def check_reachable(timeout: float | None = None) -> None:
         except requests.exceptions.SSLError:
             continue  # MLflow's own TLS settings may make it work: let MLflow decide
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-            reason = f"no answer within {timeout:g} s" if isinstance(e, requests.exceptions.Timeout) else "connection failed"
+            reason = (
+                f"no answer within {timeout:g} s" if isinstance(e, requests.exceptions.Timeout) else "connection failed"
+            )
             raise TrackingServerError(
                 f"cannot reach the {what} server at {uri} ({reason}): start it, or set "
                 f"MLFLOW_TRACKING_URI{' / MLFLOW_REGISTRY_URI' if what == 'registry' else ''} to a server that runs. "
@@ -82,8 +84,10 @@ def check_tracking_store(*, create: bool = False) -> None:
     """
     import mlflow
 
-    roles = (("tracking", "MLFLOW_TRACKING_URI", mlflow.get_tracking_uri()),
-             ("registry", "MLFLOW_REGISTRY_URI", mlflow.get_registry_uri()))
+    roles = (
+        ("tracking", "MLFLOW_TRACKING_URI", mlflow.get_tracking_uri()),
+        ("registry", "MLFLOW_REGISTRY_URI", mlflow.get_registry_uri()),
+    )
     uris: dict[str, tuple[str, str]] = {}
     for what, env, uri in roles:
         _check_scheme(what, env, uri)  # one URI for both: the registry may still not take it
@@ -144,18 +148,24 @@ def _check_sqlite(path: str, uri: str, env: str, create: bool) -> bool:
     if not os.path.exists(path):
         parent = os.path.dirname(path)
         if not os.path.isdir(parent):
-            fix = (f"create it first (mkdir -p {shlex.quote(parent)}) or fix the path" if create else
-                   "fix the path, or run `mlflow-amnesia train` to create a database where the directory exists")
-            raise InputError(f"{env} is {uri}, but the directory {parent} does not exist (a typo?): {fix}. "
-                             "Nothing was created.")
+            fix = (
+                f"create it first (mkdir -p {shlex.quote(parent)}) or fix the path"
+                if create
+                else "fix the path, or run `mlflow-amnesia train` to create a database where the directory exists"
+            )
+            raise InputError(
+                f"{env} is {uri}, but the directory {parent} does not exist (a typo?): {fix}. Nothing was created."
+            )
         if not create:
             raise InputError(
                 f"there is no MLflow database at {path} ({env} is {uri}): run `mlflow-amnesia train` to create one, "
                 f"or set {env} to the database that holds your models. Nothing was created."
             )
         if not os.access(parent, os.W_OK | os.X_OK):
-            raise InputError(f"cannot create the MLflow database {path}: the directory {parent} is not writable; "
-                             f"set {env} to a database in a directory you can write to")
+            raise InputError(
+                f"cannot create the MLflow database {path}: the directory {parent} is not writable; "
+                f"set {env} to a database in a directory you can write to"
+            )
         return False
     problem = sqlite_problem(path, env)
     if problem:
@@ -180,11 +190,15 @@ def sqlite_problem(path: str, env: str = "MLFLOW_TRACKING_URI") -> str | None:
     except OSError as e:
         return f"cannot read the MLflow database {path} ({env}): {e.strerror}"
     if not head:
-        return (f"{path} ({env}) is an empty file, not an MLflow database: it holds nothing, so remove it (rm {q}) "
-                "and re-run; `mlflow-amnesia train` creates the database")
+        return (
+            f"{path} ({env}) is an empty file, not an MLflow database: it holds nothing, so remove it (rm {q}) "
+            "and re-run; `mlflow-amnesia train` creates the database"
+        )
     if head != SQLITE_HEADER:
-        return (f"{path} ({env}) is not an SQLite database: set {env} to your MLflow database, or move {path} out of "
-                "the way and let `mlflow-amnesia train` create one")
+        return (
+            f"{path} ({env}) is not an SQLite database: set {env} to your MLflow database, or move {path} out of "
+            "the way and let `mlflow-amnesia train` create one"
+        )
     try:
         tables, revision, runs, models = _read_schema(path)
     except sqlite3.DatabaseError as e:
@@ -203,11 +217,15 @@ def sqlite_problem(path: str, env: str = "MLFLOW_TRACKING_URI") -> str | None:
     if not tables:
         return f"{what}: it is empty (no tables), so it holds nothing; remove it (rm {q}) and re-run"
     if revision is None and not tables & expected:
-        return (f"{path} ({env}) is an SQLite database but not an MLflow one (none of MLflow's tables): set {env} "
-                f"to your MLflow database, or move {path} out of the way")
+        return (
+            f"{path} ({env}) is an SQLite database but not an MLflow one (none of MLflow's tables): set {env} "
+            f"to your MLflow database, or move {path} out of the way"
+        )
     if revision is not None and revision != head_revision and not _known_revision(revision):
-        return (f"{what} by MLflow {mlflow.__version__}: its schema (revision {revision}) is newer, made by a newer "
-                "MLflow: upgrade MLflow here (pip install -U mlflow)")
+        return (
+            f"{what} by MLflow {mlflow.__version__}: its schema (revision {revision}) is newer, made by a newer "
+            "MLflow: upgrade MLflow here (pip install -U mlflow)"
+        )
     if leftover:
         why = f"a schema migration of it was interrupted (leftover table {', '.join(leftover)})"
     elif revision is None:
@@ -220,8 +238,10 @@ def sqlite_problem(path: str, env: str = "MLFLOW_TRACKING_URI") -> str | None:
         return f"{what}: {why}. It holds no runs and no registered models, so nothing is lost by removing it: rm {q}, then re-run"
     held = f"It holds {runs} run(s) and {models} registered model(s): back it up (cp {q} {q}.bak), then"
     if leftover:
-        return (f"{what}: {why}. {held} finish the migration by hand (for each leftover _alembic_tmp_T: drop it if "
-                f"table T exists, else rename it to T) and run `mlflow db upgrade sqlite:///{path}`")
+        return (
+            f"{what}: {why}. {held} finish the migration by hand (for each leftover _alembic_tmp_T: drop it if "
+            f"table T exists, else rename it to T) and run `mlflow db upgrade sqlite:///{path}`"
+        )
     return f"{what}: {why}. {held} run `mlflow db upgrade sqlite:///{path}`"
 
 
@@ -340,7 +360,7 @@ def _remove_stale_temps(parent: str, name: str) -> None:
     for entry in os.listdir(parent):
         if not entry.startswith(prefix):
             continue
-        pid = entry[len(prefix):].split(".", 1)[0]
+        pid = entry[len(prefix) :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             try:
                 os.unlink(os.path.join(parent, entry))

@@ -78,7 +78,7 @@ def write_local(path: str | os.PathLike[str], data: bytes, *, atomic: bool = Tru
         try:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)

@@ -507,8 +507,16 @@ class RecordIndex:
         for name, a, filters in arrays:
             raw = _apply_filters(a, filters, self._indptr)
             blob = cctx.compress(raw) if cctx is not None else raw
-            meta.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape), "filters": filters,
-                         "offset": offset, "size": len(blob)})
+            meta.append(
+                {
+                    "name": name,
+                    "dtype": a.dtype.str,
+                    "shape": list(a.shape),
+                    "filters": filters,
+                    "offset": offset,
+                    "size": len(blob),
+                }
+            )
             parts.append(blob)
             offset += len(blob)
         payload = b"".join(parts)
@@ -530,8 +538,9 @@ class RecordIndex:
         return _PREFIX.pack(MAGIC, len(hb), hashlib.sha256(hb).digest()) + hb + payload
 
     @classmethod
-    def from_bytes(cls, data: bytes, key: bytes | None = None, *, name: str = "<bytes>",
-                   steps: tuple[int, int] | None = None) -> RecordIndex:
+    def from_bytes(
+        cls, data: bytes, key: bytes | None = None, *, name: str = "<bytes>", steps: tuple[int, int] | None = None
+    ) -> RecordIndex:
         """Read an index written by :meth:`to_bytes`; ``name`` says where it came from in errors.
 
         ``key`` defaults to :func:`mlflow_amnesia.keys.load_key`. A key other than the one the
@@ -635,8 +644,12 @@ def _read_header(data: bytes, name: str) -> tuple[dict, bytes | memoryview]:
         if header.get("format") != FORMAT_NAME:
             raise IndexFormatError(f"{name} is a {header.get('format')!r} file, not a {FORMAT_NAME}")
         version = header["version"]
-        if (isinstance(version, bool) or not isinstance(version, int) or not isinstance(header["key_id"], str)
-                or not isinstance(header["payload_sha256"], str)):
+        if (
+            isinstance(version, bool)
+            or not isinstance(version, int)
+            or not isinstance(header["key_id"], str)
+            or not isinstance(header["payload_sha256"], str)
+        ):
             raise TypeError
     except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # RecursionError: absurd nesting
         raise IndexFormatError(f"the record index {name} has an unreadable header") from None
@@ -663,8 +676,9 @@ _MAX_RATIO = 64
 _MIN_BUDGET = 64 << 20
 
 
-def _layout(header: dict, file_bytes: int, name: str,
-            steps: tuple[int, int] | None = None) -> tuple[tuple[int, int, int], dict[str, tuple], bool]:
+def _layout(
+    header: dict, file_bytes: int, name: str, steps: tuple[int, int] | None = None
+) -> tuple[tuple[int, int, int], dict[str, tuple], bool]:
     """Check the counts and the array table of a header against each other, the file and the
     segment's step range; return ``(n, S, E)``, each array's ``(dtype, shape, filters, offset, size)``
     and whether arrays are compressed. Nothing is allocated: every size is bounded first."""
@@ -726,8 +740,9 @@ def _layout(header: dict, file_bytes: int, name: str,
     return (n, S, E), out, compressed
 
 
-def _decode_arrays(header: dict, payload: bytes | memoryview, name: str, file_bytes: int,
-                   steps: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+def _decode_arrays(
+    header: dict, payload: bytes | memoryview, name: str, file_bytes: int, steps: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
     def bad(what: str) -> IndexFormatError:
         return IndexFormatError(f"the record index {name} is inconsistent: {what}; rebuild it")
 

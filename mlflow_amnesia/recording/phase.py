@@ -48,8 +48,10 @@ BATCH_ORDER = "batch_order.npy"
 OPTIMIZER_STATE = "optimizer_state.pt"
 _DELTAS = "deltas"
 _TRAINING = "training"
-_RESTORE = ("restore the file from a copy of the version's artifacts, or train and register the model again "
-            "(`mlflow-amnesia train`)")
+_RESTORE = (
+    "restore the file from a copy of the version's artifacts, or train and register the model again "
+    "(`mlflow-amnesia train`)"
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -89,8 +91,10 @@ def load_state(url: str, *, key: bytes | None = None, sealed: bool = False) -> A
     try:
         return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch signals a damaged file in many ways
-        raise InputError(f"{url} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
-                         "restore it from a backup of the training run's artifacts.") from None
+        raise InputError(
+            f"{url} is damaged ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}): "
+            "restore it from a backup of the training run's artifacts."
+        ) from None
 
 
 def save_array(url: str, a: np.ndarray, *, key: bytes | None) -> None:
@@ -107,8 +111,9 @@ def load_array(url: str, *, key: bytes | None = None, sealed: bool = False) -> n
     try:
         return np.load(io.BytesIO(data), allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
-        raise InputError(f"{url} is damaged ({type(e).__name__}: {e}): restore it from a backup of the "
-                         "training run's artifacts.") from None
+        raise InputError(
+            f"{url} is damaged ({type(e).__name__}: {e}): restore it from a backup of the training run's artifacts."
+        ) from None
 
 
 def _role(url: str) -> str:
@@ -128,9 +133,11 @@ def _unseal(data: bytes, url: str, key: bytes | None, sealed: bool = False) -> b
     if is_sealed(data):
         return open_file(data, key, _role(url), url)
     if sealed:
-        raise StoreError(f"{url} is in clear, but this phase's training files were written sealed under the record "
-                         "key: it was replaced by someone else. Restore it from a backup of the training run's "
-                         "artifacts; nothing was changed.")
+        raise StoreError(
+            f"{url} is in clear, but this phase's training files were written sealed under the record "
+            "key: it was replaced by someone else. Restore it from a backup of the training run's "
+            "artifacts; nothing was changed."
+        )
     return data
 
 
@@ -174,7 +181,9 @@ class Phase:
     def file_url(self, name: str) -> str:
         """The URL of one training file (:data:`INITIAL_STATE`, :data:`BATCH_ORDER`, :data:`OPTIMIZER_STATE`)."""
         if name not in (INITIAL_STATE, BATCH_ORDER, OPTIMIZER_STATE):
-            raise InputError(f"{name!r} is not a training file of a phase ({INITIAL_STATE}, {BATCH_ORDER}, {OPTIMIZER_STATE})")
+            raise InputError(
+                f"{name!r} is not a training file of a phase ({INITIAL_STATE}, {BATCH_ORDER}, {OPTIMIZER_STATE})"
+            )
         return f"{self.training_url}/{name}"
 
     def save_initial_state(self, state: Any, *, key: bytes | None) -> None:
@@ -237,10 +246,21 @@ class Segment:
         return out
 
     @classmethod
-    def from_json(cls, d: dict, *, manifest: bytes = b"", index: bytes = b"", names: tuple[str, str] = ("", "")) -> Segment:
+    def from_json(
+        cls, d: dict, *, manifest: bytes = b"", index: bytes = b"", names: tuple[str, str] = ("", "")
+    ) -> Segment:
         """A segment from its entry of ``data/amnesia.json`` (checked by the version's reader)."""
-        return cls(role=d["role"], store_url=d["store_url"], first_step=d["first_step"], last_step=d["last_step"],
-                   manifest=manifest, index=index, run_id=d.get("run_id"), names=names, base_url=d.get("base_url"))
+        return cls(
+            role=d["role"],
+            store_url=d["store_url"],
+            first_step=d["first_step"],
+            last_step=d["last_step"],
+            manifest=manifest,
+            index=index,
+            run_id=d.get("run_id"),
+            names=names,
+            base_url=d.get("base_url"),
+        )
 
     def __getitem__(self, key: str) -> Any:
         """Read access by the JSON key (``seg["store_url"]``), for code written against the dicts."""
@@ -272,12 +292,17 @@ class Segment:
         except ManifestFormatError as e:
             if not self.names[0]:
                 raise
-            raise ManifestFormatError(f"{self.names[0]} (the version's copy of the store's manifest): {e}; "
-                                      f"{_RESTORE}") from None
+            raise ManifestFormatError(
+                f"{self.names[0]} (the version's copy of the store's manifest): {e}; {_RESTORE}"
+            ) from None
 
     def open_index(self, key: bytes):
         """The segment's RecordIndex; one that lists other steps than the segment is refused."""
         from .index import RecordIndex
 
-        return RecordIndex.from_bytes(self.index, key, name=self.names[1] or f"record index of the {self.role} segment",
-                                      steps=(self.first_step, self.last_step))
+        return RecordIndex.from_bytes(
+            self.index,
+            key,
+            name=self.names[1] or f"record index of the {self.role} segment",
+            steps=(self.first_step, self.last_step),
+        )

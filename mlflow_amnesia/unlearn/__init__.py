@@ -7,20 +7,33 @@ from . import finetune as _finetune  # noqa: F401
 from . import relabel as _relabel  # noqa: F401
 from . import retrain as _retrain  # noqa: F401
 from .base import (
-           METHODS,
-           REPAIRS,
-           AllOptions,
-           ForgetContext,
-           MethodOptions,
-           MethodResult,
-           Repair,
-           RepairResult,
-           UnlearningMethod,
-           available_methods,
-           check_repair,
-           get_method,
-           register_method,
+    METHODS,
+    REPAIRS,
+    AllOptions,
+    ForgetContext,
+    MethodOptions,
+    MethodResult,
+    Repair,
+    RepairResult,
+    UnlearningMethod,
+    available_methods,
+    check_repair,
+    get_method,
+    register_method,
 )
 
-__all__ = ["METHODS", "REPAIRS", "AllOptions", "ForgetContext", "MethodOptions", "MethodResult", "Repair", "RepairResult", "UnlearningMethod",
-           "available_methods", "check_repair", "get_method", "register_method"]
+__all__ = [
+    "METHODS",
+    "REPAIRS",
+    "AllOptions",
+    "ForgetContext",
+    "MethodOptions",
+    "MethodResult",
+    "Repair",
+    "RepairResult",
+    "UnlearningMethod",
+    "available_methods",
+    "check_repair",
+    "get_method",
+    "register_method",
+]

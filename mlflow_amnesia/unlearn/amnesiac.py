@@ -93,7 +93,9 @@ def live_after(model: AmnesiaModel, steps: np.ndarray) -> np.ndarray:
     return len(live) - np.searchsorted(live, steps, side="right")
 
 
-def rollback_sums(model: AmnesiaModel, steps: np.ndarray, key: bytes | None = None) -> tuple[dict[str, np.ndarray], int]:
+def rollback_sums(
+    model: AmnesiaModel, steps: np.ndarray, key: bytes | None = None
+) -> tuple[dict[str, np.ndarray], int]:
     """What the rollback subtracts, per tensor name (float64): each step's delta in full for
     parameters, decayed by ``(1 - momentum) ** k_t`` for BatchNorm running statistics (module
     docstring). Returns the sums and how many steps were read one by one.
@@ -176,9 +178,14 @@ class FinetuneRepair(Repair):
         from .finetune import finetune_retained
 
         epochs = _repair_epochs(ctx)
-        seg, secs = finetune_retained(ctx, data, epochs=epochs, role="repair", lr=AmnesiacOptions.of(ctx.options).repair_lr)
-        return RepairResult([seg], {"repair.seconds": secs, "repair.steps": float(seg.n_steps)},
-                            f", then fine-tuned {epochs} epoch(s) on the retained records")
+        seg, secs = finetune_retained(
+            ctx, data, epochs=epochs, role="repair", lr=AmnesiacOptions.of(ctx.options).repair_lr
+        )
+        return RepairResult(
+            [seg],
+            {"repair.seconds": secs, "repair.steps": float(seg.n_steps)},
+            f", then fine-tuned {epochs} epoch(s) on the retained records",
+        )
 
 
 class ReplayRepair(Repair):
@@ -198,11 +205,16 @@ class ReplayRepair(Repair):
         plan = prepared
         seg, secs = replay(ctx, data, plan, lr=AmnesiacOptions.of(ctx.options).repair_lr)
         ctx.epoch_done(1)  # the replay is one pass over the rolled-back batches
-        return RepairResult([seg] if seg is not None else [],
-                            {"repair.seconds": secs, "repair.steps": float(len(plan.batches)),
-                             "repair.skipped": float(len(plan.skipped))},
-                            f", then replayed {len(plan.batches)} of them without the forgotten records "
-                            f"({len(plan.skipped)} left empty, skipped)")
+        return RepairResult(
+            [seg] if seg is not None else [],
+            {
+                "repair.seconds": secs,
+                "repair.steps": float(len(plan.batches)),
+                "repair.skipped": float(len(plan.skipped)),
+            },
+            f", then replayed {len(plan.batches)} of them without the forgotten records "
+            f"({len(plan.skipped)} left empty, skipped)",
+        )
 
 
 for _repair in (NoRepair(), FinetuneRepair(), ReplayRepair()):
@@ -241,10 +253,17 @@ class Amnesiac(UnlearningMethod):
         t0 = time.monotonic()
         sums, one_by_one = rollback_sums(ctx.model, ctx.steps, ctx.key)
         subtract(ctx.model.module, sums, len(ctx.steps))
-        metrics = {"unlearn.seconds": time.monotonic() - t0, "unlearn.steps": float(len(ctx.steps)),
-                   "unlearn.steps_read_one_by_one": float(one_by_one)}
+        metrics = {
+            "unlearn.seconds": time.monotonic() - t0,
+            "unlearn.steps": float(len(ctx.steps)),
+            "unlearn.steps_read_one_by_one": float(one_by_one),
+        }
         ctx.epoch_done(0)
         done = repair.run(ctx, data, prepared)
         metrics.update(done.metrics)
-        return MethodResult(rolled_back=np.asarray(ctx.steps, np.int64), new_segments=done.segments, metrics=metrics,
-                            summary=f"rolled back {len(ctx.steps)} steps" + done.summary)
+        return MethodResult(
+            rolled_back=np.asarray(ctx.steps, np.int64),
+            new_segments=done.segments,
+            metrics=metrics,
+            summary=f"rolled back {len(ctx.steps)} steps" + done.summary,
+        )

@@ -108,7 +108,8 @@ class UnlearningMethod(abc.ABC):
 
 #: Every ``forget --method NAME``: each method module registers its class here (``@register_method``).
 METHODS: Registry[type[UnlearningMethod]] = Registry(
-    "unlearning method", unknown="unknown unlearning method {name!r}; available: {choices}")
+    "unlearning method", unknown="unknown unlearning method {name!r}; available: {choices}"
+)
 
 
 def register_method(cls: type[UnlearningMethod]) -> type[UnlearningMethod]:

@@ -19,8 +19,10 @@ from .base import ForgetContext, MethodOptions
 if TYPE_CHECKING:
     from ..learning.data import Records, Split
 
-NO_DATA_HINT = ("Nothing was changed. Point --data-root at the copy of the data set the model was trained on, "
-                "or use --method amnesiac without --repair, which needs no training data.")
+NO_DATA_HINT = (
+    "Nothing was changed. Point --data-root at the copy of the data set the model was trained on, "
+    "or use --method amnesiac without --repair, which needs no training data."
+)
 
 
 @dataclass
@@ -94,4 +96,3 @@ def epochs_option(ctx: ForgetContext, default: int) -> int:
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
     return epochs
-

@@ -18,8 +18,9 @@ from .common import EpochsOptions, TrainingData, epochs_option, phase_seed, trai
 DEFAULT_EPOCHS = 1
 
 
-def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, role: str,
-                      lr: float | None = None) -> tuple[Segment, float]:
+def finetune_retained(
+    ctx: ForgetContext, data: TrainingData, *, epochs: int, role: str, lr: float | None = None
+) -> tuple[Segment, float]:
     """Train ``ctx.model.module`` for ``epochs`` on ``data.retained`` (every forgotten record left
     out) with a fresh SGD from the recipe (``lr`` overrides its rate); every step is recorded at
     ``ctx.phase_base()`` from ``ctx.next_step`` on, and the phase's batch order (keyed, sealed) is
@@ -40,9 +41,20 @@ def finetune_retained(ctx: ForgetContext, data: TrainingData, *, epochs: int, ro
     base = ctx.phase_base()
     t0 = time.monotonic()
     seg = record_phase(
-        ctx.model.module, optimizer, data.records.x, data.records.y, list(data.records.ids), orders,
-        batch_size=recipe.batch_size, base_url=base, codec=ctx.model.info.phase_codec,
-        role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
+        ctx.model.module,
+        optimizer,
+        data.records.x,
+        data.records.y,
+        list(data.records.ids),
+        orders,
+        batch_size=recipe.batch_size,
+        base_url=base,
+        codec=ctx.model.info.phase_codec,
+        role=role,
+        key=ctx.key,
+        run_id=ctx.run_id,
+        first_step=ctx.next_step,
+        on_epoch=ctx.epoch_hook(),
     )
     seconds = time.monotonic() - t0
     Phase(base).save_batch_order(orders.astype(np.int64), key=ctx.key)
@@ -62,7 +74,8 @@ class Finetune(UnlearningMethod):
         data = training_data(ctx, "--method finetune")
         seg, seconds = finetune_retained(ctx, data, epochs=epochs, role="finetune")
         return MethodResult(
-            rolled_back=np.zeros(0, np.int64), new_segments=[seg],
+            rolled_back=np.zeros(0, np.int64),
+            new_segments=[seg],
             metrics={"unlearn.seconds": seconds, "unlearn.steps": float(seg.n_steps)},
             summary=f"fine-tuned {epochs} epoch(s) ({seg.n_steps} steps) on the {len(data.retained)} retained records",
         )

@@ -111,19 +111,39 @@ class Relabel(UnlearningMethod):
         orders = epoch_orders(positions, seed, epochs, key=ctx.key)
 
         optimizer = make_optimizer(ctx.model.module, recipe)
-        say(f"relabel: {epochs} epoch(s) on {len(data.retained)} retained records and {len(source)} relabelled "
-            f"copies of the {len(data.target)} record(s) to forget")
+        say(
+            f"relabel: {epochs} epoch(s) on {len(data.retained)} retained records and {len(source)} relabelled "
+            f"copies of the {len(data.target)} record(s) to forget"
+        )
         t0 = time.monotonic()
         seg = record_phase(
-            ctx.model.module, optimizer, x, targets, ids, orders, targets=targets,
-            batch_size=recipe.batch_size, base_url=ctx.phase_base(), codec=ctx.model.info.phase_codec,
-            role="relabel", key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step, on_epoch=ctx.epoch_hook(),
+            ctx.model.module,
+            optimizer,
+            x,
+            targets,
+            ids,
+            orders,
+            targets=targets,
+            batch_size=recipe.batch_size,
+            base_url=ctx.phase_base(),
+            codec=ctx.model.info.phase_codec,
+            role="relabel",
+            key=ctx.key,
+            run_id=ctx.run_id,
+            first_step=ctx.next_step,
+            on_epoch=ctx.epoch_hook(),
         )
         seconds = time.monotonic() - t0
         return MethodResult(
-            rolled_back=np.zeros(0, np.int64), new_segments=[seg],
-            metrics={"unlearn.seconds": seconds, "unlearn.steps": float(seg.n_steps),
-                     "relabel.copies": float(len(source))},
-            summary=(f"replaced the record(s) by {len(source)} copies with random incorrect labels and trained "
-                     f"{epochs} epoch(s) ({seg.n_steps} steps) on the modified data"),
+            rolled_back=np.zeros(0, np.int64),
+            new_segments=[seg],
+            metrics={
+                "unlearn.seconds": seconds,
+                "unlearn.steps": float(seg.n_steps),
+                "relabel.copies": float(len(source)),
+            },
+            summary=(
+                f"replaced the record(s) by {len(source)} copies with random incorrect labels and trained "
+                f"{epochs} epoch(s) ({seg.n_steps} steps) on the modified data"
+            ),
         )

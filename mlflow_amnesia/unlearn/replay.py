@@ -120,7 +120,9 @@ def plan_replay(model: AmnesiaModel, steps: np.ndarray, data: TrainingData, key:
             found[s] = batch
     missing = sorted(set(steps.tolist()) - set(found))
     if missing:
-        raise InputError(f"steps {missing[:20]} are not recorded in any segment of this model version: they cannot be replayed")
+        raise InputError(
+            f"steps {missing[:20]} are not recorded in any segment of this model version: they cannot be replayed"
+        )
     for s in sorted(found):
         kept = found[s][~np.isin(found[s], data.excluded)]
         if len(kept):
@@ -131,8 +133,9 @@ def plan_replay(model: AmnesiaModel, steps: np.ndarray, data: TrainingData, key:
     return plan
 
 
-def replay(ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: float | None = None,
-           role: str = "replay") -> tuple[Segment | None, float]:
+def replay(
+    ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: float | None = None, role: str = "replay"
+) -> tuple[Segment | None, float]:
     """Run one recorded SGD step per batch of ``plan`` on ``ctx.model.module``; (segment, seconds).
 
     Returns (None, 0.0) when every batch was left empty (nothing to replay).
@@ -146,13 +149,25 @@ def replay(ctx: ForgetContext, data: TrainingData, plan: ReplayPlan, *, lr: floa
     if lr:
         recipe = type(recipe).from_dict({**recipe.to_dict(), "lr": float(lr)})
     optimizer = make_optimizer(ctx.model.module, recipe)
-    say(f"{role}: re-running {len(plan.batches)} rolled-back step(s) without the forgotten records "
-        f"({len(plan.skipped)} left empty, skipped)")
+    say(
+        f"{role}: re-running {len(plan.batches)} rolled-back step(s) without the forgotten records "
+        f"({len(plan.skipped)} left empty, skipped)"
+    )
     t0 = time.monotonic()
     # One row per batch, each no longer than batch_size: every row becomes exactly one step.
     seg = record_phase(
-        ctx.model.module, optimizer, data.records.x, data.records.y, list(data.records.ids), plan.batches,
-        batch_size=max(len(b) for b in plan.batches), base_url=ctx.phase_base(), codec=ctx.model.info.phase_codec,
-        role=role, key=ctx.key, run_id=ctx.run_id, first_step=ctx.next_step,
+        ctx.model.module,
+        optimizer,
+        data.records.x,
+        data.records.y,
+        list(data.records.ids),
+        plan.batches,
+        batch_size=max(len(b) for b in plan.batches),
+        base_url=ctx.phase_base(),
+        codec=ctx.model.info.phase_codec,
+        role=role,
+        key=ctx.key,
+        run_id=ctx.run_id,
+        first_step=ctx.next_step,
     )
     return seg, time.monotonic() - t0

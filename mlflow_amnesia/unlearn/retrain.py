@@ -36,8 +36,10 @@ from ..recording.phase import BATCH_ORDER, INITIAL_STATE, Phase, Segment
 from .base import ForgetContext, MethodResult, UnlearningMethod, register_method
 from .common import EpochsOptions, epochs_option, training_data
 
-_HINT = ("Nothing was changed. Restore the file from a backup of the training run's artifacts, or choose "
-         "--method amnesiac, finetune or relabel, which do not need it.")
+_HINT = (
+    "Nothing was changed. Restore the file from a backup of the training run's artifacts, or choose "
+    "--method amnesiac, finetune or relabel, which do not need it."
+)
 
 
 @dataclass
@@ -63,9 +65,17 @@ def _load(url: str, what: str, loader):
         raise InputError(f"--method retrain cannot read {url} ({what}): {type(e).__name__}: {e}. {_HINT}") from None
 
 
-def load_retrain_inputs(info: Mapping[str, Any], arch: dict, records, split, excluded: np.ndarray, *,
-                        epochs: int | None = None, module: torch.nn.Module | None = None,
-                        key: bytes | None = None) -> RetrainInputs:
+def load_retrain_inputs(
+    info: Mapping[str, Any],
+    arch: dict,
+    records,
+    split,
+    excluded: np.ndarray,
+    *,
+    epochs: int | None = None,
+    module: torch.nn.Module | None = None,
+    key: bytes | None = None,
+) -> RetrainInputs:
     """Load and check the initial weights and batch order of a version's training run.
 
     ``excluded``: positions never to feed. ``epochs`` defaults to the recipe's. With ``module``,
@@ -80,34 +90,52 @@ def load_retrain_inputs(info: Mapping[str, Any], arch: dict, records, split, exc
     url = info.get("training_url")
     phase = Phase.of_training_url(url) if url else None
     if phase is None:
-        raise InputError("--method retrain needs the training state this model version would record at "
-                         f"training_url, but it records none (not trained by `mlflow-amnesia train`). {_HINT}")
+        raise InputError(
+            "--method retrain needs the training state this model version would record at "
+            f"training_url, but it records none (not trained by `mlflow-amnesia train`). {_HINT}"
+        )
     recipe = Recipe.from_dict(info["recipe"])
     epochs = recipe.epochs if epochs is None else int(epochs)
     if epochs < 1:
         raise InputError(f"--epochs must be >= 1, got {epochs}")
     sealed = info.get("order") == ORDER_KEYED  # trained with sealed files: one in clear was replaced
-    state = _load(phase.file_url(INITIAL_STATE), "the initial weights",
-                  lambda u: phase.load_initial_state(key=key, sealed=sealed))
-    recorded = _load(phase.file_url(BATCH_ORDER), "the batch order", lambda u: phase.load_batch_order(key=key, sealed=sealed))
+    state = _load(
+        phase.file_url(INITIAL_STATE), "the initial weights", lambda u: phase.load_initial_state(key=key, sealed=sealed)
+    )
+    recorded = _load(
+        phase.file_url(BATCH_ORDER), "the batch order", lambda u: phase.load_batch_order(key=key, sealed=sealed)
+    )
     if module is not None:
         have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in state.items()} if isinstance(state, dict) else {}
         if have != got:
-            raise InputError(f"{phase.file_url(INITIAL_STATE)} does not fit this model's architecture "
-                             f"({len(got)} tensors, the model has {len(have)}). {_HINT}")
+            raise InputError(
+                f"{phase.file_url(INITIAL_STATE)} does not fit this model's architecture "
+                f"({len(got)} tensors, the model has {len(have)}). {_HINT}"
+            )
     train = np.asarray(split.train, np.int64)
-    if recorded.ndim != 2 or recorded.shape[1] != len(train) or any(
-            not np.array_equal(np.sort(row), train) for row in recorded):
-        raise InputError(f"{phase.file_url(BATCH_ORDER)} (shape {recorded.shape}) is not an order of this version's "
-                         f"{len(train)} training records: it belongs to another run or the split changed. {_HINT}")
+    if (
+        recorded.ndim != 2
+        or recorded.shape[1] != len(train)
+        or any(not np.array_equal(np.sort(row), train) for row in recorded)
+    ):
+        raise InputError(
+            f"{phase.file_url(BATCH_ORDER)} (shape {recorded.shape}) is not an order of this version's "
+            f"{len(train)} training records: it belongs to another run or the split changed. {_HINT}"
+        )
     orders = recorded[:epochs].astype(np.int64)
     if epochs > len(recorded):
         keyed = info.get("order") == ORDER_KEYED
         if keyed and key is None:
             raise InputError("--method retrain needs the record key to extend the keyed batch order of this version")
-        orders = np.concatenate([orders, epoch_orders(train, recipe.seed, epochs - len(recorded), first_epoch=len(recorded),
-                                                      key=key if keyed else None)])
+        orders = np.concatenate(
+            [
+                orders,
+                epoch_orders(
+                    train, recipe.seed, epochs - len(recorded), first_epoch=len(recorded), key=key if keyed else None
+                ),
+            ]
+        )
     excluded = np.asarray(excluded, np.int64)
     kept = ~np.isin(orders, excluded)
     n_kept = int(kept[0].sum())
@@ -117,8 +145,17 @@ def load_retrain_inputs(info: Mapping[str, Any], arch: dict, records, split, exc
     return RetrainInputs(arch, recipe, state, orders, records, int(len(train) - n_kept))
 
 
-def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, codec: str, key: bytes,
-            run_id: str | None = None, role: str = "retrain", on_epoch=None) -> tuple[Segment, float]:
+def retrain(
+    module: torch.nn.Module,
+    inputs: RetrainInputs,
+    *,
+    base_url: str,
+    codec: str,
+    key: bytes,
+    run_id: str | None = None,
+    role: str = "retrain",
+    on_epoch=None,
+) -> tuple[Segment, float]:
     """Reset ``module`` to the initial weights and train it on ``inputs.orders`` exactly as
     ``train`` did, every step recorded at ``base_url`` from step 0; (segment, loop seconds).
     ``on_epoch``: :func:`~mlflow_amnesia.learning.training.record_phase`'s per-epoch callback."""
@@ -131,12 +168,27 @@ def retrain(module: torch.nn.Module, inputs: RetrainInputs, *, base_url: str, co
         build_model(inputs.arch)
         module.load_state_dict(inputs.initial_state)
         optimizer = make_optimizer(module, recipe)
-        say(f"retrain: {len(inputs.orders)} epoch(s) on {inputs.orders.shape[1]} records from the initial weights "
-            f"({inputs.n_excluded} forgotten record(s) left out)")
+        say(
+            f"retrain: {len(inputs.orders)} epoch(s) on {inputs.orders.shape[1]} records from the initial weights "
+            f"({inputs.n_excluded} forgotten record(s) left out)"
+        )
         t0 = time.monotonic()
-        seg = record_phase(module, optimizer, records.x, records.y, list(records.ids), inputs.orders,
-                           batch_size=recipe.batch_size, base_url=base_url, codec=codec, role=role,
-                           key=key, run_id=run_id, first_step=0, on_epoch=on_epoch)
+        seg = record_phase(
+            module,
+            optimizer,
+            records.x,
+            records.y,
+            list(records.ids),
+            inputs.orders,
+            batch_size=recipe.batch_size,
+            base_url=base_url,
+            codec=codec,
+            role=role,
+            key=key,
+            run_id=run_id,
+            first_step=0,
+            on_epoch=on_epoch,
+        )
         seconds = time.monotonic() - t0
     phase = Phase(base_url)
     phase.save_batch_order(inputs.orders, key=key)
@@ -156,13 +208,31 @@ class Retrain(UnlearningMethod):
         recipe_epochs = int((ctx.model.info.recipe or {}).get("epochs", 1))
         epochs = epochs_option(ctx, recipe_epochs)
         data = training_data(ctx, "--method retrain")
-        inputs = load_retrain_inputs(ctx.model.info, ctx.model.arch, data.records, data.split, data.excluded,
-                                     epochs=epochs, module=ctx.model.module, key=ctx.key)
-        seg, seconds = retrain(ctx.model.module, inputs, base_url=ctx.phase_base(), codec=ctx.model.info.phase_codec,
-                               key=ctx.key, run_id=ctx.run_id, on_epoch=ctx.epoch_hook())
+        inputs = load_retrain_inputs(
+            ctx.model.info,
+            ctx.model.arch,
+            data.records,
+            data.split,
+            data.excluded,
+            epochs=epochs,
+            module=ctx.model.module,
+            key=ctx.key,
+        )
+        seg, seconds = retrain(
+            ctx.model.module,
+            inputs,
+            base_url=ctx.phase_base(),
+            codec=ctx.model.info.phase_codec,
+            key=ctx.key,
+            run_id=ctx.run_id,
+            on_epoch=ctx.epoch_hook(),
+        )
         return MethodResult(
-            rolled_back=np.zeros(0, np.int64), replace_segments=[seg],
+            rolled_back=np.zeros(0, np.int64),
+            replace_segments=[seg],
             metrics={"unlearn.seconds": seconds, "unlearn.steps": float(seg.n_steps)},
-            summary=(f"retrained from the initial weights for {epochs} epoch(s) ({seg.n_steps} steps) on "
-                     f"{inputs.orders.shape[1]} records, leaving out the {inputs.n_excluded} forgotten along the lineage"),
+            summary=(
+                f"retrained from the initial weights for {epochs} epoch(s) ({seg.n_steps} steps) on "
+                f"{inputs.orders.shape[1]} records, leaving out the {inputs.n_excluded} forgotten along the lineage"
+            ),
         )

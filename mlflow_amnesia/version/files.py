@@ -37,9 +37,27 @@ from ..recording.phase import Segment
 from .info import MAX_INFO_BYTES, RESTORE, VersionInfo, damaged, json_object, text
 
 __all__ = [
-    "ARCH", "DATA", "FORGOTTEN", "INFO", "ROLLED_BACK", "SEGMENTS", "TOMBSTONE", "TOMBSTONE_FILE", "WEIGHTS",
-    "FileSource", "LocalFiles", "VersionFiles", "check_not_purged", "read_arch", "read_forgotten",
-    "read_rolled_back", "read_tombstone", "read_weights", "segment_index", "segment_manifest", "write_files",
+    "ARCH",
+    "DATA",
+    "FORGOTTEN",
+    "INFO",
+    "ROLLED_BACK",
+    "SEGMENTS",
+    "TOMBSTONE",
+    "TOMBSTONE_FILE",
+    "WEIGHTS",
+    "FileSource",
+    "LocalFiles",
+    "VersionFiles",
+    "check_not_purged",
+    "read_arch",
+    "read_forgotten",
+    "read_rolled_back",
+    "read_tombstone",
+    "read_weights",
+    "segment_index",
+    "segment_manifest",
+    "write_files",
 ]
 
 DATA = "data"
@@ -86,7 +104,7 @@ class LocalFiles:
         self.data = self.root / DATA if (self.root / DATA).is_dir() else self.root
 
     def path(self, rel: str) -> Path:
-        return self.data / rel[len(DATA) + 1:] if rel.startswith(DATA + "/") else self.root / rel
+        return self.data / rel[len(DATA) + 1 :] if rel.startswith(DATA + "/") else self.root / rel
 
     def exists(self, rel: str) -> bool:
         return self.path(rel).exists()
@@ -146,8 +164,17 @@ class VersionFiles:
         for k, s in enumerate(info.segments):
             names = (self.where(segment_manifest(k)), self.where(segment_index(k)))
             manifest, index = self.read(segment_manifest(k)), self.read(segment_index(k))
-            seg = Segment(role=s.role, store_url=s.store_url, first_step=s.first_step, last_step=s.last_step,
-                          manifest=manifest or b"", index=index or b"", run_id=s.run_id, names=names, base_url=s.base_url)
+            seg = Segment(
+                role=s.role,
+                store_url=s.store_url,
+                first_step=s.first_step,
+                last_step=s.last_step,
+                manifest=manifest or b"",
+                index=index or b"",
+                run_id=s.run_id,
+                names=names,
+                base_url=s.base_url,
+            )
             # the header alone bounds the segment: its steps are the index's (a forged range fails here)
             try:
                 n_steps = index_counts(seg.index, name=names[1], steps=(seg.first_step, seg.last_step))[1]
@@ -189,12 +216,21 @@ class VersionFiles:
 # the writer
 
 
-def write_files(data: Path, *, module: torch.nn.Module, arch: dict, info: VersionInfo, segments: list[Segment],
-                rolled_back: np.ndarray, forgotten: np.ndarray, format_version: int) -> dict:
+def write_files(
+    data: Path,
+    *,
+    module: torch.nn.Module,
+    arch: dict,
+    info: VersionInfo,
+    segments: list[Segment],
+    rolled_back: np.ndarray,
+    forgotten: np.ndarray,
+    format_version: int,
+) -> dict:
     """Write a version's ``data/`` directory (created); returns the JSON of ``amnesia.json``."""
 
     def at(rel: str) -> Path:
-        return data / rel[len(DATA) + 1:]
+        return data / rel[len(DATA) + 1 :]
 
     data.mkdir(parents=True)
     torch.save({k: v.detach().cpu() for k, v in module.state_dict().items()}, at(WEIGHTS))
@@ -239,9 +275,12 @@ def check_not_purged(data: Path) -> None:
     name = text(t.get("model_name") or "this model", 100)
     version = t.get("version") if isinstance(t.get("version"), int) and not isinstance(t.get("version"), bool) else None
     who = f"{name} v{version if version is not None else '?'}"
-    when = (text(t["completed_at"], 40) if t.get("completed_at") else
-            f"started {text(t.get('started_at', '?'), 40)} and not finished: re-run `mlflow-amnesia purge "
-            f"--model {name if t.get('model_name') else 'NAME'} --version {version if version is not None else 'N'}` to finish it")
+    when = (
+        text(t["completed_at"], 40)
+        if t.get("completed_at")
+        else f"started {text(t.get('started_at', '?'), 40)} and not finished: re-run `mlflow-amnesia purge "
+        f"--model {name if t.get('model_name') else 'NAME'} --version {version if version is not None else 'N'}` to finish it"
+    )
     sup = t.get("superseded_by")
     ok = isinstance(sup, int) and not isinstance(sup, bool)
     instead = f"load v{sup} (which forgot the records) or a later version" if ok else "load a later version"
@@ -249,7 +288,6 @@ def check_not_purged(data: Path) -> None:
         f"{who} was purged ({when}): its weights were deleted for good because a later version forgot records "
         f"it held, so it cannot be loaded ({text(tomb, 400)}). Its lineage metadata is kept; {instead}."
     )
-
 
 
 def read_arch(raw: bytes, where: str, builders: Iterable[str] = ()) -> dict:
@@ -277,14 +315,20 @@ def read_weights(path: Path, where: str) -> dict[str, torch.Tensor]:
         raise InputError(f"{where} is missing: the version's artifacts are incomplete; {RESTORE}.") from None
     except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError) as e:
         raise damaged(where, f"is not a readable torch.save file, truncated or overwritten ({text(e, 80)})") from None
-    if any(e.compress_type != zipfile.ZIP_STORED or e.file_size != e.compress_size for e in entries) or \
-            sum(e.file_size for e in entries) > size:
+    if (
+        any(e.compress_type != zipfile.ZIP_STORED or e.file_size != e.compress_size for e in entries)
+        or sum(e.file_size for e in entries) > size
+    ):
         raise damaged(where, "holds compressed or oversized entries, which torch.save never writes")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch signals a damaged file in many ways; weights_only refuses any pickle
-        raise damaged(where, f"cannot be read ({type(e).__name__}: {text(str(e).splitlines()[0] if str(e) else '', 120)})") from None
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise damaged(
+            where, f"cannot be read ({type(e).__name__}: {text(str(e).splitlines()[0] if str(e) else '', 120)})"
+        ) from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise damaged(where, "does not hold a state dict (names to tensors)")
     return state
 
@@ -308,8 +352,10 @@ def _read_npy(raw: bytes, where: str, kind: str, itemsize: int) -> tuple[np.ndar
     need = math.prod(shape) * itemsize
     have = len(raw) - f.tell()
     if have != need:
-        raise damaged(where, f"is truncated or padded: its header says {tuple(shape)} {want} ({need:,} bytes), "
-                              f"the file holds {have:,}")
+        raise damaged(
+            where,
+            f"is truncated or padded: its header says {tuple(shape)} {want} ({need:,} bytes), the file holds {have:,}",
+        )
     try:  # an empty array with other huge dimensions: numpy refuses a shape whose other sizes overflow
         a = np.frombuffer(raw, dtype=dtype, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
     except ValueError as e:
@@ -328,15 +374,20 @@ def read_rolled_back(raw: bytes | None, where: str, segments: Iterable[Any]) -> 
     a = a.astype(np.int64, copy=False)
     if len(a) > 1 and not (np.diff(a) > 0).all():
         raise damaged(where, "does not list steps strictly increasing (each step is rolled back once)")
-    spans = [(s.first_step, s.last_step) if isinstance(s, Segment) else (s["first_step"], s["last_step"]) for s in segments]
+    spans = [
+        (s.first_step, s.last_step) if isinstance(s, Segment) else (s["first_step"], s["last_step"]) for s in segments
+    ]
     known = np.zeros(len(a), dtype=bool)
     for lo, hi in spans:
         known |= (a >= lo) & (a <= hi)
     if not known.all():
         bad = int(a[~known][0])
         held = ", ".join(f"{lo}..{hi}" for lo, hi in spans if hi >= lo) or "none"
-        raise damaged(where, f"lists {int((~known).sum())} step(s) that are not steps of the version's segments "
-                              f"(e.g. {bad}; the segments hold steps {held})")
+        raise damaged(
+            where,
+            f"lists {int((~known).sum())} step(s) that are not steps of the version's segments "
+            f"(e.g. {bad}; the segments hold steps {held})",
+        )
     return a
 
 
@@ -348,4 +399,3 @@ def read_forgotten(raw: bytes | None, where: str) -> np.ndarray:
     if len(shape) != 2 or shape[1] != HASH_BYTES:
         raise damaged(where, f"holds uint8 of shape {shape}, not (n, {HASH_BYTES}) keyed record hashes")
     return a
-

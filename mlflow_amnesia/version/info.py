@@ -28,8 +28,10 @@ FORMAT_VERSION = 1
 #: amnesia.json holds a few KB (history grows by ~200 B a forget): a bigger one is not ours.
 MAX_INFO_BYTES = 64 << 20
 _MAX_EPOCHS = 1_000_000  # a recipe's epochs: orders of epochs x records are allocated from it
-RESTORE = ("restore the file from a copy of the version's artifacts, or train and register the model again "
-           "(`mlflow-amnesia train`)")
+RESTORE = (
+    "restore the file from a copy of the version's artifacts, or train and register the model again "
+    "(`mlflow-amnesia train`)"
+)
 
 
 def text(v: Any, limit: int = 200) -> str:
@@ -41,9 +43,6 @@ def text(v: Any, limit: int = 200) -> str:
 def damaged(where: str, what: str) -> InputError:
     """The error for a version's file that is not what mlflow-amnesia wrote."""
     return InputError(f"{where} {what}: the file is damaged or was not written by mlflow-amnesia; {RESTORE}.")
-
-
-
 
 
 def json_object(raw: bytes, where: str) -> dict:
@@ -88,11 +87,17 @@ _COUNT = (lambda v: _is_int(v) and v >= 0, "an integer >= 0")
 _NUMBER = (_is_number, "a finite number")
 _NUMBERS = (_list_of(_is_number), "a list of finite numbers")
 _INFO_FIELDS = {
-    "input_shape": (lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_is_int(x) and 1 <= x <= 2**20 for x in v),
-                    "a list of up to 8 integers in 1..2**20 (channels, height, width)"),
+    "input_shape": (
+        lambda v: isinstance(v, list) and 0 < len(v) <= 8 and all(_is_int(x) and 1 <= x <= 2**20 for x in v),
+        "a list of up to 8 integers in 1..2**20 (channels, height, width)",
+    ),
     "num_classes": (lambda v: _is_int(v) and 1 <= v <= 2**31, "an integer in 1..2**31"),
     "classes": (_list_of(lambda x: isinstance(x, str)), "a list of class names"),
-    "codec": _STR, "key_id": _OPT_STR, "model_name": _OPT_STR, "training_url": _OPT_STR, "store_uri": _OPT_STR,
+    "codec": _STR,
+    "key_id": _OPT_STR,
+    "model_name": _OPT_STR,
+    "training_url": _OPT_STR,
+    "store_uri": _OPT_STR,
     "order": _OPT_STR,
     "history": (_list_of(lambda x: isinstance(x, dict)), "a list of objects"),
     "dataset": (lambda v: isinstance(v, dict), "an object"),
@@ -101,23 +106,48 @@ _INFO_FIELDS = {
     "segments": (lambda v: isinstance(v, list), "a list"),
 }
 _DATASET_FIELDS = {
-    "format": _INT, "spec": _STR, "root": _OPT_STR, "fingerprint": _STR, "n_records": _COUNT,
-    "shape": (_list_of(_is_int), "a list of integers"), "classes": (_list_of(lambda x: isinstance(x, str)), "a list of names"),
-    "normalization": (lambda v: isinstance(v, dict) and _is_number(v.get("scale")) and v["scale"] > 0
-                      and _NUMBERS[0](v.get("mean")) and _NUMBERS[0](v.get("std")) and len(v["mean"]) <= 4096,
-                      "an object with a scale > 0 and lists mean and std of numbers"),
-    "parts": (_list_of(lambda x: isinstance(x, dict) and _is_int(x.get("start")) and _is_int(x.get("stop"))), "a list of parts"),
+    "format": _INT,
+    "spec": _STR,
+    "root": _OPT_STR,
+    "fingerprint": _STR,
+    "n_records": _COUNT,
+    "shape": (_list_of(_is_int), "a list of integers"),
+    "classes": (_list_of(lambda x: isinstance(x, str)), "a list of names"),
+    "normalization": (
+        lambda v: (
+            isinstance(v, dict)
+            and _is_number(v.get("scale"))
+            and v["scale"] > 0
+            and _NUMBERS[0](v.get("mean"))
+            and _NUMBERS[0](v.get("std"))
+            and len(v["mean"]) <= 4096
+        ),
+        "an object with a scale > 0 and lists mean and std of numbers",
+    ),
+    "parts": (
+        _list_of(lambda x: isinstance(x, dict) and _is_int(x.get("start")) and _is_int(x.get("stop"))),
+        "a list of parts",
+    ),
     "predefined_split": (_opt(lambda v: isinstance(v, dict)), "an object or null"),
 }
 _SPLIT_FIELDS = {
-    "format": _INT, "method": _STR, "fingerprint": _STR, "seed": _INT, "holdout_fraction": (
-        lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"), "stratify": (lambda v: isinstance(v, bool), "true or false"),
-    "checksum": _STR, "n_train": _COUNT, "n_holdout": _COUNT,
+    "format": _INT,
+    "method": _STR,
+    "fingerprint": _STR,
+    "seed": _INT,
+    "holdout_fraction": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "stratify": (lambda v: isinstance(v, bool), "true or false"),
+    "checksum": _STR,
+    "n_train": _COUNT,
+    "n_holdout": _COUNT,
 }
 _RECIPE_FIELDS = {
     "epochs": (lambda v: _is_int(v) and 1 <= v <= _MAX_EPOCHS, f"an integer in 1..{_MAX_EPOCHS:,}"),
     "batch_size": (lambda v: _is_int(v) and 1 <= v <= 2**31, "an integer in 1..2**31"),
-    "lr": _NUMBER, "momentum": _NUMBER, "weight_decay": _NUMBER, "seed": _INT,
+    "lr": _NUMBER,
+    "momentum": _NUMBER,
+    "weight_decay": _NUMBER,
+    "seed": _INT,
 }
 _SEGMENT_FIELDS = {
     "role": (lambda v: isinstance(v, str) and 0 < len(v) <= 64 and v.isprintable(), "a short name"),
@@ -127,7 +157,6 @@ _SEGMENT_FIELDS = {
     "run_id": _OPT_STR,
     "base_url": (_opt(lambda v: isinstance(v, str) and v.strip() != "" and v.isprintable()), "a URL or null"),
 }
-
 
 
 #: Fields every release wrote, even when null (the others only when set).
@@ -201,8 +230,10 @@ class VersionInfo(Mapping):
     def phase_codec(self) -> str:
         """The codec every recorded phase of the version uses (a later phase records with it too)."""
         if not self.codec:
-            raise InputError("this model version records no codec (data/amnesia.json has no 'codec'), so no "
-                             "phase can be recorded for it: train it again with `mlflow-amnesia train`")
+            raise InputError(
+                "this model version records no codec (data/amnesia.json has no 'codec'), so no "
+                "phase can be recorded for it: train it again with `mlflow-amnesia train`"
+            )
         return self.codec
 
     @property
@@ -265,12 +296,17 @@ def check_info(raw: bytes, where: str) -> dict[str, Any]:
             if key not in seg:
                 raise damaged(where, f"segment {k} has no {key}")
         if seg["last_step"] < seg["first_step"] - 1:
-            raise damaged(where, f"segment {k} has last_step {seg['last_step']} before its first_step {seg['first_step']} - 1")
+            raise damaged(
+                where, f"segment {k} has last_step {seg['last_step']} before its first_step {seg['first_step']} - 1"
+            )
         if seg["last_step"] >= seg["first_step"]:
             spans.append((seg["first_step"], seg["last_step"], k))
     spans.sort()
     for (a0, a1, ka), (b0, b1, kb) in zip(spans, spans[1:]):
         if b0 <= a1:
-            raise damaged(where, f"segments {ka} (steps {a0}..{a1}) and {kb} (steps {b0}..{b1}) overlap "
-                                  "(step numbers are unique across a version)")
+            raise damaged(
+                where,
+                f"segments {ka} (steps {a0}..{a1}) and {kb} (steps {b0}..{b1}) overlap "
+                "(step numbers are unique across a version)",
+            )
     return info

@@ -59,9 +59,7 @@ class AmnesiaModel:
         if t.ndim == 2 and t.shape[1] == int(np.prod(shape)):  # flattened images (tabular serving)
             t = t.reshape(-1, *shape)
         if t.ndim != 4 or tuple(t.shape[1:]) != shape:
-            raise InputError(
-                f"expected images shaped (N, {', '.join(map(str, shape))}), got {tuple(t.shape)}"
-            )
+            raise InputError(f"expected images shaped (N, {', '.join(map(str, shape))}), got {tuple(t.shape)}")
         out = [torch.softmax(self.module(t[i : i + batch_size]), dim=1) for i in range(0, len(t), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.info.num_classes or 0), np.float32)
 
@@ -97,17 +95,26 @@ def read_model(path: Path, label: str | None = None, builders: Iterable[str] = (
     got = {k: tuple(v.shape) for k, v in state.items()}
     if shapes is not None and shapes != got:
         odd = sorted(set(shapes) ^ set(got))
-        first = (f"{text(odd[0], 80)} is only in {'the weights' if odd[0] in got else 'the architecture'}" if odd else
-                 next(f"{text(k, 80)} is {got[k]} in the weights, {shapes[k]} in the architecture"
-                      for k in sorted(shapes) if shapes[k] != got[k]))
-        raise InputError(f"{files.where(WEIGHTS)} does not fit {ARCH} ({len(got)} tensors, the architecture has "
-                         f"{len(shapes)}; {first}): one of the files is not this version's; {RESTORE}.")
+        first = (
+            f"{text(odd[0], 80)} is only in {'the weights' if odd[0] in got else 'the architecture'}"
+            if odd
+            else next(
+                f"{text(k, 80)} is {got[k]} in the weights, {shapes[k]} in the architecture"
+                for k in sorted(shapes)
+                if shapes[k] != got[k]
+            )
+        )
+        raise InputError(
+            f"{files.where(WEIGHTS)} does not fit {ARCH} ({len(got)} tensors, the architecture has "
+            f"{len(shapes)}; {first}): one of the files is not this version's; {RESTORE}."
+        )
     module = build_model(arch, source=files.where(ARCH), builders=builders)
     try:
         module.load_state_dict(state)
     except RuntimeError as e:  # a builder's module (shapes unknown until built)
-        raise InputError(f"{files.where(WEIGHTS)} does not fit {ARCH} ({text(str(e).splitlines()[-1], 160)}); "
-                         f"{RESTORE}.") from None
+        raise InputError(
+            f"{files.where(WEIGHTS)} does not fit {ARCH} ({text(str(e).splitlines()[-1], 160)}); {RESTORE}."
+        ) from None
     module.eval()
     return AmnesiaModel(module=module, arch=arch, info=info, segments=segments, rolled_back=rolled, forgotten=forgotten)
 

@@ -125,4 +125,3 @@ def distributed_ranks(process_group: Any, distributed: bool | None) -> Ranks | N
             "torch.distributed.init_process_group(...) (torchrun sets the environment for it)."
         )
     return Ranks(process_group)
-

@@ -76,7 +76,5 @@ def state_layout(model: torch.nn.Module) -> list[dict]:
     float32 whatever it is.
     """
     return [
-        {"name": name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)}
-        for name, t in float_state(model).items()
+        {"name": name, "shape": list(t.shape), "dtype": _dtype_name(t.dtype)} for name, t in float_state(model).items()
     ]
-

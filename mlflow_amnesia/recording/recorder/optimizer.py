@@ -76,8 +76,5 @@ def optimizer_meta(optimizer: torch.optim.Optimizer) -> dict:
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "name": cls.__name__,
         "defaults": _hparams(optimizer.defaults, flags=True),
-        "param_groups": [
-            {**_hparams(g, flags=True), "n_tensors": len(g["params"])} for g in optimizer.param_groups
-        ],
+        "param_groups": [{**_hparams(g, flags=True), "n_tensors": len(g["params"])} for g in optimizer.param_groups],
     }
-

@@ -493,4 +493,3 @@ def _check_layout(state: Mapping[str, torch.Tensor], layout: Any, store: Any) ->
         f"the delta store {where} was created for another model layout ({diff}). Create the store "
         "with layout=state_layout(model) for this model."
     )
-

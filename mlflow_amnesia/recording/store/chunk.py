@@ -17,8 +17,16 @@ from typing import Any
 from mlflow_amnesia.errors import ChunkCorruptedError
 from mlflow_amnesia.recording.store.manifest import CHUNKS
 
-__all__ = ["CHUNK_RE", "MARKER_RE", "chunk_file", "marker_file", "pack_chunk", "seal_chunk", "unpack_chunk",
-           "unseal_chunk"]
+__all__ = [
+    "CHUNK_RE",
+    "MARKER_RE",
+    "chunk_file",
+    "marker_file",
+    "pack_chunk",
+    "seal_chunk",
+    "unpack_chunk",
+    "unseal_chunk",
+]
 
 _MAGIC = b"AMDC"  # chunk header: magic, u32 version, u32 frame count, u64 frame lengths
 _CHUNK_VERSION = 1
@@ -80,10 +88,12 @@ def unseal_chunk(cipher: Any, step: int, part: int, data: bytes) -> bytes:
         raise ChunkCorruptedError(f"{len(data)} bytes is shorter than a chunk header")
     magic, version, _ = _HEAD.unpack_from(data)
     if magic != _MAGIC or version != _SEALED_CHUNK_VERSION:
-        raise ChunkCorruptedError(f"not a sealed (version-{_SEALED_CHUNK_VERSION}) chunk (header {magic!r} v{version}), "
-                                  "but the store seals every chunk")
+        raise ChunkCorruptedError(
+            f"not a sealed (version-{_SEALED_CHUNK_VERSION}) chunk (header {magic!r} v{version}), "
+            "but the store seals every chunk"
+        )
     try:
-        return cipher.open(step, part, memoryview(data)[_HEAD.size:])
+        return cipher.open(step, part, memoryview(data)[_HEAD.size :])
     except InvalidTag:
         raise ChunkCorruptedError(
             "fails authentication under the store's key: it was altered, or swapped in from another step or store"

@@ -342,7 +342,9 @@ class Int8Codec(Codec):
         B = self.block
         b0, full = s // B, (e - s) // B  # s is a multiple of the slice size, hence of B
         if full:
-            np.multiply(q[s : s + full * B].reshape(full, B), scales[b0 : b0 + full, None], out=tmp[: full * B].reshape(full, B))
+            np.multiply(
+                q[s : s + full * B].reshape(full, B), scales[b0 : b0 + full, None], out=tmp[: full * B].reshape(full, B)
+            )
         if s + full * B < e:  # the tensor's last, partial block
             np.multiply(q[s + full * B : e], scales[b0 + full], out=tmp[full * B :])
         return tmp

@@ -110,8 +110,10 @@ _GROUP_MAX = 4
 _GROUP_BYTES = 48 << 20
 
 
-_LEFTOVER = ("the step was purged but this chunk file is still on disk, holding its delta (a purge was stopped before "
-             "deleting it): re-run the same `mlflow-amnesia purge` command to finish the purge")
+_LEFTOVER = (
+    "the step was purged but this chunk file is still on disk, holding its delta (a purge was stopped before "
+    "deleting it): re-run the same `mlflow-amnesia purge` command to finish the purge"
+)
 
 
 @dataclasses.dataclass
@@ -172,9 +174,13 @@ def _to_f32(name: str, value: Any, spec: TensorSpec, step: int) -> np.ndarray:
     elif isinstance(value, np.ndarray):
         arr = np.array(value, dtype=np.float32, order="C", copy=True)
     else:
-        raise InputError(f"step {step}: delta {name!r} must be a numpy array or torch tensor, got {type(value).__name__}")
+        raise InputError(
+            f"step {step}: delta {name!r} must be a numpy array or torch tensor, got {type(value).__name__}"
+        )
     if tuple(arr.shape) != spec.shape:
-        raise InputError(f"step {step}: delta {name!r} has shape {tuple(arr.shape)}, the store's layout says {spec.shape}")
+        raise InputError(
+            f"step {step}: delta {name!r} has shape {tuple(arr.shape)}, the store's layout says {spec.shape}"
+        )
     return arr.reshape(-1)
 
 
@@ -316,7 +322,9 @@ class DeltaStore:
             raise InputError(f"mode must be 'r' (read) or 'a' (append), got {mode!r}")
         if manifest is not None and mode != "r":
             raise InputError("a store opened with a copied manifest is read-only: use mode='r'")
-        self = cls._new(url, threads=threads, max_pending=max_pending, storage_options=storage_options, writable=mode == "a")
+        self = cls._new(
+            url, threads=threads, max_pending=max_pending, storage_options=storage_options, writable=mode == "a"
+        )
         if manifest is not None:
             self._load_manifest(parse_manifest(manifest, "the manifest passed to DeltaStore.open"))
             self._use_key(key)
@@ -339,7 +347,9 @@ class DeltaStore:
         return self
 
     @classmethod
-    def _new(cls, url: str, *, threads: int, max_pending: int, storage_options: Mapping[str, Any] | None, writable: bool) -> DeltaStore:
+    def _new(
+        cls, url: str, *, threads: int, max_pending: int, storage_options: Mapping[str, Any] | None, writable: bool
+    ) -> DeltaStore:
         for name, v in (("threads", threads), ("max_pending", max_pending)):
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"{name} must be a positive int, got {v!r}")
@@ -456,7 +466,9 @@ class DeltaStore:
 
     # ------------------------------------------------------------------ writing
 
-    def append(self, step: int, delta: Mapping[str, np.ndarray | torch.Tensor], meta: Mapping[str, Any] | None = None) -> None:
+    def append(
+        self, step: int, delta: Mapping[str, np.ndarray | torch.Tensor], meta: Mapping[str, Any] | None = None
+    ) -> None:
         """Record ``delta`` (every layout tensor, float32 or convertible) as ``step``; returns fast.
 
         Steps must increase strictly. The delta is copied, so the caller may reuse its buffers.
@@ -467,7 +479,11 @@ class DeltaStore:
         self._need_key()  # never a chunk in clear in a sealed store
         step = check_step(step)
         if step <= self._last_step:
-            what = "was already recorded" if step in self._steps or step == self._last_step else "is not after the last step"
+            what = (
+                "was already recorded"
+                if step in self._steps or step == self._last_step
+                else "is not after the last step"
+            )
             raise InputError(
                 f"step {step} {what} (last step: {self._last_step}); steps must increase strictly, "
                 "so give each optimizer step a new, larger number"
@@ -622,8 +638,16 @@ class DeltaStore:
     def _manifest_obj(self) -> dict[str, Any]:
         with self._lock:
             entries = [self._steps[s] for s in sorted(self._steps)]
-        return manifest_obj(encryption=self._encryption, created=self._created, codec=self._codec, layout=self._layout,
-                            parts=self._parts, part_bytes=self._part_bytes, meta=self._meta, steps=entries)
+        return manifest_obj(
+            encryption=self._encryption,
+            created=self._created,
+            codec=self._codec,
+            layout=self._layout,
+            parts=self._parts,
+            part_bytes=self._part_bytes,
+            meta=self._meta,
+            steps=entries,
+        )
 
     def manifest_bytes(self) -> bytes:
         """The consolidated manifest (JSON) listing every committed step; a writer flushes first.
@@ -689,7 +713,9 @@ class DeltaStore:
             e = json.loads(self._fs.cat_file(self._path(f"{CHUNKS}/{name}")))
             if e.get("step") != step:
                 return None
-            return StepEntry(step, check_chunks(e["chunks"], step, self._layout, self._parts), dict(e.get("meta") or {}))
+            return StepEntry(
+                step, check_chunks(e["chunks"], step, self._layout, self._parts), dict(e.get("meta") or {})
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             return None  # a torn marker: the step was not committed
 
@@ -837,7 +863,11 @@ class DeltaStore:
                     turn[p] += 1
                     cond.notify_all()
 
-        prog = progress if progress is not None else Progress("delta store: summing steps", total=len(entries), unit="steps")
+        prog = (
+            progress
+            if progress is not None
+            else Progress("delta store: summing steps", total=len(entries), unit="steps")
+        )
         inflight: deque[tuple[int, int, cf.Future]] = deque()
         try:
             for g in range(len(groups)):
@@ -988,8 +1018,10 @@ class DeltaStore:
         if self._codec.spec() != copy._codec.spec():
             out.append(f"codec {self._codec.spec()} in the store's manifest, {copy._codec.spec()} in the copy")
         if self._layout != copy._layout:
-            out.append(f"the tensor layout differs ({len(self._layout)} tensors in the store's manifest, "
-                       f"{len(copy._layout)} in the copy)")
+            out.append(
+                f"the tensor layout differs ({len(self._layout)} tensors in the store's manifest, "
+                f"{len(copy._layout)} in the copy)"
+            )
         if self._parts != copy._parts:
             out.append(f"the parts differ ({self._parts} in the store's manifest, {copy._parts} in the copy)")
         with self._lock:
@@ -1012,11 +1044,14 @@ class DeltaStore:
         if missing:
             out.append(f"step(s) {_fmt_steps(missing)} of the copy are not in the store's manifest")
         if differ:
-            out.append(f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 in the store's "
-                       "manifest than in the copy")
+            out.append(
+                f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 in the store's "
+                "manifest than in the copy"
+            )
         if revived:
-            out.append(f"step(s) {_fmt_steps(revived)} are purged in the copy but listed with chunks in the "
-                       "store's manifest")
+            out.append(
+                f"step(s) {_fmt_steps(revived)} are purged in the copy but listed with chunks in the store's manifest"
+            )
         return out
 
     # ------------------------------------------------------------------ file system
@@ -1032,7 +1067,11 @@ class DeltaStore:
             entries = self._fs.ls(d, detail=True)
         except FileNotFoundError:
             return {}
-        return {posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0) for e in entries if e.get("type") != "directory"}
+        return {
+            posixpath.basename(e["name"].rstrip("/")): int(e.get("size") or 0)
+            for e in entries
+            if e.get("type") != "directory"
+        }
 
     def _leftover_chunks(self) -> list[tuple[int, str, int]]:
         """(step, path relative to the URL, bytes) of each file in chunks/ that is a chunk of a purged step."""
@@ -1040,8 +1079,9 @@ class DeltaStore:
             purged = {s for s, e in self._steps.items() if e.purged}
         if not purged:
             return []
-        found = [(int(m.group(1)), f"{CHUNKS}/{n}", b)
-                 for n, b in self._list_chunks().items() if (m := CHUNK_RE.match(n))]
+        found = [
+            (int(m.group(1)), f"{CHUNKS}/{n}", b) for n, b in self._list_chunks().items() if (m := CHUNK_RE.match(n))
+        ]
         return sorted(x for x in found if x[0] in purged)
 
     def _put(self, path: str, data: bytes, *, atomic: bool) -> None:

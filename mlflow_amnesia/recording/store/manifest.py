@@ -166,9 +166,17 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-def manifest_obj(*, encryption: Mapping[str, str] | None, created: str, codec: Codec, layout: Sequence[TensorSpec],
-                 parts: Sequence[tuple[int, int]], part_bytes: int, meta: Mapping[str, Any],
-                 steps: Sequence[StepEntry]) -> dict[str, Any]:
+def manifest_obj(
+    *,
+    encryption: Mapping[str, str] | None,
+    created: str,
+    codec: Codec,
+    layout: Sequence[TensorSpec],
+    parts: Sequence[tuple[int, int]],
+    part_bytes: int,
+    meta: Mapping[str, Any],
+    steps: Sequence[StepEntry],
+) -> dict[str, Any]:
     """The manifest object (keys in the order every release wrote them); ``steps`` ascending."""
     sealed = {"encryption": dict(encryption)} if encryption is not None else {}
     return {
@@ -193,7 +201,9 @@ def parse_manifest(raw: bytes | str | Mapping[str, Any], where: str) -> dict[str
         try:
             m = json.loads(raw)
         except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError; RecursionError: absurd nesting
-            raise ManifestFormatError(f"{where} is not valid JSON ({type(e).__name__}: {e}); the store cannot be read") from e
+            raise ManifestFormatError(
+                f"{where} is not valid JSON ({type(e).__name__}: {e}); the store cannot be read"
+            ) from e
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ManifestFormatError(f"{where} is not a delta-store manifest (its 'format' is not {FORMAT!r})")
     v = m.get("format_version")
@@ -224,15 +234,21 @@ def parse_encryption(m: Mapping[str, Any]) -> dict[str, str] | None:
     return {"scheme": SCHEME, "salt": salt, "key_id": kid}
 
 
-def check_chunks(chunks: Any, step: int, layout: Sequence[TensorSpec], parts: Sequence[tuple[int, int]]) -> list[dict[str, Any]]:
+def check_chunks(
+    chunks: Any, step: int, layout: Sequence[TensorSpec], parts: Sequence[tuple[int, int]]
+) -> list[dict[str, Any]]:
     """A step's chunk list checked against the layout and its parts; ValueError when it does not fit."""
     if not isinstance(chunks, list) or len(chunks) != len(parts):
-        raise ValueError(f"step {step} lists {len(chunks) if isinstance(chunks, list) else chunks!r} chunks, expected {len(parts)}")
+        raise ValueError(
+            f"step {step} lists {len(chunks) if isinstance(chunks, list) else chunks!r} chunks, expected {len(parts)}"
+        )
     out = []
     for part, c in enumerate(chunks):
         # the writer's own name, nothing else: a manifest never points a read outside chunks/
         if c["file"] != f"{CHUNKS}/{step}.{part}.zst":
-            raise ValueError(f"step {step} part {part} names chunk file {c['file']!r}, expected {CHUNKS}/{step}.{part}.zst")
+            raise ValueError(
+                f"step {step} part {part} names chunk file {c['file']!r}, expected {CHUNKS}/{step}.{part}.zst"
+            )
         a, b = parts[part]
         raw = 4 * sum(t.numel for t in layout[a:b])
         if int(c["raw_bytes"]) != raw:
