@@ -118,7 +118,7 @@ def _unwritable(path: str) -> Optional[str]:
             return f"{path} exists and is not a directory"
         if not os.access(path, os.W_OK | os.X_OK):
             return f"the directory {path} is not writable"
-        return None
+        return _probe(path, f"the directory {path} is not writable")
     parent = os.path.dirname(path)
     while parent and not os.path.exists(parent):
         parent, up = os.path.dirname(parent), parent
@@ -128,6 +128,18 @@ def _unwritable(path: str) -> Optional[str]:
         return f"it cannot be created: {parent} is not a directory"
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"it cannot be created: the directory {parent} is not writable"
+    return _probe(parent, f"it cannot be created under {parent}")
+
+
+def _probe(directory: str, what: str) -> Optional[str]:
+    """Make and remove an empty directory in ``directory``: permission bits do not tell (root passes
+    them everywhere; /proc, read-only mounts and full quotas refuse anyway). Leaves nothing behind."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".amnesia-probe-", dir=directory))
+    except OSError as e:
+        return f"{what} ({e.strerror or e})"
     return None
 
 
