@@ -92,6 +92,20 @@ def test_an_unwritable_store_directory_is_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.parametrize("where", ["/proc/amnesia-store", "/proc/amnesia-store/deeper", "/sys/amnesia-store"])
+def test_a_store_directory_no_one_can_create_is_refused_even_as_root(tmp_path, monkeypatch, where):
+    """Permission bits pass for root everywhere; /proc and /sys refuse a mkdir anyway (the replay of
+    issue 13 found train tracebacking there, leaving a FAILED run)."""
+    import os
+
+    if not os.path.isdir(os.path.dirname(where.split("/deeper")[0]) or "/"):
+        pytest.skip(f"no {where} on this system")
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(main, ["train", "--store-uri", where])
+    _one_line_refusal(r, f"--store-uri {where}", "cannot be created")
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_good_store_uris_pass_and_create_nothing(tmp_path):
     from mlflow_amnesia.jobs.validation import writable_store_uri
 

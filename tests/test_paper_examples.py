@@ -69,7 +69,9 @@ def test_figure_1_2_class_accuracy_falls_and_curves_are_logged(store):
     assert set(curves) == {"finetune", "relabel", "amnesiac", "retrain"}
     am = _points(curves["amnesiac"])
     assert list(am) == ["0", "0'", "1", "2"]
-    assert am["0"]["epoch.acc.target"] > 0.8  # version 1 knows the class
+    # version 1 knows the class, far above chance (0.1). After --quick's 2 epochs its accuracy depends on
+    # the batch order, keyed by the record key since issue 13: 0.54, 0.55, 0.71, 0.85 under four keys.
+    assert am["0"]["epoch.acc.target"] > 0.5
     assert am["0'"] != am["0"]  # the rollback changed the weights ...
     assert _points(curves["finetune"])["0'"] == am["0"]  # ... finetune's removal step did not
     for method in ("relabel", "amnesiac", "retrain"):  # these forget the class (naive retraining may not: the paper's point)

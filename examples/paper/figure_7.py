@@ -35,12 +35,13 @@ HARMLESS_DROP = 0.01  # one accuracy point
 def rolled_back(trained: c.Trained, steps: np.ndarray, work: str):
     """A copy of version 1's module with ``steps`` rolled back by the ``amnesiac`` method."""
     from mlflow_amnesia import AmnesiaModel
+    from mlflow_amnesia.keys import load_key
     from mlflow_amnesia.unlearn import ForgetContext, get_method
 
     am = trained.model
     child = AmnesiaModel(module=copy.deepcopy(am.module), arch=am.arch, info=copy.deepcopy(am.info),
                          segments=list(am.segments), rolled_back=am.rolled_back, forgotten=am.forgotten)
-    ctx = ForgetContext(model=child, key=b"", target_hashes=np.zeros((0, 16), np.uint8),
+    ctx = ForgetContext(model=child, key=load_key(create=False), target_hashes=np.zeros((0, 16), np.uint8),
                         steps=np.sort(np.asarray(steps, np.int64)), load_records=lambda: trained.records,
                         phase_base=lambda: work, run_id="figure-7", options={"repair": "none"})
     get_method("amnesiac").apply(ctx)

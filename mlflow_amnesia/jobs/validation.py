@@ -5,7 +5,8 @@ the command before a database, a run, a lock or a file exists, and the Python fu
 :func:`mlflow_amnesia.jobs.train.train` and :func:`mlflow_amnesia.jobs.forget.forget` run them first.
 Each check raises :class:`InputError` naming the option as its caller spells it (``--lr`` on
 the command line, ``lr`` in Python), the value given and what would be valid. Nothing here
-creates or writes anything: a store location is checked by looking, not by trying.
+leaves anything behind: a store location is checked by making and removing an empty directory
+in it, since permission bits do not tell (root passes them on /proc and read-only mounts).
 """
 
 from __future__ import annotations
@@ -114,7 +115,7 @@ def _unwritable(path: str) -> str | None:
             return f"{path} exists and is not a directory"
         if not os.access(path, os.W_OK | os.X_OK):
             return f"the directory {path} is not writable"
-        return None
+        return _probe(path, f"the directory {path} is not writable")
     parent = os.path.dirname(path)
     while parent and not os.path.exists(parent):
         parent, up = os.path.dirname(parent), parent
@@ -124,6 +125,18 @@ def _unwritable(path: str) -> str | None:
         return f"it cannot be created: {parent} is not a directory"
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"it cannot be created: the directory {parent} is not writable"
+    return _probe(parent, f"it cannot be created under {parent}")
+
+
+def _probe(directory: str, what: str) -> str | None:
+    """Make and remove an empty directory in ``directory``: permission bits do not tell (root passes
+    them everywhere; /proc, read-only mounts and full quotas refuse anyway). Leaves nothing behind."""
+    import tempfile
+
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".amnesia-probe-", dir=directory))
+    except OSError as e:
+        return f"{what} ({e.strerror or e})"
     return None
 
 
