@@ -24,6 +24,21 @@ Definitions (``P`` = number of members, ``N`` = number of non-members):
     precision = TP / (TP + FP), 0.0 when nothing is predicted a member (scikit-learn's
     ``zero_division`` default).
 
+Sizes and intervals (every figure the audit logs carries them):
+
+``Estimate``
+    A figure with its sample: ``value``, 95% interval ``lo``/``hi``, ``n_members`` and
+    ``n_nonmembers``. ``reportable`` is False below :data:`MIN_PER_CLASS` records on either side:
+    such an AUC is a percentile of a handful of records, not an AUC, and is not logged as one.
+``auc_estimate(scores, labels)``
+    ROC AUC with DeLong's 95% interval (DeLong, DeLong & Clarke-Pearson 1988; the fast
+    structural-components form of Sun & Xu 2014), clipped to [0, 1]. With one side constant
+    the variance is estimated as 0 and the interval collapses to the point: at least
+    :data:`MIN_PER_CLASS` records per side are required before it is reported.
+``tpr_estimate(scores, labels, fpr, *, seed)``
+    ``tpr_at_fpr`` with a stratified percentile-bootstrap 95% interval (members and non-members
+    resampled separately, :data:`BOOTSTRAP` resamples, fixed seed so re-audits agree).
+
 Inputs are 1-D and of equal length; scores must be finite. Shape or value errors are programming
 errors here (the audit builds these arrays) and raise ``ValueError``.
 """
@@ -31,11 +46,29 @@ errors here (the audit builds these arrays) and raise ``ValueError``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["precision", "recall", "roc_auc", "roc_points", "tpr_at_fpr"]
+__all__ = [
+    "BOOTSTRAP",
+    "MIN_PER_CLASS",
+    "Estimate",
+    "auc_estimate",
+    "precision",
+    "recall",
+    "roc_auc",
+    "roc_points",
+    "tpr_at_fpr",
+    "tpr_estimate",
+]
+
+# Fewer records than this on either side (members or non-members) and an AUC or TPR is not
+# reported as one: the per-record statistics are (see the audit).
+MIN_PER_CLASS = 10
+BOOTSTRAP = 1000
+_Z95 = 1.959963984540054
 
 
 def _check(scores: ArrayLike, labels: ArrayLike, what: str = "scores") -> tuple[np.ndarray, np.ndarray]:
@@ -121,3 +154,73 @@ def precision(predicted: ArrayLike, labels: ArrayLike) -> float:
     p, lab = _check(predicted, labels, what="predicted")
     called = int(p.sum())
     return float((p & lab).sum()) / called if called else 0.0
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95% interval and the sample it was measured on."""
+
+    value: float
+    lo: float
+    hi: float
+    n_members: int
+    n_nonmembers: int
+
+    @property
+    def reportable(self) -> bool:
+        return self.n_members >= MIN_PER_CLASS and self.n_nonmembers >= MIN_PER_CLASS and not math.isnan(self.value)
+
+    def as_metrics(self, name: str) -> dict[str, float]:
+        """``{name, name.lo, name.hi, name.n_members, name.n_nonmembers}``: the names README defines."""
+        return {
+            name: self.value,
+            f"{name}.lo": self.lo,
+            f"{name}.hi": self.hi,
+            f"{name}.n_members": float(self.n_members),
+            f"{name}.n_nonmembers": float(self.n_nonmembers),
+        }
+
+    def __str__(self) -> str:
+        return f"{self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}] (n={self.n_members}+{self.n_nonmembers})"
+
+
+def _midrank(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``x`` with ties given their average rank."""
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    return ((ends - counts + 1 + ends) / 2.0)[inverse]
+
+
+def auc_estimate(scores: ArrayLike, labels: ArrayLike) -> Estimate:
+    """ROC AUC with DeLong's 95% interval (see the module doc); nan figures without both classes."""
+    s, lab = _check(scores, labels)
+    pos, neg = s[lab], s[~lab]
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return Estimate(math.nan, math.nan, math.nan, m, n)
+    rank_all = _midrank(np.r_[pos, neg])
+    rank_pos, rank_neg = _midrank(pos), _midrank(neg)
+    auc = float((rank_all[:m].sum() - m * (m + 1) / 2.0) / (m * n))
+    v10 = (rank_all[:m] - rank_pos) / n  # per member: share of non-members it beats
+    v01 = 1.0 - (rank_all[m:] - rank_neg) / m  # per non-member: share of members that beat it
+    var = (np.var(v10, ddof=1) / m if m > 1 else 0.0) + (np.var(v01, ddof=1) / n if n > 1 else 0.0)
+    half = _Z95 * math.sqrt(max(float(var), 0.0))
+    return Estimate(auc, max(0.0, auc - half), min(1.0, auc + half), m, n)
+
+
+def tpr_estimate(scores: ArrayLike, labels: ArrayLike, fpr: float, *, seed: int = 0) -> Estimate:
+    """``tpr_at_fpr`` with a stratified bootstrap 95% interval (see the module doc)."""
+    s, lab = _check(scores, labels)
+    pos, neg = s[lab], s[~lab]
+    m, n = len(pos), len(neg)
+    value = tpr_at_fpr(s, lab, fpr)
+    if m == 0 or n == 0:
+        return Estimate(value, math.nan, math.nan, m, n)
+    rng = np.random.default_rng(seed)
+    both = np.r_[np.ones(m, bool), np.zeros(n, bool)]
+    draws = np.empty(BOOTSTRAP)
+    for b in range(BOOTSTRAP):
+        sample = np.r_[pos[rng.integers(0, m, m)], neg[rng.integers(0, n, n)]]
+        draws[b] = tpr_at_fpr(sample, both, fpr)
+    lo, hi = np.percentile(draws, [2.5, 97.5])
+    return Estimate(value, float(lo), float(hi), m, n)

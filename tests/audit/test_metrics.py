@@ -125,3 +125,54 @@ def test_auc_is_symmetric_and_rank_based(pairs):
     assert a == pytest.approx(roc_auc_score(lab, s))
     assert roc_auc(-s, lab) == pytest.approx(1 - a)  # reversing the ranking reflects the AUC
     assert roc_auc(np.exp(s), lab) == pytest.approx(a)  # only the order matters
+
+
+# --- sizes and intervals -----------------------------------------------------------------------
+
+from math import erf, sqrt  # noqa: E402
+
+from mlflow_amnesia.audit.metrics import MIN_PER_CLASS, auc_estimate, tpr_estimate  # noqa: E402
+
+
+def test_delong_variance_matches_the_hand_computed_example():
+    # members 0.9, 0.6; non-members 0.7, 0.1: AUC 3/4. V10 = (1, 1/2), V01 = (1/2, 0);
+    # var = var(V10)/2 + var(V01)/2 = 0.125/2 + 0.125/2 = 0.125.
+    e = auc_estimate([0.9, 0.6, 0.7, 0.1], [1, 1, 0, 0])
+    assert e.value == pytest.approx(0.75)
+    half = 1.959963984540054 * sqrt(0.125)
+    assert e.lo == pytest.approx(max(0.0, 0.75 - half)) and e.hi == pytest.approx(1.0)
+    assert (e.n_members, e.n_nonmembers) == (2, 2) and not e.reportable
+
+
+def test_delong_interval_covers_the_true_auc_about_95_percent_of_the_time():
+    rng = np.random.default_rng(7)
+    true = 0.5 * (1 + erf(0.5 / 2))  # P(X > Y), X ~ N(0.5, 1), Y ~ N(0, 1)
+    hits = 0
+    for _ in range(300):
+        s = np.r_[rng.normal(0.5, 1, 40), rng.normal(0, 1, 60)]
+        e = auc_estimate(s, np.r_[np.ones(40), np.zeros(60)])
+        hits += e.lo <= true <= e.hi
+    assert 0.90 <= hits / 300 <= 0.99
+
+
+def test_an_estimate_below_the_minimum_count_is_not_reportable():
+    s = np.arange(MIN_PER_CLASS * 2, dtype=float)
+    lab = np.r_[np.ones(MIN_PER_CLASS - 1), np.zeros(MIN_PER_CLASS + 1)]
+    assert not auc_estimate(s, lab).reportable
+    lab = np.r_[np.ones(MIN_PER_CLASS), np.zeros(MIN_PER_CLASS)]
+    e = auc_estimate(s, lab)
+    assert e.reportable and set(e.as_metrics("audit.lira.auc")) == {
+        "audit.lira.auc",
+        "audit.lira.auc.lo",
+        "audit.lira.auc.hi",
+        "audit.lira.auc.n_members",
+        "audit.lira.auc.n_nonmembers",
+    }
+
+
+def test_tpr_estimate_brackets_its_value_and_is_reproducible():
+    rng = np.random.default_rng(3)
+    s = np.r_[rng.normal(1, 1, 50), rng.normal(0, 1, 200)]
+    lab = np.r_[np.ones(50), np.zeros(200)]
+    a, b = tpr_estimate(s, lab, 0.05, seed=1), tpr_estimate(s, lab, 0.05, seed=1)
+    assert a == b and a.lo <= a.value <= a.hi and a.hi - a.lo > 0
