@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 
 import click
@@ -34,11 +35,12 @@ def _friendly(fn=None, *, creates_store: bool = False):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            from .mlflow.tracking import check_reachable, check_tracking_store
+            from .mlflow.tracking import bound_retries, check_reachable, check_tracking_store
 
             check_tracking_store(create=creates_store)
             check_reachable()  # seconds, not MLflow's ~4 minutes of retries, when the server is down
-            return fn(*args, **kwargs)
+            with bound_retries():  # a server that goes away mid-command: ~30 s, not ~4 minutes a request
+                return fn(*args, **kwargs)
         except AmnesiaError as e:
             raise click.ClickException(str(e)) from None
         except KeyboardInterrupt:
@@ -49,18 +51,26 @@ def _friendly(fn=None, *, creates_store: bool = False):
             )
             sys.exit(130)
         except Exception as e:  # noqa: BLE001 - classify only tracking-server failures
-            from mlflow.exceptions import MlflowException
+            from .mlflow.tracking import is_unreachable
 
-            if isinstance(e, MlflowException) and ("Connection" in str(e) or "Max retries" in str(e)):
+            if is_unreachable(e):
                 import mlflow
 
                 raise click.ClickException(
-                    f"cannot reach the tracking server at {mlflow.get_tracking_uri()}: {str(e).splitlines()[0]} "
-                    "(start it, or set MLFLOW_TRACKING_URI)"
+                    f"cannot reach the tracking server at {mlflow.get_tracking_uri()}: it stopped answering during "
+                    f"the command ({_retries()}). Start it again (or set MLFLOW_TRACKING_URI to one that runs), then "
+                    "re-run the same command (re-running is safe: a version is registered only whole)"
                 ) from None
             raise
 
     return wrapper
+
+
+def _retries() -> str:
+    from .mlflow.tracking import RETRIES_ENV
+
+    n = os.environ.get(RETRIES_ENV, "")
+    return f"no answer after {n} retries" if n.isdigit() else "no answer"
 
 
 def _checked(check, *args):

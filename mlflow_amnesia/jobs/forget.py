@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from ..errors import AmnesiaError, InputError, ManifestFormatError, StoreError
-from ..mlflow import registry
+from ..errors import AmnesiaError, InputError, ManifestFormatError, StoreError, TrackingServerError
+from ..mlflow import registry, tracking
 from ..mlflow.concurrency import check_forkable, children_of, one_forget_per_model, register_child
 from ..mlflow.flavor import AmnesiaModel, load_model, log_model
 from ..progress import info as say
@@ -404,8 +404,6 @@ def run_forget(request: ForgetRequest) -> ForgetResult:
     check -> plan -> guard the step share -> (run) method -> audit -> register -> complete."""
     import mlflow
 
-    from ..mlflow.runs import start_run
-
     r = request.checked()
     planned = plan_forget(
         r.model_name,
@@ -430,16 +428,77 @@ def run_forget(request: ForgetRequest) -> ForgetResult:
 
     parent_run = mlflow.MlflowClient().get_run(mv.run_id) if mv.run_id else None
     t0 = time.monotonic()
-    with start_run(
-        f"forget-{r.model_name}-v{mv.version}", experiment_id=parent_run.info.experiment_id if parent_run else None
-    ) as run:
-        records = _LazyRecords(planned, r.data_root)
-        child, result = _apply_method(r, planned, run, records)
-        metrics = _audit(r, planned, child, result, records, t0)
-        new_version = _register(r, planned, child, result, run.info.run_id)
+    with tracking.retries_restored():
+        return _run_and_register(r, planned, parent_run, t0)
+
+
+def _run_and_register(r: ForgetRequest, planned: PlannedForget, parent_run: Any, t0: float) -> ForgetResult:
+    """The forget's run (method, audit, registration) and the steps after it; a tracking server
+    that goes away on the way is one line saying what is left and that the re-run completes it."""
+    from ..mlflow.runs import start_run
+
+    plan, mv = planned.plan, planned.version
+    try:
+        with start_run(
+            f"forget-{r.model_name}-v{mv.version}", experiment_id=parent_run.info.experiment_id if parent_run else None
+        ) as run:
+            try:
+                records = _LazyRecords(planned, r.data_root)
+                child, result = _apply_method(r, planned, run, records)
+                metrics = _audit(r, planned, child, result, records, t0)
+                new_version = _register(r, planned, child, result, run.info.run_id)
+            except Exception as e:  # noqa: BLE001 - only a server that went away is reworded
+                _reraise_if_server_gone(e, r.model_name, int(mv.version))
+                raise
+    except Exception as e:  # noqa: BLE001
+        # Ending the run (FAILED) through a server that is gone fails too: report what went wrong inside.
+        inner = _context_of(e, TrackingServerError)
+        if inner is not None and tracking.is_unreachable(e):
+            raise inner from None
+        raise
     say(f"registered {r.model_name} version {new_version} (run {run.info.run_id}): {result.summary}")
-    done = complete_registration(r.model_name, new_version, set_alias=r.set_alias, purge=r.purge)
+    try:
+        done = complete_registration(r.model_name, new_version, set_alias=r.set_alias, purge=r.purge)
+    except Exception as e:  # noqa: BLE001
+        _reraise_if_server_gone(e, r.model_name, int(mv.version), registered=new_version)
+        raise
     return ForgetResult(plan, new_version, run.info.run_id, metrics, purge=done.purge)
+
+
+def _context_of(e: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of type ``kind`` that ``e`` was raised while handling, if any."""
+    seen: set[int] = set()
+    c = e.__context__
+    while c is not None and id(c) not in seen:
+        if isinstance(c, kind):
+            return c
+        seen.add(id(c))
+        c = c.__context__
+    return None
+
+
+def _reraise_if_server_gone(e: Exception, name: str, parent: int, *, registered: int | None = None) -> None:
+    """Raise :class:`TrackingServerError` saying what is left and that the re-run completes it,
+    when ``e`` is the tracking server going away (it no longer answers); else return."""
+    import mlflow
+
+    if isinstance(e, TrackingServerError) or not tracking.is_unreachable(e) or tracking.server_answers():
+        return
+    tracking.stop_retrying()  # ending the run must not retry for another half minute
+    registered = registered if registered is not None else getattr(e, "registered_version", None)
+    where = f"cannot reach the tracking server at {mlflow.get_tracking_uri()}: it went away during the forget of {name} v{parent}"
+    if registered is not None:
+        left = f"after v{registered} was registered, before its checks, description and lineage tags were all done"
+        then = f"it finishes v{registered}"
+    elif getattr(e, "registering", False) and not tracking.was_not_delivered(e):
+        left = "while the new version was being registered: it may have been created"
+        then = "it finishes that version, or redoes the forget if none was created"
+    else:
+        left = f"before the new version was registered: nothing was registered and v{parent} is unchanged"
+        then = "it redoes the forget"
+    raise TrackingServerError(
+        f"{where}, {left}. Start the server again, then re-run the same command: {then}."
+    ) from None
 
 
 def _guard_share(r: ForgetRequest, plan: ForgetPlan) -> None:

@@ -16,7 +16,7 @@ from ..audit import full_audit
 from ..learning.training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
 from ..mlflow import registry
 from ..mlflow.flavor import AmnesiaModel, log_model
-from ..mlflow.runs import log_params_once, phase_base, start_run
+from ..mlflow.runs import check_store_location, log_params_once, phase_base, start_run
 from ..progress import info as say
 from ..recording.phase import Phase
 from ..tags import (
@@ -96,6 +96,7 @@ def train(
         store_uri=store_uri,
     )  # before any database, run or file exists
     check_tracking_store(create=True)  # a new local sqlite database is created whole, or not at all
+    check_store_location(store_uri)  # behind an artifact proxy without --store-uri: refused before a run exists
     codec = codec or DEFAULT_CODEC
     recipe = Recipe(
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay, seed=seed

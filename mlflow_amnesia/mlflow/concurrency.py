@@ -224,6 +224,13 @@ def _conflict(name: str, parent: int, winner: int, run_id: str | None, what: str
     )
 
 
+def _during_registration(e: Exception, version: int | None) -> None:
+    """Mark ``e`` as raised while registering (``registering``) and with the version number the
+    registry gave, if it gave one (``registered_version``): what is left then differs (jobs.forget)."""
+    e.registering = True  # type: ignore[attr-defined]
+    e.registered_version = version  # type: ignore[attr-defined]
+
+
 def register_child(name: str, model_uri: str, *, parent: int, tags: Mapping[str, object], run_id: str | None = None):
     """Register ``model_uri`` (a logged model whose artifacts are all uploaded) as the one child
     of ``parent``, with ``tags`` set in the same call; return its ModelVersion.
@@ -239,11 +246,19 @@ def register_child(name: str, model_uri: str, *, parent: int, tags: Mapping[str,
     sup = (pmv.tags or {}).get(registry.TAG_SUPERSEDED)
     if kids or sup:
         raise _conflict(name, parent, kids[0] if kids else int(str(sup)), run_id, "this one registered nothing")
-    mv = mlflow.register_model(
-        model_uri, name, tags={k: str(v) for k, v in {**tags, registry.TAG_PARENT: parent}.items()}
-    )
+    try:
+        mv = mlflow.register_model(
+            model_uri, name, tags={k: str(v) for k, v in {**tags, registry.TAG_PARENT: parent}.items()}
+        )
+    except Exception as e:
+        _during_registration(e, None)
+        raise
     mine = int(mv.version)
-    kids = children_of(name, parent)
+    try:
+        kids = children_of(name, parent)
+    except Exception as e:
+        _during_registration(e, mine)
+        raise
     winner = min(kids + [mine])  # + mine: a listing that lags behind its own write still counts it
     if winner != mine:
         c.delete_model_version(name, str(mine))
