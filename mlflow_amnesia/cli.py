@@ -180,8 +180,25 @@ class _Main(click.Group):
             sys.exit(130)
 
 
+def _no_program_version_flag(ctx, param, value):
+    if value:
+        raise click.UsageError(
+            "--version names a model version, an option of the commands (e.g. `mlflow-amnesia forget --model "
+            "NAME --version 2`); the program's own version is `mlflow-amnesia -V` (--program-version)",
+            ctx=ctx,
+        )
+
+
 @click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="mlflow-amnesia")
+@click.version_option(
+    None,
+    "-V",
+    "--program-version",
+    package_name="mlflow-amnesia",
+    prog_name="mlflow-amnesia",
+    message="%(prog)s %(version)s",
+)
+@click.option("--version", is_flag=True, hidden=True, expose_value=False, callback=_no_program_version_flag)
 def main() -> None:
     """Amnesiac machine learning for MLflow: train with every step recorded, forget records on
     request (a new registered model version), and audit every version.
@@ -192,6 +209,16 @@ def main() -> None:
       mlflow-amnesia records --model digits-resnet --limit 3 > ids.txt
       mlflow-amnesia forget --model digits-resnet --records ids.txt --repair finetune --yes
       mlflow-amnesia lineage --model digits-resnet
+
+    \b
+    The record key: record ids are stored only as keyed hashes. The key is
+    $MLFLOW_AMNESIA_KEY (64 hex digits, e.g. from a team's secret store), else
+    the file ~/.config/mlflow-amnesia/key that the first `train` creates (it
+    says so once): back it up. Without it no record can be forgotten from the
+    models trained with it.
+
+    \b
+    --version N on a command is a model version; the program's version: -V.
     """
     import os
 
@@ -214,15 +241,31 @@ def main() -> None:
     show_default=True,
     help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.",
 )
-@click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
-@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))
-@click.option("--lr", default=0.02, show_default=True, type=float, callback=_checked(validation.positive_number))
+@click.option(
+    "--epochs", default=4, show_default=True, type=click.IntRange(min=1), help="Passes over the training set."
+)
+@click.option(
+    "--batch-size",
+    default=128,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Records per optimizer step (smaller: fewer records per step, so a forget rolls back less of the model).",
+)
+@click.option(
+    "--lr",
+    default=0.02,
+    show_default=True,
+    type=float,
+    callback=_checked(validation.positive_number),
+    help="SGD learning rate.",
+)
 @click.option(
     "--momentum",
     default=0.9,
     show_default=True,
     type=float,
     callback=_checked(validation.non_negative_number, "momentum"),
+    help="SGD momentum.",
 )
 @click.option(
     "--weight-decay",
@@ -230,8 +273,15 @@ def main() -> None:
     show_default=True,
     type=float,
     callback=_checked(validation.non_negative_number, "weight decay"),
+    help="SGD weight decay (L2).",
 )
-@click.option("--seed", default=0, show_default=True, type=int)
+@click.option(
+    "--seed",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Seed of the split, the initial weights and (with the record key) the batch order.",
+)
 @click.option(
     "--codec",
     default=None,
@@ -347,7 +397,13 @@ def train(
     help="After amnesiac rollback: finetune on the retained records, or replay the rolled-back steps "
     "without the forgotten records.",
 )
-@click.option("--repair-epochs", default=1, show_default=True, type=click.IntRange(min=1))
+@click.option(
+    "--repair-epochs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Epochs of the --repair finetune over the retained records (ignored with --repair none or replay).",
+)
 @click.option(
     "--repair-lr",
     default=None,
@@ -606,7 +662,14 @@ def lineage(model_name, fmt, output):
 @main.command()
 @_version_options
 @click.option("--class", "cls", default=None, help="Only records of this class (index or name).")
-@click.option("--split", "part", type=click.Choice(["train", "holdout"]), default="train", show_default=True)
+@click.option(
+    "--split",
+    "part",
+    type=click.Choice(["train", "holdout"]),
+    default="train",
+    show_default=True,
+    help="The version's training records, or the held-out ones it never saw.",
+)
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="At most this many records.")
 @click.option("--labels/--no-labels", default=False, help="Print the label beside each id (tab-separated).")
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")

@@ -34,6 +34,7 @@ import hmac
 import os
 import secrets
 import stat
+import sys
 import time
 import warnings
 from collections.abc import Iterable
@@ -287,12 +288,14 @@ def _create_key_file(p: Path) -> bytes:
             os.fsync(fd)
         finally:
             os.close(fd)
+        created = False
         try:
             os.link(tmp, p)  # atomic, and unlike os.replace it never overwrites a key someone already uses
+            created = True
         except FileExistsError:
-            pass  # another process created it first: use theirs
+            pass  # another process created it first: use theirs (and its announcement)
         except OSError:
-            _create_in_place(p, data)  # no hard links on this file system
+            created = _create_in_place(p, data)  # no hard links on this file system
     finally:
         try:
             os.unlink(tmp)
@@ -302,19 +305,34 @@ def _create_key_file(p: Path) -> bytes:
     key = _read_key_file(p)
     if key is None:
         raise RecordKeyError(f"the key file {p} vanished while it was being created; retry, or set {ENV_VAR}.")
+    if created:
+        announce_key(p)
     return key
 
 
-def _create_in_place(p: Path, data: bytes) -> None:
+def announce_key(p: Path) -> None:
+    """Say, once (by the process that created it, even when progress is quiet), where the new key is."""
+    print(
+        f"created the record key {p} (mode 0600): back it up now (e.g. in your team's secret store, then "
+        f"set {ENV_VAR} from it). Without it no record can be forgotten from the models trained with it; "
+        "with it anyone can link record ids to the stored hashes, so keep it as secret as the data.",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def _create_in_place(p: Path, data: bytes) -> bool:
+    """Create ``p`` with ``data``; False if another process created it first."""
     try:
         fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_EXCL, KEY_FILE_MODE)
     except FileExistsError:
-        return
+        return False
     try:
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+    return True
 
 
 def _fsync_dir(d: Path) -> None:

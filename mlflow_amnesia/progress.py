@@ -53,21 +53,42 @@ class Progress:
         self.done = 0
         self.start = time.monotonic()
         self._last = self.start
+        self._first: tuple[float, int] | None = None  # (time, done) at the first update: warm-up excluded
 
     def update(self, n: int = 1, **extra: object) -> None:
         self.done += n
         now = time.monotonic()
+        if self._first is None:
+            self._first = (now, self.done)
         if now - self._last >= self.interval:
             self._last = now
             self._emit(now, extra)
+
+    def _rate(self, now: float, final: bool) -> float:
+        """Items per second. While running: since the first update, so a slow first item (imports,
+        warm-up, a data set loading) does not make the ETA of the rest hours long; 0 until a
+        second update has been seen. At the end: over the whole time."""
+        if final or self._first is None:
+            elapsed = now - self.start
+            return self.done / elapsed if elapsed > 0 and self.done else 0.0
+        t0, d0 = self._first
+        return (self.done - d0) / (now - t0) if now > t0 and self.done > d0 else 0.0
+
+    def _fmt_rate(self, rate: float) -> str:
+        """``12.3 steps/s``, or below one a second ``4.2 s/model`` (never ``0.0 models/s``)."""
+        if rate >= 1.0:
+            return f"{rate:.1f} {self.unit}/s"
+        one = self.unit[:-1] if self.unit.endswith("s") and len(self.unit) > 1 else self.unit
+        return f"{_fmt_seconds(1.0 / rate)}/{one}"
 
     def _emit(self, now: float, extra: dict, final: bool = False) -> None:
         if self.quiet:
             return
         elapsed = now - self.start
-        rate = self.done / elapsed if elapsed > 0 else 0.0
+        rate = self._rate(now, final)
         parts = [f"{self.label}: {self.done}" + (f"/{self.total}" if self.total else "") + f" {self.unit}"]
-        parts.append(f"{rate:.1f} {self.unit}/s")
+        if rate > 0:
+            parts.append(self._fmt_rate(rate))
         if final:
             parts.append(f"in {_fmt_seconds(elapsed)}")
         elif self.total and rate > 0:

@@ -274,10 +274,10 @@ class _Raw:
 
 def _unavailable(name: str, root: Path, err: BaseException) -> InputError:
     return InputError(
-        f"data set {name!r} is not available in {root} ({type(err).__name__}: {err}). Download it "
-        f"there with network access (load_dataset({name!r}, root={str(root)!r}, download=True)), "
-        "or use 'idx:<dir>' for MNIST-format "
-        "files you already have, or 'digits' (bundled with scikit-learn, works offline)."
+        f"data set {name!r} is not available in {root} ({type(err).__name__}: {err}). On a machine with "
+        f"network access `mlflow-amnesia train --dataset {name} --data-root {root}` downloads it there; "
+        "offline, pass --data-root DIR where its files already are, --dataset idx:<dir> for MNIST-format "
+        "files you have, or --dataset digits (bundled with scikit-learn, works offline)."
     )
 
 
