@@ -449,6 +449,7 @@ def forget(
             f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {r.plan.method}): completed the earlier "
             f"registration of v{r.version} by this request, stopped before it finished: {', '.join(r.completed)}"
         )
+        _echo_verdict(model_name, r.version)
     else:
         m = r.metrics
         click.echo(

@@ -256,6 +256,6 @@ def describe_training(
         f"Every one of its {steps} optimizer steps is recorded (delta store `{store_url}`), so records can be "
         f"forgotten later with `mlflow-amnesia forget --model {name} --records ids.txt`.\n\n"
         + "The audit figures are on a sample of this version's training records (members) against held-out "
-        "non-members; intervals are 95%, `n=` is members + non-members.\n\n"
-        + registry.metrics_table({"this version": metrics})
+        "non-members; intervals are 95%, `n=` is members + non-members. `audit.mia.*` is the paper's attack, shown "
+        "to compare with the paper; the verdict rests on LiRA.\n\n" + registry.metrics_table({"this version": metrics})
     )

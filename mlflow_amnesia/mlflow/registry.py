@@ -44,8 +44,6 @@ HEADLINE_METRICS = (
     "audit.mia.tpr_at_1pct_fpr",
     "audit.inversion.score",
 )
-# rows that are the paper's attack: shown for the paper comparison, never a verdict's basis
-_PAPER_ROWS = {"audit.mia.auc", "audit.mia.recall", "audit.mia.tpr_at_1pct_fpr"}
 # figures the same for a parent in its own run and in its child's audit (the same held-out records)
 _SAME_RECORDS_ANYWHERE = {"acc.test", "loss.test"}
 
@@ -169,14 +167,13 @@ def _cell(metrics: Mapping[str, float], name: str) -> str:
 
 
 def _label(name: str, rows: Mapping[str, Mapping[str, float]]) -> str:
-    """The row label: the metric name, with its sample (members + non-members) when logged, and
-    the paper's attack marked as such."""
+    """The row label: the metric name, with its sample (members + non-members) when logged."""
     label = name
     for m in rows.values():
         if f"{name}.n_members" in m and f"{name}.n_nonmembers" in m:
             label += f" (n={int(m[f'{name}.n_members'])}+{int(m[f'{name}.n_nonmembers'])})"
             break
-    return label + (" (paper's attack)" if name in _PAPER_ROWS else "")
+    return label
 
 
 def _change(a, b) -> str:
