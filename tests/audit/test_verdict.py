@@ -166,3 +166,20 @@ def test_the_lineage_picture_and_text_show_each_versions_verdict():
     text = render_text("m", rows)
     assert "verdict n/a" in text and "verdict fail" in text
     assert "verdict" not in node_label({**rows[1], "verdict": None}, rows)
+
+
+def test_the_bootstraps_fast_tpr_equals_tpr_at_fpr_ties_included():
+    """tpr_estimate's resamples use a partition instead of a sort (12 TPR intervals a forget):
+    it must give exactly tpr_at_fpr's figure, ties and tiny samples included."""
+    import math
+
+    from mlflow_amnesia.audit.metrics import _tpr_at_allowed, tpr_at_fpr
+
+    rng = np.random.default_rng(0)
+    for t in range(600):
+        m, n = int(rng.integers(1, 40)), int(rng.integers(1, 300))
+        draw = (lambda k: rng.integers(0, 6, k).astype(float)) if t % 2 else (lambda k: rng.normal(size=k))
+        pos, neg = draw(m), draw(n)
+        fpr = (0.0, 0.001, 0.01, 0.05, 0.3, 1.0)[t % 6]
+        want = tpr_at_fpr(np.r_[pos, neg], np.r_[np.ones(m, bool), np.zeros(n, bool)], fpr)
+        assert float(_tpr_at_allowed(pos, neg, math.floor(fpr * n + 1e-9))) == want, (m, n, fpr)
