@@ -354,6 +354,7 @@ def train(
     click.echo(
         f"{r.model_name} v{r.version}: acc.test {r.metrics.get('acc.test', float('nan')):.4f}, {r.steps} steps recorded (run {r.run_id})"
     )
+    _echo_verdict(r.model_name, r.version)
 
 
 @main.command()
@@ -514,6 +515,7 @@ def forget(
             f"{model_name} v{r.version} (parent v{r.plan.parent_version}, {r.plan.method}): completed the earlier "
             f"registration of v{r.version} by this request, stopped before it finished: {', '.join(r.completed)}"
         )
+        _echo_verdict(model_name, r.version)
     else:
         m = r.metrics
         click.echo(
@@ -521,6 +523,7 @@ def forget(
             f"rolled back {int(m.get('steps.rolled_back', 0))} of {r.plan.total_steps} steps; "
             f"acc.test {m.get('acc.test', float('nan')):.4f}, acc.forget {m.get('acc.forget', float('nan')):.4f}"
         )
+        _echo_verdict(model_name, r.version)
     if r.purge is not None:
         click.echo(r.purge.summary())
 
@@ -614,6 +617,25 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
     )
     for k in sorted(m):
         click.echo(f"{k}\t{m[k]:.4f}")
+    mv = _resolved(model_name, version, alias)
+    _echo_verdict(model_name, int(mv.version))
+
+
+def _resolved(model_name, version, alias):
+    from .mlflow import registry
+
+    return registry.resolve_version(model_name, version=version, alias=alias)
+
+
+def _echo_verdict(model_name: str, version: int | None) -> None:
+    """``audit verdict: OUTCOME: reason``: the version's verdict as its tags hold it."""
+    if version is None:
+        return
+    from .tags import TAG_VERDICT, TAG_VERDICT_REASON
+
+    tags = _resolved(model_name, version, None).tags or {}
+    if TAG_VERDICT in tags:
+        click.echo(f"audit verdict: {tags[TAG_VERDICT]}: {tags.get(TAG_VERDICT_REASON, '')}")
 
 
 @main.command()

@@ -39,6 +39,11 @@ TAG_ARCH = "amnesia.arch"
 TAG_PURGED = "amnesia.purged"
 #: ISO time a purge began (stays after it completes).
 TAG_PURGE_STARTED = "amnesia.purge_started"
+#: The privacy audit's verdict on the version: ``pass``, ``fail``, ``inconclusive`` (a forget's
+#: child) or ``n/a`` (a trained version); the rule is :mod:`mlflow_amnesia.audit.verdict`'s.
+TAG_VERDICT = "amnesia.audit.verdict"
+#: The verdict's one-line reason, with the figures it rests on (no record ids).
+TAG_VERDICT_REASON = "amnesia.audit.verdict_reason"
 
 # ---- tags of a run ---------------------------------------------------------------------------
 

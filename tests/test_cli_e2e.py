@@ -289,15 +289,20 @@ def test_forget_and_audit_log_the_privacy_audit(registry_copy):
     from mlflow_amnesia.audit.privacy import SHADOW_EXPERIMENT
 
     small = ["--audit", "--shadows", "2", "--inversion-iterations", "30"]
-    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(3)), "--yes", *small)
+    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(12)), "--yes", *small)
     c = registry.client()
     mv = registry.resolve_version(MODEL)
     run = c.get_run(mv.run_id)
     for name in AUDIT_NAMES:
         assert name in run.data.metrics, name
     assert 0.0 <= run.data.metrics["audit.lira.auc"] <= 1.0
-    assert "audit.lira.auc" in mv.description and "(parent)" in mv.description
-    assert [a.path for a in c.list_artifacts(mv.run_id, "audit")] == ["audit/inversion.png"]
+    for name in ("audit.lira.auc", "audit.parent.lira.auc", "audit.retain.lira.auc", "audit.mia.tpr_at_1pct_fpr"):
+        for suffix in (".lo", ".hi", ".n_members", ".n_nonmembers"):
+            assert name + suffix in run.data.metrics, name + suffix
+    assert run.data.metrics["audit.lira.auc.n_members"] == run.data.metrics["audit.parent.lira.auc.n_members"] == 12
+    assert "audit.lira.auc (n=12+" in mv.description and "(parent)" in mv.description
+    assert mv.tags[registry.TAG_VERDICT] in ("pass", "fail", "inconclusive")
+    assert sorted(a.path for a in c.list_artifacts(mv.run_id, "audit")) == ["audit/inversion.png", "audit/per_record.json"]
 
     # a later audit of version 1 logs to the train run and reuses the cached shadow models
     r = _invoke("audit", "--model", MODEL, "--version", "1", "--shadows", "2", "--inversion-iterations", "30")

@@ -252,8 +252,9 @@ def test_a_team_trains_forgets_audits_purges_and_verifies_on_postgres_and_s3(tea
     invoke("audit", "--model", name, "--version", "1", *audit)
     shadows = c.get_experiment_by_name("mlflow-amnesia-shadows")
     assert shadows is not None and len(c.search_runs([shadows.experiment_id])) == 1
-    for v in ("1", "2"):
-        assert "audit.mia.auc" in c.get_run(c.get_model_version(name, v).run_id).data.metrics
+    assert "audit.mia.auc" in c.get_run(c.get_model_version(name, "1").run_id).data.metrics
+    m2 = c.get_run(c.get_model_version(name, "2").run_id).data.metrics  # 3 records: per-record, no AUC
+    assert m2["audit.n_targets"] == 3 and "audit.mia.auc" not in m2 and "audit.retain.mia.auc" in m2
 
     rows = json.loads(invoke("lineage", "--model", name, "--format", "json").output)
     assert [(r["version"], r["parent"], r["superseded_by"]) for r in rows] == [(1, None, 2), (2, 1, None)]

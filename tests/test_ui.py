@@ -76,8 +76,9 @@ def test_version_page_shows_lineage_tags_audit_table_and_picture(browser_availab
                                                                    monkeypatch):
     with ui.mlflow_server(tmp_path / "server") as base:
         cli = _in_process_cli(base, monkeypatch)
-        # v1 without its audit (speed); v2 with a cheap one: 2 shadow models, 20 inversion steps
-        ui.register_demo(cli, tmp_path, model=MODEL, epochs=1, n_records=2,
+        # v1 without its audit (speed); v2 with a cheap one: 2 shadow models, 20 inversion steps;
+        # 12 records: below MIN_PER_CLASS (10) a forget logs per-record statistics, no AUC row
+        ui.register_demo(cli, tmp_path, model=MODEL, epochs=1, n_records=12,
                          audit=("--shadows", "2", "--inversion-iterations", "20"), audit_training=False)
         from mlflow_amnesia.mlflow import registry
 
@@ -107,7 +108,7 @@ def test_version_page_shows_lineage_tags_audit_table_and_picture(browser_availab
                                  " return i ? [i.naturalWidth, i.naturalHeight] : null; }")
             assert size is not None and size[0] >= 400 and size[1] >= 300, size
             # the summary says what was forgotten by count and request hash, and how
-            summary = page.get_by_text("forgets 2 record(s) from v1").first
+            summary = page.get_by_text("forgets 12 record(s) from v1").first
             assert summary.is_visible()
             assert mv.tags["amnesia.forget_request"][:16] in summary.inner_text()
 

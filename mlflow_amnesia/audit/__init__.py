@@ -3,7 +3,9 @@
 Accuracy (``acc.test``, ``acc.retain``, ``acc.forget``, ``loss.*``, here) and privacy
 (``audit.mia.*``, ``audit.lira.*``, ``audit.inversion.score``: :mod:`.privacy`), logged on the
 run that produced the version. Metric names are a contract: dashboards and later features
-read them.
+read them. For a forget the parent is measured in the same audit on the same records
+(:func:`parent_metric` names its figures), and :mod:`.verdict` turns the figures into the
+version's ``pass`` / ``fail`` / ``inconclusive`` (or ``n/a`` for a trained version).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import numpy as np
 
 from ..learning.data import forgotten_positions  # noqa: F401 - re-exported: its historical home
 from ..learning.training import evaluate
+from .privacy import PER_RECORD_ARTIFACT as PER_RECORD_ARTIFACT
+from .verdict import parent_metric
 
 
 def accuracy_metrics(module, records, train_idx, holdout_idx, forget_idx) -> dict[str, float]:
@@ -39,15 +43,30 @@ def full_audit(
     privacy: bool = True,
     settings=None,
     artifact_dir: str | None = None,
+    parent_module=None,
+    key: bytes | None = None,
 ) -> dict[str, float]:
     """Accuracy figures, plus (``privacy``) membership inference and inversion; with
-    ``artifact_dir`` the inversion grid is written there as ``inversion.png``."""
+    ``artifact_dir`` the inversion grid is written there as ``inversion.png`` and, for a forget,
+    the per-record statistics as ``per_record.json`` (records named by their keyed hash under
+    ``key``). With ``parent_module`` (a forget's parent) the parent is measured on the same
+    records too (:func:`parent_metric` names its figures)."""
     retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     metrics = accuracy_metrics(module, records, retain, split.holdout, forget_idx)
+    if parent_module is not None:
+        parent_module.eval()
+        own = accuracy_metrics(parent_module, records, retain, split.holdout, forget_idx)
+        metrics.update({parent_metric(k): v for k, v in own.items()})
     if privacy:
         from .privacy import privacy_audit
 
         png = f"{artifact_dir}/inversion.png" if artifact_dir else None
+        forget_idx = np.asarray(forget_idx, np.int64)
+        hashes = None
+        if key is not None and len(forget_idx):
+            from ..keys import hash_ids
+
+            hashes = [h.tobytes().hex() for h in hash_ids([records.ids[i] for i in forget_idx], key)]
         metrics.update(
             privacy_audit(
                 module,
@@ -59,6 +78,9 @@ def full_audit(
                 recipe=recipe,
                 settings=settings,
                 png_path=png,
+                parent_module=parent_module,
+                record_hashes=hashes,
+                per_record_path=f"{artifact_dir}/{PER_RECORD_ARTIFACT}" if artifact_dir and len(forget_idx) else None,
             )
         )
     return metrics
@@ -72,9 +94,11 @@ def audit_model(
     settings=None,
     artifact_dir: str | None = None,
     what: str | None = None,
+    parent=None,
 ) -> dict[str, float]:
     """The full audit of a loaded version (:class:`~mlflow_amnesia.mlflow.flavor.AmnesiaModel`): its
-    own request's forgotten records are the membership targets (see :mod:`.privacy`).
+    own request's forgotten records are the membership targets (see :mod:`.privacy`); with
+    ``parent`` (its parent, loaded) they are scored under the parent too (the matched comparison).
 
     The record key is checked against the version's key id first (``what`` names the version in
     the error): with another key no forgotten record would be found and every figure would be
@@ -105,4 +129,6 @@ def audit_model(
         privacy=privacy,
         settings=settings,
         artifact_dir=artifact_dir,
+        parent_module=parent.module if parent is not None and n else None,
+        key=key,
     )

@@ -32,6 +32,14 @@ attack's false-positive rate.
 ``audit.mia.tpr_at_0.1pct_fpr``  the same at 0.1%
 ``audit.lira.auc``, ``audit.lira.tpr_at_1pct_fpr``, ``audit.lira.tpr_at_0.1pct_fpr``  the same for LiRA scores
 
+Every AUC and TPR comes with ``NAME.lo`` / ``NAME.hi`` (95% interval: DeLong for AUCs, a
+stratified bootstrap for TPRs), ``NAME.n_members`` and ``NAME.n_nonmembers``
+(:meth:`mlflow_amnesia.audit.metrics.Estimate.as_metrics`). With fewer than
+:data:`~mlflow_amnesia.audit.metrics.MIN_PER_CLASS` targets none of them is returned: the
+per-record statistics are (:func:`per_record`: LiRA's log likelihood ratio and the p-value of the
+record's confidence against its OUT shadows). Recall and precision are the paper's metrics, kept
+to compare with the paper; the audit's verdict (:mod:`.verdict`) never rests on them.
+
 Rates at low FPR follow :func:`mlflow_amnesia.audit.metrics.tpr_at_fpr` (no interpolation; with
 fewer than 1/FPR non-members they are the TPR at zero false positives). With few targets (a
 forget of 3 records) the AUC is coarse: with no signal its standard error is
@@ -65,7 +73,7 @@ from torch import nn
 from ..errors import InputError
 from ..learning.data import Records
 from ..progress import info as say
-from .metrics import precision, recall, roc_auc, tpr_at_fpr
+from .metrics import MIN_PER_CLASS, Estimate, auc_estimate, precision, recall, tpr_estimate
 from .shadow import ShadowSet, _write_atomic, logit_confidence, predict_logits
 
 __all__ = [
@@ -76,7 +84,9 @@ __all__ = [
     "PER_RECORD_VARIANCE_MIN",
     "lira_scores",
     "membership_audit",
+    "membership_estimates",
     "membership_metrics",
+    "per_record",
     "score_records",
 ]
 
@@ -385,6 +395,9 @@ class MembershipScores:
     lira: np.ndarray  # LiRA score, higher = member
     lira_variant: str  # "online" | "offline"
     phi: np.ndarray  # the audited model's logit-scaled confidence of the true class
+    #: one-sided p-value of ``phi`` against the record's OUT shadows' Gaussian: the probability that
+    #: a model which never trained on the record is at least this confident on it
+    p_out: np.ndarray | None = None
 
     def take(self, positions: np.ndarray) -> MembershipScores:
         """The scores of ``positions`` (each must have been scored)."""
@@ -394,7 +407,12 @@ class MembershipScores:
         except KeyError as e:
             raise InputError(f"record position {e.args[0]} was not scored in this membership audit.") from None
         return MembershipScores(
-            self.positions[rows], self.mia[rows], self.lira[rows], self.lira_variant, self.phi[rows]
+            self.positions[rows],
+            self.mia[rows],
+            self.lira[rows],
+            self.lira_variant,
+            self.phi[rows],
+            None if self.p_out is None else self.p_out[rows],
         )
 
 
@@ -430,36 +448,91 @@ def score_records(
         lira = "online" if both else "offline"
     if lira not in ("online", "offline"):
         raise InputError(f"LiRA variant {lira!r}: use auto, online or offline.")
-    scores = lira_scores(
-        phi_t,
-        shadows.shadow_phi(records, pos, device=device),
-        in_mask,
-        online=lira == "online",
-        pooled_std=shadows.pooled_std(),
+    shadow_phi = shadows.shadow_phi(records, pos, device=device)
+    scores = lira_scores(phi_t, shadow_phi, in_mask, online=lira == "online", pooled_std=shadows.pooled_std())
+    z = (
+        scores
+        if lira == "offline"
+        else lira_scores(phi_t, shadow_phi, in_mask, online=False, pooled_std=shadows.pooled_std())
     )
-    return MembershipScores(pos, mia, scores, lira, phi_t)
+    p_out = 0.5 * np.vectorize(math.erfc)(np.asarray(z, np.float64) / math.sqrt(2.0)) if len(z) else np.zeros(0)
+    return MembershipScores(pos, mia, scores, lira, phi_t, np.asarray(p_out, np.float64))
 
 
-def membership_metrics(
-    targets: MembershipScores, nonmembers: MembershipScores, *, threshold: float = 0.5, prefix: str = "audit"
-) -> dict[str, float]:
-    """The eight contract metrics (:data:`METRIC_NAMES`, with ``audit`` replaced by ``prefix``)."""
+_ESTIMATED = ("auc", "tpr_at_1pct_fpr", "tpr_at_0.1pct_fpr")
+_FPR = {"tpr_at_1pct_fpr": 0.01, "tpr_at_0.1pct_fpr": 0.001}
+
+
+def membership_estimates(
+    targets: MembershipScores, nonmembers: MembershipScores, *, prefix: str = "audit"
+) -> dict[str, Estimate]:
+    """``{prefix}.mia.auc``, ``{prefix}.lira.auc`` and their TPRs at 1% / 0.1% FPR as
+    :class:`~mlflow_amnesia.audit.metrics.Estimate` (value, 95% interval, n members and non-members):
+    AUCs with DeLong's interval, TPRs with the stratified bootstrap's."""
     if targets.lira_variant != nonmembers.lira_variant:
         raise InputError("targets and non-members were scored with different LiRA variants; score them in one call.")
     labels = np.r_[np.ones(len(targets.positions), bool), np.zeros(len(nonmembers.positions), bool)]
+    out: dict[str, Estimate] = {}
+    for attack, scores in (("mia", np.r_[targets.mia, nonmembers.mia]), ("lira", np.r_[targets.lira, nonmembers.lira])):
+        out[f"{prefix}.{attack}.auc"] = auc_estimate(scores, labels)
+        for name, fpr in _FPR.items():
+            out[f"{prefix}.{attack}.{name}"] = tpr_estimate(scores, labels, fpr)
+    return out
+
+
+def membership_metrics(
+    targets: MembershipScores,
+    nonmembers: MembershipScores,
+    *,
+    threshold: float = 0.5,
+    prefix: str = "audit",
+    min_per_class: int = MIN_PER_CLASS,
+) -> dict[str, float]:
+    """The contract metrics (:data:`METRIC_NAMES`, with ``audit`` replaced by ``prefix``), each AUC
+    and TPR with its ``.lo``, ``.hi``, ``.n_members`` and ``.n_nonmembers``
+    (:meth:`Estimate.as_metrics`).
+
+    With fewer than :data:`~mlflow_amnesia.audit.metrics.MIN_PER_CLASS` targets or non-members
+    none of them is returned (an "AUC" over three records is their percentile, not an AUC): the
+    audit reports the per-record statistics instead (:func:`per_record`). ``{prefix}.n_targets``
+    and ``{prefix}.n_nonmembers`` are always returned. ``min_per_class`` lowers that floor for an
+    analysis that knows what it does (the paper's examples pool per-request figures); the audit never does.
+    """
+    est = membership_estimates(targets, nonmembers, prefix=prefix)
+    n_t, n_n = len(targets.positions), len(nonmembers.positions)
+    out = {f"{prefix}.n_targets": float(n_t), f"{prefix}.n_nonmembers": float(n_n)}
+    if n_t < min_per_class or n_n < min_per_class:
+        return out
+    labels = np.r_[np.ones(n_t, bool), np.zeros(n_n, bool)]
     mia = np.r_[targets.mia, nonmembers.mia]
-    lira = np.r_[targets.lira, nonmembers.lira]
-    out = {
-        "mia.auc": roc_auc(mia, labels),
-        "mia.recall": recall(mia > threshold, labels),
-        "mia.precision": precision(mia > threshold, labels),
-        "mia.tpr_at_1pct_fpr": tpr_at_fpr(mia, labels, 0.01),
-        "mia.tpr_at_0.1pct_fpr": tpr_at_fpr(mia, labels, 0.001),
-        "lira.auc": roc_auc(lira, labels),
-        "lira.tpr_at_1pct_fpr": tpr_at_fpr(lira, labels, 0.01),
-        "lira.tpr_at_0.1pct_fpr": tpr_at_fpr(lira, labels, 0.001),
-    }
-    return {f"{prefix}.{k}": float(v) for k, v in out.items()}
+    for name in METRIC_NAMES:
+        full = name.replace("audit.", f"{prefix}.", 1)
+        if full in est:
+            out.update(est[full].as_metrics(full))
+        elif name.endswith(".recall"):  # the paper's metric: kept for the paper comparison only
+            out[full] = float(recall(mia > threshold, labels))
+        elif name.endswith(".precision"):
+            out[full] = float(precision(mia > threshold, labels))
+    return out
+
+
+def per_record(scores: MembershipScores) -> list[dict[str, float | None]]:
+    """Per audited record, in order: its LiRA score (``lira_log_lr`` for the online test: the log
+    likelihood ratio IN vs OUT; None for the offline one), the one-sided p-value of its confidence
+    against its OUT shadows (``p_out``), its logit-scaled confidence ``phi``, and the paper's
+    attack's member probability ``mia``. What the audit reports where too few records make an AUC."""
+    online = scores.lira_variant == "online"
+    p_out = scores.p_out if scores.p_out is not None else np.full(len(scores.positions), np.nan)
+    return [
+        {
+            "lira_log_lr": float(scores.lira[i]) if online else None,
+            "lira_z_out": None if online else float(scores.lira[i]),
+            "p_out": float(p_out[i]),
+            "phi": float(scores.phi[i]),
+            "mia": float(scores.mia[i]),
+        }
+        for i in range(len(scores.positions))
+    ]
 
 
 def membership_audit(
@@ -474,6 +547,7 @@ def membership_audit(
     threshold: float = 0.5,
     prefix: str = "audit",
     device: str | torch.device = "cpu",
+    min_per_class: int = MIN_PER_CLASS,
 ) -> dict[str, float]:
     """Attack ``target_module``: targets (labelled member) against held-out non-members.
 
@@ -491,4 +565,4 @@ def membership_audit(
             "non-members must be held-out records the model never trained on."
         )
     s = score_records(target_module, records, shadows, attack, np.r_[t, n], lira=lira, device=device)
-    return membership_metrics(s.take(t), s.take(n), threshold=threshold, prefix=prefix)
+    return membership_metrics(s.take(t), s.take(n), threshold=threshold, prefix=prefix, min_per_class=min_per_class)

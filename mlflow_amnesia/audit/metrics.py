@@ -208,6 +208,16 @@ def auc_estimate(scores: ArrayLike, labels: ArrayLike) -> Estimate:
     return Estimate(auc, max(0.0, auc - half), min(1.0, auc + half), m, n)
 
 
+def _tpr_at_allowed(pos: np.ndarray, neg: np.ndarray, allowed: int) -> np.ndarray:
+    """``tpr_at_fpr`` of each row of members ``pos`` (B, m) and non-members ``neg`` (B, n) with at
+    most ``allowed`` false positives, without sorting: the best threshold lies just above the
+    (allowed+1)-th highest non-member score, so the TPR is the share of members strictly above it."""
+    if allowed >= neg.shape[-1]:
+        return np.ones(pos.shape[:-1])
+    k = neg.shape[-1] - allowed - 1
+    return np.count_nonzero(pos > np.partition(neg, k, axis=-1)[..., k : k + 1], axis=-1) / pos.shape[-1]
+
+
 def tpr_estimate(scores: ArrayLike, labels: ArrayLike, fpr: float, *, seed: int = 0) -> Estimate:
     """``tpr_at_fpr`` with a stratified bootstrap 95% interval (see the module doc)."""
     s, lab = _check(scores, labels)
@@ -217,10 +227,13 @@ def tpr_estimate(scores: ArrayLike, labels: ArrayLike, fpr: float, *, seed: int 
     if m == 0 or n == 0:
         return Estimate(value, math.nan, math.nan, m, n)
     rng = np.random.default_rng(seed)
-    both = np.r_[np.ones(m, bool), np.zeros(n, bool)]
-    draws = np.empty(BOOTSTRAP)
-    for b in range(BOOTSTRAP):
-        sample = np.r_[pos[rng.integers(0, m, m)], neg[rng.integers(0, n, n)]]
-        draws[b] = tpr_at_fpr(sample, both, fpr)
+    allowed = math.floor(fpr * n + 1e-9)  # as tpr_at_fpr counts it
+    rows = max(1, min(BOOTSTRAP, 4_000_000 // (m + n)))  # resamples at once: bounded memory
+    draws = np.concatenate(
+        [
+            _tpr_at_allowed(pos[rng.integers(0, m, (b, m))], neg[rng.integers(0, n, (b, n))], allowed)
+            for b in [rows] * (BOOTSTRAP // rows) + ([BOOTSTRAP % rows] if BOOTSTRAP % rows else [])
+        ]
+    )
     lo, hi = np.percentile(draws, [2.5, 97.5])
     return Estimate(value, float(lo), float(hi), m, n)

@@ -115,6 +115,10 @@ def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int
     return shadows, attack, store.save(key, shadows, attack)
 
 
+PER_RECORD_ARTIFACT = "per_record.json"  # under the run's audit/: keyed hashes, never ids
+PER_RECORD_FORMAT = 1
+
+
 def privacy_audit(
     module,
     records,
@@ -126,10 +130,19 @@ def privacy_audit(
     recipe: dict,
     settings: AuditSettings | None = None,
     png_path: str | None = None,
+    parent_module=None,
+    record_hashes: list[str] | None = None,
+    per_record_path: str | None = None,
 ) -> dict[str, float]:
-    """Membership-inference and inversion figures of ``module`` (see the module docstring)."""
+    """Membership-inference and inversion figures of ``module`` (see the module docstring).
+
+    With ``parent_module`` (a forget's parent) the forgotten records are also scored under the
+    parent, against the same non-members with the same shadow models (``audit.parent.*``): the
+    matched comparison. With ``per_record_path`` the per-record statistics of the forgotten
+    records (child and parent) are written there as JSON, each record named by its entry of
+    ``record_hashes`` (hex keyed hashes aligned with ``forget_idx``; never record ids)."""
     from .inversion import inversion_audit
-    from .membership import membership_audit
+    from .membership import membership_metrics, score_records
 
     s = settings or AuditSettings()
     n = s.n_shadows(records.spec)
@@ -140,18 +153,28 @@ def privacy_audit(
     sample = np.sort(rng.choice(retained, size=min(s.retain_sample, len(retained)), replace=False))
     forget_idx = np.asarray(forget_idx, np.int64)
     module.eval()
+    metrics: dict[str, float] = {"audit.shadows": float(n)}
     if len(forget_idx):
-        metrics = membership_audit(module, records, shadows, attack, targets_idx=forget_idx, nonmembers_idx=holdout)
-        metrics.update(
-            membership_audit(
-                module, records, shadows, attack, targets_idx=sample, nonmembers_idx=holdout, prefix="audit.retain"
-            )
-        )
+        # one scoring call per model: the child's figures on forgotten and retained records share
+        # the non-members' scores, and the parent's come from the same shadows and non-members
+        scored = score_records(module, records, shadows, attack, np.r_[forget_idx, sample, holdout])
+        child_t, child_n = scored.take(forget_idx), scored.take(holdout)
+        metrics.update(membership_metrics(child_t, child_n))
+        metrics.update(membership_metrics(scored.take(sample), child_n, prefix="audit.retain"))
+        parent_t = None
+        if parent_module is not None:
+            parent_module.eval()
+            p_scored = score_records(parent_module, records, shadows, attack, np.r_[forget_idx, holdout])
+            parent_t = p_scored.take(forget_idx)
+            metrics.update(membership_metrics(parent_t, p_scored.take(holdout), prefix="audit.parent"))
+        if per_record_path:
+            write_per_record(per_record_path, child_t, parent_t, record_hashes, n_nonmembers=len(holdout), shadows=n)
         ys = records.y.numpy()[forget_idx]
         vals, counts = np.unique(ys, return_counts=True)
         classes = [int(c) for c in vals[np.argsort(-counts, kind="stable")][: s.inversion_classes]]
     else:
-        metrics = membership_audit(module, records, shadows, attack, targets_idx=sample, nonmembers_idx=holdout)
+        scored = score_records(module, records, shadows, attack, np.r_[sample, holdout])
+        metrics.update(membership_metrics(scored.take(sample), scored.take(holdout)))
         classes = list(range(min(10, records.num_classes)))
     say(f"audit: inverting class(es) {classes}")
     inv = inversion_audit(
@@ -168,3 +191,31 @@ def privacy_audit(
     if png_path:
         inv.save_png(png_path, records)
     return metrics
+
+
+def write_per_record(
+    path: str, child, parent, record_hashes: list[str] | None, *, n_nonmembers: int, shadows: int
+) -> None:
+    """``audit/per_record.json``: per forgotten record, the child's and (when scored) the parent's
+    LiRA statistics (:func:`mlflow_amnesia.audit.membership.per_record`), named by keyed hash."""
+    import json
+
+    from .membership import per_record
+
+    names = record_hashes if record_hashes is not None else [f"#{i}" for i in range(len(child.positions))]
+    if len(names) != len(child.positions):
+        raise ValueError(f"{len(names)} record hashes for {len(child.positions)} audited records")
+    kids = per_record(child)
+    parents = per_record(parent) if parent is not None else [None] * len(kids)
+    doc = {
+        "format": PER_RECORD_FORMAT,
+        "what": "per forgotten record (named by its keyed hash, never its id): LiRA log likelihood ratio "
+        "(online) or z-score against the OUT shadows (offline), and p_out, the one-sided p-value of the "
+        "model's confidence on the record against the OUT shadows' Gaussian (small = looks like a member)",
+        "lira_variant": child.lira_variant,
+        "n_nonmembers": int(n_nonmembers),
+        "shadows": int(shadows),
+        "records": [{"record": h, "child": c, "parent": p} for h, c, p in zip(names, kids, parents)],
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=1, sort_keys=True, allow_nan=False)

@@ -633,9 +633,13 @@ def _audit(
             privacy=r.audit,
             settings=r.audit_settings,
             artifact_dir=tmp,
+            parent_module=am.module,  # the matched comparison: the same records under the parent
+            key=key,
         )
         if r.audit:
             mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
+            if len(fidx):
+                mlflow.log_artifact(f"{tmp}/{audit_lib.PER_RECORD_ARTIFACT}", "audit")
     metrics.update(result.metrics)
     metrics.update(
         {
@@ -749,7 +753,10 @@ def complete_registration(name: str, version: int, *, set_alias: str | None = No
     mv = c.get_model_version(name, str(version))
     parent = int(mv.tags[registry.TAG_PARENT])
     if "description" in left:
-        registry.annotate_version(mv, tags={}, description=_description_of(mv), picture=lineage.picture_of(mv))
+        verdict = registry.version_verdict(mv)
+        for k, v in registry.verdict_tags(verdict).items():  # before the picture, which shows them
+            c.set_model_version_tag(name, str(version), k, v)
+        registry.annotate_version(mv, tags={}, description=_description_of(mv, verdict), picture=lineage.picture_of(mv))
         out.done.append("description")
     if set_alias and f"alias {set_alias}" in left:
         c.set_registered_model_alias(name, set_alias, str(version))
@@ -769,23 +776,47 @@ def complete_registration(name: str, version: int, *, set_alias: str | None = No
     return out
 
 
-def _description_of(mv) -> str:
+def _description_of(mv, verdict=None) -> str:
     """The description of a forget's child, from what the registry and its run hold."""
     plan = registered_plan(mv)
     summary = _saved_plan(mv).get("summary") or f"{plan.n_steps} step(s) rolled back"
     parent = registry.client().get_model_version(mv.name, str(plan.parent_version))
+    metrics = registry.run_metrics(mv.run_id)
     return describe_forget(
-        mv.name, int(mv.version), plan, summary, registry.run_metrics(mv.run_id), registry.run_metrics(parent.run_id)
+        mv.name,
+        int(mv.version),
+        plan,
+        summary,
+        metrics,
+        registry.run_metrics(parent.run_id),
+        verdict=verdict if verdict is not None else registry.version_verdict(mv, metrics),
     )
 
 
-def describe_forget(name: str, version: int, plan: ForgetPlan, summary: str, metrics: dict, parent: dict) -> str:
+MATCHED_NOTE = (
+    "The parent's column is measured in this version's own audit on the same records: the forgotten records "
+    "against the same held-out non-members with the same shadow models (`audit.parent.*`), and accuracy on "
+    "the same retained, forgotten and held-out records (`acc.parent.*`). Intervals are 95%; `n=` is members + "
+    "non-members. The verdict rests on LiRA (and U-LiRA where measured); `audit.mia.*` is the paper's attack, "
+    "shown to compare with the paper."
+)
+
+
+def describe_forget(
+    name: str, version: int, plan: ForgetPlan, summary: str, metrics: dict, parent: dict, *, verdict=None
+) -> str:
+    """The child's description: the verdict first, the summary, then the matched figures table
+    (``parent``: the parent's own run's figures, of which only those on the same held-out records
+    are used, :func:`mlflow_amnesia.mlflow.registry.matched_parent`)."""
+    head = registry.verdict_line(verdict) + "\n\n" if verdict is not None else ""
     return (
-        f"**{name} v{version}** forgets {plan.n_records} record(s) from v{plan.parent_version} "
+        head + f"**{name} v{version}** forgets {plan.n_records} record(s) from v{plan.parent_version} "
         f"(request `{plan.request_hash[:16]}…`, a keyed hash: record ids are never stored) "
         f"with method `{plan.method}`: {summary}. The records were seen by {plan.n_steps} of "
         f"{plan.total_steps} recorded steps ({plan.share:.2%}).\n\n"
-        + registry.metrics_table({f"v{version}": metrics, f"v{plan.parent_version} (parent)": parent})
+        + MATCHED_NOTE
+        + "\n\n"
+        + registry.forget_table(version, plan.parent_version, metrics, parent)
     )
 
 

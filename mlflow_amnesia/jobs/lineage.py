@@ -12,15 +12,15 @@ import io
 
 from ..mlflow import registry
 from ..progress import info as say
-from ..tags import TAG_PURGE_STARTED, TAG_PURGED, TAG_STEPS_TOTAL
+from ..tags import TAG_PURGE_STARTED, TAG_PURGED, TAG_STEPS_TOTAL, TAG_VERDICT, TAG_VERDICT_REASON
 
 _FIGURES = ("acc.test", "acc.retain", "acc.forget")
 # per node of the picture: the accuracy and the privacy figure a reader compares first
 _PNG_FIGURES = (
     ("acc.test", "acc.test"),
     ("acc.forget", "acc.forget"),
-    ("audit.mia.auc", "mia.auc"),
     ("audit.lira.auc", "lira.auc"),
+    ("audit.mia.auc", "mia.auc"),
 )
 
 
@@ -56,6 +56,8 @@ def lineage_rows(model_name: str, *, up_to: int | None = None) -> list[dict]:
                 "aliases": held.get(int(mv.version), []) or list(getattr(mv, "aliases", []) or []),
                 "purged": t.get(TAG_PURGED),  # "<ISO time>; deleted: ..." once `purge` completed
                 "purge_started": t.get(TAG_PURGE_STARTED),
+                "verdict": t.get(TAG_VERDICT),  # pass | fail | inconclusive | n/a (None: not audited since)
+                "verdict_reason": t.get(TAG_VERDICT_REASON),
                 "run_id": mv.run_id,
                 "metrics": {k: metrics[k] for k in sorted(metrics) if k.startswith(("acc.", "audit.", "loss."))},
             }
@@ -90,7 +92,8 @@ def render_text(model_name: str, rows: list[dict]) -> str:
             al += f" [purged {r['purged'].split(';', 1)[0]}]"
         elif r.get("purge_started"):
             al += " [purge not finished: re-run `mlflow-amnesia purge`]"
-        return f"v{r['version']}{al}: {what}" + (f"; {figs}" if figs else "")
+        verdict = f"; verdict {r['verdict']}" if r.get("verdict") else ""
+        return f"v{r['version']}{al}: {what}" + (f"; {figs}" if figs else "") + verdict
 
     def walk(parent, prefix: str) -> None:
         kids = children.get(parent, [])
@@ -148,7 +151,7 @@ def node_status(row: dict, rows: list[dict]) -> str:
 
 def node_label(row: dict, rows: list[dict]) -> str:
     """The text of one node: version, method, what it forgot (count and request hash, never ids),
-    key figures, status."""
+    key figures, the audit's verdict (tag ``amnesia.audit.verdict``), status."""
     head = f"v{row['version']} · {row['method']}"
     if row.get("repair") and row["repair"] != "none":
         head += f" + repair {row['repair']}"
@@ -165,6 +168,8 @@ def node_label(row: dict, rows: list[dict]) -> str:
     figs = [f"{short} {row['metrics'][k]:.3f}" for k, short in _PNG_FIGURES if k in row["metrics"]]
     for i in range(0, len(figs), 2):
         lines.append(" · ".join(figs[i : i + 2]))
+    if row.get("verdict"):
+        lines.append(f"audit verdict: {row['verdict']}")
     lines.append(node_status(row, rows))
     return "\n".join(lines)
 

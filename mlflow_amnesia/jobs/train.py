@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..audit import full_audit
+from ..audit.verdict import estimate_from_metrics, train_verdict
 from ..learning.training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
 from ..mlflow import registry
 from ..mlflow.flavor import AmnesiaModel, log_model
@@ -233,23 +234,29 @@ def train(
             },
         )
         version = int(mv.version)
+        verdict = train_verdict(estimate_from_metrics(metrics, "audit.lira.auc"))
         registry.annotate_version(
             mv,
-            tags={},
+            tags=registry.verdict_tags(verdict),
             description=describe_training(
-                model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url
+                model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url, verdict=verdict
             ),
         )
     say(f"registered {model_name} version {version} (run {run_id}); {steps} steps recorded")
     return TrainResult(model_name, version, run_id, store_url, steps, metrics)
 
 
-def describe_training(name, version, dataset, arch, recipe: Recipe, steps, n_train, metrics, store_url) -> str:
+def describe_training(
+    name, version, dataset, arch, recipe: Recipe, steps, n_train, metrics, store_url, *, verdict=None
+) -> str:
     return (
-        f"**{name} v{version}**: trained by mlflow-amnesia on `{dataset}` ({n_train} training records), "
+        (registry.verdict_line(verdict) + "\n\n" if verdict is not None else "")
+        + f"**{name} v{version}**: trained by mlflow-amnesia on `{dataset}` ({n_train} training records), "
         f"`{arch}`, {recipe.epochs} epochs, batch {recipe.batch_size}, lr {recipe.lr}, momentum {recipe.momentum}, "
         f"weight decay {recipe.weight_decay}, seed {recipe.seed}.\n\n"
         f"Every one of its {steps} optimizer steps is recorded (delta store `{store_url}`), so records can be "
         f"forgotten later with `mlflow-amnesia forget --model {name} --records ids.txt`.\n\n"
-        + registry.metrics_table({"this version": metrics})
+        + "The audit figures are on a sample of this version's training records (members) against held-out "
+        "non-members; intervals are 95%, `n=` is members + non-members. `audit.mia.*` is the paper's attack, shown "
+        "to compare with the paper; the verdict rests on LiRA.\n\n" + registry.metrics_table({"this version": metrics})
     )

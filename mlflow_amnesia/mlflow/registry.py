@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from ..audit.verdict import VERDICT_START, parent_metric
 from ..errors import InputError
 from ..progress import info as say
 from ..tags import TAG_FLAVOR_FORMAT as TAG_FLAVOR_FORMAT  # re-exported: registry.TAG_* is how callers name them
@@ -25,20 +26,26 @@ from ..tags import TAG_REPAIR as TAG_REPAIR
 from ..tags import TAG_REQUEST as TAG_REQUEST
 from ..tags import TAG_STEPS as TAG_STEPS
 from ..tags import TAG_SUPERSEDED as TAG_SUPERSEDED
+from ..tags import TAG_VERDICT as TAG_VERDICT
+from ..tags import TAG_VERDICT_REASON as TAG_VERDICT_REASON
 
 HEADLINE_METRICS = (
     "acc.test",
     "acc.retain",
     "acc.forget",
     "loss.forget",
-    "audit.mia.auc",
-    "audit.mia.recall",
-    "audit.mia.tpr_at_1pct_fpr",
     "audit.lira.auc",
     "audit.lira.tpr_at_1pct_fpr",
     "audit.retain.lira.auc",
+    "audit.ulira.auc",
+    "audit.dualview.auc",
+    "audit.mia.auc",
+    "audit.mia.recall",
+    "audit.mia.tpr_at_1pct_fpr",
     "audit.inversion.score",
 )
+# figures the same for a parent in its own run and in its child's audit (the same held-out records)
+_SAME_RECORDS_ANYWHERE = {"acc.test", "loss.test"}
 
 
 def client():
@@ -150,6 +157,25 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _cell(metrics: Mapping[str, float], name: str) -> str:
+    """``0.6820 [0.6311, 0.7329]`` where the figure has its interval, else the plain value."""
+    v = metrics.get(name)
+    lo, hi = metrics.get(f"{name}.lo"), metrics.get(f"{name}.hi")
+    if v is None or lo is None or hi is None:
+        return _fmt(v)
+    return f"{_fmt(v)} [{lo:.4f}, {hi:.4f}]"
+
+
+def _label(name: str, rows: Mapping[str, Mapping[str, float]]) -> str:
+    """The row label: the metric name, with its sample (members + non-members) when logged."""
+    label = name
+    for m in rows.values():
+        if f"{name}.n_members" in m and f"{name}.n_nonmembers" in m:
+            label += f" (n={int(m[f'{name}.n_members'])}+{int(m[f'{name}.n_nonmembers'])})"
+            break
+    return label
+
+
 def _change(a, b) -> str:
     """``a - b`` signed, or a dash when either side is missing."""
     if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or math.isnan(a) or math.isnan(b):
@@ -161,19 +187,78 @@ def metrics_table(rows: dict[str, dict[str, float]], names=HEADLINE_METRICS) -> 
     """A markdown table of ``names``: one column per entry of ``rows``.
 
     With two entries the first is this version and the second its parent (e.g. ``{"v2": ...,
-    "v1 (parent)": ...}``), and a ``change`` column gives this version minus the parent, so the
-    UI answers "what did the forget cost, and what did it remove" at a glance.
+    "v1 (parent)": ...}``), and a ``change`` column gives this version minus the parent. The two
+    columns must hold figures measured on the same records: :func:`forget_table` builds them so.
+    A figure logged with its interval shows it (``value [lo, hi]``), and its row names its sample.
     """
     cols = list(rows)
     heads = cols + (["change"] if len(cols) == 2 else [])
     out = ["| metric | " + " | ".join(heads) + " |", "| --- |" + " ---: |" * len(heads)]
     for n in names:
         if any(n in rows[c] for c in cols):
-            cells = [_fmt(rows[c].get(n)) for c in cols]
+            cells = [_cell(rows[c], n) for c in cols]
             if len(cols) == 2:
                 cells.append(_change(rows[cols[0]].get(n), rows[cols[1]].get(n)))
-            out.append(f"| {n} | " + " | ".join(cells) + " |")
+            out.append(f"| {_label(n, rows)} | " + " | ".join(cells) + " |")
     return "\n".join(out)
+
+
+def matched_parent(metrics: Mapping[str, float], parent_run: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The parent's column of a forget's table: every figure the child's audit measured on the
+    parent (``X.parent.Y``, on the same records as the child's ``X.Y``), renamed to ``X.Y``; plus,
+    from the parent's own run, only figures on records that never change (``acc.test``,
+    ``loss.test``: the held-out records), where the child's audit did not measure them. Nothing
+    measured on other records (a trained version's sample of training records, its accuracy on
+    all its training records) is ever set beside the child's figure."""
+    out: dict[str, float] = {}
+    for k, v in (parent_run or {}).items():
+        if k in _SAME_RECORDS_ANYWHERE:
+            out[k] = v
+    for k, v in metrics.items():
+        head, _, rest = k.partition(".")
+        if rest.startswith("parent.") and parent_metric(f"{head}.{rest[len('parent.') :]}") == k:
+            out[f"{head}.{rest[len('parent.') :]}"] = v
+    return out
+
+
+def forget_table(version, parent_version, metrics: Mapping[str, float], parent_run=None) -> str:
+    """``metric | vN | vP (parent) | change`` of a forget's child, the parent's column matched
+    (:func:`matched_parent`)."""
+    return metrics_table(
+        {f"v{version}": dict(metrics), f"v{parent_version} (parent)": matched_parent(metrics, parent_run)}
+    )
+
+
+def set_verdict_line(description: str, line: str) -> str:
+    """``description`` with ``line`` (``**Audit verdict: ...**``) as its first paragraph, replacing
+    the one there; a purge's note (``**Purged**``) stays above it."""
+    paras = [p for p in description.split("\n\n") if not p.startswith(VERDICT_START)] if description else []
+    at = 1 if paras and paras[0].startswith("**Purged**") else 0
+    return "\n\n".join(paras[:at] + [line] + paras[at:])
+
+
+def verdict_line(verdict) -> str:
+    """The description's first paragraph for ``verdict`` (:class:`mlflow_amnesia.audit.verdict.Verdict`)."""
+    return f"{VERDICT_START} {verdict.outcome}** — {verdict.reason}"
+
+
+def verdict_tags(verdict) -> dict[str, str]:
+    """``amnesia.audit.verdict`` and ``amnesia.audit.verdict_reason`` for ``verdict``."""
+    return {TAG_VERDICT: verdict.outcome, TAG_VERDICT_REASON: verdict.reason}
+
+
+def version_verdict(mv, metrics: Mapping[str, float] | None = None):
+    """The verdict on the registered version ``mv`` from its run's figures (or ``metrics``)."""
+    import shlex
+
+    from ..audit.verdict import verdict_from_metrics
+
+    parent = (mv.tags or {}).get(TAG_PARENT)
+    return verdict_from_metrics(
+        run_metrics(mv.run_id) if metrics is None else metrics,
+        forget=parent is not None,
+        parent_ref=f"--model {shlex.quote(mv.name)} --version {parent}" if parent is not None else None,
+    )
 
 
 def run_metrics(run_id: str | None) -> dict[str, float]:

@@ -218,15 +218,48 @@ def test_attack_models_learn_membership_on_the_shadows(digits):
     assert attack.info["untrained_classes"] == []
 
 
+SUFFIXES = (".lo", ".hi", ".n_members", ".n_nonmembers")
+
+
 def test_membership_audit_returns_the_contract_metrics(digits):
     records, sp, spec, target, shadows, attack = digits
     out = membership_audit(target, records, shadows, attack, targets_idx=sp.train[:200], nonmembers_idx=sp.holdout)
-    assert tuple(out) == METRIC_NAMES
-    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in out.values())
+    estimated = [n for n in METRIC_NAMES if not n.endswith((".recall", ".precision"))]
+    want = {"audit.n_targets", "audit.n_nonmembers", *METRIC_NAMES} | {n + x for n in estimated for x in SUFFIXES}
+    assert set(out) == want
+    assert all(isinstance(v, float) for v in out.values())
+    for n in estimated:  # each AUC / TPR with its 95% interval and its sample
+        assert 0.0 <= out[f"{n}.lo"] <= out[n] <= out[f"{n}.hi"] <= 1.0, n
+        assert (out[f"{n}.n_members"], out[f"{n}.n_nonmembers"]) == (200.0, float(len(sp.holdout)))
+    assert out["audit.lira.auc.hi"] - out["audit.lira.auc.lo"] > 0.01  # a real interval, not a point
     renamed = membership_audit(target, records, shadows, attack, targets_idx=sp.train[:200], nonmembers_idx=sp.holdout,
                                prefix="audit.retain")
-    assert list(renamed.values()) == list(out.values())
-    assert set(renamed) == {n.replace("audit.", "audit.retain.", 1) for n in METRIC_NAMES}
+    assert sorted(renamed.values()) == sorted(out.values())
+    assert set(renamed) == {n.replace("audit.", "audit.retain.", 1) for n in out}
+
+
+def test_below_min_per_class_no_auc_is_reported_only_per_record_statistics(digits):
+    """Three targets: their "AUC" would be their percentile; none is returned, the per-record
+    statistics are (LiRA log likelihood ratio, p-value against the OUT shadows)."""
+    from mlflow_amnesia.audit.metrics import MIN_PER_CLASS
+
+    records, sp, spec, target, shadows, attack = digits
+    few = sp.train[: MIN_PER_CLASS - 1]
+    out = membership_audit(target, records, shadows, attack, targets_idx=few, nonmembers_idx=sp.holdout)
+    assert out == {"audit.n_targets": float(len(few)), "audit.n_nonmembers": float(len(sp.holdout))}
+    enough = membership_audit(target, records, shadows, attack, targets_idx=sp.train[:MIN_PER_CLASS],
+                              nonmembers_idx=sp.holdout)
+    assert "audit.lira.auc" in enough and "audit.lira.auc.lo" in enough
+    s = score_records(target, records, shadows, attack, few)
+    rows = mem.per_record(s)
+    assert len(rows) == len(few) and s.lira_variant == "online"
+    for i, r in enumerate(rows):
+        assert r["lira_log_lr"] == pytest.approx(s.lira[i]) and 0.0 <= r["p_out"] <= 1.0
+    # p_out is the OUT Gaussian's upper tail at the record's offline z-score
+    z = lira_scores(s.phi, shadows.shadow_phi(records, few), shadows.in_mask(few), online=False,
+                    pooled_std=shadows.pooled_std())
+    from math import erfc, sqrt
+    np.testing.assert_allclose([r["p_out"] for r in rows], [0.5 * erfc(v / sqrt(2)) for v in z])
 
 
 def test_membership_audit_refuses_bad_target_sets(digits):
