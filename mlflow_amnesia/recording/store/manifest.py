@@ -2,8 +2,8 @@
 
 ``manifest.json`` (docs/ARCHITECTURE.md, "DeltaStore") holds the format version, the codec, the
 tensor layout and its partition into parts, the store's meta, the encryption parameters of a
-sealed store and the step table: per committed step its chunk files (size, raw size, sha256) or
-the time it was purged. A commit marker ``chunks/<step>.json`` holds one step-table entry.
+sealed store and the step table: per committed step its chunk files (size, raw size, sha256 and,
+for a sealed chunk written since, its AES-GCM tag) or the time it was purged. A commit marker ``chunks/<step>.json`` holds one step-table entry.
 
 Nothing here touches a file: :mod:`.delta_store` reads and writes, this module turns bytes into
 checked values and back, byte for byte as every release wrote them.
@@ -256,7 +256,13 @@ def check_chunks(
         size = int(c["bytes"])  # at most zstd's worst case (incompressible data) plus the chunk header
         if not 0 < size <= raw + raw // 64 + 256 * (b - a + 1):
             raise ValueError(f"step {step} part {part} records a chunk of {size} bytes for {raw} raw bytes")
-        out.append({"file": c["file"], "bytes": size, "raw_bytes": raw, "sha256": str(c["sha256"])})
+        entry = {"file": c["file"], "bytes": size, "raw_bytes": raw, "sha256": str(c["sha256"])}
+        tag = c.get("tag")  # a sealed chunk's AES-GCM tag (written since reads check it instead of sha256)
+        if tag is not None:
+            if not isinstance(tag, str) or len(tag) != 32 or any(ch not in "0123456789abcdef" for ch in tag):
+                raise ValueError(f"step {step} part {part} records a malformed tag {tag!r}")
+            entry["tag"] = tag
+        out.append(entry)
     return out
 
 
