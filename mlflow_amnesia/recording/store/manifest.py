@@ -46,8 +46,13 @@ __all__ = [
 FORMAT = "mlflow-amnesia/delta-store"
 #: Bumped when a reader of the previous version would misread a store. Newer ones are refused.
 #: 2: chunks sealed under the record key (manifest "encryption"); a store in clear stays 1.
-FORMAT_VERSION = 2
+#: 3: a codec that readers of 2 do not know (``int4``); "encryption" present exactly when sealed.
+#: A store is written with the lowest version that describes it, so older readers read the rest.
+FORMAT_VERSION = 3
 PLAIN_FORMAT_VERSION = 1
+SEALED_FORMAT_VERSION = 2
+#: Codecs a store may name only from format 3 on.
+_CODECS_SINCE_3 = {"int4"}
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
 DEFAULT_PART_BYTES = 16 << 20
@@ -166,6 +171,13 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
+def format_version(codec: Codec, encryption: Mapping[str, str] | None) -> int:
+    """The lowest format version that describes a store of ``codec``, sealed or not."""
+    if codec.name in _CODECS_SINCE_3:
+        return 3
+    return SEALED_FORMAT_VERSION if encryption is not None else PLAIN_FORMAT_VERSION
+
+
 def manifest_obj(
     *,
     encryption: Mapping[str, str] | None,
@@ -181,7 +193,7 @@ def manifest_obj(
     sealed = {"encryption": dict(encryption)} if encryption is not None else {}
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if encryption is not None else PLAIN_FORMAT_VERSION,
+        "format_version": format_version(codec, encryption),
         **sealed,
         "created": created,
         "codec": codec.spec(),
@@ -226,6 +238,8 @@ def parse_encryption(m: Mapping[str, Any]) -> dict[str, str] | None:
         if enc is not None:
             raise ValueError("a format-1 manifest has no 'encryption'")
         return None
+    if m["format_version"] >= 3 and enc is None:
+        return None  # format 3 in clear
     if not isinstance(enc, Mapping) or enc.get("scheme") != SCHEME:
         raise ValueError(f"'encryption' must name the scheme {SCHEME!r}, got {enc!r}")
     salt, kid = enc.get("salt"), enc.get("key_id")
@@ -272,6 +286,8 @@ def read_manifest(m: dict[str, Any], url: str) -> Manifest:
     where = f"the manifest of {url}"
     try:
         codec = codec_from_spec(m["codec"])
+        if codec.name in _CODECS_SINCE_3 and m["format_version"] < 3:
+            raise ValueError(f"codec {codec.name!r} needs format version 3, the manifest says {m['format_version']}")
         layout = [TensorSpec.parse(t) for t in m["layout"]]
         parts = [(int(a), int(b)) for a, b in m["parts"]]
         part_bytes = int(m.get("part_bytes", DEFAULT_PART_BYTES))
