@@ -100,7 +100,9 @@ class ChunkCipher:
         else:  # cryptography < 45
             out[NONCE_BYTES:] = self._aead.encrypt(nonce, bytes(plain), self._aad(step, part))
 
-    def open(self, step: int, part: int, sealed: bytes | memoryview, out: bytearray | None = None) -> bytes | memoryview:
+    def open(
+        self, step: int, part: int, sealed: bytes | memoryview, out: bytearray | None = None
+    ) -> bytes | memoryview:
         """The plaintext of :meth:`seal`'s output; raises :class:`InvalidTag` when it does not authenticate.
 
         With ``out`` (a reused buffer at least as long as the plaintext) the plaintext is written

@@ -249,9 +249,7 @@ class Recorder:
         codec = self.codec
         assert codec is not None and self._encoded is not None
         B = codec.block
-        small = [
-            (i, name) for i, (name, t) in enumerate(state.items()) if 0 < t.numel() < _SMALL and t.is_contiguous()
-        ]
+        small = [(i, name) for i, (name, t) in enumerate(state.items()) if 0 < t.numel() < _SMALL and t.is_contiguous()]
         self._small: list[str] = [name for _, name in small]
         if len(small) < 2:
             self._small = []
@@ -300,7 +298,9 @@ class Recorder:
     def _encoded_layout(self, state: Mapping[str, torch.Tensor]) -> EncodedLayout | None:
         """Where each tensor's codes and scales sit in the flat buffers, when the store takes payloads."""
         codec = self.codec
-        if not (getattr(self.store, "accepts_encoded", False) and getattr(codec, "encodes_on_device", False)):
+        if codec is None or not (
+            getattr(self.store, "accepts_encoded", False) and getattr(codec, "encodes_on_device", False)
+        ):
             return None
         out: EncodedLayout = []
         c0 = s0 = 0
@@ -474,7 +474,9 @@ class Recorder:
                     torch.sub(t[s:e], rr[s:e], out=sc)
                     d.copy_(sc)
                     cs = codec.encoded_sizes(s)[0]
-                    codec.quantize_into(d, codes[cs : cs + codec.encoded_sizes(e - s)[0]], scales[s // B : -(-e // B)], dq)
+                    codec.quantize_into(
+                        d, codes[cs : cs + codec.encoded_sizes(e - s)[0]], scales[s // B : -(-e // B)], dq
+                    )
                     if self.error_feedback:
                         rr[s:e].add_(dq)
             else:

@@ -110,7 +110,9 @@ def seal_chunk(cipher: Any, step: int, part: int, plain: bytes) -> bytes:
     return _HEAD.pack(_MAGIC, _SEALED_CHUNK_VERSION, 0) + cipher.seal(step, part, plain)
 
 
-def unseal_chunk(cipher: Any, step: int, part: int, data: bytes, out: bytearray | None = None) -> bytes | memoryview:
+def unseal_chunk(
+    cipher: Any, step: int, part: int, data: bytes | memoryview, out: bytearray | None = None
+) -> bytes | memoryview:
     """The version-1 chunk inside a sealed one; ChunkCorruptedError (without a file name) when it is not one.
 
     ``out``: a reused buffer for the plaintext (a view of it is returned)."""

@@ -451,7 +451,9 @@ class _BlockCodec(Codec):
                 f"{codes.size} of {codes.dtype}"
             )
         if scales.dtype != _F32 or scales.size != nb:
-            raise InputError(f"{self.name} payload of {n} values needs {nb} float32 scales, got {scales.size} of {scales.dtype}")
+            raise InputError(
+                f"{self.name} payload of {n} values needs {nb} float32 scales, got {scales.size} of {scales.dtype}"
+            )
         _check_finite(self.name, scales, n)
         if nb:
             out[: 4 * nb].reshape(4, nb)[...] = scales.reshape(-1).view(np.uint8).reshape(nb, 4).T
@@ -472,7 +474,9 @@ class _BlockCodec(Codec):
         B = self.block
         b0, full = s // B, (e - s) // B  # s is a multiple of the slice size, hence of B
         if full:
-            np.multiply(q[: full * B].reshape(full, B), scales[b0 : b0 + full, None], out=tmp[: full * B].reshape(full, B))
+            np.multiply(
+                q[: full * B].reshape(full, B), scales[b0 : b0 + full, None], out=tmp[: full * B].reshape(full, B)
+            )
         if full * B < e - s:  # the tensor's last, partial block
             np.multiply(q[full * B : e - s], scales[b0 + full], out=tmp[full * B :])
         return tmp
