@@ -41,7 +41,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import OUT, machine, write_json  # noqa: E402
 
-from mlflow_amnesia.audit.membership import AttackModels, membership_audit  # noqa: E402
+from mlflow_amnesia.audit.membership import AttackModels, membership_audit, score_records  # noqa: E402
+from mlflow_amnesia.audit.metrics import auc_estimate  # noqa: E402
 from mlflow_amnesia.audit.shadow import train_shadows  # noqa: E402
 from mlflow_amnesia.index import RecordIndexBuilder  # noqa: E402
 from mlflow_amnesia.learning.data import load_dataset, split  # noqa: E402
@@ -103,6 +104,8 @@ def run(seed: int, args: argparse.Namespace, records, sp, shadows, attack, arch:
         acc_t, _ = evaluate(model, records.x[holdout], records.y[holdout])
         acc_f, loss_f = evaluate(model, records.x[forget], records.y[forget])
         m = membership_audit(model, records, shadows, attack, targets_idx=forget, nonmembers_idx=holdout)
+        sc = score_records(model, records, shadows, attack, np.r_[forget, holdout])
+        est = auc_estimate(sc.lira, np.r_[np.ones(len(forget), bool), np.zeros(len(holdout), bool)])
         assert exact is not None
         dist = math.sqrt(sum(float(((rolled[k] - exact[k]) ** 2).sum()) for k in total))
         moved = math.sqrt(sum(float((torch.from_numpy(DeltaStore.open(str(tmp / f"s{seed}-f32"), key=KEY).sum(steps)[k]) ** 2).sum()) for k in total))
@@ -110,12 +113,14 @@ def run(seed: int, args: argparse.Namespace, records, sp, shadows, attack, arch:
             "carry_median": float(np.median(carry[c])), "carry_p90": float(np.quantile(carry[c], 0.9)),
             "acc_test": acc_t, "acc_forget": acc_f, "loss_forget": loss_f,
             "rollback_error_vs_exact": dist / max(moved, 1e-30),
-            "lira_auc": m["audit.lira.auc"], "lira_auc_lo": m.get("audit.lira.auc.lo"), "lira_auc_hi": m.get("audit.lira.auc.hi"),
+            "lira_auc": m["audit.lira.auc"], "lira_auc_ci": [est.lo, est.hi], "lira_n": [est.n_members, est.n_nonmembers],
+            "lira_auc_delong": est.value, "lira_forgotten_scores": [float(v) for v in sc.lira[: len(forget)]],
             "mia_auc": m["audit.mia.auc"], "bytes_per_value": DeltaStore.open(str(tmp / f"s{seed}-{c}"), key=KEY).size().stored
             / (len(batches) * sum(math.prod(t["shape"]) for t in state_layout(model))),
         }
         print(f"seed {seed} {c:4s} carry {out[c]['carry_median']:.3f} (p90 {out[c]['carry_p90']:.3f})  acc.test {acc_t:.4f}  "
-              f"acc.forget {acc_f:.3f}  loss.forget {loss_f:.3f}  LiRA AUC {out[c]['lira_auc']:.3f}  "
+              f"acc.forget {acc_f:.3f}  loss.forget {loss_f:.3f}  LiRA AUC {out[c]['lira_auc']:.3f} [{est.lo:.3f}, {est.hi:.3f}] "
+              f"(n {est.n_members}/{est.n_nonmembers})  mean LiRA score of the forgotten {float(np.mean(sc.lira[: len(forget)])):.3f}  "
               f"err vs exact {out[c]['rollback_error_vs_exact']:.2e}  B/value {out[c]['bytes_per_value']:.3f}", flush=True)
     model.load_state_dict(final)
     m = membership_audit(model, records, shadows, attack, targets_idx=forget, nonmembers_idx=holdout)
@@ -157,6 +162,11 @@ def main() -> None:
     for c in CODECS:
         vals = {k: [r[c][k] for r in runs] for k in ("carry_median", "acc_test", "acc_forget", "lira_auc", "rollback_error_vs_exact", "bytes_per_value")}
         print(c, {k: f"{np.mean(v):.4f} [{min(v):.4f}-{max(v):.4f}]" for k, v in vals.items()})
+    # paired: per forgotten record, its LiRA score after the int4 rollback minus after int8's (and f32's)
+    for a, b in (("int4", "int8"), ("int8", "f32"), ("int4", "f32")):
+        d = np.concatenate([np.subtract(r[a]["lira_forgotten_scores"], r[b]["lira_forgotten_scores"]) for r in runs])
+        half = 1.96 * float(np.std(d, ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else math.nan
+        print(f"LiRA score of the forgotten records, {a} - {b}: {np.mean(d):+.4f} [{np.mean(d) - half:+.4f}, {np.mean(d) + half:+.4f}] (n {len(d)})")
 
 
 if __name__ == "__main__":

@@ -152,7 +152,8 @@ def store_cpu(layout: list[dict], sources: dict[str, list[dict]], *, steps: int,
 def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps: int, repeats: int) -> dict:
     """``sum()`` of every step of a sealed int8 store on local disk against bare zstd decompression
     of the same frames (only ``ZstdDecompressor.decompress`` in memory), interleaved, best of
-    ``repeats``: wall time (sum on its default 2 threads and on 1; zstd on 1) and CPU time."""
+    ``repeats``: wall time (sum on its default 2 threads and on 1; zstd on 1) and CPU time; and
+    the read path as it was before (sha256 on every read, 4 steps per pass), 1 thread, same run."""
     import zstandard
 
     from mlflow_amnesia.recording.store.chunk import unpack_chunk, unseal_chunk
@@ -163,6 +164,14 @@ def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps
             st.append(s, deltas[s % len(deltas)])
     stores = {t: DeltaStore.open(url, key=BENCH_KEY, threads=t) for t in (1, 2)}
     st = stores[2]
+    # the read path before this change, same chunks: a manifest without the GCM tags (reads check
+    # sha256) and groups of 4 steps per pass
+    man = json.loads(st.manifest_bytes())
+    for e in man["steps"]:
+        for c in e["chunks"]:
+            c.pop("tag", None)
+    before = DeltaStore.open(url, key=BENCH_KEY, threads=1, manifest=man)
+    import mlflow_amnesia.recording.store.delta_store as ds_mod
     frames = []
     for s in range(steps):
         e = st._steps[s]
@@ -173,8 +182,18 @@ def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps
     every = list(range(steps))
     for t in stores.values():
         t.sum(every)  # page cache and buffers warm
-    best = {k: math.inf for k in ("zstd_wall", "zstd_cpu", "sum2_wall", "sum2_cpu", "sum1_wall", "sum1_cpu")}
+    best = {k: math.inf for k in ("zstd_wall", "zstd_cpu", "sum2_wall", "sum2_cpu", "sum1_wall", "sum1_cpu",
+                                  "before1_wall", "before1_cpu")}
     for _ in range(repeats):
+        group = ds_mod._GROUP_MAX
+        ds_mod._GROUP_MAX = 4
+        try:
+            c0, t0 = time.process_time(), time.perf_counter()
+            before.sum(every)
+            best["before1_wall"] = min(best["before1_wall"], time.perf_counter() - t0)
+            best["before1_cpu"] = min(best["before1_cpu"], time.process_time() - c0)
+        finally:
+            ds_mod._GROUP_MAX = group
         c0, t0 = time.process_time(), time.perf_counter()
         for f in frames:
             d.decompress(f)
@@ -187,7 +206,9 @@ def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps
     out = {k: 1000 * v / steps for k, v in best.items()}  # ms per step
     out.update({"steps": steps, "ratio_sum2_vs_zstd1_wall": best["zstd_wall"] / best["sum2_wall"],
                 "ratio_sum1_vs_zstd1_wall": best["zstd_wall"] / best["sum1_wall"],
-                "ratio_cpu": best["zstd_cpu"] / best["sum1_cpu"]})
+                "ratio_cpu": best["zstd_cpu"] / best["sum1_cpu"],
+                "ratio_cpu_before": best["zstd_cpu"] / best["before1_cpu"],
+                "ratio_before1_vs_zstd1_wall": best["zstd_wall"] / best["before1_wall"]})
     print("rollback vs zstd:", {k: round(v, 3) for k, v in out.items()}, flush=True)
     return out
 
@@ -434,6 +455,56 @@ def _dur(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+def encoded_stages(layout: list[dict], encoded: dict, codec: str, tmp: Path, repeats: int) -> dict[str, float]:
+    """CPU ms per ResNet18 step of each stage the store runs on an encoded step, one thread (this
+    one), best of ``repeats``: copy into the pooled buffer, zstd, pack, seal (AES-GCM), sha256,
+    write (a local file, fsync'ed)."""
+    import hashlib
+
+    from mlflow_amnesia import crypto
+    from mlflow_amnesia.recording.fs import write_local
+    from mlflow_amnesia.recording.store.chunk import chunk_size, pack_chunk_into, seal_chunk_into, sealed_size
+    from mlflow_amnesia.recording.store.codecs import _compressor
+    from mlflow_amnesia.recording.store.delta_store import _scratch
+    from mlflow_amnesia.store import get_codec
+
+    c = get_codec(codec)
+    sizes = [(t["name"], math.prod(t["shape"])) for t in layout]
+    buf = np.empty(sum(c.payload_size(n) for _, n in sizes), np.uint8)
+    cipher = crypto.ChunkCipher(BENCH_KEY, crypto.new_salt())
+    stages = ("copy", "zstd", "pack", "seal", "sha256", "write")
+    best = dict.fromkeys(stages, math.inf)
+    for _ in range(repeats):
+        t = dict.fromkeys(stages, 0.0)
+        off, frames = 0, []
+        for name, n in sizes:
+            sz = c.payload_size(n)
+            c0 = time.thread_time()
+            c.write_encoded(encoded[name], n, buf[off : off + sz])
+            c1 = time.thread_time()
+            frames.append(_compressor(c.level).compress(buf[off : off + sz]))
+            t["copy"] += c1 - c0
+            t["zstd"] += time.thread_time() - c1
+            off += sz
+        c0 = time.thread_time()  # one chunk for the step (the store packs per part: the same work)
+        size = chunk_size(frames)
+        plain = memoryview(_scratch("plain", size))[:size]
+        pack_chunk_into(frames, plain)
+        c1 = time.thread_time()
+        total = sealed_size(size)
+        out = memoryview(_scratch("sealed", total))[:total]
+        seal_chunk_into(cipher, 0, 0, plain, out)
+        c2 = time.thread_time()
+        hashlib.sha256(out).hexdigest()
+        c3 = time.thread_time()
+        write_local(str(tmp / "stage.chunk"), out, atomic=False)
+        c4 = time.thread_time()
+        for k, v in zip(("pack", "seal", "sha256", "write"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
+            t[k] += v
+        best = {k: min(best[k], t[k]) for k in stages}
+    return {k: 1000 * v for k, v in best.items()}
+
+
 def perf_only(quick: bool) -> None:
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     layout = layout_of(cifar_resnet18(100))
@@ -443,10 +514,14 @@ def perf_only(quick: bool) -> None:
     cpu_rows = store_cpu(layout, sources, steps=3 if quick else 12, rounds=1 if quick else 3)
     with tempfile.TemporaryDirectory(prefix="amnesia-bench-tp-") as tmpd:
         rollback = rollback_vs_zstd(layout, deltas, Path(tmpd), steps=4 if quick else 8, repeats=1 if quick else 5)
+        stages = {c: encoded_stages(layout, sources[f"{c}, encoded append"][1][0], c, Path(tmpd), 1 if quick else 5)
+                  for c in ("int8", "int4")}
+    print("encoded append, CPU ms per step by stage:", {c: {k: round(v, 1) for k, v in d.items()} for c, d in stages.items()})
     info = machine()
     info["load_average_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
     write_json(OUT / "throughput_perf.json", {"command": "python bench/throughput.py --perf-only" + (" --quick" if quick else ""),
                                               "machine": info, "store_cpu": cpu_rows, "rollback_vs_zstd": rollback,
+                                              "encoded_stages_cpu_ms_per_step": stages,
                                               "seconds": time.perf_counter() - t0})
 
 

@@ -117,11 +117,13 @@ def _record(url: str, codec: str, *, encoded: bool, key: bytes | None, steps: in
     return {n: r.clone() for n, r in rec._r.items()}
 
 
-@pytest.mark.parametrize("codec", BLOCK_CODECS)
-def test_encoded_append_stores_the_float_paths_bytes(codec, tmp_path, monkeypatch):
-    # small slices and a small "small tensor" limit so this model takes every path of _encode_on
+@pytest.mark.parametrize("codec,pooled", [("int8", False), ("int4", False), ("int8", True)])
+def test_encoded_append_stores_the_float_paths_bytes(codec, pooled, tmp_path, monkeypatch):
+    # small slices and a small "small tensor" limit so this model takes every path of _encode_on;
+    # pooled: the CUDA hand-off (pinned buffers, a hand-off thread), exercised on CPU
     monkeypatch.setattr(recorder_module, "_SLICE", 4096)
     monkeypatch.setattr(recorder_module, "_SMALL", 600)
+    monkeypatch.setattr(recorder_module, "_use_pooled_staging", lambda device: pooled)
     r_enc = _record(str(tmp_path / "enc"), codec, encoded=True, key=None)
     r_flt = _record(str(tmp_path / "flt"), codec, encoded=False, key=None)
     files = sorted(p.relative_to(tmp_path / "enc") for p in (tmp_path / "enc" / "chunks").glob("*.zst"))

@@ -30,7 +30,7 @@ Why this shape:
   :class:`ChunkCorruptedError` naming the step and the file. ``verify`` checks sha256; reads check
   it too, except a sealed chunk whose entry records its AES-GCM ``tag`` (stores written since the
   tag was added): a read checks size and tag and the decryption authenticates the bytes under the
-  key (bound to store, step and part), which is the same file exactly for a fifth of the CPU.
+  key (bound to store, step and part), which is the same file exactly without hashing it.
 * **Confidentiality (format 2).** A store created with the record key seals every chunk
   (:mod:`mlflow_amnesia.crypto`: a data key from HKDF of the record key and the store's salt, a
   random nonce per chunk, the associated data binding the chunk to the store, step and part).
@@ -903,7 +903,7 @@ class DeltaStore:
         ``decoding``: the caller opens the chunk with the key next (``_frames``). A sealed chunk whose
         manifest entry records its AES-GCM tag is then checked by size, tag and the authenticated
         decryption (keyed, bound to the store, step and part) instead of sha256: the same file,
-        exactly, for a fifth of the CPU (docs/BENCHMARKS.md, "Rollback"). ``verify`` checks sha256.
+        exactly, without hashing it (docs/BENCHMARKS.md, "Rollback"). ``verify`` checks sha256.
         """
         rel = chunk["file"]
         try:  # never more than one byte past the recorded size: a swapped-in huge file is not read whole
