@@ -2,7 +2,18 @@
 
     python bench/recording.py            # ResNet18 (CIFAR stem) + small CNN, the default codec
     python bench/recording.py --codecs int8,bf16
+    python bench/recording.py --models resnet18-digits --codecs int8,int4   # the fast-step workload
+    python bench/recording.py --device cuda   # on a GPU (the default, auto, takes CUDA when present)
     python bench/recording.py --quick    # a smoke run (a few steps; figures are not meaningful)
+
+Models: ``resnet18`` (batch 128 of 32x32x3: a big step), ``cnn`` (small CNN on MNIST) and
+``resnet18-digits``: the CLI's ``--arch resnet18`` on scikit-learn's 8x8 digits at batch 8, a
+step of a few tens of ms on CPU, which shows on a CPU what a GPU step shows: the recording's
+own cost per step. On CUDA the model, its data and the Recorder's math live on the GPU; the
+Recorder quantises there and copies only the codes and scales (a quarter of float32 for int8)
+into pinned buffers. **store CPU/step** is the CPU time of the store's threads per step
+(``DeltaStore.stats.write_cpu_s``: compress, seal, hash, write, commit), beside the training
+thread's ``rec.step``.
 
 Blocks of steps with and without recording alternate (ABBA order) in the same process on the
 same model, so machine drift and other load cancel out of the ratio. One Recorder and store
@@ -72,6 +83,8 @@ class _Timed:
         setattr(self, method, timed)
 
     def __getattr__(self, name: str) -> Any:
+        if name == "accepts_encoded" and getattr(self, "float_append", False):
+            raise AttributeError(name)  # the store seen as before encoded append: float32 deltas
         return getattr(self._obj, name)
 
 
@@ -87,9 +100,12 @@ def measure(
     pairs: int,
     warmup: int,
     tmp: Path,
+    device: torch.device,
+    float_append: bool = False,
 ) -> dict[str, Any]:
     torch.manual_seed(0)
-    model = make_model()
+    model = make_model().to(device)
+    x, y = x.to(device), y.to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     ids = [f"mnist:t10k:{i}" for i in range(len(x))]
     it = _batches(len(x), batch)
@@ -97,21 +113,25 @@ def measure(
 
     def train_step() -> np.ndarray:
         pos = next(it)
-        idx = torch.from_numpy(pos)
+        idx = torch.from_numpy(pos).to(device)
         sgd_step(model, opt, x[idx], y[idx])
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)  # a step's time is the GPU's too
         return pos
 
     for _ in range(warmup):
         train_step()
 
-    url = str(tmp / f"{name}-{codec}")
+    url = str(tmp / f"{name}-{codec}-{'float' if float_append else 'enc'}")
     t0 = time.perf_counter()
     store = _Timed(
         DeltaStore.create(url, layout=state_layout(model), codec=codec, meta={"optimizer": optimizer_meta(opt)}, key=BENCH_KEY), "append"
     )
+    store.float_append = float_append
     index = _Timed(RecordIndexBuilder(os.urandom(32)), "add")
     rec = Recorder(model, store, index, optimizer=opt)
-    quantize = _Timed(rec.codec, "quantize")
+    encoded = rec._encoded is not None
+    quantize = _Timed(rec.codec, "quantize_into" if encoded else "quantize")
     rec.codec = quantize  # time the codec's quantise inside rec.step
     setup = time.perf_counter() - t0
 
@@ -144,6 +164,7 @@ def measure(
     rec.close()
     store.close()
     close = time.perf_counter() - t0
+    store_cpu = store._obj.stats.write_cpu_s
     size = DeltaStore.open(url, key=BENCH_KEY).size()
 
     steps = pairs * block
@@ -156,6 +177,11 @@ def measure(
         "batch": batch,
         "steps_per_mode": steps,
         "block_steps": block,
+        "device": str(device),
+        "path": "float32 append (as before)" if float_append else ("encoded append" if encoded else "float32 append"),
+        "encoded_append": encoded,
+        "store_cpu_per_step_s": store_cpu / steps,
+        "cpu_ratio": cpu["recorded"] / cpu["plain"],
         "ratio": recorded_total / wall["plain"],
         "ratio_blocks_only": wall["recorded"] / wall["plain"],
         "pair_ratios": [round(x, 4) for x in pair_ratios],
@@ -187,6 +213,7 @@ def contention_probe(make_model: Callable[[], torch.nn.Module], codec: str, reps
 
     class _Null:
         layout = None
+        accepts_encoded = True
 
         def __init__(self) -> None:
             self.codec = codec
@@ -220,7 +247,8 @@ def contention_probe(make_model: Callable[[], torch.nn.Module], codec: str, reps
                 times = []
                 for _ in range(reps):
                     t0 = time.perf_counter()
-                    rec._deltas_on(state)  # the math of rec.step, without its thread switch
+                    # the math of rec.step, without its thread switch
+                    rec._encode_on(state) if rec._encoded is not None else rec._deltas_on(state)
                     times.append(time.perf_counter() - t0)
                 out[f"busy{busy}_threads{n}_s"] = min(times)
         finally:
@@ -327,6 +355,10 @@ def main() -> None:
     ap.add_argument("--codecs", default=DEFAULT_CODEC, help=f"comma-separated codecs (default: the store's default, {DEFAULT_CODEC})")
     ap.add_argument("--models", default="resnet18,cnn")
     ap.add_argument("--quick", action="store_true", help="a few steps only (smoke test)")
+    ap.add_argument("--device", default="auto", help="auto (cuda when present, else cpu), cpu or cuda")
+    ap.add_argument("--torch-threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
+    ap.add_argument("--float-append", action="store_true",
+                    help="also measure each codec with float32 appends (the path before encoded append), same run")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/BENCHMARKS.md")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite the docs section from bench/out/recording.json, measure nothing")
     args = ap.parse_args()
@@ -338,40 +370,59 @@ def main() -> None:
 
     load_before = os.getloadavg()[0]
     t_start = time.perf_counter()
-    images, labels = load_mnist_t10k()
-    y = torch.from_numpy(labels)
-    configs = {
-        # (make_model, inputs, batch, block steps, pairs, warmup)
-        "resnet18": (lambda: cifar_resnet18(100), mnist_tensor(images, as_cifar=True), 128, 3, 6, 2),
-        "cnn": (lambda: SmallCNN(10), mnist_tensor(images), 128, 50, 6, 20),
-    }
+    if args.torch_threads:
+        torch.set_num_threads(args.torch_threads)
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    models = args.models.split(",")
+    configs: dict[str, tuple] = {}
+    if {"resnet18", "cnn"} & set(models):
+        images, labels = load_mnist_t10k()
+        y = torch.from_numpy(labels)
+        # (make_model, inputs, labels, batch, block steps, pairs, warmup)
+        configs["resnet18"] = (lambda: cifar_resnet18(100), mnist_tensor(images, as_cifar=True), y, 128, 3, 6, 2)
+        configs["cnn"] = (lambda: SmallCNN(10), mnist_tensor(images), y, 128, 50, 6, 20)
+    if "resnet18-digits" in models:
+        from mlflow_amnesia.learning.data import load_dataset
+        from mlflow_amnesia.learning.models import build_model, default_arch_spec
+
+        digits = load_dataset("digits")
+        spec = default_arch_spec("resnet18", digits)
+        configs["resnet18-digits"] = (lambda: build_model(spec, seed=0), digits.x, digits.y, 8, 30, 6, 10)
     results = []
     with tempfile.TemporaryDirectory(prefix="amnesia-bench-rec-") as tmp:
-        for name in args.models.split(","):
-            make, x, batch, block, pairs, warmup = configs[name]
+        for name in models:
+            make, x, y, batch, block, pairs, warmup = configs[name]
             if args.quick:
                 block, pairs, warmup = (1, 2, 1) if name == "resnet18" else (5, 2, 2)
-            for codec in args.codecs.split(","):
-                r = measure(name, make, x, y, codec=codec, batch=batch, block=block, pairs=pairs, warmup=warmup, tmp=Path(tmp))
+            for codec, float_append in [(c, f) for c in args.codecs.split(",") for f in ((False, True) if args.float_append else (False,))]:
+                r = measure(name, make, x, y, codec=codec, batch=batch, block=block, pairs=pairs, warmup=warmup, tmp=Path(tmp),
+                            device=device, float_append=float_append)
                 print(
-                    f"{name:9s} {codec:5s} ratio {r['ratio']:.3f} (blocks {r['ratio_blocks_only']:.3f})  "
+                    f"{name:9s} {codec:5s} {r['path']:26s} ratio {r['ratio']:.3f} (blocks {r['ratio_blocks_only']:.3f})  "
                     f"plain {_ms(r['plain_step_s'])} ms/step  rec.step {_ms(r['rec_step_call_s'])} ms "
                     f"(delta+fb {_ms(r['delta_and_feedback_s'])}, quantize {_ms(r['quantize_s'])}, "
                     f"append {_ms(r['store_append_s'])}, index {_ms(r['index_add_s'])})  "
                     f"drain {_ms(r['flush_per_block_s'])} ms/block  cpu/step {r['cpu_per_step_plain_s']:.3f} -> "
-                    f"{r['cpu_per_step_recorded_s']:.3f} s",
+                    f"{r['cpu_per_step_recorded_s']:.3f} s (CPU ratio {r['cpu_ratio']:.2f})  "
+                    f"store CPU {_ms(r['store_cpu_per_step_s'])} ms/step  [{r['device']}]",
                     flush=True,
                 )
                 results.append(r)
     probe: dict[str, Any] = {}
-    if "resnet18" in args.models.split(","):
+    if "resnet18" in models and device.type == "cpu":
         probe = {"model": "resnet18", "codec": args.codecs.split(",")[0]}
         probe.update(contention_probe(configs["resnet18"][0], probe["codec"], reps=1 if args.quick else 3))
         print("threads probe:", {k: round(v, 4) if isinstance(v, float) else v for k, v in probe.items()}, flush=True)
     info = machine()
     info["load_average_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     info["seconds"] = round(time.perf_counter() - t_start, 1)
-    command = "python bench/recording.py" + (" --quick" if args.quick else "")
+    command = "python bench/recording.py" + "".join(
+        f" --{k.replace('_', '-')} {v}" for k, v in (("models", args.models), ("codecs", args.codecs), ("device", args.device),
+                                                   ("torch_threads", args.torch_threads))
+        if v != ap.get_default(k)
+    ) + (" --float-append" if args.float_append else "") + (" --quick" if args.quick else "")
+    info["device"] = str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
     write_json(OUT / "recording.json", {"command": command, "machine": info, "results": results, "threads_probe": probe})
     if not args.quick and not args.no_docs:
         append_section(REPO / "docs" / "BENCHMARKS.md", markdown(results, probe, info, command))

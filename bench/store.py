@@ -347,7 +347,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="few steps: a smoke run, figures not meaningful")
     ap.add_argument("--out", default=str(OUT / "store.json"))
+    ap.add_argument("--codecs", default=",".join(CODECS), help=f"comma-separated codecs (default {','.join(CODECS)})")
+    ap.add_argument("--only-resnet18-sizes", action="store_true",
+                    help="only (a) on ResNet18: bytes per value and errors per codec (e.g. --codecs int8,int4)")
     args = ap.parse_args()
+    CODECS[:] = args.codecs.split(",")
     q = args.quick
     torch.manual_seed(0)
     t_start = time.perf_counter()
@@ -364,6 +368,15 @@ def main() -> None:
             "resnet18", cifar_resnet18(100), batches(x, y, 128), warmup=warm, measured=meas, lr=0.1, workdir=work,
             subset=list(range(0, meas, 2)),
         )
+        if args.only_resnet18_sizes:
+            result["command"] += f" --codecs {args.codecs} --only-resnet18-sizes"
+            result["runtime_s"] = time.perf_counter() - t_start
+            write_json(Path(args.out), result)
+            for c, v in result["resnet18"]["codecs"].items():
+                print(f"{c}: {v['bytes_per_value']:.3f} B/value, rel. L2 plain {v['delta_rel_l2_plain']:.2e}, "
+                      f"feedback {v['delta_rel_l2_feedback']:.2e}, rollback-all {v['rollback_all_rel_l2']:.2e}, "
+                      f"subset {v['subset_rel_l2']:.2e}")
+            return
         result["resnet18"]["levels"] = level_table(work, "resnet18")
         # (a) small CNN on MNIST 28x28
         xm = mnist_tensor(images)

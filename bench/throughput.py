@@ -104,6 +104,115 @@ def _target_url(target: str, tmp: Path) -> tuple[str, Callable[[], None]]:
     return url, lambda: fs.rm(f"/bench-{name}", recursive=True)
 
 
+def encode_deltas(deltas: list[dict], codec: str) -> list[dict]:
+    """The codec's Encoded payloads of ``deltas`` (what the Recorder appends: ``quantize_into``)."""
+    import torch
+
+    from mlflow_amnesia.recording.store.codecs import Encoded
+    from mlflow_amnesia.store import get_codec
+
+    c = get_codec(codec)
+    out = []
+    for d in deltas:
+        e = {}
+        for k, v in d.items():
+            x = torch.from_numpy(v).reshape(-1)
+            cb, nb = c.encoded_sizes(x.numel())
+            codes, scales = torch.empty(cb, dtype=c.code_dtype), torch.empty(nb)
+            c.quantize_into(x, codes, scales, torch.empty_like(x))
+            e[k] = Encoded(codes.numpy(), scales.numpy())
+        out.append(e)
+    return out
+
+
+def store_cpu(layout: list[dict], sources: dict[str, list[dict]], *, steps: int, rounds: int) -> list[dict]:
+    """Store CPU per step (process CPU time, all threads: append's copy, encode or copy into the
+    pooled buffer, compress, seal, sha256, write, commit) per append path, in-memory target, 2
+    threads; paths interleave in every round, each keeps its best round."""
+    best: dict[str, dict] = {}
+    for _ in range(rounds):
+        for label, (codec, src) in sources.items():
+            url = f"memory://bench-cpu-{uuid.uuid4().hex[:8]}"
+            c0 = time.process_time()
+            st = DeltaStore.create(url, layout=layout, codec=codec, threads=2, key=BENCH_KEY)
+            for s in range(steps):
+                st.append(s, src[s % len(src)])
+            st.close()
+            cpu = time.process_time() - c0
+            row = {"path": label, "codec": codec, "steps": steps, "cpu_ms_per_step": 1000 * cpu / steps,
+                   "store_threads_cpu_ms_per_step": 1000 * st.stats.write_cpu_s / steps,
+                   "bytes_per_value": st.size().stored / (steps * st.n_values)}
+            fsspec.filesystem("memory").rm(url.removeprefix("memory://"), recursive=True)
+            if label not in best or row["cpu_ms_per_step"] < best[label]["cpu_ms_per_step"]:
+                best[label] = row
+            print(f"store CPU {label:22s} {row['cpu_ms_per_step']:6.1f} ms/step  (threads {row['store_threads_cpu_ms_per_step']:.1f})", flush=True)
+    return list(best.values())
+
+
+def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps: int, repeats: int) -> dict:
+    """``sum()`` of every step of a sealed int8 store on local disk against bare zstd decompression
+    of the same frames (only ``ZstdDecompressor.decompress`` in memory), interleaved, best of
+    ``repeats``: wall time (sum on its default 2 threads and on 1; zstd on 1) and CPU time; and
+    the read path as it was before (sha256 on every read, 4 steps per pass), 1 thread, same run."""
+    import zstandard
+
+    from mlflow_amnesia.recording.store.chunk import unpack_chunk, unseal_chunk
+
+    url = str(tmp / "rollback-store")
+    with DeltaStore.create(url, layout=layout, codec="int8", key=BENCH_KEY) as st:
+        for s in range(steps):
+            st.append(s, deltas[s % len(deltas)])
+    stores = {t: DeltaStore.open(url, key=BENCH_KEY, threads=t) for t in (1, 2)}
+    st = stores[2]
+    # the read path before this change, same chunks: a manifest without the GCM tags (reads check
+    # sha256) and groups of 4 steps per pass
+    man = json.loads(st.manifest_bytes())
+    for e in man["steps"]:
+        for c in e["chunks"]:
+            c.pop("tag", None)
+    before = DeltaStore.open(url, key=BENCH_KEY, threads=1, manifest=man)
+    import mlflow_amnesia.recording.store.delta_store as ds_mod
+    frames = []
+    for s in range(steps):
+        e = st._steps[s]
+        for p, (a, b) in enumerate(st._parts):
+            data = st._fs.cat_file(st._path(e.chunks[p]["file"]))
+            frames += [bytes(f) for f in unpack_chunk(bytes(unseal_chunk(st._cipher, s, p, data)), b - a)]
+    d = zstandard.ZstdDecompressor()
+    every = list(range(steps))
+    for t in stores.values():
+        t.sum(every)  # page cache and buffers warm
+    best = {k: math.inf for k in ("zstd_wall", "zstd_cpu", "sum2_wall", "sum2_cpu", "sum1_wall", "sum1_cpu",
+                                  "before1_wall", "before1_cpu")}
+    for _ in range(repeats):
+        group = ds_mod._GROUP_MAX
+        ds_mod._GROUP_MAX = 4
+        try:
+            c0, t0 = time.process_time(), time.perf_counter()
+            before.sum(every)
+            best["before1_wall"] = min(best["before1_wall"], time.perf_counter() - t0)
+            best["before1_cpu"] = min(best["before1_cpu"], time.process_time() - c0)
+        finally:
+            ds_mod._GROUP_MAX = group
+        c0, t0 = time.process_time(), time.perf_counter()
+        for f in frames:
+            d.decompress(f)
+        best["zstd_wall"], best["zstd_cpu"] = min(best["zstd_wall"], time.perf_counter() - t0), min(best["zstd_cpu"], time.process_time() - c0)
+        for t in (2, 1):
+            c0, t0 = time.process_time(), time.perf_counter()
+            stores[t].sum(every)
+            best[f"sum{t}_wall"] = min(best[f"sum{t}_wall"], time.perf_counter() - t0)
+            best[f"sum{t}_cpu"] = min(best[f"sum{t}_cpu"], time.process_time() - c0)
+    out = {k: 1000 * v / steps for k, v in best.items()}  # ms per step
+    out.update({"steps": steps, "ratio_sum2_vs_zstd1_wall": best["zstd_wall"] / best["sum2_wall"],
+                "ratio_sum1_vs_zstd1_wall": best["zstd_wall"] / best["sum1_wall"],
+                "ratio_cpu": best["zstd_cpu"] / best["sum1_cpu"],
+                "ratio_cpu_before": best["zstd_cpu"] / best["before1_cpu"],
+                "ratio_before1_vs_zstd1_wall": best["zstd_wall"] / best["before1_wall"]})
+    print("rollback vs zstd:", {k: round(v, 3) for k, v in out.items()}, flush=True)
+    return out
+
+
 def write_rate(layout: list[dict], deltas: list[dict], *, codec: str, threads: int, target: str, steps: int, tmp: Path) -> dict:
     """Append ``steps`` deltas as fast as accepted, close; raw MB/s and the caller's blocked time."""
     url, cleanup = _target_url(target, tmp)
@@ -346,11 +455,86 @@ def _dur(s: float) -> str:
     return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
+def encoded_stages(layout: list[dict], encoded: dict, codec: str, tmp: Path, repeats: int) -> dict[str, float]:
+    """CPU ms per ResNet18 step of each stage the store runs on an encoded step, one thread (this
+    one), best of ``repeats``: copy into the pooled buffer, zstd, pack, seal (AES-GCM), sha256,
+    write (a local file, fsync'ed)."""
+    import hashlib
+
+    from mlflow_amnesia import crypto
+    from mlflow_amnesia.recording.fs import write_local
+    from mlflow_amnesia.recording.store.chunk import chunk_size, pack_chunk_into, seal_chunk_into, sealed_size
+    from mlflow_amnesia.recording.store.codecs import _compressor
+    from mlflow_amnesia.recording.store.delta_store import _scratch
+    from mlflow_amnesia.store import get_codec
+
+    c = get_codec(codec)
+    sizes = [(t["name"], math.prod(t["shape"])) for t in layout]
+    buf = np.empty(sum(c.payload_size(n) for _, n in sizes), np.uint8)
+    cipher = crypto.ChunkCipher(BENCH_KEY, crypto.new_salt())
+    stages = ("copy", "zstd", "pack", "seal", "sha256", "write")
+    best = dict.fromkeys(stages, math.inf)
+    for _ in range(repeats):
+        t = dict.fromkeys(stages, 0.0)
+        off, frames = 0, []
+        for name, n in sizes:
+            sz = c.payload_size(n)
+            c0 = time.thread_time()
+            c.write_encoded(encoded[name], n, buf[off : off + sz])
+            c1 = time.thread_time()
+            frames.append(_compressor(c.level).compress(buf[off : off + sz]))
+            t["copy"] += c1 - c0
+            t["zstd"] += time.thread_time() - c1
+            off += sz
+        c0 = time.thread_time()  # one chunk for the step (the store packs per part: the same work)
+        size = chunk_size(frames)
+        plain = memoryview(_scratch("plain", size))[:size]
+        pack_chunk_into(frames, plain)
+        c1 = time.thread_time()
+        total = sealed_size(size)
+        out = memoryview(_scratch("sealed", total))[:total]
+        seal_chunk_into(cipher, 0, 0, plain, out)
+        c2 = time.thread_time()
+        hashlib.sha256(out).hexdigest()
+        c3 = time.thread_time()
+        write_local(str(tmp / "stage.chunk"), out, atomic=False)
+        c4 = time.thread_time()
+        for k, v in zip(("pack", "seal", "sha256", "write"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
+            t[k] += v
+        best = {k: min(best[k], t[k]) for k in stages}
+    return {k: 1000 * v for k, v in best.items()}
+
+
+def perf_only(quick: bool) -> None:
+    load0, t0 = os.getloadavg()[0], time.perf_counter()
+    layout = layout_of(cifar_resnet18(100))
+    deltas = synthetic_deltas(layout, 2 if quick else 3)
+    sources = {"int8, float32 append": ("int8", deltas), "int8, encoded append": ("int8", encode_deltas(deltas, "int8")),
+               "int4, encoded append": ("int4", encode_deltas(deltas, "int4"))}
+    cpu_rows = store_cpu(layout, sources, steps=3 if quick else 12, rounds=1 if quick else 3)
+    with tempfile.TemporaryDirectory(prefix="amnesia-bench-tp-") as tmpd:
+        rollback = rollback_vs_zstd(layout, deltas, Path(tmpd), steps=4 if quick else 8, repeats=1 if quick else 5)
+        stages = {c: encoded_stages(layout, sources[f"{c}, encoded append"][1][0], c, Path(tmpd), 1 if quick else 5)
+                  for c in ("int8", "int4")}
+    print("encoded append, CPU ms per step by stage:", {c: {k: round(v, 1) for k, v in d.items()} for c, d in stages.items()})
+    info = machine()
+    info["load_average_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+    write_json(OUT / "throughput_perf.json", {"command": "python bench/throughput.py --perf-only" + (" --quick" if quick else ""),
+                                              "machine": info, "store_cpu": cpu_rows, "rollback_vs_zstd": rollback,
+                                              "encoded_stages_cpu_ms_per_step": stages,
+                                              "seconds": time.perf_counter() - t0})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run: few steps, one round")
     ap.add_argument("--markdown-only", action="store_true", help="rewrite bench/out/throughput.md from the json")
+    ap.add_argument("--perf-only", action="store_true",
+                    help="only the store CPU per append path and the rollback against bare zstd (bench/out/throughput_perf.json)")
     args = ap.parse_args()
+    if args.perf_only:
+        perf_only(args.quick)
+        return
     if args.markdown_only:
         md = markdown(json.loads((OUT / "throughput.json").read_text()))
         (OUT / "throughput.md").write_text(md)
@@ -381,6 +565,10 @@ def main() -> None:
         srate = sum_rate(layout, deltas, tmp, steps=6 if args.quick else 16, subset=3 if args.quick else 8,
                          repeats=1 if args.quick else 3)
         print(f"sum(): {1000 * srate['s_per_step']:.1f} ms/step, {1000 * srate['cpu_s_per_step']:.1f} CPU ms/step", flush=True)
+        rollback = rollback_vs_zstd(layout, deltas, tmp, steps=4 if args.quick else 8, repeats=1 if args.quick else 5)
+    sources = {"int8, float32 append": ("int8", deltas), "int8, encoded append": ("int8", encode_deltas(deltas, "int8")),
+               "int4, encoded append": ("int4", encode_deltas(deltas, "int4"))}
+    cpu_rows = store_cpu(layout, sources, steps=3 if args.quick else 12, rounds=1 if args.quick else 3)
     stages = stage_breakdown(deltas[0], repeats=1 if args.quick else 3)
     print("CPU ms per step by stage:", {c: {k: round(v, 1) for k, v in d.items()} for c, d in stages.items()}, flush=True)
     write = list(best.values())
@@ -409,6 +597,8 @@ def main() -> None:
         "bytes_per_value_source": src,
         "per_core_MBps": per_core,
         "stages_cpu_ms_per_step": stages,
+        "store_cpu": cpu_rows,
+        "rollback_vs_zstd": rollback,
         "projection": projections(values, bpv, per_core, srate["cpu_s_per_step"] / values),
         "seconds": time.perf_counter() - t_start,
     }

@@ -42,6 +42,7 @@ SCHEME = "aes-256-gcm/hkdf-sha256"
 SALT_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+_HAS_INTO = hasattr(AESGCM, "encrypt_into") and hasattr(AESGCM, "decrypt_into")
 _STORE_INFO = b"mlflow-amnesia delta store v2"
 _FILE_INFO = b"mlflow-amnesia training file v1\x00"
 _CHUNK_AAD = b"mlflow-amnesia chunk v2\x00"
@@ -89,12 +90,34 @@ class ChunkCipher:
         nonce = os.urandom(NONCE_BYTES)
         return nonce + self._aead.encrypt(nonce, plain, self._aad(step, part))
 
-    def open(self, step: int, part: int, sealed: bytes | memoryview) -> bytes:
-        """The plaintext of :meth:`seal`'s output; raises :class:`InvalidTag` when it does not authenticate."""
+    def seal_into(self, step: int, part: int, plain: bytes | memoryview, out: memoryview) -> None:
+        """:meth:`seal` written into ``out`` (``len(plain) + NONCE_BYTES + TAG_BYTES`` bytes): no
+        fresh buffers per chunk (the store reuses ``out``)."""
+        nonce = os.urandom(NONCE_BYTES)
+        out[:NONCE_BYTES] = nonce
+        if _HAS_INTO:
+            self._aead.encrypt_into(nonce, plain, self._aad(step, part), out[NONCE_BYTES:])
+        else:  # cryptography < 45
+            out[NONCE_BYTES:] = self._aead.encrypt(nonce, bytes(plain), self._aad(step, part))
+
+    def open(
+        self, step: int, part: int, sealed: bytes | memoryview, out: bytearray | None = None
+    ) -> bytes | memoryview:
+        """The plaintext of :meth:`seal`'s output; raises :class:`InvalidTag` when it does not authenticate.
+
+        With ``out`` (a reused buffer at least as long as the plaintext) the plaintext is written
+        there and a view of it returned.
+        """
         if len(sealed) < NONCE_BYTES + TAG_BYTES:
             raise InvalidTag()
         mv = memoryview(sealed)
-        return self._aead.decrypt(bytes(mv[:NONCE_BYTES]), bytes(mv[NONCE_BYTES:]), self._aad(step, part))
+        nonce, body = bytes(mv[:NONCE_BYTES]), mv[NONCE_BYTES:]
+        if out is not None and _HAS_INTO:
+            n = len(body) - TAG_BYTES
+            view = memoryview(out)[:n]
+            self._aead.decrypt_into(nonce, body, self._aad(step, part), view)
+            return view
+        return self._aead.decrypt(nonce, bytes(body), self._aad(step, part))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ def is_local(fs: Any) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
-def write_file(fs: Any, path: str, data: bytes, *, atomic: bool = True) -> None:
+def write_file(fs: Any, path: str, data: bytes | memoryview, *, atomic: bool = True) -> None:
     """Write ``data`` as the whole file ``path`` of ``fs`` (module docstring: durable, atomic)."""
     if is_local(fs):
         write_local(path, data, atomic=atomic)
@@ -69,7 +69,7 @@ def write_file(fs: Any, path: str, data: bytes, *, atomic: bool = True) -> None:
         fs.pipe_file(path, bytes(data))
 
 
-def write_local(path: str | os.PathLike[str], data: bytes, *, atomic: bool = True) -> None:
+def write_local(path: str | os.PathLike[str], data: bytes | memoryview, *, atomic: bool = True) -> None:
     """:func:`write_file` on local disk: temp file, fsync, rename, directory fsync."""
     target = os.fspath(path)
     tmp = f"{target}{TMP_MARK}{uuid.uuid4().hex}" if atomic else target

@@ -333,14 +333,40 @@ def test_corrupted_chunk_is_detected_with_step_and_file(tmp_path):
     data = bytearray(p.read_bytes())
     data[len(data) // 2] ^= 0x40
     p.write_bytes(bytes(data))
+    # a read checks size and AES-GCM tag, then authenticates under the key (no sha256 on the read path)
     for call in (lambda: st.read(2), lambda: st.sum([0, 2, 3])):
-        with pytest.raises(ChunkCorruptedError, match=r"step 2: chunk file .*2\.1\.zst fails its sha256"):
+        with pytest.raises(ChunkCorruptedError, match=r"step 2: chunk file .*2\.1\.zst.*fails authentication"):
             call()
     st.read(1)  # other steps are unaffected
     problems = st.verify()
     assert [(pr.step, pr.file) for pr in problems] == [(2, rel)]
+    assert "sha256" in problems[0].problem  # verify checks sha256 first
     with pytest.raises(ChunkCorruptedError, match=r"step 2: chunks/2\.1\.zst"):
         st.verify(raise_errors=True)
+    # a store written before the tags (its manifest has none): reads check sha256, as they did
+    mpath = tmp_path / "store" / "manifest.json"
+    m = json.loads(mpath.read_text())
+    for e in m["steps"]:
+        for c in e["chunks"]:
+            assert len(c.pop("tag")) == 32
+    mpath.write_text(json.dumps(m))
+    old = DeltaStore.open(_local(tmp_path), key=KEY)
+    for call in (lambda: old.read(2), lambda: old.sum([0, 2, 3])):
+        with pytest.raises(ChunkCorruptedError, match=r"step 2: chunk file .*2\.1\.zst fails its sha256"):
+            call()
+    np.testing.assert_array_equal(old.read(1)["w1"], st.read(1)["w1"])
+
+
+def test_a_replaced_tag_is_detected_on_read(tmp_path):
+    """A chunk whose last bytes (its AES-GCM tag) differ from the manifest's is refused before decrypting."""
+    _write(_local(tmp_path), range(2), codec="int8")
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
+    p = _chunk_path(tmp_path / "store", st.chunk_files(1)[0])
+    data = bytearray(p.read_bytes())
+    data[-1] ^= 0x01
+    p.write_bytes(bytes(data))
+    with pytest.raises(ChunkCorruptedError, match=r"step 1: chunk file .*1\.0\.zst does not end in the AES-GCM tag"):
+        st.sum([0, 1])
 
 
 def test_truncated_and_missing_chunks_are_detected(tmp_path):
@@ -458,6 +484,7 @@ def test_a_chunk_from_another_store_or_step_fails_authentication(tmp_path):
         c = m["steps"][step]["chunks"][0]
         (store / c["file"]).write_bytes(data)
         c["bytes"], c["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        c["tag"] = data[-16:].hex()  # what a reader checks before it authenticates
         mpath.write_text(json.dumps(m))
 
     swap_in(1, (donor / "chunks" / "1.0.zst").read_bytes())  # same step and part, another store

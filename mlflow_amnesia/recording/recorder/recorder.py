@@ -32,6 +32,13 @@ the step count in sync and hold no store, no index and no copy of the state. Aft
 gradient all-reduce every rank holds the same parameters, so rank 0's delta is the global
 step's. Float buffers are rank 0's (docs/ARCHITECTURE.md, "BatchNorm under DDP").
 
+Encoded hand-off: with a block codec (``int8``, ``int4``) and a store that takes payloads
+(``store.accepts_encoded``), one fused pass per tensor computes ``theta - r``, quantises it into
+the codes and block scales (``codec.quantize_into``) and adds the reconstructed values to ``r``;
+on CPU slice by slice, so each slice stays in cache. The store gets the codes and scales
+(:class:`~mlflow_amnesia.recording.store.codecs.Encoded`), not float32, and does not quantise
+again; it stores the same bytes as the float path.
+
 CUDA: deltas are computed and quantised on the device, copied with ``non_blocking=True`` into a
 small pool of pinned host buffers, and a CUDA event recorded after the copies; a hand-off thread
 waits for the event (off the training thread) before passing the buffers to ``store.append``.
@@ -54,7 +61,7 @@ from .ddp import distributed_ranks
 from .layout import float_state, unwrap
 from .optimizer import step_meta
 from .protocols import DeltaSink, IndexSink
-from .staging import DirectStaging, PooledStaging
+from .staging import DirectStaging, EncodedLayout, PooledStaging
 from .staging import use_pooled_staging as _use_pooled_staging
 
 __all__ = ["Recorder"]
@@ -68,6 +75,8 @@ _STORE_THREADS = 2
 
 #: Values per float64 slice when computing theta - r on CPU (512 KiB: stays in L2).
 _SLICE = 1 << 16
+#: Tensors under this many values are quantised together, one block row each (see _setup_small).
+_SMALL = 1 << 14
 
 
 def _sub_into(theta: torch.Tensor, r: torch.Tensor, d: torch.Tensor, scratch: torch.Tensor | None) -> None:
@@ -206,13 +215,100 @@ class Recorder:
         largest = max(t.numel() for t in state.values())
         self._d = torch.empty(largest, dtype=torch.float32, device=self.device)
         self._d64 = torch.empty(min(largest, _SLICE), dtype=torch.float64) if self.device.type == "cpu" else None
+        self._encoded = self._encoded_layout(state)
+        if self._encoded is not None:
+            self._dq = torch.empty(largest, dtype=torch.float32, device=self.device)
+            n_codes = max(c0 + cn for _, c0, cn, _, _ in self._encoded)
+            n_scales = max(s0 + sn for _, _, _, s0, sn in self._encoded)
+            self._codes = torch.empty(n_codes, dtype=self.codec.code_dtype, device=self.device)
+            self._scales = torch.empty(n_scales, dtype=torch.float32, device=self.device)
+            self._setup_small(state)
         if _use_pooled_staging(self.device):
             pin = self.device.type == "cuda"
             self._staging = PooledStaging(
-                self._sink(), {n: t.shape for n, t in state.items()}, self.device, pinned_buffers, pin=pin
+                self._sink(),
+                {n: t.shape for n, t in state.items()},
+                self.device,
+                pinned_buffers,
+                pin=pin,
+                encoded=self._encoded,
+                code_dtype=getattr(self.codec, "code_dtype", torch.int8),
             )
         else:
-            self._staging = DirectStaging(self._sink())
+            self._staging = DirectStaging(self._sink(), self._encoded)
+
+    def _setup_small(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Batch the small tensors (BatchNorm's, biases: most of a ResNet's tensors, few of its values).
+
+        Their values sit, zero-padded to whole blocks, in one (rows, block) matrix that is quantised
+        in one pass; their ``r`` is one flat float64 buffer (``self._r`` holds views of it), and
+        index maps scatter their codes and scales into the flat buffers. Per step that is about
+        twenty torch calls for all of them instead of about twenty per tensor. Blocks never span
+        two tensors, so each row quantises exactly as the tensor alone would.
+        """
+        codec = self.codec
+        assert codec is not None and self._encoded is not None
+        B = codec.block
+        small = [(i, name) for i, (name, t) in enumerate(state.items()) if 0 < t.numel() < _SMALL and t.is_contiguous()]
+        self._small: list[str] = [name for _, name in small]
+        if len(small) < 2:
+            self._small = []
+            return
+        dev = self.device
+        pos, src_c, dst_c, dst_s = [], [], [], []
+        row = off = 0
+        cb_row = codec.encoded_sizes(B)[0]
+        for i, name in small:
+            n = state[name].numel()
+            _, c0, cn, s0, sn = self._encoded[i]
+            pos.append(torch.arange(n) + row * B)
+            src_c.append(torch.arange(cn) + row * cb_row)
+            dst_c.append(torch.arange(cn) + c0)
+            dst_s.append(torch.arange(sn) + s0)
+            row, off = row + sn, off + n
+        idx = {"pos": pos, "src_c": src_c, "dst_c": dst_c, "dst_s": dst_s}
+        self._small_idx = {k: torch.cat(v).to(dev) for k, v in idx.items()}
+        r_small = torch.cat([self._r[name].reshape(-1) for name in self._small])
+        o = 0
+        for name in self._small:  # self._r's small entries become views of the flat buffer
+            n = self._r[name].numel()
+            self._r[name] = r_small[o : o + n].view(self._r[name].shape)
+            o += n
+        self._r_small = r_small
+        self._small_x = torch.zeros(row, B, dtype=torch.float32, device=dev)  # padding stays 0
+        self._small_dq = torch.empty(row, B, dtype=torch.float32, device=dev)
+        self._small_codes = torch.empty(row * cb_row, dtype=codec.code_dtype, device=dev)
+        self._small_scales = torch.empty(row, dtype=torch.float32, device=dev)
+
+    def _encode_small(self, state: Mapping[str, torch.Tensor]) -> None:
+        codec = self.codec
+        assert codec is not None
+        ix = self._small_idx
+        theta = torch.cat([state[name].reshape(-1) for name in self._small])
+        d = (theta - self._r_small).to(torch.float32)  # float64 difference, rounded once (as _sub_into)
+        self._small_x.view(-1)[ix["pos"]] = d
+        codec.quantize_into(self._small_x.view(-1), self._small_codes, self._small_scales, self._small_dq.view(-1))
+        if self.error_feedback:
+            self._r_small.add_(self._small_dq.view(-1)[ix["pos"]])
+        else:
+            self._r_small.copy_(theta)
+        self._codes[ix["dst_c"]] = self._small_codes[ix["src_c"]]
+        self._scales[ix["dst_s"]] = self._small_scales
+
+    def _encoded_layout(self, state: Mapping[str, torch.Tensor]) -> EncodedLayout | None:
+        """Where each tensor's codes and scales sit in the flat buffers, when the store takes payloads."""
+        codec = self.codec
+        if codec is None or not (
+            getattr(self.store, "accepts_encoded", False) and getattr(codec, "encodes_on_device", False)
+        ):
+            return None
+        out: EncodedLayout = []
+        c0 = s0 = 0
+        for name, t in state.items():
+            cn, sn = codec.encoded_sizes(t.numel())
+            out.append((name, c0, cn, s0, sn))
+            c0, s0 = c0 + cn, s0 + sn
+        return out
 
     def _setup_ranks(self, index_builder: IndexSink | None) -> Any:
         """Check the roles and the key of every rank (one collective); return this rank's hasher."""
@@ -318,19 +414,79 @@ class Recorder:
                 "recorder for the new architecture."
             )
         assert self._staging is not None  # the writing process has one
-        self._staging.put(step, self._deltas(state), step_meta(self.optimizer))
+        meta = step_meta(self.optimizer)
+        if self._encoded is not None:
+            self._with_threads(self._encode_on, state)
+            self._staging.put_encoded(step, self._codes, self._scales, meta)
+        else:
+            self._staging.put(step, self._with_threads(self._deltas_on, state), meta)
 
     @torch.no_grad()
-    def _deltas(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _with_threads(self, fn: Any, state: Mapping[str, torch.Tensor]) -> Any:
         threads = torch.get_num_threads()
         mine = max(1, threads - _STORE_THREADS)
         if self.device.type != "cpu" or mine == threads:
-            return self._deltas_on(state)
+            return fn(state)
         torch.set_num_threads(mine)
         try:
-            return self._deltas_on(state)
+            return fn(state)
         finally:
             torch.set_num_threads(threads)
+
+    def _deltas(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self._with_threads(self._deltas_on, state)
+
+    def _check_tensor(self, name: str, theta: torch.Tensor, r: torch.Tensor) -> None:
+        if theta.shape != r.shape or theta.device != r.device:
+            raise InputError(
+                f"state tensor {name!r} is now {list(theta.shape)} on {theta.device}; the recorder "
+                f"started with {list(r.shape)} on {r.device}. Keep the model's shapes and device "
+                "fixed while recording (move it before creating the Recorder)."
+            )
+
+    def _encode_on(self, state: Mapping[str, torch.Tensor]) -> None:
+        """theta - r, quantise into the flat codes/scales, r += the reconstructed delta: one pass.
+
+        On CPU slice by slice (float64 difference, rounded once to float32, as ``_sub_into``), so
+        every temporary stays in cache; on a device one fused kernel per operation per tensor.
+        The codes are those of ``codec.quantize(float32(theta - r))`` (the float path's).
+        """
+        codec = self.codec
+        assert codec is not None and self._encoded is not None
+        B = codec.block
+        small = set(self._small)
+        for name in self._small:
+            self._check_tensor(name, state[name], self._r[name])
+        if small:
+            self._encode_small(state)
+        for (name, theta), (_, c0, cn, s0, sn) in zip(state.items(), self._encoded):
+            if name in small:
+                continue
+            r = self._r[name]
+            self._check_tensor(name, theta, r)
+            codes, scales = self._codes[c0 : c0 + cn], self._scales[s0 : s0 + sn]
+            n = theta.numel()
+            if self._d64 is not None and theta.is_contiguous():
+                t, rr = theta.view(-1), r.view(-1)
+                for s in range(0, n, _SLICE):
+                    e = min(n, s + _SLICE)
+                    sc, d, dq = self._d64[: e - s], self._d[: e - s], self._dq[: e - s]
+                    torch.sub(t[s:e], rr[s:e], out=sc)
+                    d.copy_(sc)
+                    cs = codec.encoded_sizes(s)[0]
+                    codec.quantize_into(
+                        d, codes[cs : cs + codec.encoded_sizes(e - s)[0]], scales[s // B : -(-e // B)], dq
+                    )
+                    if self.error_feedback:
+                        rr[s:e].add_(dq)
+            else:
+                d, dq = self._d[:n], self._dq[:n]
+                _sub_into(theta, r, d.view(theta.shape), self._d64)
+                codec.quantize_into(d, codes, scales, dq)
+                if self.error_feedback:
+                    r.add_(dq.view(theta.shape))
+            if not self.error_feedback:
+                r.copy_(theta)
 
     def _deltas_on(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert self.codec is not None  # the writing process has one
@@ -338,12 +494,7 @@ class Recorder:
         out: dict[str, torch.Tensor] = {}
         for name, theta in state.items():
             r = self._r[name]
-            if theta.shape != r.shape or theta.device != r.device:
-                raise InputError(
-                    f"state tensor {name!r} is now {list(theta.shape)} on {theta.device}; the recorder "
-                    f"started with {list(r.shape)} on {r.device}. Keep the model's shapes and device "
-                    "fixed while recording (move it before creating the Recorder)."
-                )
+            self._check_tensor(name, theta, r)
             d = self._d[: theta.numel()].view(theta.shape)
             _sub_into(theta, r, d, self._d64)
             q = quantize(d)

@@ -3,6 +3,11 @@
 CPU tensors go to ``store.append`` directly (:class:`DirectStaging`); device tensors are copied
 into a small pool of pinned host buffers and handed over by a thread once the copy is done
 (:class:`PooledStaging`). Either way the store is called in step order.
+
+With a block codec the Recorder quantises into two flat buffers (every tensor's codes, every
+tensor's block scales) and calls ``put_encoded``: the store gets one :class:`Encoded` payload
+per tensor, views of those buffers (a quarter of float32's bytes for int8, an eighth for int4
+to copy off the device).
 """
 
 from __future__ import annotations
@@ -18,19 +23,34 @@ from typing import Any
 import torch
 
 from ...errors import AmnesiaError, InputError, StoreError
+from ..store.codecs import Encoded
 from .protocols import DeltaSink
 
-__all__ = ["DirectStaging", "PooledStaging", "use_pooled_staging"]
+__all__ = ["DirectStaging", "EncodedLayout", "PooledStaging", "use_pooled_staging"]
+
+#: Per tensor: (name, first code byte, code bytes, first scale, scales) in the flat buffers.
+EncodedLayout = list[tuple[str, int, int, int, int]]
+
+
+def _encoded_views(codes: Any, scales: Any, layout: EncodedLayout) -> dict[str, Encoded]:
+    """One :class:`Encoded` per tensor: views of the flat numpy ``codes`` and ``scales``."""
+    return {name: Encoded(codes[c0 : c0 + cn], scales[s0 : s0 + sn]) for name, c0, cn, s0, sn in layout}
 
 
 class DirectStaging:
     """CPU tensors: the quantised deltas are fresh tensors; the store gets numpy views of them."""
 
-    def __init__(self, store: DeltaSink) -> None:
+    def __init__(self, store: DeltaSink, encoded: EncodedLayout | None = None) -> None:
         self._store = store
+        self._encoded = encoded
 
     def put(self, step: int, deltas: dict[str, torch.Tensor], meta: dict) -> None:
         self._store.append(step, {name: q.numpy() for name, q in deltas.items()}, meta=meta)
+
+    def put_encoded(self, step: int, codes: torch.Tensor, scales: torch.Tensor, meta: dict) -> None:
+        """The flat CPU buffers' views, one payload per tensor (the store copies them)."""
+        assert self._encoded is not None
+        self._store.append(step, _encoded_views(codes.numpy(), scales.numpy(), self._encoded), meta=meta)
 
     def drain(self) -> None:
         pass
@@ -57,6 +77,8 @@ class PooledStaging:
         n_buffers: int,
         *,
         pin: bool,
+        encoded: EncodedLayout | None = None,
+        code_dtype: torch.dtype = torch.int8,
     ) -> None:
         if n_buffers < 1:
             raise InputError(f"pinned_buffers must be >= 1, got {n_buffers}")
@@ -69,7 +91,14 @@ class PooledStaging:
             n = math.prod(shape)
             self._views.append((name, off, n, shape))
             off += n
-        self._buffers = [torch.empty(off, dtype=torch.float32, pin_memory=pin) for _ in range(n_buffers)]
+        self._encoded = encoded
+        if encoded is None:
+            self._buffers = [torch.empty(off, dtype=torch.float32, pin_memory=pin) for _ in range(n_buffers)]
+        else:  # codes and scales of every tensor, flat: one copy each off the device per step
+            n_codes = max((c0 + cn for _, c0, cn, _, _ in encoded), default=0)
+            n_scales = max((s0 + sn for _, _, _, s0, sn in encoded), default=0)
+            self._buffers = [torch.empty(n_codes, dtype=code_dtype, pin_memory=pin) for _ in range(n_buffers)]
+            self._scale_buffers = [torch.empty(n_scales, dtype=torch.float32, pin_memory=pin) for _ in range(n_buffers)]
         self._free: deque[int] = deque(range(n_buffers))
         self._cond = threading.Condition()
         self._queue: queue.Queue[tuple[int, int, Any, dict] | None] = queue.Queue()
@@ -85,11 +114,22 @@ class PooledStaging:
         buf = self._buffers[slot]
         for name, off, n, _shape in self._views:
             buf[off : off + n].copy_(deltas[name].reshape(-1), non_blocking=self._async)
-        event = None
-        if self._device.type == "cuda":
-            event = torch.cuda.Event(blocking=True)  # the hand-off thread sleeps instead of spinning
-            event.record(torch.cuda.current_stream(self._device))
-        self._queue.put((step, slot, event, meta))
+        self._queue.put((step, slot, self._event(), meta))
+
+    def put_encoded(self, step: int, codes: torch.Tensor, scales: torch.Tensor, meta: dict) -> None:
+        """Copy the flat device buffers of codes and scales to a pinned pair, hand over when done."""
+        self.raise_error()
+        slot = self._acquire()
+        self._buffers[slot].copy_(codes, non_blocking=self._async)
+        self._scale_buffers[slot].copy_(scales, non_blocking=self._async)
+        self._queue.put((step, slot, self._event(), meta))
+
+    def _event(self) -> Any:
+        if self._device.type != "cuda":
+            return None
+        event = torch.cuda.Event(blocking=True)  # the hand-off thread sleeps instead of spinning
+        event.record(torch.cuda.current_stream(self._device))
+        return event
 
     def _acquire(self) -> int:
         with self._cond:
@@ -145,7 +185,11 @@ class PooledStaging:
                         event.synchronize()
                     base = self._buffers[slot].numpy()
                     weakref.finalize(base, self._release, slot)
-                    arrays = {name: base[off : off + n].reshape(shape) for name, off, n, shape in self._views}
+                    arrays: dict[str, Any]
+                    if self._encoded is None:
+                        arrays = {name: base[off : off + n].reshape(shape) for name, off, n, shape in self._views}
+                    else:  # the store copies the payloads in append; the codes' views hold the slot
+                        arrays = _encoded_views(base, self._scale_buffers[slot].numpy(), self._encoded)
                     del base
                     self._store.append(step, arrays, meta=meta)
                     del arrays

@@ -23,7 +23,9 @@ __all__ = [
     "chunk_file",
     "marker_file",
     "pack_chunk",
+    "pack_chunk_into",
     "seal_chunk",
+    "seal_chunk_into",
     "unpack_chunk",
     "unseal_chunk",
 ]
@@ -54,7 +56,35 @@ def pack_chunk(frames: Sequence[bytes]) -> bytes:
     return b"".join([head, *frames])
 
 
-def unpack_chunk(data: bytes, n_frames: int) -> list[memoryview]:
+def chunk_size(frames: Sequence[bytes]) -> int:
+    """Bytes of the version-1 chunk of ``frames``."""
+    return _HEAD.size + 8 * len(frames) + sum(map(len, frames))
+
+
+def pack_chunk_into(frames: Sequence[bytes], out: memoryview) -> None:
+    """:func:`pack_chunk` written into ``out`` (exactly :func:`chunk_size` bytes)."""
+    head = _HEAD.pack(_MAGIC, _CHUNK_VERSION, len(frames)) + struct.pack(f"<{len(frames)}Q", *map(len, frames))
+    out[: len(head)] = head
+    off = len(head)
+    for f in frames:
+        out[off : off + len(f)] = f
+        off += len(f)
+
+
+def sealed_size(plain: int) -> int:
+    """Bytes of the sealed (version-2) chunk of a ``plain``-byte version-1 chunk."""
+    from mlflow_amnesia.crypto import NONCE_BYTES, TAG_BYTES
+
+    return _HEAD.size + NONCE_BYTES + plain + TAG_BYTES
+
+
+def seal_chunk_into(cipher: Any, step: int, part: int, plain: memoryview, out: memoryview) -> None:
+    """:func:`seal_chunk` written into ``out`` (exactly :func:`sealed_size` bytes)."""
+    out[: _HEAD.size] = _HEAD.pack(_MAGIC, _SEALED_CHUNK_VERSION, 0)
+    cipher.seal_into(step, part, plain, out[_HEAD.size :])
+
+
+def unpack_chunk(data: bytes | memoryview, n_frames: int) -> list[memoryview]:
     """The frames of a chunk; ChunkCorruptedError (without a file name) when malformed."""
     if len(data) < _HEAD.size:
         raise ChunkCorruptedError(f"{len(data)} bytes is shorter than a chunk header")
@@ -80,8 +110,12 @@ def seal_chunk(cipher: Any, step: int, part: int, plain: bytes) -> bytes:
     return _HEAD.pack(_MAGIC, _SEALED_CHUNK_VERSION, 0) + cipher.seal(step, part, plain)
 
 
-def unseal_chunk(cipher: Any, step: int, part: int, data: bytes) -> bytes:
-    """The version-1 chunk inside a sealed one; ChunkCorruptedError (without a file name) when it is not one."""
+def unseal_chunk(
+    cipher: Any, step: int, part: int, data: bytes | memoryview, out: bytearray | None = None
+) -> bytes | memoryview:
+    """The version-1 chunk inside a sealed one; ChunkCorruptedError (without a file name) when it is not one.
+
+    ``out``: a reused buffer for the plaintext (a view of it is returned)."""
     from mlflow_amnesia.crypto import InvalidTag
 
     if len(data) < _HEAD.size:
@@ -93,7 +127,7 @@ def unseal_chunk(cipher: Any, step: int, part: int, data: bytes) -> bytes:
             "but the store seals every chunk"
         )
     try:
-        return cipher.open(step, part, memoryview(data)[_HEAD.size :])
+        return cipher.open(step, part, memoryview(data)[_HEAD.size :], out)
     except InvalidTag:
         raise ChunkCorruptedError(
             "fails authentication under the store's key: it was altered, or swapped in from another step or store"

@@ -13,6 +13,10 @@ Why this shape:
   quantisation, zstd and the writes run on a thread pool (zstd and numpy release the GIL).
   At most ``max_pending`` steps are in flight, so memory stays bounded when storage is slow.
   A failure in the background is raised by the next ``append``/``flush``/``close``.
+* **Encoded append.** A block codec's Recorder quantises on the model's device and appends
+  :class:`~.codecs.Encoded` payloads (codes and block scales): ``append`` copies them into one
+  of ``max_pending`` reused payload buffers and the threads only compress, seal, hash and write
+  (the same bytes as appending the float32 deltas the codec reconstructs).
 * **Parts.** The layout's tensors are cut, at tensor boundaries, into parts of at most
   ``part_bytes`` raw float32 (16 MiB by default; a larger tensor is a part of its own). Each
   part is one chunk file, so several threads compress one step at once and a rollback reads
@@ -22,8 +26,11 @@ Why this shape:
   committed and, after it, only debris: chunks without a marker, which ``open`` ignores and
   ``open(mode="a")`` deletes. The manifest is replaced whole (temp file + rename locally; one
   PUT on object stores); markers are folded into it on ``flush``/``close`` and from time to time.
-* **Integrity.** Every chunk's size and sha256 are in the step table and checked on every read;
-  a mismatch is a :class:`ChunkCorruptedError` naming the step and the file.
+* **Integrity.** Every chunk's size and sha256 are in the step table; a mismatch is a
+  :class:`ChunkCorruptedError` naming the step and the file. ``verify`` checks sha256; reads check
+  it too, except a sealed chunk whose entry records its AES-GCM ``tag`` (stores written since the
+  tag was added): a read checks size and tag and the decryption authenticates the bytes under the
+  key (bound to store, step and part), which is the same file exactly without hashing it.
 * **Confidentiality (format 2).** A store created with the record key seals every chunk
   (:mod:`mlflow_amnesia.crypto`: a data key from HKDF of the record key and the store's salt, a
   random nonce per chunk, the associated data binding the chunk to the store, step and part).
@@ -48,6 +55,7 @@ import json
 import posixpath
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -63,13 +71,15 @@ from mlflow_amnesia.recording.store.chunk import (
     CHUNK_RE,
     MARKER_RE,
     chunk_file,
+    chunk_size,
     marker_file,
-    pack_chunk,
-    seal_chunk,
+    pack_chunk_into,
+    seal_chunk_into,
+    sealed_size,
     unpack_chunk,
     unseal_chunk,
 )
-from mlflow_amnesia.recording.store.codecs import DEFAULT_CODEC, Codec, get_codec
+from mlflow_amnesia.recording.store.codecs import DEFAULT_CODEC, Codec, Encoded, _compressor, get_codec
 from mlflow_amnesia.recording.store.manifest import (
     CHUNKS,
     DEFAULT_PART_BYTES,
@@ -105,9 +115,10 @@ __all__ = [
 # manifest already holds: a crashed writer's reopen reads few markers, rewrites stay O(total).
 _CONSOLIDATE_MIN = 1000
 # sum(): a work item adds up to _GROUP_MAX steps of one part slice by slice (the float64
-# accumulator is streamed once per group, not once per step), holding <= ~_GROUP_BYTES.
-_GROUP_MAX = 4
-_GROUP_BYTES = 48 << 20
+# accumulator is streamed once per group, not once per step), holding <= ~_GROUP_BYTES. Eight
+# steps halve the accumulators' memory traffic of four (the rollback's largest cost after zstd).
+_GROUP_MAX = 8
+_GROUP_BYTES = 96 << 20
 
 
 _LEFTOVER = (
@@ -124,9 +135,12 @@ class StoreStats:
     bytes_read: int = 0
     chunks_written: int = 0
     bytes_written: int = 0
+    #: CPU seconds of the store's threads writing chunks (encode or copy, compress, seal, hash, write)
+    #: and committing steps; ``append``'s own copy on the caller's thread is not counted.
+    write_cpu_s: float = 0.0
     _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def _add(self, **counts: int) -> None:
+    def _add(self, **counts: float) -> None:
         with self._lock:
             for k, v in counts.items():
                 setattr(self, k, getattr(self, k) + v)
@@ -134,6 +148,7 @@ class StoreStats:
     def reset(self) -> None:
         with self._lock:
             self.chunks_read = self.bytes_read = self.chunks_written = self.bytes_written = 0
+            self.write_cpu_s = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,10 +176,41 @@ class StoreSize:
 class _Job:
     """A step in flight: its part futures, committed (marker written) in append order."""
 
-    __slots__ = ("step", "meta", "futures")
+    __slots__ = ("step", "meta", "futures", "buffer")
 
-    def __init__(self, step: int, meta: dict[str, Any], futures: list[cf.Future]):
-        self.step, self.meta, self.futures = step, meta, futures
+    def __init__(self, step: int, meta: dict[str, Any], futures: list[cf.Future], buffer: int | None = None):
+        self.step, self.meta, self.futures, self.buffer = step, meta, futures, buffer
+
+
+_tls = threading.local()
+TAG_BYTES = 16  # AES-GCM's tag, the last bytes of a sealed chunk (mlflow_amnesia.crypto.TAG_BYTES)
+
+
+def _scratch(name: str, size: int) -> bytearray:
+    """This thread's reused buffer ``name`` of at least ``size`` bytes (grown, never shrunk):
+    the store's threads pack, seal and open chunks without fresh pages per chunk."""
+    buf: bytearray | None = getattr(_tls, name, None)
+    if buf is None or len(buf) < size:
+        buf = bytearray(max(size, 2 * len(buf) if buf is not None else size))
+        setattr(_tls, name, buf)
+    return buf
+
+
+def _check_encoded(name: str, value: Encoded, spec: TensorSpec, step: int, codec: Codec) -> None:
+    """An encoded payload fits the tensor (sizes and dtypes) before any buffer is touched."""
+    if not codec.encodes_on_device:
+        raise InputError(
+            f"step {step}: delta {name!r} is an encoded payload, but the store's codec {codec.name!r} takes "
+            "float32 deltas; append the float32 values"
+        )
+    code_bytes, nb = codec.encoded_sizes(spec.numel)
+    codes, scales = np.asarray(value.codes), np.asarray(value.scales)
+    if codes.size != code_bytes or codes.dtype.itemsize != 1 or scales.size != nb or scales.dtype != np.float32:
+        raise InputError(
+            f"step {step}: encoded delta {name!r} holds {codes.size} code bytes ({codes.dtype}) and {scales.size} "
+            f"scales ({scales.dtype}); codec {codec.name!r} needs {code_bytes} and {nb} float32 for shape "
+            f"{list(spec.shape)}"
+        )
 
 
 def _to_f32(name: str, value: Any, spec: TensorSpec, step: int) -> np.ndarray:
@@ -421,6 +467,11 @@ class DeltaStore:
         return self._codec
 
     @property
+    def accepts_encoded(self) -> bool:
+        """Whether ``append`` takes :class:`~.codecs.Encoded` payloads (the codec is a block codec)."""
+        return self._codec.encodes_on_device
+
+    @property
     def meta(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._meta))
 
@@ -467,9 +518,17 @@ class DeltaStore:
     # ------------------------------------------------------------------ writing
 
     def append(
-        self, step: int, delta: Mapping[str, np.ndarray | torch.Tensor], meta: Mapping[str, Any] | None = None
+        self,
+        step: int,
+        delta: Mapping[str, np.ndarray | torch.Tensor | Encoded],
+        meta: Mapping[str, Any] | None = None,
     ) -> None:
         """Record ``delta`` (every layout tensor, float32 or convertible) as ``step``; returns fast.
+
+        With a block codec (``int8``, ``int4``: :attr:`accepts_encoded`) a tensor may instead be
+        the codec's :class:`~.codecs.Encoded` payload (``codec.quantize_into``): it is copied into a
+        reused buffer and only compressed, sealed, hashed and written; the stored bytes are those
+        of appending ``codec.quantize`` of the same values as float32.
 
         Steps must increase strictly. The delta is copied, so the caller may reuse its buffers.
         Blocks only while ``max_pending`` steps are still being compressed and written.
@@ -500,6 +559,14 @@ class DeltaStore:
                 + (f"; not in layout: {', '.join(map(str, extra[:10]))}" if extra else "")
             )
         step_meta = check_meta(meta, f"step {step} meta")
+        encoded = [isinstance(delta[t.name], Encoded) for t in self._layout]
+        if any(encoded):
+            for t in self._layout:
+                v = delta[t.name]
+                if isinstance(v, Encoded):
+                    _check_encoded(t.name, v, t, step, self._codec)
+            self._append_encoded(step, delta, step_meta)
+            return
         arrays = [_to_f32(t.name, delta[t.name], t, step) for t in self._layout]
         while not self._slots.acquire(timeout=0.5):
             self._raise_background_error()
@@ -511,6 +578,47 @@ class DeltaStore:
             self._slots.release()
             raise
         self._jobs.put(_Job(step, step_meta, futures))
+
+    def _append_encoded(self, step: int, delta: Mapping[str, Any], step_meta: dict[str, Any]) -> None:
+        """Copy a step's payloads into a reused buffer (floats are encoded here), then compress in the pool."""
+        while not self._slots.acquire(timeout=0.5):
+            self._raise_background_error()
+        slot = None
+        try:
+            slot = self._take_buffer()
+            buf, offs = self._buffers[slot], self._payload_offsets
+            for i, t in enumerate(self._layout):
+                v, out = delta[t.name], buf[offs[i] : offs[i + 1]]
+                if isinstance(v, Encoded):
+                    self._codec.write_encoded(v, t.numel, out)
+                else:  # a float tensor beside encoded ones: encode it here
+                    out[...] = np.frombuffer(self._codec._pack(_to_f32(t.name, v, t, step)), dtype=np.uint8)
+            self._last_step = step
+            pool = self._ensure_pool()
+            futures = [
+                pool.submit(self._write_payload_part, step, p, buf[offs[a] : offs[b]], offs[a])
+                for p, (a, b) in enumerate(self._parts)
+            ]
+        except BaseException as e:
+            if slot is not None:
+                self._give_buffer(slot)
+            self._slots.release()
+            if isinstance(e, InputError) and not str(e).startswith(f"step {step}"):
+                raise InputError(f"step {step}: {e}") from e
+            raise
+        self._jobs.put(_Job(step, step_meta, futures, slot))
+
+    def _take_buffer(self) -> int:
+        """A free payload buffer (one of max_pending; a slot is held, so one is free)."""
+        with self._lock:
+            if self._free_buffers:
+                return self._free_buffers.pop()
+            self._buffers.append(np.empty(self._payload_offsets[-1], dtype=np.uint8))
+            return len(self._buffers) - 1
+
+    def _give_buffer(self, slot: int) -> None:
+        with self._lock:
+            self._free_buffers.append(slot)
 
     def flush(self) -> None:
         """Wait until every appended step is committed, then fold markers into the manifest."""
@@ -559,6 +667,12 @@ class DeltaStore:
 
     def _start_writer(self) -> None:
         self._last_step = max(self._steps, default=-1)
+        offs = [0]
+        for t in self._layout:
+            offs.append(offs[-1] + self._codec.payload_size(t.numel))
+        self._payload_offsets = offs
+        self._buffers: list[np.ndarray] = []
+        self._free_buffers: list[int] = []
         self._slots = threading.BoundedSemaphore(self._max_pending)
         self._jobs = queue.Queue()
         self._ensure_pool()
@@ -591,19 +705,43 @@ class DeltaStore:
 
     def _write_part(self, step: int, part: int, arrays: list[np.ndarray]) -> dict[str, Any]:
         """Encode one part of a step and write its chunk file (pool thread)."""
+        c0 = time.thread_time()
         frames = [self._codec.encode(a) for a in arrays]
-        data = pack_chunk(frames)
+        try:
+            return self._write_frames(step, part, frames, 4 * sum(a.size for a in arrays))
+        finally:
+            self.stats._add(write_cpu_s=time.thread_time() - c0)
+
+    def _write_frames(self, step: int, part: int, frames: list[bytes], raw_bytes: int) -> dict[str, Any]:
+        """Pack (and seal) a part's frames into this thread's reused buffers, write, hash."""
+        size = chunk_size(frames)
+        data = memoryview(_scratch("plain", size))[:size]
+        pack_chunk_into(frames, data)
         if self._cipher is not None:
-            data = seal_chunk(self._cipher, step, part, data)
+            total = sealed_size(size)
+            sealed = memoryview(_scratch("sealed", total))[:total]
+            seal_chunk_into(self._cipher, step, part, data, sealed)
+            data = sealed
         rel = chunk_file(step, part)
         self._put(self._path(rel), data, atomic=False)
         self.stats._add(chunks_written=1, bytes_written=len(data))
-        return {
-            "file": rel,
-            "bytes": len(data),
-            "raw_bytes": 4 * sum(a.size for a in arrays),
-            "sha256": hashlib.sha256(data).hexdigest(),
-        }
+        entry = {"file": rel, "bytes": len(data), "raw_bytes": raw_bytes, "sha256": hashlib.sha256(data).hexdigest()}
+        if self._cipher is not None:  # reads check it (and authenticate) instead of sha256
+            entry["tag"] = bytes(data[-TAG_BYTES:]).hex()
+        return entry
+
+    def _write_payload_part(self, step: int, part: int, payload: np.ndarray, base: int) -> dict[str, Any]:
+        """Compress one part's payloads (views of a pooled buffer) and write its chunk file (pool thread)."""
+        c0 = time.thread_time()
+        a, b = self._parts[part]
+        offs = self._payload_offsets
+        compress = _compressor(self._codec.level).compress
+        views = [payload[offs[i] - base : offs[i + 1] - base] for i in range(a, b)]
+        frames = [compress(v) for v in views]  # type: ignore[arg-type]  # an ndarray is a buffer: no copy
+        try:
+            return self._write_frames(step, part, frames, 4 * sum(t.numel for t in self._layout[a:b]))
+        finally:
+            self.stats._add(write_cpu_s=time.thread_time() - c0)
 
     def _commit_loop(self) -> None:
         """Commit steps in append order: marker after chunks, so committed steps form a prefix."""
@@ -613,6 +751,8 @@ class DeltaStore:
                 self._jobs.task_done()
                 return
             try:
+                cf.wait(job.futures)  # every part done before its buffer is reused
+                c0 = time.thread_time()
                 chunks = [f.result() for f in job.futures]
                 with self._lock:
                     failed = self._error is not None
@@ -625,11 +765,14 @@ class DeltaStore:
                         n_pending, n_in = len(self._pending_markers), self._n_in_manifest
                     if n_pending >= max(_CONSOLIDATE_MIN, n_in // 2):
                         self._consolidate()
+                self.stats._add(write_cpu_s=time.thread_time() - c0)
             except BaseException as e:  # noqa: BLE001 - surfaced on the next call
                 with self._lock:
                     if self._error is None:
                         self._error, self._error_step = e, job.step
             finally:
+                if job.buffer is not None:
+                    self._give_buffer(job.buffer)
                 self._slots.release()
                 self._jobs.task_done()
 
@@ -754,8 +897,14 @@ class DeltaStore:
             raise PurgedStepsError(purged, self.url)
         return entries
 
-    def _read_chunk(self, step: int, chunk: Mapping[str, Any]) -> bytes:
-        """A chunk's bytes, size and sha256 checked; ChunkCorruptedError names step and file."""
+    def _read_chunk(self, step: int, chunk: Mapping[str, Any], *, decoding: bool = False) -> bytes:
+        """A chunk's bytes, size and sha256 checked; ChunkCorruptedError names step and file.
+
+        ``decoding``: the caller opens the chunk with the key next (``_frames``). A sealed chunk whose
+        manifest entry records its AES-GCM tag is then checked by size, tag and the authenticated
+        decryption (keyed, bound to the store, step and part) instead of sha256: the same file,
+        exactly, without hashing it (docs/BENCHMARKS.md, "Rollback"). ``verify`` checks sha256.
+        """
         rel = chunk["file"]
         try:  # never more than one byte past the recorded size: a swapped-in huge file is not read whole
             data = self._fs.cat_file(self._path(rel), start=0, end=chunk["bytes"] + 1)
@@ -771,6 +920,15 @@ class DeltaStore:
                 f"step {step}: chunk file {self._path(rel)} has {got} bytes, the manifest records "
                 f"{chunk['bytes']} (truncated or overwritten). This step's delta is lost; run `mlflow-amnesia verify --model NAME`"
             )
+        tag = chunk.get("tag")
+        if decoding and tag is not None and self._cipher is not None:
+            if bytes(memoryview(data)[-TAG_BYTES:]).hex() != tag:
+                raise ChunkCorruptedError(
+                    f"step {step}: chunk file {self._path(rel)} does not end in the AES-GCM tag its manifest records "
+                    "(corrupted or replaced). This step's delta is lost; run `mlflow-amnesia verify --model NAME` to "
+                    "list every damaged step"
+                )
+            return data  # _frames authenticates it under the key
         digest = hashlib.sha256(data).hexdigest()
         if digest != chunk["sha256"]:
             raise ChunkCorruptedError(
@@ -779,13 +937,13 @@ class DeltaStore:
             )
         return data
 
-    def _frames(self, step: int, part: int, chunk: Mapping[str, Any], data: bytes) -> list[bytes]:
+    def _frames(self, step: int, part: int, chunk: Mapping[str, Any], data: bytes | memoryview) -> list[bytes]:
         """Decompressed payloads of one chunk, one per tensor."""
         a, b = self._parts[part]
         try:
             if self._encryption is not None:
                 self._need_key()
-                data = unseal_chunk(self._cipher, step, part, data)
+                data = unseal_chunk(self._cipher, step, part, data, _scratch("open", len(data)))
             frames = unpack_chunk(data, b - a)
             return [self._codec.decompress(f, t.numel) for f, t in zip(frames, self._layout[a:b])]
         except ChunkCorruptedError as e:
@@ -798,7 +956,7 @@ class DeltaStore:
         pool = self._ensure_pool()
 
         def part(p: int) -> list[np.ndarray]:
-            payloads = self._frames(e.step, p, e.chunks[p], self._read_chunk(e.step, e.chunks[p]))
+            payloads = self._frames(e.step, p, e.chunks[p], self._read_chunk(e.step, e.chunks[p], decoding=True))
             a, b = self._parts[p]
             out = []
             for payload, t in zip(payloads, self._layout[a:b]):
@@ -821,8 +979,8 @@ class DeltaStore:
         """Sum of the deltas of ``steps`` (any order, no repeats) in ``dtype``, shaped per layout.
 
         Reads exactly the chunks of ``steps``, each checked against its sha256. Work items are
-        one part of a group of up to 4 consecutive steps (fewer when parts are large, so an item
-        holds <= ~48 MiB); ``read_ahead`` items (default threads + 1) are read and decompressed
+        one part of a group of up to 8 consecutive steps (fewer when parts are large, so an item
+        holds <= ~96 MiB); ``read_ahead`` items (default threads + 1) are read and decompressed
         in parallel. Memory is the accumulators plus those items, whatever the number of steps.
         Each part accumulates its steps in ascending order, slice by slice, so the result has
         the same bits whatever order ``steps`` came in and equals adding ``read(t)`` one by one.
@@ -848,7 +1006,10 @@ class DeltaStore:
         failed = threading.Event()
 
         def work(g: int, p: int) -> None:
-            per_step = [self._frames(e.step, p, e.chunks[p], self._read_chunk(e.step, e.chunks[p])) for e in groups[g]]
+            per_step = [
+                self._frames(e.step, p, e.chunks[p], self._read_chunk(e.step, e.chunks[p], decoding=True))
+                for e in groups[g]
+            ]
             with cond:
                 while turn[p] != g and not failed.is_set():
                     cond.wait()
@@ -893,7 +1054,7 @@ class DeltaStore:
         return {t.name: a.reshape(t.shape) for t, a in zip(self._layout, acc)}
 
     def _group_size(self) -> int:
-        """Steps per sum work item: up to 4, fewer when their bytes in flight would pass ~48 MiB."""
+        """Steps per sum work item: up to 8, fewer when their bytes in flight would pass ~96 MiB."""
         biggest = max(  # a step's part in flight: its compressed chunk (<= payload) + the payload
             (2 * sum(self._codec.payload_size(t.numel) for t in self._layout[a:b]) for a, b in self._parts),
             default=1,
@@ -1084,7 +1245,7 @@ class DeltaStore:
         ]
         return sorted(x for x in found if x[0] in purged)
 
-    def _put(self, path: str, data: bytes, *, atomic: bool) -> None:
+    def _put(self, path: str, data: bytes | memoryview, *, atomic: bool) -> None:
         """Write a whole file (:func:`mlflow_amnesia.recording.fs.write_file`: fsync'ed locally, with ``atomic``
         via temp + rename + directory fsync; one PUT on object stores)."""
         write_file(self._fs, path, data, atomic=atomic)

@@ -2,8 +2,8 @@
 
 ``manifest.json`` (docs/ARCHITECTURE.md, "DeltaStore") holds the format version, the codec, the
 tensor layout and its partition into parts, the store's meta, the encryption parameters of a
-sealed store and the step table: per committed step its chunk files (size, raw size, sha256) or
-the time it was purged. A commit marker ``chunks/<step>.json`` holds one step-table entry.
+sealed store and the step table: per committed step its chunk files (size, raw size, sha256 and,
+for a sealed chunk written since, its AES-GCM tag) or the time it was purged. A commit marker ``chunks/<step>.json`` holds one step-table entry.
 
 Nothing here touches a file: :mod:`.delta_store` reads and writes, this module turns bytes into
 checked values and back, byte for byte as every release wrote them.
@@ -46,8 +46,13 @@ __all__ = [
 FORMAT = "mlflow-amnesia/delta-store"
 #: Bumped when a reader of the previous version would misread a store. Newer ones are refused.
 #: 2: chunks sealed under the record key (manifest "encryption"); a store in clear stays 1.
-FORMAT_VERSION = 2
+#: 3: a codec that readers of 2 do not know (``int4``); "encryption" present exactly when sealed.
+#: A store is written with the lowest version that describes it, so older readers read the rest.
+FORMAT_VERSION = 3
 PLAIN_FORMAT_VERSION = 1
+SEALED_FORMAT_VERSION = 2
+#: Codecs a store may name only from format 3 on.
+_CODECS_SINCE_3 = {"int4"}
 MANIFEST = "manifest.json"
 CHUNKS = "chunks"
 DEFAULT_PART_BYTES = 16 << 20
@@ -166,6 +171,13 @@ def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
+def format_version(codec: Codec, encryption: Mapping[str, str] | None) -> int:
+    """The lowest format version that describes a store of ``codec``, sealed or not."""
+    if codec.name in _CODECS_SINCE_3:
+        return 3
+    return SEALED_FORMAT_VERSION if encryption is not None else PLAIN_FORMAT_VERSION
+
+
 def manifest_obj(
     *,
     encryption: Mapping[str, str] | None,
@@ -181,7 +193,7 @@ def manifest_obj(
     sealed = {"encryption": dict(encryption)} if encryption is not None else {}
     return {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION if encryption is not None else PLAIN_FORMAT_VERSION,
+        "format_version": format_version(codec, encryption),
         **sealed,
         "created": created,
         "codec": codec.spec(),
@@ -226,6 +238,8 @@ def parse_encryption(m: Mapping[str, Any]) -> dict[str, str] | None:
         if enc is not None:
             raise ValueError("a format-1 manifest has no 'encryption'")
         return None
+    if m["format_version"] >= 3 and enc is None:
+        return None  # format 3 in clear
     if not isinstance(enc, Mapping) or enc.get("scheme") != SCHEME:
         raise ValueError(f"'encryption' must name the scheme {SCHEME!r}, got {enc!r}")
     salt, kid = enc.get("salt"), enc.get("key_id")
@@ -256,7 +270,13 @@ def check_chunks(
         size = int(c["bytes"])  # at most zstd's worst case (incompressible data) plus the chunk header
         if not 0 < size <= raw + raw // 64 + 256 * (b - a + 1):
             raise ValueError(f"step {step} part {part} records a chunk of {size} bytes for {raw} raw bytes")
-        out.append({"file": c["file"], "bytes": size, "raw_bytes": raw, "sha256": str(c["sha256"])})
+        entry = {"file": c["file"], "bytes": size, "raw_bytes": raw, "sha256": str(c["sha256"])}
+        tag = c.get("tag")  # a sealed chunk's AES-GCM tag (written since reads check it instead of sha256)
+        if tag is not None:
+            if not isinstance(tag, str) or len(tag) != 32 or any(ch not in "0123456789abcdef" for ch in tag):
+                raise ValueError(f"step {step} part {part} records a malformed tag {tag!r}")
+            entry["tag"] = tag
+        out.append(entry)
     return out
 
 
@@ -266,6 +286,8 @@ def read_manifest(m: dict[str, Any], url: str) -> Manifest:
     where = f"the manifest of {url}"
     try:
         codec = codec_from_spec(m["codec"])
+        if codec.name in _CODECS_SINCE_3 and m["format_version"] < 3:
+            raise ValueError(f"codec {codec.name!r} needs format version 3, the manifest says {m['format_version']}")
         layout = [TensorSpec.parse(t) for t in m["layout"]]
         parts = [(int(a), int(b)) for a, b in m["parts"]]
         part_bytes = int(m.get("part_bytes", DEFAULT_PART_BYTES))

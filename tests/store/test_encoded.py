@@ -1,0 +1,211 @@
+"""Encoded append (issue 20): block codecs quantise into codes + scales on the model's device, the
+store only compresses them; the int4 codec; the manifest's format version; sum's bits unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import mlflow_amnesia.recording.recorder.recorder as recorder_module
+from mlflow_amnesia.errors import InputError, ManifestFormatError
+from mlflow_amnesia.index import RecordIndexBuilder
+from mlflow_amnesia.recorder import Recorder, state_layout
+from mlflow_amnesia.recording.store.codecs import Encoded
+from mlflow_amnesia.store import DeltaStore, get_codec
+
+KEY = bytes(range(32))
+BLOCK_CODECS = ("int8", "int4")
+
+
+def _values(n: int, seed: int = 0) -> torch.Tensor:
+    """Values over many magnitudes, with a zero block, subnormal and huge blocks."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=g) * torch.logspace(-6, 1, n)
+    if n > 5000:
+        x[1024:2048] = 0.0
+        x[2048:3072] *= 1e-40  # subnormal scales: the clamp and the mask matter here
+        x[4096] = 3e38
+    return x.float()
+
+
+def _encode(codec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    cb, nb = codec.encoded_sizes(x.numel())
+    codes = torch.empty(cb, dtype=codec.code_dtype)
+    scales = torch.empty(nb, dtype=torch.float32)
+    dq = torch.empty_like(x)
+    codec.quantize_into(x, codes, scales, dq)
+    return codes, scales, dq
+
+
+@pytest.mark.parametrize("name", BLOCK_CODECS)
+@pytest.mark.parametrize("n", [0, 1, 7, 1023, 1024, 4095, 4097, 9001])
+def test_quantize_into_is_quantize_and_the_numpy_payload(name, n):
+    codec = get_codec(name)
+    x = _values(n, seed=n)
+    codes, scales, dq = _encode(codec, x)
+    ref = codec.quantize(x)
+    assert torch.equal(dq.view(torch.int32), ref.view(torch.int32))  # every bit, signed zeros included
+    out = np.empty(codec.payload_size(n), dtype=np.uint8)
+    codec.write_encoded(Encoded(codes.numpy(), scales.numpy()), n, out)
+    assert out.tobytes() == bytes(codec._pack(x.numpy()))
+
+
+def test_int4_round_trip_error_bound_and_size():
+    codec = get_codec("int4")
+    x = _values(50_000, seed=3)
+    x[4096] = 1.0  # no huge block: bound every block's error
+    q = codec.decode(codec.encode(x.numpy()), x.numel())
+    assert np.array_equal(q.view(np.int32), codec.quantize(x).numpy().view(np.int32))
+    B = codec.block
+    nb = math.ceil(x.numel() / B)
+    xp = np.zeros(nb * B, dtype=np.float32)
+    xp[: x.numel()] = x.numpy()
+    err = np.zeros(nb * B, dtype=np.float64)
+    err[: x.numel()] = np.abs(x.numpy().astype(np.float64) - q)
+    absmax = np.abs(xp).reshape(nb, B).max(axis=1)
+    # at most half a step (absmax / 7) per value, plus float32 rounding of the scale and product
+    assert (err.reshape(nb, B).max(axis=1) <= absmax / 14 * (1 + 1e-5) + 1e-45).all()
+    nibbles = np.frombuffer(bytes(codec._pack(x.numpy())), dtype=np.uint8)[4 * nb :]
+    assert ((nibbles & 15) >= 1).all() and ((nibbles >> 4) >= 1).all()  # codes q + 8 in 1..15
+    assert codec.payload_size(x.numel()) == 4 * nb + x.numel() // 2
+
+
+class _FloatOnly:
+    """The store seen without ``accepts_encoded``: the Recorder hands it float32 deltas."""
+
+    def __init__(self, store: DeltaStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str):
+        if name == "accepts_encoded":
+            raise AttributeError(name)
+        return getattr(self._store, name)
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3),
+        torch.nn.BatchNorm2d(8),
+        torch.nn.ReLU(),
+        torch.nn.Flatten(),
+        torch.nn.Linear(8 * 10 * 10, 21),  # 16,800 weights: several slices and a partial block
+    )
+
+
+def _record(url: str, codec: str, *, encoded: bool, key: bytes | None, steps: int = 3):
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    store = DeltaStore.create(url, layout=state_layout(model), codec=codec, key=key)
+    rec = Recorder(model, store if encoded else _FloatOnly(store), RecordIndexBuilder(KEY), optimizer=opt)
+    assert (rec._encoded is not None) is encoded
+    g = torch.Generator().manual_seed(1)
+    for s in range(steps):
+        x, y = torch.randn(4, 3, 12, 12, generator=g), torch.randint(0, 21, (4,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        rec.step([f"r{s}"])
+    rec.close()
+    store.close()
+    return {n: r.clone() for n, r in rec._r.items()}
+
+
+@pytest.mark.parametrize("codec,pooled", [("int8", False), ("int4", False), ("int8", True)])
+def test_encoded_append_stores_the_float_paths_bytes(codec, pooled, tmp_path, monkeypatch):
+    # small slices and a small "small tensor" limit so this model takes every path of _encode_on;
+    # pooled: the CUDA hand-off (pinned buffers, a hand-off thread), exercised on CPU
+    monkeypatch.setattr(recorder_module, "_SLICE", 4096)
+    monkeypatch.setattr(recorder_module, "_SMALL", 600)
+    monkeypatch.setattr(recorder_module, "_use_pooled_staging", lambda device: pooled)
+    r_enc = _record(str(tmp_path / "enc"), codec, encoded=True, key=None)
+    r_flt = _record(str(tmp_path / "flt"), codec, encoded=False, key=None)
+    files = sorted(p.relative_to(tmp_path / "enc") for p in (tmp_path / "enc" / "chunks").glob("*.zst"))
+    assert len(files) == 3
+    for f in files:  # a store in clear: the chunk bytes are deterministic
+        assert (tmp_path / "enc" / f).read_bytes() == (tmp_path / "flt" / f).read_bytes(), f
+    assert all(torch.equal(r_enc[n], r_flt[n]) for n in r_enc)  # the same trajectory r
+    # sealed: the same deltas read back (the nonces differ, so the bytes do)
+    _record(str(tmp_path / "senc"), codec, encoded=True, key=KEY)
+    _record(str(tmp_path / "sflt"), codec, encoded=False, key=KEY)
+    a, b = DeltaStore.open(str(tmp_path / "senc"), key=KEY), DeltaStore.open(str(tmp_path / "sflt"), key=KEY)
+    for s in range(3):
+        da, db = a.read(s), b.read(s)
+        assert all(np.array_equal(da[n].view(np.int32), db[n].view(np.int32)) for n in da)
+
+
+def test_encoded_append_refuses_a_wrong_payload_and_keeps_the_store(tmp_path):
+    layout = [{"name": "w", "shape": [5000]}]
+    codec = get_codec("int8")
+    st = DeltaStore.create(str(tmp_path / "s"), layout=layout, codec="int8", key=KEY)
+    codes, scales, _ = _encode(codec, _values(5000))
+    with pytest.raises(InputError, match=r"step 0: encoded delta 'w' holds 4999 code bytes"):
+        st.append(0, {"w": Encoded(codes.numpy()[:-1], scales.numpy())})
+    bad = scales.numpy().copy()
+    bad[1] = np.nan
+    with pytest.raises(InputError, match=r"step 0: .*non-finite"):
+        st.append(0, {"w": Encoded(codes.numpy(), bad)})
+    st.append(0, {"w": Encoded(codes.numpy(), scales.numpy())})  # nothing half-written before
+    st.close()
+    f32 = DeltaStore.create(str(tmp_path / "f"), layout=layout, codec="f32", key=KEY)
+    with pytest.raises(InputError, match=r"step 0: .*codec 'f32' takes float32 deltas"):
+        f32.append(0, {"w": Encoded(codes.numpy(), scales.numpy())})
+    f32.close()
+    back = DeltaStore.open(str(tmp_path / "s"), key=KEY)
+    assert back.steps == [0] and np.array_equal(back.read(0)["w"], codec.quantize(_values(5000)).numpy())
+
+
+def _manifest(url: Path) -> dict:
+    return json.loads((url / "manifest.json").read_text())
+
+
+def test_int4_stores_are_format_3_and_older_formats_still_read(tmp_path):
+    layout = [{"name": "w", "shape": [3000]}]
+    x = {"w": _values(3000).numpy()}
+    for codec, key, version in (("int4", KEY, 3), ("int4", None, 3), ("int8", KEY, 2), ("int8", None, 1)):
+        url = tmp_path / f"{codec}-{version}-{key is None}"
+        with DeltaStore.create(str(url), layout=layout, codec=codec, key=key) as st:
+            st.append(0, x)
+        m = _manifest(url)
+        assert m["format_version"] == version and ("encryption" in m) is (key is not None)
+        back = DeltaStore.open(str(url), key=key).read(0)["w"]
+        assert np.array_equal(back, get_codec(codec).quantize(torch.from_numpy(x["w"])).numpy())
+    # a manifest that names int4 under an older version is refused, not misread
+    url = tmp_path / "int4-3-True"
+    m = _manifest(url)
+    m["format_version"] = 2
+    (url / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestFormatError, match="needs format version 3"):
+        DeltaStore.open(str(url), key=KEY)
+
+
+# sum() of this store, float64, as the release before encoded append computed it (sha256 of
+# the result's bytes in layout order): the rollback's arithmetic must not change by a bit.
+_SUM_BEFORE = {
+    "int8": "227ba983490efd42aaf1522990348347cd7241d8574577ad12e5b43cb32f91c9",
+    "f32": "c2228524ba7a094858aa1c26ef16c5e0f57d269a9a39c09671988efed88e1f7a",
+}
+
+
+@pytest.mark.parametrize("codec", sorted(_SUM_BEFORE))
+def test_sum_results_are_unchanged(codec, tmp_path):
+    layout = [{"name": "a", "shape": [70_001]}, {"name": "b", "shape": [3, 5]}, {"name": "c", "shape": [40_000]}]
+    rng = np.random.default_rng(7)
+    with DeltaStore.create(str(tmp_path / "s"), layout=layout, codec=codec, key=KEY, part_bytes=200_000) as st:
+        for s in range(9):
+            st.append(s, {t["name"]: (rng.standard_normal(t["shape"]) * 10.0 ** -(s % 4)).astype(np.float32) for t in layout})
+    st = DeltaStore.open(str(tmp_path / "s"), key=KEY)
+    total = st.sum([8, 0, 3, 5, 1, 6, 2])
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(total[t["name"]]).tobytes() for t in layout)).hexdigest()
+    assert digest == _SUM_BEFORE[codec]
+    one_by_one = {t["name"]: np.zeros(t["shape"]) for t in layout}
+    for s in sorted([8, 0, 3, 5, 1, 6, 2]):
+        for n, v in st.read(s).items():
+            one_by_one[n] += v
+    assert all(np.array_equal(total[n], one_by_one[n]) for n in total)
