@@ -551,6 +551,42 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
 
 
 @main.command()
+@_version_options
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Index of the pool member to train (0..N-1); repeat for several. Omit it to list which are finished.",
+)
+@click.option(
+    "--shadows",
+    default=None,
+    callback=_optional_count,
+    help="Members in the pool, >= 2: the count the audit uses (default, or empty: 4 on digits, 16 otherwise).",
+)
+@click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
+@_friendly
+def shadow(model_name, version, alias, members, shadows, data_root):
+    """Train one member of a version's audit shadow pool, so a pool trains in parallel.
+
+    Each member is cached as its own run of the experiment mlflow-amnesia-shadows; the next audit
+    uses the finished members and trains only the missing ones. Safe to re-run (a finished member
+    is not retrained) and to run in parallel (one process per --member), also as
+    `mlflow run . -e shadow -P model_name=NAME -P member=I`. Without --member: which members are
+    finished and which are missing."""
+    from .jobs.shadow import shadow_member, shadow_status
+
+    if members:
+        st = shadow_member(
+            model_name, members=list(members), version=version, alias=alias, shadows=shadows, data_root=data_root
+        )
+    else:
+        st = shadow_status(model_name, version=version, alias=alias, shadows=shadows, data_root=data_root)
+    click.echo(st.summary())
+
+
+@main.command()
 @click.option("--model", "model_name", required=True, help="Registered model name.")
 @click.option(
     "--format",

@@ -39,9 +39,11 @@ def full_audit(
     privacy: bool = True,
     settings=None,
     artifact_dir: str | None = None,
+    ulira=None,
 ) -> dict[str, float]:
     """Accuracy figures, plus (``privacy``) membership inference and inversion; with
-    ``artifact_dir`` the inversion grid is written there as ``inversion.png``."""
+    ``artifact_dir`` the inversion grid is written there as ``inversion.png``; ``ulira`` (a
+    :class:`~mlflow_amnesia.audit.ulira.UliraRequest`): U-LiRA and the dual view too."""
     retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     metrics = accuracy_metrics(module, records, retain, split.holdout, forget_idx)
     if privacy:
@@ -59,6 +61,7 @@ def full_audit(
                 recipe=recipe,
                 settings=settings,
                 png_path=png,
+                ulira=ulira,
             )
         )
     return metrics

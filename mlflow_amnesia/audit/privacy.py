@@ -41,6 +41,9 @@ class AuditSettings:
     inversion_iterations: int = 1000
     process_every: int = 500
     inversion_classes: int = 3  # at most this many classes of forgotten records
+    # U-LiRA (audit/ulira.py): record the shadow pool so forgets can be tested by unlearning the
+    # shadows; None: record when the pool's deltas stay under audit.pool.RECORD_BUDGET_BYTES
+    ulira: bool | None = None
 
     def n_shadows(self, dataset_spec: dict) -> int:
         if self.shadows is not None:
@@ -96,23 +99,16 @@ def use_shadow_cache(cache: ShadowCache) -> None:
     _cache = cache
 
 
-def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *, cache: ShadowCache | None = None):
+def get_shadows(
+    records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *, cache: ShadowCache | None = None, key=None
+):
     """(ShadowSet, AttackModels, where they are cached): from ``cache`` (default: the one
-    :func:`use_shadow_cache` set), else trained and cached there."""
-    from .membership import AttackModels
-    from .shadow import shadow_cache_key, train_shadows
+    :func:`use_shadow_cache` set), else trained member by member and cached there
+    (:func:`mlflow_amnesia.audit.pool.get_pool`; with ``key`` the pool is recorded, for U-LiRA)."""
+    from .pool import get_pool
 
     store = cache if cache is not None else _cache
-    pool = audit_pool(split, seed)
-    key = shadow_cache_key(records.fingerprint, arch_spec, recipe, n, seed, pool)
-    found = store.load(key)
-    if found is not None:
-        say(f"audit: reusing {n} cached shadow models (run {found[2]})")
-        return found
-    say(f"audit: training {n} shadow models (cached for later audits)")
-    shadows = train_shadows(records, pool, arch_spec, recipe, n_shadows=n, seed=seed)
-    attack = AttackModels.fit(shadows, records, seed=seed)
-    return shadows, attack, store.save(key, shadows, attack)
+    return get_pool(records, audit_pool(split, seed), arch_spec, recipe, n, seed, cache=store, key=key)
 
 
 def privacy_audit(
@@ -126,14 +122,18 @@ def privacy_audit(
     recipe: dict,
     settings: AuditSettings | None = None,
     png_path: str | None = None,
+    ulira=None,
 ) -> dict[str, float]:
-    """Membership-inference and inversion figures of ``module`` (see the module docstring)."""
+    """Membership-inference and inversion figures of ``module`` (see the module docstring);
+    ``ulira`` (a :class:`mlflow_amnesia.audit.ulira.UliraRequest`) adds U-LiRA and the dual view."""
     from .inversion import inversion_audit
     from .membership import membership_audit
+    from .ulira import pool_record_key
 
     s = settings or AuditSettings()
     n = s.n_shadows(records.spec)
-    shadows, attack, _ = get_shadows(records, split, arch_spec, recipe, n, s.shadow_seed)
+    record_key = pool_record_key(s.ulira, ulira, arch_spec, recipe, len(split.train), n)
+    shadows, attack, _ = get_shadows(records, split, arch_spec, recipe, n, s.shadow_seed, key=record_key)
     holdout = np.intersect1d(np.asarray(split.holdout, np.int64), audit_pool(split, s.shadow_seed))
     retained = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     rng = np.random.default_rng(s.shadow_seed)
@@ -147,6 +147,12 @@ def privacy_audit(
                 module, records, shadows, attack, targets_idx=sample, nonmembers_idx=holdout, prefix="audit.retain"
             )
         )
+        # ---- U-LiRA and the dual view (audit/ulira.py, audit/dualview.py) ----
+        if ulira is not None:
+            from .ulira import run_ulira
+
+            metrics.update(run_ulira(module, records, shadows, forget_idx, ulira))
+        # ----
         ys = records.y.numpy()[forget_idx]
         vals, counts = np.unique(ys, return_counts=True)
         classes = [int(c) for c in vals[np.argsort(-counts, kind="stable")][: s.inversion_classes]]
