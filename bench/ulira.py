@@ -164,7 +164,8 @@ def main() -> None:
                 pair_f.append(d_f[i, j])
                 d_ks.append(shadows.phi[i, kept_slots] - phi[1:])
                 acc_delta.append(evaluate(m) - base_acc[i])
-            if (j + 1) % 10 == 0 or j + 1 == n:
+            every = 2 if spec.method == "retrain" else 10  # a retrain request is 8 full trainings: save often
+            if (j + 1) % every == 0 or j + 1 == n:
                 log(f"{method}: {j + 1}/{n} records, {time.monotonic() - t:.0f} s")
                 scores = ulira_scores(values[:, : j + 1], member[:, : j + 1])[0]
                 est = auc_estimate(scores[:, : j + 1].ravel(), member[:, : j + 1].ravel())

@@ -202,7 +202,7 @@ def main() -> None:
     "--arch",
     default="resnet18",
     show_default=True,
-    help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.",
+    help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), mlp (one hidden layer of 64), or your builder 'package.module:function'.",
 )
 @click.option("--epochs", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(min=1))

@@ -136,7 +136,8 @@ def unlearn_member(
     """Shadow ``i`` after unlearning ``targets`` (record positions it trained on) by ``spec``.
 
     * ``amnesiac``: its final weights minus the recorded deltas of every step whose batch held a
-      target (one :meth:`DeltaStore.sum`; float state in full, as the paper does), then, with
+      target (one :meth:`DeltaStore.sum`; BatchNorm running statistics decayed by
+      ``(1 - momentum) ** k`` for the ``k`` later steps that stay, as ``forget`` does), then, with
       ``repair="finetune"`` (or ``replay``, run here as a finetune of the same length),
       ``repair_epochs`` of training on its retained records. Needs a recorded pool and the key.
     * ``finetune``: ``epochs`` (default 1) more epochs on its retained records.
@@ -154,6 +155,8 @@ def unlearn_member(
     retained = np.setdiff1d(trained, t)
     seed = member_seed(shadows.seed, i) + _SEED_SALT
     if spec.method == "retrain":
+        if shadows.recording is not None and key is None:
+            raise InputError("U-LiRA with retrain needs the record key: the pool's batch orders are keyed with it.")
         s = member_seed(shadows.seed, i)
         model = build_model(shadows.arch_spec, seed=s)
         with torch.random.fork_rng(devices=[]):
@@ -177,7 +180,7 @@ def unlearn_member(
         if len(t):
             store, index = open_member_recording(shadows.member_dirs[i], key)
             steps = index.steps_for([records.ids[p] for p in t])
-            sums = store.sum(steps.tolist())
+            sums = _rollback_sums(model, store, steps)
             state = model.state_dict()
             with torch.no_grad():
                 for name in _float_names(state):
@@ -208,6 +211,26 @@ def unlearn_member(
             positions = np.concatenate([retained, n + np.arange(len(source), dtype=np.int64)])
             _train(model, rec, x, y, _orders(positions, seed, epochs), targets=y, label="relabel")
     return model
+
+
+def _rollback_sums(model: nn.Module, store, steps: np.ndarray) -> dict[str, np.ndarray]:
+    """What amnesiac subtracts from a shadow: the steps' deltas, BatchNorm statistics decayed."""
+    momenta = {
+        (f"{p}.{b}" if p else b): float(m.momentum)
+        for p, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats and m.momentum is not None
+        for b in ("running_mean", "running_var")
+    }
+    if not momenta:
+        return store.sum(steps.tolist())
+    last = max(store.steps) if store.steps else -1
+    sums: dict[str, np.ndarray] = {}
+    for t in steps.tolist():
+        later = (last - int(t)) - int((steps > t).sum())  # steps after t that stay applied
+        for name, arr in store.read(int(t)).items():
+            a = arr.astype(np.float64) * ((1.0 - momenta[name]) ** later if name in momenta else 1.0)
+            sums[name] = sums[name] + a if name in sums else a
+    return sums
 
 
 class _RowsView:

@@ -122,6 +122,7 @@ def test_amnesiac_unlearning_of_a_member_is_the_subtraction(toy_pool):
         unlearn_member(shadows, i, r, UnlearnSpec("scrub"), recs, key=KEY)
 
 
+@pytest.mark.slow
 def test_recorded_pool_round_trips_through_the_mlflow_cache(toy_pool, monkeypatch):
     """Members saved as runs, the pool assembled and cached; read back: same weights, same rollback,
     no record id anywhere in the cached files, and a second get trains nothing."""
