@@ -239,7 +239,7 @@ def main() -> None:
     "--arch",
     default="resnet18",
     show_default=True,
-    help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), or your builder 'package.module:function'.",
+    help="resnet18 (3x3 CIFAR stem up to 64 px), cnn (small, fast), mlp (one hidden layer of 64), or your builder 'package.module:function'.",
 )
 @click.option(
     "--epochs", default=4, show_default=True, type=click.IntRange(min=1), help="Passes over the training set."
@@ -636,6 +636,42 @@ def _echo_verdict(model_name: str, version: int | None) -> None:
     tags = _resolved(model_name, version, None).tags or {}
     if TAG_VERDICT in tags:
         click.echo(f"audit verdict: {tags[TAG_VERDICT]}: {tags.get(TAG_VERDICT_REASON, '')}")
+
+
+@main.command()
+@_version_options
+@click.option(
+    "--member",
+    "members",
+    multiple=True,
+    type=click.IntRange(min=0),
+    help="Index of the pool member to train (0..N-1); repeat for several. Omit it to list which are finished.",
+)
+@click.option(
+    "--shadows",
+    default=None,
+    callback=_optional_count,
+    help="Members in the pool, >= 2: the count the audit uses (default, or empty: 4 on digits, 16 otherwise).",
+)
+@click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
+@_friendly
+def shadow(model_name, version, alias, members, shadows, data_root):
+    """Train one member of a version's audit shadow pool, so a pool trains in parallel.
+
+    Each member is cached as its own run of the experiment mlflow-amnesia-shadows; the next audit
+    uses the finished members and trains only the missing ones. Safe to re-run (a finished member
+    is not retrained) and to run in parallel (one process per --member), also as
+    `mlflow run . -e shadow -P model_name=NAME -P member=I`. Without --member: which members are
+    finished and which are missing."""
+    from .jobs.shadow import shadow_member, shadow_status
+
+    if members:
+        st = shadow_member(
+            model_name, members=list(members), version=version, alias=alias, shadows=shadows, data_root=data_root
+        )
+    else:
+        st = shadow_status(model_name, version=version, alias=alias, shadows=shadows, data_root=data_root)
+    click.echo(st.summary())
 
 
 @main.command()

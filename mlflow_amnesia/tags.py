@@ -60,5 +60,9 @@ TAG_PLAN = "amnesia.forget_plan"
 TAG_CONFLICT = "amnesia.conflict"
 #: On a run of the ``mlflow-amnesia-shadows`` experiment: the cache key of the shadow models it holds.
 TAG_SHADOW_KEY = "amnesia.shadow_key"
+#: On a run of that experiment holding one member of a shadow pool: the pool's cache key ...
+TAG_SHADOW_POOL = "amnesia.shadow_pool"
+#: ... and the member's index (0..n-1).
+TAG_SHADOW_MEMBER = "amnesia.shadow_member"
 
 __all__ = [n for n in dir() if n.startswith("TAG_")]

@@ -76,7 +76,7 @@ def test_methods_repairs_codecs_data_sets_and_architectures_are_registries():
     assert CODECS.names() == CODEC_NAMES == ("f32", "bf16", "int8", "zstd")
     assert DATASETS.names() == ("digits", "mnist", "cifar100", "idx")
     assert KNOWN_SPECS == ("digits", "mnist", "cifar100", "idx:<dir>")
-    assert ARCHITECTURES.names() == ARCHS == ("resnet18", "cnn", "builder")
+    assert ARCHITECTURES.names() == ARCHS == ("resnet18", "cnn", "mlp", "builder")
     with pytest.raises(InputError, match="unknown repair 'polish'; available: none, finetune, replay"):
         REPAIRS.get("polish")
 

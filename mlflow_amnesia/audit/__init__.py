@@ -45,12 +45,14 @@ def full_audit(
     artifact_dir: str | None = None,
     parent_module=None,
     key: bytes | None = None,
+    ulira=None,
 ) -> dict[str, float]:
     """Accuracy figures, plus (``privacy``) membership inference and inversion; with
     ``artifact_dir`` the inversion grid is written there as ``inversion.png`` and, for a forget,
     the per-record statistics as ``per_record.json`` (records named by their keyed hash under
     ``key``). With ``parent_module`` (a forget's parent) the parent is measured on the same
-    records too (:func:`parent_metric` names its figures)."""
+    records too (:func:`parent_metric` names its figures); ``ulira`` (a
+    :class:`~mlflow_amnesia.audit.ulira.UliraRequest`): U-LiRA and the dual view too."""
     retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     metrics = accuracy_metrics(module, records, retain, split.holdout, forget_idx)
     if parent_module is not None:
@@ -81,6 +83,7 @@ def full_audit(
                 parent_module=parent_module,
                 record_hashes=hashes,
                 per_record_path=f"{artifact_dir}/{PER_RECORD_ARTIFACT}" if artifact_dir and len(forget_idx) else None,
+                ulira=ulira,
             )
         )
     return metrics

@@ -41,6 +41,9 @@ class AuditSettings:
     inversion_iterations: int = 1000
     process_every: int = 500
     inversion_classes: int = 3  # at most this many classes of forgotten records
+    # U-LiRA (audit/ulira.py): record the shadow pool so forgets can be tested by unlearning the
+    # shadows; None: record when the pool's deltas stay under audit.pool.RECORD_BUDGET_BYTES
+    ulira: bool | None = None
 
     def n_shadows(self, dataset_spec: dict) -> int:
         if self.shadows is not None:
@@ -96,23 +99,16 @@ def use_shadow_cache(cache: ShadowCache) -> None:
     _cache = cache
 
 
-def get_shadows(records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *, cache: ShadowCache | None = None):
+def get_shadows(
+    records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *, cache: ShadowCache | None = None, key=None
+):
     """(ShadowSet, AttackModels, where they are cached): from ``cache`` (default: the one
-    :func:`use_shadow_cache` set), else trained and cached there."""
-    from .membership import AttackModels
-    from .shadow import shadow_cache_key, train_shadows
+    :func:`use_shadow_cache` set), else trained member by member and cached there
+    (:func:`mlflow_amnesia.audit.pool.get_pool`; with ``key`` the pool is recorded, for U-LiRA)."""
+    from .pool import get_pool
 
     store = cache if cache is not None else _cache
-    pool = audit_pool(split, seed)
-    key = shadow_cache_key(records.fingerprint, arch_spec, recipe, n, seed, pool)
-    found = store.load(key)
-    if found is not None:
-        say(f"audit: reusing {n} cached shadow models (run {found[2]})")
-        return found
-    say(f"audit: training {n} shadow models (cached for later audits)")
-    shadows = train_shadows(records, pool, arch_spec, recipe, n_shadows=n, seed=seed)
-    attack = AttackModels.fit(shadows, records, seed=seed)
-    return shadows, attack, store.save(key, shadows, attack)
+    return get_pool(records, audit_pool(split, seed), arch_spec, recipe, n, seed, cache=store, key=key)
 
 
 PER_RECORD_ARTIFACT = "per_record.json"  # under the run's audit/: keyed hashes, never ids
@@ -133,6 +129,7 @@ def privacy_audit(
     parent_module=None,
     record_hashes: list[str] | None = None,
     per_record_path: str | None = None,
+    ulira=None,
 ) -> dict[str, float]:
     """Membership-inference and inversion figures of ``module`` (see the module docstring).
 
@@ -140,13 +137,16 @@ def privacy_audit(
     parent, against the same non-members with the same shadow models (``audit.parent.*``): the
     matched comparison. With ``per_record_path`` the per-record statistics of the forgotten
     records (child and parent) are written there as JSON, each record named by its entry of
-    ``record_hashes`` (hex keyed hashes aligned with ``forget_idx``; never record ids)."""
+    ``record_hashes`` (hex keyed hashes aligned with ``forget_idx``; never record ids).
+    ``ulira`` (a :class:`mlflow_amnesia.audit.ulira.UliraRequest`) adds U-LiRA and the dual view."""
     from .inversion import inversion_audit
     from .membership import membership_metrics, score_records
+    from .ulira import pool_record_key
 
     s = settings or AuditSettings()
     n = s.n_shadows(records.spec)
-    shadows, attack, _ = get_shadows(records, split, arch_spec, recipe, n, s.shadow_seed)
+    record_key = pool_record_key(s.ulira, ulira, arch_spec, recipe, len(split.train), n)
+    shadows, attack, _ = get_shadows(records, split, arch_spec, recipe, n, s.shadow_seed, key=record_key)
     holdout = np.intersect1d(np.asarray(split.holdout, np.int64), audit_pool(split, s.shadow_seed))
     retained = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     rng = np.random.default_rng(s.shadow_seed)
@@ -169,6 +169,12 @@ def privacy_audit(
             metrics.update(membership_metrics(parent_t, p_scored.take(holdout), prefix="audit.parent"))
         if per_record_path:
             write_per_record(per_record_path, child_t, parent_t, record_hashes, n_nonmembers=len(holdout), shadows=n)
+        # ---- U-LiRA and the dual view (audit/ulira.py, audit/dualview.py) ----
+        if ulira is not None:
+            from .ulira import run_ulira
+
+            metrics.update(run_ulira(module, records, shadows, forget_idx, ulira))
+        # ----
         ys = records.y.numpy()[forget_idx]
         vals, counts = np.unique(ys, return_counts=True)
         classes = [int(c) for c in vals[np.argsort(-counts, kind="stable")][: s.inversion_classes]]

@@ -62,9 +62,25 @@ __all__ = [
     "predict_logits",
     "shadow_cache_key",
     "train_shadows",
+    "ShadowMember",
+    "assemble",
+    "member_dirname",
+    "member_seed",
+    "open_member_recording",
+    "train_member",
 ]
 
-SHADOW_FORMAT = 1  # bump when the files or the training procedure change: it is part of the cache key
+# the per-member files of a recorded pool (see :class:`ShadowMember`)
+_MEMBER_META = "member.json"
+_MEMBER_STATE = "state.pt"
+_MEMBER_PHI = "phi.npy"
+_MEMBER_INDEX = "index.sealed"
+_MEMBER_DELTAS = "deltas"
+_INDEX_ROLE = "shadow-index"
+
+# bump when the files or the training procedure change: it is part of the cache key.
+# 2: members trained one by one (fan-out), optionally recorded (deltas + sealed keyed index), keyed batch orders
+SHADOW_FORMAT = 2
 _META = "shadows.json"
 _POOL = "pool.npy"
 _MEMBERSHIP = "membership.npy"
@@ -153,8 +169,14 @@ def shadow_cache_key(
     n_shadows: int,
     seed: int,
     pool_idx: Sequence[int] | np.ndarray,
+    *,
+    recording: Mapping[str, Any] | None = None,
 ) -> str:
     """sha256 (hex) of the JSON of everything that determines a :class:`ShadowSet`.
+
+    ``recording``: for a recorded pool, ``{"codec": ..., "key_id": ...}`` (the record key's id,
+    never the key): the members' batch orders and sealed files depend on the key, so a pool
+    recorded under another key is another pool.
 
     Inputs: the data fingerprint, the architecture spec, the recipe (less its ``seed``, which
     shadows do not use), the shadow count, the shadow seed, a checksum of the pool positions and
@@ -171,6 +193,8 @@ def shadow_cache_key(
         "seed": int(seed),
         "pool": _pool_checksum(np.unique(np.asarray(pool_idx, dtype=np.int64))),
     }
+    if recording:
+        payload["recording"] = {"codec": str(recording["codec"]), "key_id": str(recording["key_id"])}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
@@ -196,6 +220,11 @@ class ShadowSet:
     phi: np.ndarray
     states: list[dict[str, torch.Tensor]]
     info: dict[str, Any] = field(default_factory=dict)
+    #: a recorded pool: ``{"codec", "key_id"}`` (part of the cache key); None: not recorded
+    recording: dict[str, Any] | None = None
+    #: where each member's recorded files are (local directories, :class:`ShadowMember`); set by
+    #: whoever loaded a recorded pool, never saved with the set
+    member_dirs: list[str] | None = None
 
     def __post_init__(self) -> None:
         s, p = len(self.states), len(self.pool)
@@ -211,7 +240,15 @@ class ShadowSet:
 
     @property
     def cache_key(self) -> str:
-        return shadow_cache_key(self.fingerprint, self.arch_spec, self.recipe, self.n_shadows, self.seed, self.pool)
+        return shadow_cache_key(
+            self.fingerprint,
+            self.arch_spec,
+            self.recipe,
+            self.n_shadows,
+            self.seed,
+            self.pool,
+            recording=self.recording,
+        )
 
     def check_records(self, records: Records) -> None:
         """Raise InputError unless ``records`` is the data these shadows were trained on."""
@@ -322,6 +359,7 @@ class ShadowSet:
             "seed": int(self.seed),
             "n_shadows": self.n_shadows,
             "n_pool": int(len(self.pool)),
+            "recording": self.recording,
             "shadows": shadow_files,
             "files": files,
             "info": self.info,
@@ -380,6 +418,7 @@ class ShadowSet:
             phi=arrays[_PHI].astype(np.float32),
             states=states,
             info=meta.get("info", {}),
+            recording=meta.get("recording"),
         )
         if out.cache_key != meta["cache_key"]:
             raise InputError(f"{meta_path}: the recorded cache key does not match the set's contents; {redo}.")
@@ -408,6 +447,267 @@ def _write_atomic(path: Path, data: bytes) -> str:
 # Training
 
 
+def _member_orders(pool: np.ndarray, membership_row: np.ndarray, s: int, epochs: int, key: bytes | None) -> np.ndarray:
+    return epoch_orders(pool[membership_row], s, epochs, key=key)
+
+
+def member_seed(seed: int, i: int) -> int:
+    """The seed of pool member ``i``: its initialisation and (with ``key``) part of its batch orders."""
+    return _derived_seed(seed, f"shadow:{i}")
+
+
+@dataclass(eq=False)
+class ShadowMember:
+    """One trained member of a shadow pool: what :func:`assemble` needs, and its recording.
+
+    ``state`` (final weights), ``phi`` (float32, its confidence on every pool record),
+    ``directory`` (where :meth:`save` put it; a recorded member keeps there its delta store
+    ``deltas/`` and its record index, sealed under the record key, ``index.sealed``).
+    """
+
+    pool_key: str
+    index: int
+    n_shadows: int
+    state: dict[str, torch.Tensor]
+    phi: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+    recording: dict[str, Any] | None = None
+    directory: str | None = None
+
+    def save(self, directory: _PathLike) -> Path:
+        """Write the member's files to ``directory`` (its ``deltas/`` are already there when recorded).
+
+        ``member.json``, listing every other file's sha256, is written last: a directory without
+        it is an unfinished member.
+        """
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        files = {
+            _MEMBER_STATE: _write_atomic(d / _MEMBER_STATE, _torch_bytes(self.state)),
+            _MEMBER_PHI: _write_atomic(d / _MEMBER_PHI, _npy_bytes(self.phi.astype(np.float32))),
+        }
+        if self.recording is not None:
+            files[_MEMBER_INDEX] = "sha256:" + hashlib.sha256((d / _MEMBER_INDEX).read_bytes()).hexdigest()
+        meta = {
+            "format": SHADOW_FORMAT,
+            "pool_key": self.pool_key,
+            "index": int(self.index),
+            "n_shadows": int(self.n_shadows),
+            "recording": self.recording,
+            "files": files,
+            "info": self.info,
+        }
+        _write_atomic(d / _MEMBER_META, json.dumps(meta, indent=1, sort_keys=True).encode())
+        self.directory = str(d)
+        return d
+
+    @classmethod
+    def load(cls, directory: _PathLike, *, pool_key: str | None = None, index: int | None = None) -> ShadowMember:
+        """Read a member written by :meth:`save`, checking its files' sha256 (the delta store checks its own)."""
+        d = Path(directory)
+        redo = "delete it (or its run in experiment mlflow-amnesia-shadows) so the member is trained again"
+        try:
+            meta = json.loads((d / _MEMBER_META).read_text())
+        except (OSError, ValueError) as e:
+            raise InputError(f"{d} is not a finished shadow-pool member ({e}); {redo}.") from None
+        if not isinstance(meta, dict) or int(meta.get("format", -1)) != SHADOW_FORMAT:
+            raise InputError(f"{d / _MEMBER_META} is not a shadow member of format {SHADOW_FORMAT}; {redo}.")
+        if (pool_key is not None and meta.get("pool_key") != pool_key) or (
+            index is not None and int(meta.get("index", -1)) != int(index)
+        ):
+            raise InputError(
+                f"{d} holds member {meta.get('index')} of pool {str(meta.get('pool_key'))[:12]}, not member "
+                f"{index} of pool {str(pool_key)[:12]}: the cache is damaged; {redo}."
+            )
+        blobs = {}
+        for name, digest in dict(meta.get("files") or {}).items():
+            try:
+                data = (d / name).read_bytes()
+            except OSError as e:
+                raise InputError(f"shadow member file {d / name} cannot be read ({e.strerror or e}); {redo}.") from None
+            if "sha256:" + hashlib.sha256(data).hexdigest() != digest:
+                raise InputError(f"shadow member file {d / name} does not match its sha256: it is damaged; {redo}.")
+            blobs[name] = data
+        if not {_MEMBER_STATE, _MEMBER_PHI} <= set(blobs):
+            raise InputError(f"{d / _MEMBER_META} lists no weights or confidences; {redo}.")
+        return cls(
+            pool_key=str(meta["pool_key"]),
+            index=int(meta["index"]),
+            n_shadows=int(meta["n_shadows"]),
+            state=torch.load(io.BytesIO(blobs[_MEMBER_STATE]), map_location="cpu", weights_only=True),
+            phi=np.load(io.BytesIO(blobs[_MEMBER_PHI]), allow_pickle=False).astype(np.float32),
+            info=meta.get("info", {}),
+            recording=meta.get("recording"),
+            directory=str(d),
+        )
+
+
+def train_member(
+    records: Records,
+    pool_idx: Sequence[int] | np.ndarray,
+    arch_spec: Mapping[str, Any],
+    recipe: Recipe | Mapping[str, Any],
+    n_shadows: int,
+    seed: int,
+    index: int,
+    *,
+    directory: _PathLike,
+    key: bytes | None = None,
+    codec: str = "int8",
+    device: str | torch.device = "cpu",
+) -> ShadowMember:
+    """Train member ``index`` of the pool and save it under ``directory`` (:meth:`ShadowMember.save`).
+
+    With ``key`` (the record key) the member is *recorded* as ``train`` records a model: every
+    optimizer step's delta in a :class:`~mlflow_amnesia.recording.store.DeltaStore` (``codec``,
+    chunks sealed under the key) and a record index of keyed hashes, itself sealed (with the
+    public membership matrix an index in clear would say which hash is which record); its batch
+    orders are keyed too (:func:`~mlflow_amnesia.learning.training.epoch_orders`). Without a key
+    it trains unrecorded. A directory holding an unfinished member (no ``member.json``) is
+    cleared first, so a killed member is retrained whole.
+    """
+    import shutil
+
+    from ..crypto import seal_file
+    from ..keys import key_id
+    from ..recording.index import RecordIndexBuilder
+    from ..recording.recorder import Recorder, optimizer_meta, state_layout
+    from ..recording.store import DeltaStore
+
+    pool = _check_pool(records, pool_idx)
+    spec = validate_spec(arch_spec)
+    rec = Recipe.from_dict(_recipe_dict(recipe))
+    n, i = int(n_shadows), int(index)
+    if not 0 <= i < n:
+        raise InputError(f"shadow member {index}: a pool of {n} shadows has members 0..{n - 1}.")
+    membership = balanced_membership(n, len(pool), seed)
+    recording = {"codec": str(codec), "key_id": key_id(key)} if key is not None else None
+    pool_key = shadow_cache_key(records.fingerprint, spec, rec, n, seed, pool, recording=recording)
+    d = Path(directory)
+    if d.exists() and not (d / _MEMBER_META).exists():
+        shutil.rmtree(d)  # a killed training left it: start the member afresh
+    d.mkdir(parents=True, exist_ok=True)
+    s = member_seed(seed, i)
+    x, y = records.x.to(device), records.y.to(device)
+    t0 = time.monotonic()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(s)
+        model = build_model(spec, seed=s).to(device)
+        optimizer = make_optimizer(model, rec)
+        orders = _member_orders(pool, membership[i], s, rec.epochs, key)
+        label = f"shadow {i + 1}/{n}"
+        if key is None:
+            run_epochs(model, optimizer, x, y, orders, batch_size=rec.batch_size, label=label)
+            stored = 0
+        else:
+            store = DeltaStore.create(
+                (d / _MEMBER_DELTAS).resolve().as_uri(),
+                layout=state_layout(model),
+                codec=codec,
+                meta={"optimizer": optimizer_meta(optimizer), "role": "shadow", "member": i},
+                key=key,
+            )
+            builder = RecordIndexBuilder(key)
+            with Recorder(model, store, builder, optimizer=optimizer) as recorder:
+                run_epochs(
+                    model,
+                    optimizer,
+                    x,
+                    y,
+                    orders,
+                    batch_size=rec.batch_size,
+                    ids=list(records.ids),
+                    recorder=recorder,
+                    label=label,
+                )
+            store.close()
+            stored = int(store.size().stored)
+            _write_atomic(d / _MEMBER_INDEX, seal_file(builder.build().to_bytes(), key, _INDEX_ROLE))
+    seconds = time.monotonic() - t0
+    logits = predict_logits(model, x[pool], device=device)
+    hit = (logits.argmax(1) == records.y[pool]).numpy()
+    member = ShadowMember(
+        pool_key=pool_key,
+        index=i,
+        n_shadows=n,
+        state={k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        phi=logit_confidence(logits, y[pool]).astype(np.float32),
+        info={
+            "train_seconds": seconds,
+            "accuracy_in": float(hit[membership[i]].mean()),
+            "accuracy_out": float(hit[~membership[i]].mean()),
+            "steps": int(sum(-(-len(o) // rec.batch_size) for o in orders)),
+            "stored_bytes": stored,
+            "device": str(device),
+            "torch": torch.__version__,
+        },
+        recording=recording,
+    )
+    member.save(d)
+    return member
+
+
+def assemble(
+    records: Records,
+    pool_idx: Sequence[int] | np.ndarray,
+    arch_spec: Mapping[str, Any],
+    recipe: Recipe | Mapping[str, Any],
+    seed: int,
+    members: Sequence[ShadowMember],
+) -> ShadowSet:
+    """The :class:`ShadowSet` of a complete pool (members 0..n-1, each of the same pool key)."""
+    pool = _check_pool(records, pool_idx)
+    spec = validate_spec(arch_spec)
+    rec = Recipe.from_dict(_recipe_dict(recipe))
+    ms = sorted(members, key=lambda m: m.index)
+    n = len(ms)
+    if [m.index for m in ms] != list(range(n)) or any(m.n_shadows != n for m in ms):
+        raise InputError(
+            f"shadow pool: members {[m.index for m in ms]} of {ms[0].n_shadows if ms else 0}: not a whole pool."
+        )
+    recording = ms[0].recording
+    key = shadow_cache_key(records.fingerprint, spec, rec, n, seed, pool, recording=recording)
+    if any(m.pool_key != key for m in ms):
+        raise InputError("shadow pool: its members were trained for another pool (data, recipe or key); retrain them.")
+    out = ShadowSet(
+        fingerprint=records.fingerprint,
+        arch_spec=spec,
+        recipe=rec.to_dict(),
+        seed=int(seed),
+        pool=pool,
+        membership=balanced_membership(n, len(pool), seed),
+        phi=np.stack([m.phi for m in ms]).astype(np.float32),
+        states=[m.state for m in ms],
+        info={
+            "train_seconds": float(sum(float(m.info.get("train_seconds", 0.0)) for m in ms)),
+            "accuracy_in": [m.info.get("accuracy_in") for m in ms],
+            "accuracy_out": [m.info.get("accuracy_out") for m in ms],
+            "stored_bytes": int(sum(int(m.info.get("stored_bytes", 0)) for m in ms)),
+            "device": ms[0].info.get("device"),
+            "torch": torch.__version__,
+        },
+        recording=recording,
+        member_dirs=[str(m.directory) for m in ms] if recording is not None else None,
+    )
+    return out
+
+
+def open_member_recording(directory: _PathLike, key: bytes):
+    """(DeltaStore, RecordIndex) of a recorded member: its deltas and which records each step saw."""
+    from ..crypto import open_file
+    from ..recording.index import RecordIndex
+    from ..recording.store import DeltaStore
+
+    d = Path(directory)
+    where = str(d / _MEMBER_INDEX)
+    try:
+        sealed = (d / _MEMBER_INDEX).read_bytes()
+    except OSError as e:
+        raise InputError(f"the recorded shadow member {d} has no readable record index ({e.strerror or e}).") from None
+    index = RecordIndex.from_bytes(open_file(sealed, key, _INDEX_ROLE, where), key, name=where)
+    return DeltaStore.open((d / _MEMBER_DELTAS).resolve().as_uri(), key=key), index
+
+
 def train_shadows(
     records: Records,
     pool_idx: Sequence[int] | np.ndarray,
@@ -418,55 +718,39 @@ def train_shadows(
     *,
     progress: bool = True,
     device: str | torch.device = "cpu",
+    key: bytes | None = None,
+    codec: str = "int8",
+    directory: _PathLike | None = None,
 ) -> ShadowSet:
     """Train ``n_shadows`` models of ``arch_spec`` with ``recipe``, each on its half of the pool.
 
     Shadow ``i`` trains on ``pool[membership[i]]`` (see :func:`balanced_membership`) with
     :func:`mlflow_amnesia.learning.training.run_epochs`, from an initialisation and batch orders drawn
-    from ``(seed, i)``. Deterministic for a given device: equal :func:`shadow_cache_key` inputs
-    give equal weights. ``progress=False`` silences the per-shadow lines; the training loop's
-    own lines follow ``MLFLOW_AMNESIA_QUIET``.
+    from ``(seed, i)`` (and the record ``key`` when recorded, :func:`train_member`).
+    Deterministic for a given device: equal :func:`shadow_cache_key` inputs give equal weights.
+    ``directory`` keeps the members' files (a temporary directory when None and unrecorded; a
+    recorded pool needs one). ``progress=False`` silences the per-shadow lines.
     """
+    import tempfile
+
+    if key is not None and directory is None:
+        raise InputError("a recorded shadow pool needs a directory for its members' delta stores.")
     records_pool = _check_pool(records, pool_idx)
-    spec = validate_spec(arch_spec)
-    rec = Recipe.from_dict(_recipe_dict(recipe))
-    membership = balanced_membership(int(n_shadows), len(records_pool), seed)
-    x, y = records.x.to(device), records.y.to(device)
-    phi = np.empty(membership.shape, dtype=np.float32)
-    states, acc_in, acc_out = [], [], []
+    balanced_membership(int(n_shadows), len(records_pool), seed)  # checks the count first
     prog = Progress("shadow models", total=int(n_shadows), unit="models", quiet=None if progress else True)
-    t0 = time.monotonic()
-    for i in range(int(n_shadows)):
-        s = _derived_seed(seed, f"shadow:{i}")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
-            model = build_model(spec, seed=s).to(device)
-            optimizer = make_optimizer(model, rec)
-            orders = epoch_orders(records_pool[membership[i]], s, rec.epochs)
-            run_epochs(model, optimizer, x, y, orders, batch_size=rec.batch_size, label=f"shadow {i + 1}/{n_shadows}")
-        logits = predict_logits(model, x[records_pool], device=device)
-        phi[i] = logit_confidence(logits, y[records_pool])
-        hit = (logits.argmax(1) == records.y[records_pool]).numpy()
-        acc_in.append(float(hit[membership[i]].mean()))
-        acc_out.append(float(hit[~membership[i]].mean()))
-        states.append({k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
-        prog.update(acc_in=acc_in[-1], acc_out=acc_out[-1])
-    prog.close()
-    info = {
-        "train_seconds": time.monotonic() - t0,
-        "accuracy_in": acc_in,
-        "accuracy_out": acc_out,
-        "device": str(device),
-        "torch": torch.__version__,
-    }
-    return ShadowSet(
-        fingerprint=records.fingerprint,
-        arch_spec=spec,
-        recipe=rec.to_dict(),
-        seed=int(seed),
-        pool=records_pool,
-        membership=membership,
-        phi=phi,
-        states=states,
-        info=info,
-    )
+    members = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(directory) if directory is not None else Path(tmp)
+        for i in range(int(n_shadows)):
+            m = train_member(
+                records, records_pool, arch_spec, recipe, n_shadows, seed, i,
+                directory=root / member_dirname(i), key=key, codec=codec, device=device,
+            )  # fmt: skip
+            members.append(m)
+            prog.update(acc_in=m.info["accuracy_in"], acc_out=m.info["accuracy_out"])
+        prog.close()
+        return assemble(records, records_pool, arch_spec, recipe, seed, members)
+
+
+def member_dirname(i: int) -> str:
+    return f"member-{int(i):03d}"

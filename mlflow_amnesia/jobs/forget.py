@@ -621,6 +621,7 @@ def _audit(
     sp = Split.from_json(am.info.split or {}, recs)
     fidx = audit_lib.forgotten_positions(recs, sp.train, planned.target_hashes, key)
     all_idx = audit_lib.forgotten_positions(recs, sp.train, child.forgotten, key)
+    ulira = _ulira_request(r, key, am.module) if r.audit else None
     with tempfile.TemporaryDirectory() as tmp:
         metrics = audit_lib.full_audit(
             child.module,
@@ -635,11 +636,16 @@ def _audit(
             artifact_dir=tmp,
             parent_module=am.module,  # the matched comparison: the same records under the parent
             key=key,
+            ulira=ulira,
         )
         if r.audit:
             mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
             if len(fidx):
                 mlflow.log_artifact(f"{tmp}/{audit_lib.PER_RECORD_ARTIFACT}", "audit")
+        if ulira is not None and ulira.result is not None:
+            from ..audit.ulira import write_per_record
+
+            mlflow.log_artifact(write_per_record(ulira.result, f"{tmp}/ulira.json"), "audit")
     metrics.update(result.metrics)
     metrics.update(
         {
@@ -650,6 +656,22 @@ def _audit(
     )
     mlflow.log_metrics(metrics)
     return metrics
+
+
+def _ulira_request(r: ForgetRequest, key: bytes, parent):
+    """How this request unlearned, for U-LiRA on the shadow pool (audit/ulira.py)."""
+    from ..audit.ulira import UliraRequest, UnlearnSpec
+
+    spec = UnlearnSpec.of(
+        {
+            "method": r.method,
+            "repair": r.repair,
+            "repair_epochs": r.repair_epochs,
+            "epochs": r.method_epochs,
+            "copies": r.copies,
+        }
+    )
+    return UliraRequest(spec=spec, key=key, parent=parent)
 
 
 def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult, run_id: str) -> int:

@@ -1,29 +1,66 @@
 """The audit's shadow models cached as MLflow runs: the :class:`~mlflow_amnesia.audit.privacy.ShadowCache`
-of the MLflow layer.
+(and :class:`~mlflow_amnesia.audit.pool.MemberCache`) of the MLflow layer.
 
-One run per cache key in the experiment ``mlflow-amnesia-shadows``, tagged ``amnesia.shadow_key``
-(:data:`~mlflow_amnesia.tags.TAG_SHADOW_KEY`), its artifacts ``shadows/`` the saved
-:class:`~mlflow_amnesia.audit.shadow.ShadowSet` and attack models. Only FINISHED runs are reused,
-and a set whose content does not hash to its tag is refused, never built.
+In the experiment ``mlflow-amnesia-shadows``:
+
+* one run per pool member, tagged ``amnesia.shadow_pool`` (:data:`~mlflow_amnesia.tags.TAG_SHADOW_POOL`,
+  the pool's cache key) and ``amnesia.shadow_member`` (its index), its artifacts ``member/`` the
+  saved :class:`~mlflow_amnesia.audit.shadow.ShadowMember` (weights, confidences and, for a
+  recorded pool, its sealed delta store and sealed record index);
+* one run per assembled pool, tagged ``amnesia.shadow_key`` (:data:`~mlflow_amnesia.tags.TAG_SHADOW_KEY`),
+  its artifacts ``shadows/`` the :class:`~mlflow_amnesia.audit.shadow.ShadowSet` and attack models.
+
+Only FINISHED runs are reused, and a set or member whose content does not match its tags is
+refused, never built. A member on a local artifact store is read where it is; on another store
+it is downloaded once into ``$XDG_CACHE_HOME/mlflow-amnesia/shadows/`` (default ``~/.cache``).
 """
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 from ..audit.membership import AttackModels
 from ..audit.privacy import SHADOW_EXPERIMENT
-from ..audit.shadow import ShadowSet
+from ..audit.shadow import ShadowMember, ShadowSet, member_dirname
 from ..errors import InputError
-from ..tags import TAG_SHADOW_KEY
+from ..tags import TAG_SHADOW_KEY, TAG_SHADOW_MEMBER, TAG_SHADOW_POOL
 from .registry import filter_literal
 
 __all__ = ["MlflowShadowCache"]
 
+_MEMBER_ARTIFACTS = "member"
+
+
+def _experiment_id(client) -> str:
+    exp = client.get_experiment_by_name(SHADOW_EXPERIMENT)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return client.create_experiment(SHADOW_EXPERIMENT)
+    except Exception:  # another process created it first (parallel members)
+        exp = client.get_experiment_by_name(SHADOW_EXPERIMENT)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _local_dir(artifact_uri: str) -> Path | None:
+    u = urlparse(artifact_uri)
+    if u.scheme in ("", "file"):
+        return Path(unquote(u.path))
+    return None
+
+
+def _download_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "mlflow-amnesia" / "shadows"
+
 
 class MlflowShadowCache:
-    """Shadow sets as runs of the ``mlflow-amnesia-shadows`` experiment of the current tracking store."""
+    """Shadow sets and pool members as runs of the ``mlflow-amnesia-shadows`` experiment."""
 
     def load(self, key: str) -> tuple[ShadowSet, AttackModels, str] | None:
         import mlflow
@@ -50,14 +87,21 @@ class MlflowShadowCache:
                     "delete that run and audit again (the shadows are then trained afresh)."
                 )
             attack = AttackModels.load(local)
+        if shadows.recording is not None:
+            dirs = []
+            for i in range(shadows.n_shadows):
+                m = self.load_member(key, i)
+                if m is None:  # a member run was deleted: the set cannot be unlearned; rebuild it
+                    return None
+                dirs.append(str(m.directory))
+            shadows.member_dirs = dirs
         return shadows, attack, run_id
 
     def save(self, key: str, shadows: ShadowSet, attack: AttackModels) -> str:
         import mlflow
 
         client = mlflow.MlflowClient()
-        exp = client.get_experiment_by_name(SHADOW_EXPERIMENT)
-        exp_id = exp.experiment_id if exp is not None else client.create_experiment(SHADOW_EXPERIMENT)
+        exp_id = _experiment_id(client)
         run = client.create_run(exp_id, run_name=f"shadows-{key[:12]}", tags={TAG_SHADOW_KEY: key})
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -66,6 +110,67 @@ class MlflowShadowCache:
                 attack.save(d)
                 client.log_artifacts(run.info.run_id, str(d), artifact_path="shadows")
             client.log_param(run.info.run_id, "n_shadows", shadows.n_shadows)
+            client.set_terminated(run.info.run_id, "FINISHED")
+        except BaseException:
+            client.set_terminated(run.info.run_id, "FAILED")
+            raise
+        return run.info.run_id
+
+    # ------------------------------------------------------------------ members
+
+    def _member_run(self, client, key: str, index: int):
+        exp = client.get_experiment_by_name(SHADOW_EXPERIMENT)
+        if exp is None:
+            return None
+        runs = client.search_runs(
+            [exp.experiment_id],
+            filter_string=(
+                f"tags.`{TAG_SHADOW_POOL}` = {filter_literal(key)} and tags.`{TAG_SHADOW_MEMBER}` = "
+                f"'{int(index)}' and attributes.status = 'FINISHED'"
+            ),
+            order_by=["attributes.start_time ASC"],
+            max_results=1,
+        )
+        return runs[0] if runs else None
+
+    def load_member(self, key: str, index: int) -> ShadowMember | None:
+        import mlflow
+
+        client = mlflow.MlflowClient()
+        run = self._member_run(client, key, index)
+        if run is None:
+            return None
+        local = _local_dir(run.info.artifact_uri)
+        if local is not None and (local / _MEMBER_ARTIFACTS).is_dir():
+            d = local / _MEMBER_ARTIFACTS
+        else:
+            d = _download_cache() / key[:32] / f"{member_dirname(index)}-{run.info.run_id}"
+            if not (d / "member.json").is_file():
+                d.parent.mkdir(parents=True, exist_ok=True)
+                with tempfile.TemporaryDirectory(dir=d.parent) as tmp:
+                    got = mlflow.artifacts.download_artifacts(
+                        run_id=run.info.run_id, artifact_path=_MEMBER_ARTIFACTS, dst_path=tmp
+                    )
+                    os.replace(got, d)
+        m = ShadowMember.load(d, pool_key=key, index=index)
+        m.info["run_id"] = run.info.run_id
+        return m
+
+    def save_member(self, key: str, member: ShadowMember) -> str:
+        import mlflow
+
+        if member.directory is None or member.pool_key != key:
+            raise InputError(f"shadow member {member.index} was not saved for pool {key[:12]}; train it again.")
+        client = mlflow.MlflowClient()
+        exp_id = _experiment_id(client)
+        run = client.create_run(
+            exp_id,
+            run_name=f"shadow-{key[:12]}-{member.index}",
+            tags={TAG_SHADOW_POOL: key, TAG_SHADOW_MEMBER: str(int(member.index))},
+        )
+        try:
+            client.log_artifacts(run.info.run_id, str(member.directory), artifact_path=_MEMBER_ARTIFACTS)
+            client.log_param(run.info.run_id, "n_shadows", member.n_shadows)
             client.set_terminated(run.info.run_id, "FINISHED")
         except BaseException:
             client.set_terminated(run.info.run_id, "FAILED")
