@@ -504,6 +504,7 @@ def _apply_method(
         segments=list(am.segments),
         rolled_back=am.rolled_back,
         forgotten=am.forgotten,
+        example=am.example,
     )
     m = get_method(r.method)
     ctx = ForgetContext(

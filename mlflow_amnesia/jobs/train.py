@@ -79,7 +79,7 @@ def train(
     import mlflow
 
     from ..keys import key_id, load_key
-    from ..learning.data import ORDER_KEYED
+    from ..learning.data import ORDER_KEYED, example_images
     from ..learning.data import split as make_split
     from ..learning.models import build_model, default_arch_spec
     from ..mlflow.tracking import check_tracking_store
@@ -214,6 +214,7 @@ def train(
                 history=[{"method": "train", "run_id": run_id, "steps": steps}],
             ),
             segments=[segment],
+            example=example_images(records, hold_idx),  # class means of held-out images, raw: no record
         )
         say(f"registering model {model_name!r}")
         # Registration last, tags in the same call (docs/RELIABILITY.md): a train killed before it
