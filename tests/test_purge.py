@@ -55,11 +55,8 @@ def _registry(db: Path, cwd: Path):
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Every artifact file under ``root`` (size, mtime): equal snapshots = nothing written or deleted."""
-    return {
-        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
-        for p in sorted(root.rglob("*"))
-        if p.is_file() and ".db" not in p.name and p.name != "ids.txt"
-    }
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))
+            if p.is_file() and ".db" not in p.name and p.name != "ids.txt"}
 
 
 def _ids(n: int, version: int | None = None) -> list[str]:
@@ -137,9 +134,7 @@ def story(trained, tmp_path_factory):
         o.v2_state = {k: t.clone() for k, t in v2.module.state_dict().items()}
         o.params = [k for k, _ in v1.module.named_parameters()]  # BatchNorm running stats roll back decayed
         o.v2_pred_before = v2.predict_proba(images)
-        o.v2_pyfunc_before = np.asarray(
-            mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images, params={"input": "normalized"})
-        )
+        o.v2_pyfunc_before = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images, params={"input": "normalized"}))
         o.store_url = v1.segments[0].store_url
         o.rolled = sorted(int(s) for s in v2.rolled_back)
         store = DeltaStore.open(o.store_url, key=bytes.fromhex(KEY))
@@ -183,9 +178,7 @@ def story(trained, tmp_path_factory):
 
         v2 = load_model(f"models:/{MODEL}/2")
         o.v2_pred_after = v2.predict_proba(images)
-        o.v2_pyfunc_after = np.asarray(
-            mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images, params={"input": "normalized"})
-        )
+        o.v2_pyfunc_after = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images, params={"input": "normalized"}))
         initial = load_state(str(Path(o.store_url).parent / "training" / "initial_state.pt"), key=bytes.fromhex(KEY))
         left = DeltaStore.open(o.store_url, key=bytes.fromhex(KEY))
         sums = left.sum(left.steps)
@@ -196,9 +189,8 @@ def story(trained, tmp_path_factory):
         o.ids_b = [i for i in _ids(6) if i not in o.ids_a][:3]
         o.steps_b = sorted(int(t) for t in v2.segments[0].open_index(bytes.fromhex(KEY)).steps_for(o.ids_b))
         o.chunks_b = [Path(o.store_url, f) for t in o.steps_b if t not in o.rolled for f in left.chunk_files(t)]
-        o.forget_purge = invoke(
-            "forget", "--model", MODEL, "--records", _write(base, o.ids_b, "b.txt"), "--yes", "--no-audit", "--purge"
-        )
+        o.forget_purge = invoke("forget", "--model", MODEL, "--records", _write(base, o.ids_b, "b.txt"), "--yes",
+                                "--no-audit", "--purge")
         v3 = load_model(f"models:/{MODEL}/3")
         o.v3_rolled = sorted(int(s) for s in v3.rolled_back)
         o.chunks_b_gone = bool(o.chunks_b) and not any(p.exists() for p in o.chunks_b)
@@ -270,10 +262,8 @@ def test_what_is_left_cannot_rebuild_the_purged_weights(main_registry):
 def _tensors_in(path: Path) -> list[np.ndarray]:
     """Every tensor/array a file holds, as torch.load or np.load (no pickle) read it."""
     raw = path.read_bytes()
-    for load in (
-        lambda: torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True),
-        lambda: np.load(io.BytesIO(raw), allow_pickle=False),
-    ):
+    for load in (lambda: torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True),
+                 lambda: np.load(io.BytesIO(raw), allow_pickle=False)):
         try:
             obj = load()
         except Exception:  # noqa: BLE001 - not this format
@@ -322,9 +312,7 @@ def test_no_downloadable_artifact_of_the_purged_version_holds_its_weights(main_r
     s = main_registry
     model_dir = Path(mlflow.artifacts.download_artifacts(f"models:/{MODEL}/1", dst_path=str(tmp_path / "model")))
     run_dir = Path(mlflow.artifacts.download_artifacts(run_id=s.v1_run, dst_path=str(tmp_path / "run")))
-    assert (model_dir / "data" / "amnesia.json").is_file() and (
-        run_dir / "amnesia" / "deltas" / "manifest.json"
-    ).is_file()
+    assert (model_dir / "data" / "amnesia.json").is_file() and (run_dir / "amnesia" / "deltas" / "manifest.json").is_file()
     assert _holds_weights(tmp_path, s.v1_state) == []
     # The scan finds the weights where they are: a copy of the purged state dict.
     torch.save(s.v1_state, tmp_path / "control.pt")
@@ -393,9 +381,7 @@ def test_purging_the_latest_version_is_refused(main_registry):
 def test_refused_while_a_finetune_child_needs_the_steps(story):
     r = story.finetune_refusal
     assert r.exit_code == 1
-    assert (
-        "v2 needs" in r.output and "has not rolled these steps back" in r.output and "nothing was deleted" in r.output
-    )
+    assert "v2 needs" in r.output and "has not rolled these steps back" in r.output and "nothing was deleted" in r.output
     assert story.finetune_unchanged
     assert not {"amnesia.purged", "amnesia.purge_started"} & set(story.finetune_v1_tags)
 
