@@ -26,7 +26,7 @@ from ..mlflow import registry
 from ..mlflow.concurrency import check_forkable, children_of, one_forget_per_model, register_child
 from ..mlflow.flavor import AmnesiaModel, load_model, log_model
 from ..progress import info as say
-from ..tags import TAG_FLAVOR_FORMAT, TAG_N_RECORDS_TOTAL, TAG_PLAN, TAG_PURGED, TAG_ROLE
+from ..tags import TAG_FLAVOR_FORMAT, TAG_N_RECORDS_TOTAL, TAG_PLAN, TAG_PURGE_STARTED, TAG_PURGED, TAG_ROLE
 from . import lineage
 
 if TYPE_CHECKING:
@@ -660,7 +660,7 @@ def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: str | None, purge: boo
 
 def registration_left(name: str, version: int, *, set_alias: str | None = None, purge: bool = False) -> list[str]:
     """The steps after registration that ``version`` (a forget's child) still lacks, in order:
-    ``description``, ``alias NAME``, ``superseded tag on vP``, ``purge of vP``. Reads only."""
+    ``description``, ``alias NAME``, ``superseded tag on vP``, ``banner on vP``, ``purge of vP``. Reads only."""
     c = registry.client()
     mv = c.get_model_version(name, str(version))
     parent = str((mv.tags or {})[registry.TAG_PARENT])
@@ -674,16 +674,28 @@ def registration_left(name: str, version: int, *, set_alias: str | None = None, 
         left.append(f"alias {set_alias}")
     if (pmv.tags or {}).get(registry.TAG_SUPERSEDED) != str(version):
         left.append(f"superseded tag on v{parent}")
+    purging = TAG_PURGED in (pmv.tags or {}) or TAG_PURGE_STARTED in (pmv.tags or {})  # purge's note replaces it
+    if not purging and not (pmv.description or "").startswith(_banner(mv)):
+        left.append(f"banner on v{parent}")
     if purge and TAG_PURGED not in (pmv.tags or {}):
         left.append(f"purge of v{parent}")
     return left
+
+
+def _banner(child) -> str:
+    """The banner a forget's ``child`` puts at the top of its parent's description."""
+    tags = child.tags or {}
+    return registry.superseded_banner(
+        child.name, tags[registry.TAG_PARENT], child.version, tags.get(registry.TAG_N_RECORDS, "?")
+    )
 
 
 def complete_registration(name: str, version: int, *, set_alias: str | None = None, purge: bool = False) -> Completion:
     """Everything a forget does after registering its child ``version``, each step skipped when
     done already, so a forget killed between any two of them is finished by running this again:
     the description (from the version's tags and its run: figures, ``amnesia.forget_plan``), the
-    alias ``set_alias`` moved to it, the parent's ``amnesia.superseded_by`` tag, and with
+    alias ``set_alias`` moved to it, the parent's ``amnesia.superseded_by`` tag, the banner atop the
+    parent's description (:func:`registry.superseded_banner`), and with
     ``purge`` the parent's purge (itself idempotent). Returns what it did."""
     c = registry.client()
     out = Completion()
@@ -699,6 +711,10 @@ def complete_registration(name: str, version: int, *, set_alias: str | None = No
     if f"superseded tag on v{parent}" in left:
         c.set_model_version_tag(name, str(parent), registry.TAG_SUPERSEDED, str(version))
         out.done.append(f"superseded tag on v{parent}")
+    if f"banner on v{parent}" in left:  # idempotent: an older banner is replaced, never stacked
+        desc = c.get_model_version(name, str(parent)).description or ""
+        c.update_model_version(name, str(parent), description=registry.with_banner(desc, _banner(mv)))
+        out.done.append(f"banner on v{parent}")
     if f"purge of v{parent}" in left:
         from .purge import purge as run_purge
 
