@@ -436,7 +436,7 @@ def run_forget(request: ForgetRequest) -> ForgetResult:
         records = _LazyRecords(planned, r.data_root)
         child, result = _apply_method(r, planned, run, records)
         metrics = _audit(r, planned, child, result, records, t0)
-        new_version = _register(r, planned, child, result, run.info.run_id)
+        new_version = _register(r, planned, child, result, run.info.run_id, metrics)
     say(f"registered {r.model_name} version {new_version} (run {run.info.run_id}): {result.summary}")
     done = complete_registration(r.model_name, new_version, set_alias=r.set_alias, purge=r.purge)
     return ForgetResult(plan, new_version, run.info.run_id, metrics, purge=done.purge)
@@ -586,13 +586,17 @@ def _audit(
             "steps.share": plan.share,
         }
     )
-    mlflow.log_metrics(metrics)
-    return metrics
+    return metrics  # logged by _register, linked to the child's logged model and their datasets
 
 
-def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult, run_id: str) -> int:
-    """Log the child and register it as the one child of its parent, its lineage tags in the same call."""
+def _register(
+    r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult, run_id: str, metrics: dict
+) -> int:
+    """Log the child (as ``<model>-v<N>``, its figures linked to it and to their datasets) and
+    register it as the one child of its parent, its lineage tags in the same call."""
     import mlflow
+
+    from ..mlflow.logged import evaluation_datasets, log_linked_metrics, logged_model_name, next_version
 
     plan, mv, am = planned.plan, planned.version, planned.model
     mlflow.set_tag(
@@ -623,7 +627,23 @@ def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, res
     # Registration is the last step (docs/RELIABILITY.md): log_model returns once every artifact
     # is uploaded; register_child then creates the version with its lineage tags in one call and
     # settles a race with a concurrent forget of the same parent (one child survives).
-    info = log_model(child, name="model")
+    n = next_version(r.model_name)  # for the name only: register_child settles the number
+    info = log_model(
+        child,
+        name=logged_model_name(r.model_name, n),
+        tags={
+            "mlflow.note.content": (
+                f"{r.model_name} v{n}: forgets {plan.n_records} record(s) from v{mv.version} with method "
+                f"{r.method}{f' + repair {r.repair}' if r.repair != 'none' else ''} (request "
+                f"{plan.request_hash[:16]}, a keyed hash; no record id is stored)"
+            ),
+            registry.TAG_PARENT: str(mv.version),
+            registry.TAG_METHOD: r.method,
+            registry.TAG_N_RECORDS: str(plan.n_records),
+            registry.TAG_REQUEST: plan.request_hash,
+        },
+    )
+    log_linked_metrics(metrics, info.model_id, evaluation_datasets(child.info, plan.request_hash))
     new_mv = register_child(
         r.model_name,
         info.model_uri,

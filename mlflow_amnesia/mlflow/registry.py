@@ -12,6 +12,7 @@ figures table ``metric | this version | parent | change``, and for a forget the 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from urllib.parse import quote
 
@@ -320,7 +321,7 @@ def superseded_banner(name: str, version: int | str, child: int | str, n_records
     return (
         f"{BANNER_START}{child}.** This version still holds the contribution of the {n_records} "
         f"record(s) v{child} forgot: serve [v{child}]({version_link(name, child)}) instead, and erase this one "
-        f"for good with `mlflow-amnesia purge --model {name} --version {version}`."
+        f"for good with `mlflow-amnesia purge --model {shlex.quote(name)} --version {version}`."
     )
 
 
