@@ -90,7 +90,17 @@ def test_signature_params_and_a_real_input_example(model, saved):
     sig = pf.metadata.signature
     assert sig.inputs is None  # any of the shapes and dtypes above; the metadata spells them out
     assert sig.outputs.input_names() == ["label", "label_index", *[f"prob_{c}" for c in range(10)]]
-    assert sig.params.to_dict() == [{"name": "input", "type": "string", "default": "raw", "shape": None}]
+    assert sig.params.to_dict() == [
+        {"name": "input", "type": "string", "default": "raw", "shape": None},
+        {"name": "output", "type": "string", "default": "table", "shape": None},
+    ]
+    # the table's parts alone, by param or by model_config at load (mlflow.models.evaluate's classifier wants labels)
+    images, _ = raw_digits(8)
+    native = am.predict_raw(images)
+    np.testing.assert_array_equal(pf.predict(images, params={"output": "label_index"}), native.argmax(1))
+    np.testing.assert_array_equal(pf.predict(images, params={"output": "probabilities"}), native)
+    labels = mlflow.pyfunc.load_model(str(saved), model_config={"output": "label"}).predict(images)
+    assert labels.tolist() == [str(i) for i in native.argmax(1)]
     described = pf.metadata.metadata["mlflow_amnesia"]["input"]
     assert described["raw_range"] == [0, 16.0] and "flat (N, 64)" in described["accepts"]
     example = np.asarray(json.loads((saved / "input_example.json").read_text()))  # MLflow writes an ndarray bare
@@ -126,6 +136,7 @@ def test_log_model_registers_and_loads_by_uri(model, tmp_path):
         (np.full((2, 8, 8), np.nan), None, "NaN or infinite"),
         (np.array([["a"] * 64]), None, "as numbers"),
         (np.zeros((2, 64)), {"input": "scaled"}, "use 'raw' or 'normalized'"),
+        (np.zeros((2, 64)), {"output": "logits"}, "'output' is 'logits': use one of 'table', 'label_index'"),
     ],
 )
 def test_bad_input_is_a_clear_error(saved, x, params, message):

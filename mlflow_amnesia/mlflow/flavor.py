@@ -64,6 +64,11 @@ WHEELS = "wheels"
 INPUT_PARAM, RAW, NORMALIZED = "input", "raw", "normalized"
 #: the pyfunc's output columns: the predicted class's name and index, a probability per class
 LABEL, LABEL_INDEX, PROB = "label", "label_index", "prob_"
+#: the pyfunc's ``output`` (a param, or ``model_config`` at load): the table (default), or one of
+#: its parts alone: ``label_index`` or ``label`` (1-D, what ``mlflow.models.evaluate``'s classifier
+#: evaluator expects), ``probabilities`` (N x classes)
+OUTPUT_PARAM, TABLE, PROBABILITIES = "output", "table", "probabilities"
+_OUTPUTS = (TABLE, LABEL_INDEX, LABEL, PROBABILITIES)
 
 
 def read_info(raw: bytes, where: str) -> VersionInfo:
@@ -120,7 +125,7 @@ def _signature(am: AmnesiaModel) -> Any:
     return ModelSignature(
         inputs=None,
         outputs=Schema(outputs),
-        params=ParamSchema([ParamSpec(INPUT_PARAM, "string", RAW)]),
+        params=ParamSchema([ParamSpec(INPUT_PARAM, "string", RAW), ParamSpec(OUTPUT_PARAM, "string", TABLE)]),
     )
 
 
@@ -233,6 +238,7 @@ def save_model(
         conda_env=_CONDA_ENV_FILE_NAME,
         python_env=_PYTHON_ENV_FILE_NAME,
         code=code_dir,
+        model_config={OUTPUT_PARAM: TABLE},  # so mlflow.pyfunc.load_model(..., model_config=) may choose another
     )
     mlflow_model.save(os.path.join(path, "MLmodel"))
 
@@ -432,8 +438,9 @@ class _PyFuncWrapper:
     ``params={"input": "normalized"}`` takes already normalised float tensors instead (the
     network's own input, as :meth:`AmnesiaModel.predict_proba`)."""
 
-    def __init__(self, model: AmnesiaModel):
+    def __init__(self, model: AmnesiaModel, output: str = TABLE):
         self.model = model
+        self.output = output
 
     def get_raw_model(self) -> AmnesiaModel:
         return self.model
@@ -442,15 +449,28 @@ class _PyFuncWrapper:
         import pandas as pd
         from mlflow.exceptions import MlflowException
 
-        mode = (params or {}).get(INPUT_PARAM, RAW)
+        p = dict(params or {})
+        if p.get(OUTPUT_PARAM) == TABLE and self.output != TABLE:
+            p.pop(OUTPUT_PARAM)  # the signature's default: the model_config given at load decides
+        mode, output = p.get(INPUT_PARAM, RAW), p.get(OUTPUT_PARAM, self.output)
         try:
             if mode not in (RAW, NORMALIZED):
                 raise InputError(f"params {INPUT_PARAM!r} is {text(repr(mode), 40)}: use {RAW!r} or {NORMALIZED!r}")
+            _check_output(output)
             x = self.model.images(_as_array(data), raw=mode == RAW)
         except InputError as e:  # a bad request: HTTP 400 with this line when served, not a 500
             raise MlflowException.invalid_parameter_value(str(e)) from None
         probs = self.model.predict_proba(x)
-        return probability_table(probs, self.model.class_names, pd)
+        if output == PROBABILITIES:
+            return probs
+        table = probability_table(probs, self.model.class_names, pd)
+        return table if output == TABLE else table[output].to_numpy()
+
+
+def _check_output(output: object) -> str:
+    if output not in _OUTPUTS:
+        raise InputError(f"{OUTPUT_PARAM!r} is {text(repr(output), 40)}: use one of {', '.join(map(repr, _OUTPUTS))}")
+    return str(output)
 
 
 def probability_table(probs: np.ndarray, classes: list[str], pd: Any) -> Any:
@@ -485,6 +505,10 @@ def _load_pyfunc(path: str, model_config: dict | None = None) -> _PyFuncWrapper:
     p = Path(path)
     local = p.parent if p.name == DATA else p
     conf = flavor_configuration(local, str(local))
-    wrapper = _PyFuncWrapper(read_model(local))
+    try:
+        output = _check_output((model_config or {}).get(OUTPUT_PARAM, TABLE))
+    except InputError as e:
+        raise InputError(f"model_config {e}") from None
+    wrapper = _PyFuncWrapper(read_model(local), output)
     warn_if_superseded(local, str(local), conf)
     return wrapper
