@@ -138,6 +138,14 @@ def test_serve_raw_pixels_with_the_local_environment(tmp_path):
         assert status == 400 and "raw pixels of this model lie in 0..16" in body["message"], body
         status, body = server.post({"inputs": [[1, 2, 3]]})
         assert status == 400 and "expected images shaped (N, 1, 8, 8)" in body["message"], body
+        # the README's curl command, as typed (its port aside): one raw digit, the class named
+        block = (REPO / "README.md").read_text().split("<!-- serve-command -->", 1)[1].split("```")[1]
+        serve, wait, curl = [ln for ln in block.splitlines()[1:] if ln.strip()]
+        assert "mlflow models serve -m models:/digits-resnet/1 --env-manager local" in serve and "ping" in wait
+        out = subprocess.run(["bash", "-c", curl.replace("5001", str(server.port))], capture_output=True, text=True, timeout=60)
+        (row,) = json.loads(out.stdout)["predictions"]
+        image = np.asarray(json.loads(curl.split("-d '", 1)[1].rstrip("'"))["inputs"])
+        assert row["label_index"] == int(am.predict_raw(image).argmax()) and row["label"] == str(row["label_index"])
     finally:
         server.stop()
 
