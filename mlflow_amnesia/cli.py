@@ -583,7 +583,13 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
 
 
 @main.command()
-@click.option("--model", "model_name", required=True, help=_MODEL_HELP + " The whole tree is shown.")
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    callback=lambda ctx, param, value: _reference(value).name,  # parsed before the tracking store is touched
+    help=_MODEL_HELP + " The whole tree is shown.",
+)
 @click.option(
     "--format",
     "fmt",
@@ -603,8 +609,6 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
 def lineage(model_name, fmt, output):
     """Show the version tree: method, records, steps rolled back, accuracy and audit figures."""
     import re
-
-    model_name = _reference(model_name).name
 
     from .errors import InputError
     from .jobs.lineage import lineage_rows, render_png, render_text

@@ -146,6 +146,7 @@ def test_bad_input_is_a_clear_error(saved, x, params, message):
     assert "\n" not in str(e.value.message)
 
 
+@pytest.mark.slow
 def test_load_in_a_fresh_process(model, saved):
     am, records = model
     code = (
