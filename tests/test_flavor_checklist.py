@@ -245,3 +245,20 @@ def test_flavor_configuration_is_read_back(saved):
         warnings.simplefilter("error")
         with pytest.raises(InputError, match="format 'one'.*damaged"):
             flavor.load_model(str(saved))
+
+
+def test_the_superseded_check_never_creates_a_database(saved, tmp_path, monkeypatch):
+    """A model from the registry served where no registry is: it loads, silently, and no empty
+    sqlite database is left where it was served."""
+    (saved / "registered_model_meta").write_text("model_name: gone\nmodel_version: '1'\n")
+    db = tmp_path / "elsewhere" / "mlflow.db"
+    db.parent.mkdir()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{db}")
+    mlflow.set_tracking_uri(f"sqlite:///{db}")
+    mlflow.set_registry_uri(f"sqlite:///{db}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", flavor.SupersededVersionWarning)
+        assert flavor.warn_if_superseded(saved, str(saved)) is None
+        mlflow.pyfunc.load_model(str(saved))
+    assert not db.exists()

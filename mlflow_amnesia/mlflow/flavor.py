@@ -412,7 +412,10 @@ def warn_if_superseded(local: Path, label: str, conf: dict | None = None) -> str
         return None
     try:
         from . import registry
+        from .tracking import check_reachable, check_tracking_store
 
+        check_tracking_store(create=False)  # never creates a database where the model is served
+        check_reachable(timeout=2.0)  # seconds, not MLflow's minutes of retries, when the server is down
         tags = dict(registry.client().get_model_version(name, version).tags or {})
     except Exception:  # noqa: BLE001 - the registry is out of reach: serve without the check
         return None
