@@ -111,13 +111,28 @@ def _method_named(value, flag):
     return value
 
 
-def _version_options(fn):
-    fn = click.option("--alias", default=None, help="Use the version this alias points to (e.g. production).")(fn)
-    fn = click.option("--version", "version", type=int, default=None, help="Model version (default: the latest).")(fn)
-    fn = click.option("--model", "model_name", required=True, help="Registered model name, as `train` registered it.")(
-        fn
+_MODEL_HELP = "Registered model: its name (as `train` registered it), models:/NAME/N or models:/NAME@ALIAS."
+
+
+def _reference(model_name, version=None, alias=None):
+    """``--model`` (a name or a models:/ URI) merged with ``--version``/``--alias``; one line if wrong."""
+    try:
+        return validation.merge_reference(validation.model_reference(model_name), version, alias)
+    except AmnesiaError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _version_options(command):
+    @functools.wraps(command)
+    def with_reference(*args, model_name, version, alias, **kwargs):
+        ref = _reference(model_name, version, alias)
+        return command(*args, model_name=ref.name, version=ref.version, alias=ref.alias, **kwargs)
+
+    fn = click.option("--alias", default=None, help="Use the version this alias points to (e.g. production).")(
+        with_reference
     )
-    return fn
+    fn = click.option("--version", "version", type=int, default=None, help="Model version (default: the latest).")(fn)
+    return click.option("--model", "model_name", required=True, help=_MODEL_HELP)(fn)
 
 
 def _audit_options(fn):
@@ -566,24 +581,41 @@ _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left b
 @main.command(
     help=_PURGE_HELP, short_help="Erase superseded versions for good (GDPR): weights and the records' deltas."
 )
-@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option("--model", "model_name", required=True, help=_MODEL_HELP + " A URI's version is purged.")
 @click.option(
     "--version",
     "versions",
     type=int,
     multiple=True,
-    required=True,
     help="A superseded version to purge; repeat to purge several at once (e.g. with its ancestors).",
 )
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, with byte counts; delete nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking for confirmation.")
-@_friendly
 def purge(model_name, versions, dry_run, yes):
+    ref = _reference(model_name)
+    versions = list(versions)
+    if ref.version is not None and ref.version not in versions:
+        versions.append(ref.version)
+    if not versions and ref.alias is None:
+        raise click.ClickException(
+            "--version is required (or --model models:/NAME/N): which superseded version to purge"
+        )
+    _purge(ref, versions, dry_run, yes)
+
+
+@_friendly
+def _purge(ref, versions, dry_run, yes):
     from .jobs.purge import purge as run_purge
+
+    model_name = ref.name
+    if ref.alias is not None:
+        from .mlflow import registry
+
+        versions.append(int(registry.resolve_version(model_name, alias=ref.alias).version))
 
     confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
     try:
-        r = run_purge(model_name, list(versions), dry_run=dry_run, yes=yes, confirm=confirm)
+        r = run_purge(model_name, versions, dry_run=dry_run, yes=yes, confirm=confirm)
     except KeyboardInterrupt:
         click.echo("interrupted: the purge is not finished; run the same command again to finish it", err=True)
         sys.exit(130)
@@ -675,7 +707,13 @@ def shadow(model_name, version, alias, members, shadows, data_root):
 
 
 @main.command()
-@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option(
+    "--model",
+    "model_name",
+    required=True,
+    callback=lambda ctx, param, value: _reference(value).name,  # parsed before the tracking store is touched
+    help=_MODEL_HELP + " The whole tree is shown.",
+)
 @click.option(
     "--format",
     "fmt",

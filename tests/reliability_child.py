@@ -12,6 +12,7 @@ Not a test module: the tests start it with ``python THIS ARGS...``.
 * ``described``    right after the new version's description was written
 * ``aliased``      right after ``--set-alias`` moved the alias to the new version
 * ``superseded``   right after the parent was tagged ``amnesia.superseded_by``
+* ``bannered``     right after the superseded banner was written atop the parent's description
 * ``purging``      during the ``--purge`` that follows: tombstone and chunks gone, model files not yet
 * ``purge:STEP``   between two steps of the purge job (tests/test_purge_crash.py), in order:
   ``started`` (tag amnesia.purge_started and the tombstone written, no chunk deleted),
@@ -128,6 +129,18 @@ def install_kill(point: str) -> None:
             return out
 
         setattr(MlflowClient, name, call)
+    elif point == "bannered":  # the superseded banner written atop the parent's description
+        from mlflow import MlflowClient
+
+        orig_update = MlflowClient.update_model_version
+
+        def update(self, *args, **kwargs):
+            out = orig_update(self, *args, **kwargs)
+            if str(kwargs.get("description") or "").startswith("> **Superseded by v"):
+                die()
+            return out
+
+        MlflowClient.update_model_version = update
     elif point == "purging":
         from mlflow_amnesia.jobs import purge
 

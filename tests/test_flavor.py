@@ -28,7 +28,9 @@ def _tiny_model(tmp_path) -> AmnesiaModel:
     store = DeltaStore.create(url, layout=state_layout(module), codec="f32", key=key)
     b = RecordIndexBuilder(key)
     for step in range(3):
-        store.append(step, {k: torch.randn_like(v) * 1e-3 for k, v in module.state_dict().items() if v.is_floating_point()})
+        store.append(
+            step, {k: torch.randn_like(v) * 1e-3 for k, v in module.state_dict().items() if v.is_floating_point()}
+        )
         b.add(step, [f"r{step}a", f"r{step}b"])
     store.close()
     seg = Segment("train", url, 0, 2, manifest=store.manifest_bytes(), index=b.build().to_bytes())
@@ -60,11 +62,15 @@ def test_pyfunc_equals_native_and_signature(tmp_path):
     flavor.save_model(m, tmp_path / "saved")
     pf = mlflow.pyfunc.load_model(str(tmp_path / "saved"))
     x = np.random.default_rng(0).normal(size=(5, 1, 8, 8)).astype(np.float32)
-    np.testing.assert_allclose(pf.predict(x), m.predict_proba(x), rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(pf.predict(x).sum(1), 1.0, rtol=1e-5)
+    probs = pf.predict(x, params={"input": "normalized"}).filter(like="prob_").to_numpy()
+    np.testing.assert_allclose(probs, m.predict_proba(x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
     sig = pf.metadata.signature
-    assert sig is not None and sig.inputs.inputs[0].shape == (-1, 1, 8, 8)
+    assert sig is not None and sig.params.to_dict()[0]["name"] == "input"
     assert (tmp_path / "saved" / "input_example.json").exists() or pf.metadata.saved_input_example_info
+    # a version that records no normalisation takes no raw pixels: it says what to send
+    with pytest.raises(mlflow.exceptions.MlflowException, match="records no normalisation"):
+        pf.predict(x)
 
 
 def test_log_model_registers_and_load_reads_no_chunk(tmp_path):

@@ -134,7 +134,7 @@ def story(trained, tmp_path_factory):
         o.v2_state = {k: t.clone() for k, t in v2.module.state_dict().items()}
         o.params = [k for k, _ in v1.module.named_parameters()]  # BatchNorm running stats roll back decayed
         o.v2_pred_before = v2.predict_proba(images)
-        o.v2_pyfunc_before = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images))
+        o.v2_pyfunc_before = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images, params={"input": "normalized"}))
         o.store_url = v1.segments[0].store_url
         o.rolled = sorted(int(s) for s in v2.rolled_back)
         store = DeltaStore.open(o.store_url, key=bytes.fromhex(KEY))
@@ -178,7 +178,7 @@ def story(trained, tmp_path_factory):
 
         v2 = load_model(f"models:/{MODEL}/2")
         o.v2_pred_after = v2.predict_proba(images)
-        o.v2_pyfunc_after = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images))
+        o.v2_pyfunc_after = np.asarray(mlflow.pyfunc.load_model(f"models:/{MODEL}/2").predict(images, params={"input": "normalized"}))
         initial = load_state(str(Path(o.store_url).parent / "training" / "initial_state.pt"), key=bytes.fromhex(KEY))
         left = DeltaStore.open(o.store_url, key=bytes.fromhex(KEY))
         sums = left.sum(left.steps)

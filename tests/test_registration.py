@@ -5,6 +5,7 @@ written. The windows a SIGKILL can leave between those steps: tests/test_crash.p
 
 from __future__ import annotations
 
+import pytest
 from helpers import invoke
 
 
@@ -42,10 +43,54 @@ def test_complete_registration_is_idempotent_and_says_what_it_did(registry_copy,
     c = registry.client()
     c.delete_model_version_tag("twice", "1", registry.TAG_SUPERSEDED)
     c.update_model_version("twice", "2", description="")
+    c.update_model_version("twice", "1", description="")  # as a forget killed before the banner leaves it
     done = complete_registration("twice", 2, set_alias="production").done
-    assert done == ["description", "alias production", "superseded tag on v1"]
+    assert done == ["description", "alias production", "superseded tag on v1", "banner on v1"]
     assert complete_registration("twice", 2, set_alias="production").done == []
     v2 = c.get_model_version("twice", "2")
     assert "**twice v2** forgets 1 record(s) from v1" in v2.description and "**Lineage:**" in v2.description
     assert c.get_model_version("twice", "1").tags[registry.TAG_SUPERSEDED] == "2"
     assert int(c.get_model_version_by_alias("twice", "production").version) == 2
+
+
+@pytest.mark.slow
+def test_a_superseded_version_is_marked_warns_when_loaded_and_loses_its_alias(registry_copy, tmp_path):
+    import mlflow
+
+    from mlflow_amnesia.jobs.forget import complete_registration
+    from mlflow_amnesia.mlflow import flavor, registry
+
+    _train("marked")
+    c = registry.client()
+    c.update_model_version("marked", "1", description="Trained on digits.")
+    c.set_registered_model_alias("marked", "production", "1")
+    ids = invoke("records", "--model", "marked", "--limit", "3").output.split()
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    invoke("forget", "--model", "models:/marked@production", "--records", str(tmp_path / "ids.txt"), "--yes",
+           "--no-audit", "--set-alias", "production")
+    v1 = c.get_model_version("marked", "1")
+    banner = v1.description.split("\n", 1)[0]
+    assert banner.startswith("> **Superseded by v2.**") and "contribution of the 3 record(s) v2 forgot" in banner
+    assert "`mlflow-amnesia purge --model marked --version 1`" in banner
+    assert v1.description.endswith("Trained on digits.")  # what was there stays, below the banner
+    assert int(c.get_model_version_by_alias("marked", "production").version) == 2  # the alias moved off v1
+    # idempotent: a second completion neither stacks banners nor changes the description
+    c.update_model_version("marked", "1", description=registry.with_banner(v1.description, "> **Superseded by v9.** old"))
+    assert complete_registration("marked", 2).done == ["banner on v1"]
+    assert complete_registration("marked", 2).done == []
+    d = c.get_model_version("marked", "1").description
+    assert d == v1.description and d.count(registry.BANNER_START) == 1
+    # loading or serving it (pyfunc, the path `mlflow models serve` takes) warns; its child does not
+    with pytest.warns(flavor.SupersededVersionWarning, match="marked v1 .* was superseded by v2.*still holds"):
+        flavor.load_model("models:/marked/1")
+    with pytest.warns(flavor.SupersededVersionWarning, match="mlflow-amnesia purge --model marked --version 1"):
+        mlflow.pyfunc.load_model("models:/marked/1")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", flavor.SupersededVersionWarning)
+        flavor.load_model("models:/marked@production")
+    # purged: the tombstone note replaces the banner
+    invoke("purge", "--model", "models:/marked/1", "--yes")
+    d = c.get_model_version("marked", "1").description
+    assert d.startswith("**Purged**") and registry.BANNER_START not in d and "Trained on digits." in d

@@ -26,7 +26,7 @@ from ..mlflow import registry, tracking
 from ..mlflow.concurrency import check_forkable, children_of, one_forget_per_model, register_child
 from ..mlflow.flavor import AmnesiaModel, load_model, log_model
 from ..progress import info as say
-from ..tags import TAG_FLAVOR_FORMAT, TAG_N_RECORDS_TOTAL, TAG_PLAN, TAG_PURGED, TAG_ROLE
+from ..tags import TAG_FLAVOR_FORMAT, TAG_N_RECORDS_TOTAL, TAG_PLAN, TAG_PURGE_STARTED, TAG_PURGED, TAG_ROLE
 from . import lineage
 
 if TYPE_CHECKING:
@@ -446,7 +446,7 @@ def _run_and_register(r: ForgetRequest, planned: PlannedForget, parent_run: Any,
                 records = _LazyRecords(planned, r.data_root)
                 child, result = _apply_method(r, planned, run, records)
                 metrics = _audit(r, planned, child, result, records, t0)
-                new_version = _register(r, planned, child, result, run.info.run_id)
+                new_version = _register(r, planned, child, result, run.info.run_id, metrics)
             except Exception as e:  # noqa: BLE001 - only a server that went away is reworded
                 _reraise_if_server_gone(e, r.model_name, int(mv.version))
                 raise
@@ -563,6 +563,7 @@ def _apply_method(
         segments=list(am.segments),
         rolled_back=am.rolled_back,
         forgotten=am.forgotten,
+        example=am.example,
     )
     m = get_method(r.method)
     ctx = ForgetContext(
@@ -654,8 +655,7 @@ def _audit(
             "steps.share": plan.share,
         }
     )
-    mlflow.log_metrics(metrics)
-    return metrics
+    return metrics  # logged by _register, linked to the child's logged model and their datasets
 
 
 def _ulira_request(r: ForgetRequest, key: bytes, parent):
@@ -674,9 +674,14 @@ def _ulira_request(r: ForgetRequest, key: bytes, parent):
     return UliraRequest(spec=spec, key=key, parent=parent)
 
 
-def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult, run_id: str) -> int:
-    """Log the child and register it as the one child of its parent, its lineage tags in the same call."""
+def _register(
+    r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, result: MethodResult, run_id: str, metrics: dict
+) -> int:
+    """Log the child (as ``<model>-v<N>``, its figures linked to it and to their datasets) and
+    register it as the one child of its parent, its lineage tags in the same call."""
     import mlflow
+
+    from ..mlflow.logged import evaluation_datasets, log_linked_metrics, logged_model_name, next_version
 
     plan, mv, am = planned.plan, planned.version, planned.model
     mlflow.set_tag(
@@ -707,7 +712,23 @@ def _register(r: ForgetRequest, planned: PlannedForget, child: AmnesiaModel, res
     # Registration is the last step (docs/RELIABILITY.md): log_model returns once every artifact
     # is uploaded; register_child then creates the version with its lineage tags in one call and
     # settles a race with a concurrent forget of the same parent (one child survives).
-    info = log_model(child, name="model")
+    n = next_version(r.model_name)  # for the name only: register_child settles the number
+    info = log_model(
+        child,
+        name=logged_model_name(r.model_name, n),
+        tags={
+            "mlflow.note.content": (
+                f"{r.model_name} v{n}: forgets {plan.n_records} record(s) from v{mv.version} with method "
+                f"{r.method}{f' + repair {r.repair}' if r.repair != 'none' else ''} (request "
+                f"{plan.request_hash[:16]}, a keyed hash; no record id is stored)"
+            ),
+            registry.TAG_PARENT: str(mv.version),
+            registry.TAG_METHOD: r.method,
+            registry.TAG_N_RECORDS: str(plan.n_records),
+            registry.TAG_REQUEST: plan.request_hash,
+        },
+    )
+    log_linked_metrics(metrics, info.model_id, evaluation_datasets(child.info, plan.request_hash))
     new_mv = register_child(
         r.model_name,
         info.model_uri,
@@ -744,7 +765,7 @@ def _complete_earlier(plan: ForgetPlan, mv, *, set_alias: str | None, purge: boo
 
 def registration_left(name: str, version: int, *, set_alias: str | None = None, purge: bool = False) -> list[str]:
     """The steps after registration that ``version`` (a forget's child) still lacks, in order:
-    ``description``, ``alias NAME``, ``superseded tag on vP``, ``purge of vP``. Reads only."""
+    ``description``, ``alias NAME``, ``superseded tag on vP``, ``banner on vP``, ``purge of vP``. Reads only."""
     c = registry.client()
     mv = c.get_model_version(name, str(version))
     parent = str((mv.tags or {})[registry.TAG_PARENT])
@@ -758,16 +779,28 @@ def registration_left(name: str, version: int, *, set_alias: str | None = None, 
         left.append(f"alias {set_alias}")
     if (pmv.tags or {}).get(registry.TAG_SUPERSEDED) != str(version):
         left.append(f"superseded tag on v{parent}")
+    purging = TAG_PURGED in (pmv.tags or {}) or TAG_PURGE_STARTED in (pmv.tags or {})  # purge's note replaces it
+    if not purging and not (pmv.description or "").startswith(_banner(mv)):
+        left.append(f"banner on v{parent}")
     if purge and TAG_PURGED not in (pmv.tags or {}):
         left.append(f"purge of v{parent}")
     return left
+
+
+def _banner(child) -> str:
+    """The banner a forget's ``child`` puts at the top of its parent's description."""
+    tags = child.tags or {}
+    return registry.superseded_banner(
+        child.name, tags[registry.TAG_PARENT], child.version, tags.get(registry.TAG_N_RECORDS, "?")
+    )
 
 
 def complete_registration(name: str, version: int, *, set_alias: str | None = None, purge: bool = False) -> Completion:
     """Everything a forget does after registering its child ``version``, each step skipped when
     done already, so a forget killed between any two of them is finished by running this again:
     the description (from the version's tags and its run: figures, ``amnesia.forget_plan``), the
-    alias ``set_alias`` moved to it, the parent's ``amnesia.superseded_by`` tag, and with
+    alias ``set_alias`` moved to it, the parent's ``amnesia.superseded_by`` tag, the banner atop the
+    parent's description (:func:`registry.superseded_banner`), and with
     ``purge`` the parent's purge (itself idempotent). Returns what it did."""
     c = registry.client()
     out = Completion()
@@ -786,6 +819,10 @@ def complete_registration(name: str, version: int, *, set_alias: str | None = No
     if f"superseded tag on v{parent}" in left:
         c.set_model_version_tag(name, str(parent), registry.TAG_SUPERSEDED, str(version))
         out.done.append(f"superseded tag on v{parent}")
+    if f"banner on v{parent}" in left:  # idempotent: an older banner is replaced, never stacked
+        desc = c.get_model_version(name, str(parent)).description or ""
+        c.update_model_version(name, str(parent), description=registry.with_banner(desc, _banner(mv)))
+        out.done.append(f"banner on v{parent}")
     if f"purge of v{parent}" in left:
         from .purge import purge as run_purge
 

@@ -635,8 +635,8 @@ def purge(
         vp.tombstone_done = True
         files = body.get("deleted_files", [])
         n_steps = sum(body.get("steps_that_saw_the_records", {}).values())
-        desc = c.get_model_version(model_name, str(vp.version)).description or ""
-        if not desc.startswith(_NOTE):
+        desc = registry.without_banner(c.get_model_version(model_name, str(vp.version)).description or "")
+        if not desc.startswith(_NOTE):  # the note replaces the superseded banner (jobs.forget's)
             note = (
                 f"{_NOTE} {done_at} (GDPR erasure): the weights of v{vp.version} and the recorded deltas of the "
                 f"{n_steps} step(s) that saw the records v{vp.superseded_by} forgot were deleted for good. This "

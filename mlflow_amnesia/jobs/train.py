@@ -17,6 +17,7 @@ from ..audit.verdict import estimate_from_metrics, train_verdict
 from ..learning.training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
 from ..mlflow import registry
 from ..mlflow.flavor import AmnesiaModel, log_model
+from ..mlflow.logged import evaluation_datasets, log_linked_metrics, logged_model_name, next_version
 from ..mlflow.runs import check_store_location, log_params_once, phase_base, start_run
 from ..progress import info as say
 from ..recording.phase import Phase
@@ -80,7 +81,7 @@ def train(
     import mlflow
 
     from ..keys import key_id, load_key
-    from ..learning.data import ORDER_KEYED
+    from ..learning.data import ORDER_KEYED, example_images
     from ..learning.data import split as make_split
     from ..learning.models import build_model, default_arch_spec
     from ..mlflow.tracking import check_tracking_store
@@ -195,7 +196,6 @@ def train(
             if audit:
                 mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
         metrics.update({"train.seconds": train_seconds, "steps.total": steps})
-        mlflow.log_metrics(metrics)
 
         am = AmnesiaModel(
             module=model,
@@ -216,11 +216,27 @@ def train(
                 history=[{"method": "train", "run_id": run_id, "steps": steps}],
             ),
             segments=[segment],
+            example=example_images(records, hold_idx),  # class means of held-out images, raw: no record
         )
         say(f"registering model {model_name!r}")
         # Registration last, tags in the same call (docs/RELIABILITY.md): a train killed before it
         # leaves an unregistered run; re-running train starts afresh with a new run and store.
-        info = log_model(am, name="model")
+        n = next_version(model_name)  # for the logged model's name only: the registry gives the number
+        info = log_model(
+            am,
+            name=logged_model_name(model_name, n),
+            tags={
+                "mlflow.note.content": (
+                    f"{model_name} v{n}: trained by mlflow-amnesia on {dataset} ({len(train_idx)} records), {arch}, "
+                    f"{recipe.epochs} epochs, every one of its {steps} steps recorded"
+                ),
+                registry.TAG_METHOD: "train",
+                TAG_DATASET: dataset,
+                TAG_ARCH: arch,
+            },
+        )
+        # the figures, linked to the logged model and to the data they were measured on
+        log_linked_metrics(metrics, info.model_id, evaluation_datasets(am.info))
         mv = mlflow.register_model(
             info.model_uri,
             model_name,

@@ -165,3 +165,59 @@ def check_forget_options(*, repair_lr: float | None, store_uri: str | None) -> N
     if repair_lr is not None:
         positive_number(repair_lr, "repair_lr", "repair learning rate")
     writable_store_uri(store_uri, "store_uri")
+
+
+class ModelRef:
+    """What ``--model`` named: a registered model and, from a URI, a version or an alias."""
+
+    __slots__ = ("name", "version", "alias")
+
+    def __init__(self, name: str, version: int | None = None, alias: str | None = None) -> None:
+        self.name, self.version, self.alias = name, version, alias
+
+    def __repr__(self) -> str:
+        return f"ModelRef({self.name!r}, version={self.version!r}, alias={self.alias!r})"
+
+
+_URI_FORMS = "give a registered model name, models:/NAME/N or models:/NAME@ALIAS"
+
+
+def model_reference(value: str, name: str = "--model") -> ModelRef:
+    """``NAME``, ``models:/NAME``, ``models:/NAME/N``, ``models:/NAME/latest`` or
+    ``models:/NAME@ALIAS`` as a :class:`ModelRef`; anything else (another URI scheme, a logged
+    model id, a version that is not a number) is an :class:`InputError` naming the value."""
+    v = str(value).strip()
+    if not v:
+        raise InputError(f"{name} is empty: {_URI_FORMS}")
+    if "://" in v or (":" in v.split("/", 1)[0] and not v.startswith("models:/")):
+        raise InputError(f"{name} {value}: not a registered model; {_URI_FORMS}")
+    if not v.startswith("models:/"):
+        return ModelRef(v)
+    rest = v[len("models:/") :]
+    if "@" in rest:
+        model, alias = rest.rsplit("@", 1)
+        if model and alias and "/" not in alias and "/" not in model:
+            return ModelRef(model, alias=alias)
+        raise InputError(f"{name} {value}: expected models:/NAME@ALIAS; {_URI_FORMS}")
+    parts = rest.split("/")
+    if len(parts) == 1 and parts[0]:
+        if parts[0].startswith("m-"):
+            raise InputError(f"{name} {value}: a logged model id, not a registered model; {_URI_FORMS}")
+        return ModelRef(parts[0])
+    if len(parts) == 2 and parts[0] and parts[1] == "latest":
+        return ModelRef(parts[0])
+    if len(parts) == 2 and parts[0] and parts[1].isdigit() and int(parts[1]) >= 1:
+        return ModelRef(parts[0], version=int(parts[1]))
+    raise InputError(f"{name} {value}: the version must be a number >= 1 (models:/NAME/N); {_URI_FORMS}")
+
+
+def merge_reference(ref: ModelRef, version: int | None, alias: str | None, name: str = "--model") -> ModelRef:
+    """``ref`` with ``--version``/``--alias``: the same choice twice is fine, two different ones are refused."""
+    if ref.version is not None and version is not None and version != ref.version:
+        raise InputError(f"{name} models:/{ref.name}/{ref.version} and --version {version} disagree: give one of them")
+    if ref.alias is not None and alias is not None and alias != ref.alias:
+        raise InputError(f"{name} models:/{ref.name}@{ref.alias} and --alias {alias} disagree: give one of them")
+    out = ModelRef(ref.name, ref.version if ref.version is not None else version, ref.alias or alias)
+    if out.version is not None and out.alias is not None:
+        raise InputError(f"{name} {ref.name}: a version and an alias both given; give one of them")
+    return out

@@ -70,6 +70,8 @@ __all__ = [
     "Split",
     "batches",
     "class_records",
+    "example_images",
+    "normalize",
     "default_data_root",
     "ORDER_KEYED",
     "ORDER_PUBLIC",
@@ -475,6 +477,46 @@ def _parse_spec(spec: str, root: str | os.PathLike | None) -> tuple[str, Path | 
     return kind, Path(root).expanduser().resolve() if root is not None else default_data_root()
 
 
+def normalize(images: torch.Tensor, normalization: Mapping[str, Any]) -> torch.Tensor:
+    """``(images / scale - mean[c]) / std[c]`` in float32, per channel: the one normalisation.
+
+    ``images`` (N, C, H, W) in the data set's raw units (uint8 0..255, digits' 0..16); the
+    loaders and a served model (:meth:`mlflow_amnesia.version.model.AmnesiaModel.preprocess`)
+    both call this, so a raw image reaches the network exactly as in training."""
+    mean_t = torch.tensor([float(m) for m in normalization["mean"]], dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor([float(s) for s in normalization["std"]], dtype=torch.float32).view(1, -1, 1, 1)
+    x = images.to(torch.float32, copy=True)
+    return x.div_(float(normalization["scale"])).sub_(mean_t).div_(std_t)
+
+
+#: fewest held-out records of a class averaged into an input example: a mean, never a record
+EXAMPLE_MIN_RECORDS = 10
+
+
+def example_images(records: Records, holdout: np.ndarray, classes: int = 2) -> np.ndarray | None:
+    """A model's input example: for each of the first ``classes`` classes, the mean of its
+    held-out images in the data set's raw units, rounded, ``(k, C, H, W)`` uint8.
+
+    Real in every respect a user sends (shape, dtype, range, a recognisable digit) but no one's
+    record: training images are personal data and a class mean of at least
+    :data:`EXAMPLE_MIN_RECORDS` held-out images is not any of them. None when no class has enough."""
+    norm = records.spec["normalization"]
+    mean = np.asarray(norm["mean"], np.float64).reshape(1, -1, 1, 1)
+    std = np.asarray(norm["std"], np.float64).reshape(1, -1, 1, 1)
+    idx = np.asarray(holdout, dtype=np.int64)
+    y = records.y.numpy()[idx]
+    out = []
+    for c in range(records.num_classes):
+        pos = idx[y == c]
+        if len(pos) >= EXAMPLE_MIN_RECORDS:
+            x = records.x[torch.as_tensor(pos)].numpy().astype(np.float64)
+            raw = (x * std + mean) * float(norm["scale"])
+            out.append(np.clip(np.rint(raw.mean(axis=0)), 0, 255).astype(np.uint8))
+        if len(out) == classes:
+            break
+    return np.stack(out) if out else None
+
+
 def _load(
     spec: str, root: str | os.PathLike | None, download: bool, normalization: Mapping[str, Any] | None
 ) -> tuple[_Raw, Records]:
@@ -486,15 +528,12 @@ def _load(
         mean, std = _channel_stats(ref, raw.scale)
         normalization = {"scale": raw.scale, "mean": mean, "std": std}
     scale = float(normalization["scale"])
-    mean_t = torch.tensor([float(m) for m in normalization["mean"]], dtype=torch.float32).view(1, -1, 1, 1)
-    std_t = torch.tensor([float(s) for s in normalization["std"]], dtype=torch.float32).view(1, -1, 1, 1)
-    if mean_t.shape[1] != raw.images.shape[1] or std_t.shape[1] != raw.images.shape[1]:
+    if len(normalization["mean"]) != raw.images.shape[1] or len(normalization["std"]) != raw.images.shape[1]:
         raise InputError(
-            f"the recorded normalisation has {mean_t.shape[1]} channel(s) but {raw.spec!r} has "
+            f"the recorded normalisation has {len(normalization['mean'])} channel(s) but {raw.spec!r} has "
             f"{raw.images.shape[1]}: the spec does not describe this data set."
         )
-    x = torch.from_numpy(raw.images).to(torch.float32)
-    x.div_(scale).sub_(mean_t).div_(std_t)
+    x = normalize(torch.from_numpy(raw.images), normalization)
     spec_dict = {
         "format": SPEC_FORMAT,
         "spec": raw.spec,

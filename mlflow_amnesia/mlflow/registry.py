@@ -12,6 +12,7 @@ figures table ``metric | this version | parent | change``, and for a forget the 
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Mapping
 from urllib.parse import quote
 
@@ -391,3 +392,33 @@ def _log_picture(mv, png: bytes) -> str:
         say(f"warning: the lineage picture of {mv.name} v{mv.version} was not drawn: {type(e).__name__}: {e}")
         return ""
     return f"![lineage of {_md(mv.name)} up to v{mv.version}]({artifact_link(mv.run_id, LINEAGE_ARTIFACT)})"
+
+
+# ---------------------------------------------------------------------------------------------
+# The superseded banner: the first thing a parent's page says once a forget replaced it
+
+BANNER_START = "> **Superseded by v"  # how a superseded version's description starts
+
+
+def superseded_banner(name: str, version: int | str, child: int | str, n_records: int | str) -> str:
+    """One markdown quote line: superseded by ``child``, still holding the contribution of the
+    ``n_records`` records the child forgot, and the purge command that erases it."""
+    return (
+        f"{BANNER_START}{child}.** This version still holds the contribution of the {n_records} "
+        f"record(s) v{child} forgot: serve [v{child}]({version_link(name, child)}) instead, and erase this one "
+        f"for good with `mlflow-amnesia purge --model {shlex.quote(name)} --version {version}`."
+    )
+
+
+def without_banner(description: str) -> str:
+    """``description`` without its superseded banner (if any)."""
+    d = description or ""
+    if not d.startswith(BANNER_START):
+        return d
+    return d.split("\n", 1)[1].lstrip("\n") if "\n" in d else ""
+
+
+def with_banner(description: str, banner: str) -> str:
+    """``description`` starting with ``banner`` (once: an older banner is replaced)."""
+    rest = without_banner(description)
+    return f"{banner}\n\n{rest}" if rest else banner

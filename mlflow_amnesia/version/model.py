@@ -37,6 +37,9 @@ class AmnesiaModel:
     segments: list[Segment]
     rolled_back: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
     forgotten: np.ndarray = field(default_factory=no_hashes)
+    #: raw images shaped ``(k, C, H, W)`` in the data set's units that a pyfunc input example shows
+    #: (class means of held-out records, never a record: :func:`mlflow_amnesia.learning.data.example_images`)
+    example: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.info, VersionInfo):
@@ -49,6 +52,74 @@ class AmnesiaModel:
     @property
     def next_step(self) -> int:
         return max([s.last_step + 1 for s in self.segments] + [0])
+
+    @property
+    def normalization(self) -> dict | None:
+        """``{"scale", "mean", "std"}``: what turns this version's raw pixels into its input."""
+        norm = (self.info.dataset or {}).get("normalization")
+        return dict(norm) if isinstance(norm, dict) else None
+
+    @property
+    def class_names(self) -> list[str]:
+        n = int(self.info.num_classes or 0)
+        names = [str(c) for c in (self.info.classes or [])]
+        return names if len(names) == n else [str(i) for i in range(n)]
+
+    def images(self, x: object, *, raw: bool = True) -> torch.Tensor:
+        """A batch as the network takes it: float32 ``(N, C, H, W)``, normalised.
+
+        ``raw=True``: pixels in the data set's units (``0..scale``: 0..255 for MNIST and CIFAR,
+        0..16 for digits; uint8, int or float) shaped ``(N, C, H, W)``, ``(N, H, W)`` (one
+        channel), ``(N, H, W, C)`` (channels last) or flat ``(N, C*H*W)``, normalised here as in
+        training. ``raw=False``: already normalised float tensors, in the same shapes."""
+        shape = tuple(int(s) for s in (self.info.input_shape or ()))
+        try:
+            a = np.asarray(x)
+            if a.dtype == object or a.dtype.kind not in "biuf":
+                a = a.astype(np.float64)
+        except (TypeError, ValueError) as e:
+            raise InputError(
+                f"expected a batch of images as numbers, got {type(x).__name__} ({text(e, 120)})"
+            ) from None
+        c, h, w = (shape + (1, 1, 1))[:3] if len(shape) == 3 else (0, 0, 0)
+        if a.ndim == 2 and a.shape[1] == int(np.prod(shape)):
+            a = a.reshape(-1, *shape)
+        elif a.ndim == 3 and c == 1 and a.shape[1:] == (h, w):
+            a = a[:, None]
+        elif a.ndim == 4 and c > 1 and a.shape[1:] == (h, w, c) and a.shape[1:] != shape:
+            a = np.moveaxis(a, 3, 1)
+        if a.ndim != 4 or tuple(a.shape[1:]) != shape:
+            forms = f"(N, {', '.join(map(str, shape))}) or flat (N, {int(np.prod(shape))})"
+            if c == 1:
+                forms += f" or (N, {h}, {w})"
+            elif c > 1:
+                forms += f" or channels last (N, {h}, {w}, {c})"
+            raise InputError(f"expected images shaped {forms}, got {a.shape}")
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise InputError("the images hold NaN or infinite values: send pixel values")
+        if not raw:
+            return torch.as_tensor(a.astype(np.float32, copy=False))
+        norm = self.normalization
+        if norm is None:
+            raise InputError(
+                "this version records no normalisation (data/amnesia.json has no dataset.normalization): "
+                "send normalised tensors (pyfunc params={'input': 'normalized'})"
+            )
+        scale = float(norm["scale"])
+        if a.size and (a.min() < 0 or a.max() > scale):
+            raise InputError(
+                f"raw pixels of this model lie in 0..{scale:g} (the data set's units), got values in "
+                f"{float(a.min()):.4g}..{float(a.max()):.4g}: send the images as the data set has them, "
+                "or, for already normalised tensors, pyfunc params={'input': 'normalized'}"
+            )
+        from ..learning.data import normalize
+
+        return normalize(torch.as_tensor(a.astype(np.float32, copy=False)), norm)
+
+    @torch.no_grad()
+    def predict_raw(self, x: object, batch_size: int = 512) -> np.ndarray:
+        """Class probabilities for raw pixels (:meth:`images` says which), normalised as in training."""
+        return self.predict_proba(self.images(x, raw=True), batch_size=batch_size)
 
     @torch.no_grad()
     def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
