@@ -76,7 +76,8 @@ def _num(x) -> str:
 
 
 def _e(x: object) -> str:
-    return html.escape(str(x), quote=True)
+    """``x`` escaped for HTML, its `backticked` parts as code."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(x), quote=True))
 
 
 _CSS = """
