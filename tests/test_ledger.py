@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from helpers import KEY, invoke
 
+pytestmark = pytest.mark.slow  # the module builds its registry once: three short trainings, two forgets
+
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("reliability_child.py")
 M = "ledgered"
@@ -303,3 +305,60 @@ def test_deadline_is_one_calendar_month():
     assert one_month_after(dt.date(2026, 1, 31)) == dt.date(2026, 2, 28)
     assert one_month_after(dt.date(2026, 12, 15)) == dt.date(2027, 1, 15)
     assert one_month_after(dt.date(2028, 1, 30)) == dt.date(2028, 2, 29)
+
+
+def _ui():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ui_screenshot", REPO / "scripts" / "ui_screenshot.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.ui
+@pytest.mark.slow
+def test_the_erasure_report_shows_the_request_in_a_browser(world, tmp_path):
+    """After the purge above: the page, rendered by headless Chromium, says what a privacy officer hands over."""
+    import mlflow
+
+    from mlflow_amnesia.jobs.report import verify
+
+    ui = _ui()
+    why = ui.browser_missing()
+    if why:
+        pytest.skip(f"the report test needs a browser: {why}")
+    req = [s for s in _status() if s["received"] == world["received"]][0]
+    out = tmp_path / "report.html"
+    r = invoke("report", "--model", M, "--request", req["request"][:16], "--output", str(out))
+    page_html = out.read_text()
+    assert f"sha256 {verify(page_html)}" in r.output
+    for rid in world["ids"]:
+        assert rid not in page_html
+    c = mlflow.MlflowClient()
+    for v in (3, 4):  # the two forgets of the request: the page on their runs, linked from their versions
+        mv = c.get_model_version(M, str(v))
+        assert f"**Erasure report:** [request {req['request'][:16]}…](get-artifact?path=erasure/report-" in mv.description
+        got = mlflow.artifacts.load_text(f"runs:/{mv.run_id}/erasure/report-{req['request'][:16]}.html")
+        assert verify(got) == verify(page_html)
+    with ui.chromium((1100, 900)) as page:
+        page.goto(out.as_uri())
+        assert page.locator("#state").inner_text().startswith("Erased: no place holds the records any more")
+        req_rows = dict(
+            (row.locator("th").inner_text(), row.locator("td").inner_text())
+            for row in page.locator("#request tr").all()
+        )
+        assert req_rows["request hash"] == req["request"] and req_rows["records"] == "3"
+        assert req_rows["received"] == world["received"] and req_rows["finished"] == _today().isoformat()
+        versions = [[c.inner_text() for c in row.locator("td").all()] for row in page.locator("#versions tr").all()[1:]]
+        by = {row[0]: row for row in versions}
+        assert by[f"{M} v3 (root v2)"][1:4] == ["forgotten", "amnesiac", "v2"]
+        assert by[f"{M} v4 (root v1)"][1:4] == ["forgotten", "amnesiac", "v1"]
+        assert by[f"{M} v1 (root v1)"][1] == by[f"{M} v2 (root v2)"][1] == "purged"
+        assert by[f"{M} v5 (root v5)"][2] == "excluded at training"
+        places = {row.locator("td").first.inner_text(): row.locator("td").nth(1).inner_text()
+                  for row in page.locator("#places tr").all()[1:]}
+        assert [v for k, v in places.items() if k.startswith("run ")] == ["purged"]
+        assert places["shadow pool"] == "never held"
+        assert "acc.test" in page.locator("#audit").inner_text()
+        assert verify(page_html) in page.locator("#sha256").inner_text()
