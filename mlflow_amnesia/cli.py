@@ -410,6 +410,10 @@ def forget(
 ):
     """Forget records: register version n+1 without their contribution, with lineage tags.
 
+    The request (its records' keyed hashes, the day --received) is entered in the model's erasure
+    ledger first: later trainings of the model or its data set leave the records out, and
+    `mlflow-amnesia requests` follows it to the end.
+
     Re-running a forget that was stopped after registering its version completes that version
     (description, --set-alias, the parent's superseded tag, --purge) and registers nothing new."""
     from .jobs.forget import check_step_share
