@@ -294,8 +294,6 @@ def _version_places(reg, r: ledger.Request) -> list[Place]:
 
 def _forgotten_place(reg, v: int, r: ledger.Request, label: str) -> Place:
     """A version without the records: which forget removed them (itself or an ancestor), or train left them out."""
-    mv = reg.versions[v]
-    t = mv.tags or {}
     at = v
     while True:  # up the lineage to the version whose own forget was this request
         tt = reg.versions[at].tags or {}
@@ -320,15 +318,18 @@ def _forgotten_place(reg, v: int, r: ledger.Request, label: str) -> Place:
         if p is None or int(p) not in reg.versions:
             break
         at = int(p)
-    if t.get(TAG_EXCLUDED, "0") not in ("", "0") or t.get(registry.TAG_METHOD) == "train":
-        return Place(
-            "version",
-            label,
-            FORGOTTEN,
-            "never trained on them: `train` left them out",
-            version=v,
-            how={"method": "excluded at training"},
-        )
+    root = reg.versions[at].tags or {}
+    if root.get(TAG_EXCLUDED, "0") not in ("", "0"):
+        if at == v:
+            return Place(
+                "version",
+                label,
+                FORGOTTEN,
+                "never trained on them: `train` left them out",
+                version=v,
+                how={"method": "excluded at training"},
+            )
+        return Place("version", label, FORGOTTEN, f"its root v{at} was trained without them", version=v)
     return Place("version", label, FORGOTTEN, "they are among its forgotten records", version=v)
 
 
