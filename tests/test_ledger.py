@@ -362,3 +362,28 @@ def test_the_erasure_report_shows_the_request_in_a_browser(world, tmp_path):
         assert places["shadow pool"] == "never held"
         assert "acc.test" in page.locator("#audit").inner_text()
         assert verify(page_html) in page.locator("#sha256").inner_text()
+
+
+def test_a_forget_killed_right_after_entering_the_request_is_finished_by_the_rerun(world):
+    """Between the ledger's request entry and the method: nothing registered, the request already
+    known (a train now would leave the record out); the same command then registers, one entry kept."""
+    import mlflow
+
+    from mlflow_amnesia.mlflow import ledger
+
+    rid = invoke("records", "--model", M, "--limit", "1").output.split()[-1]
+    (world["base"] / "entered.txt").write_text(rid + "\n")
+    before = len(mlflow.MlflowClient().search_model_versions(f"name = '{M}'"))
+    args = ["forget", "--model", M, "--records", "entered.txt", "--yes", "--no-audit", "--received", world["received"]]
+    env = {**os.environ, **world["env"], "AMNESIA_TEST_KILL_AT": "entered"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, str(CHILD), *args], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=world["base"])
+    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{M}'")) == before
+    (entered,) = [s for s in _status() if s["records"] == 1 and s["received"] == world["received"]]
+    assert not entered["done"] and "forgotten" not in {st for st, _ in _places(entered).values()}
+    invoke(*args)
+    assert len(mlflow.MlflowClient().search_model_versions(f"name = '{M}'")) == before + 1
+    mine = [e for e in ledger.entries(model=M) if e.request == entered["request"]]
+    assert sorted(e.kind for e in mine) == ["forgotten", "request"]
