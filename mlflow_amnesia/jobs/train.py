@@ -119,7 +119,7 @@ def train(
     excluded = ledger_exclusion(model_name, records, train_idx, key)
     if excluded.n:
         train_idx = train_idx[~np.isin(train_idx, excluded.positions)]
-        say(excluded.describe())
+        say(excluded.describe(model_name))
     orders = epoch_orders(train_idx, seed, epochs, key=key)  # keyed: not recomputable from the seed
 
     with start_run(f"train-{model_name}") as run:
@@ -262,7 +262,7 @@ def train(
             description=describe_training(
                 model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url
             )
-            + (f"\n\n{excluded.describe(markdown=True)}" if excluded.n else ""),
+            + (f"\n\n{excluded.describe(model_name, markdown=True)}" if excluded.n else ""),
         )
     say(f"registered {model_name} version {version} (run {run_id}); {steps} steps recorded")
     return TrainResult(model_name, version, run_id, store_url, steps, metrics)
@@ -286,14 +286,14 @@ class Exclusion:
     def to_dict(self) -> dict:
         return {"records": self.n, "requests": list(self.requests)}
 
-    def describe(self, *, markdown: bool = False) -> str:
+    def describe(self, model_name: str, *, markdown: bool = False) -> str:
         q = (lambda h: f"`{h[:16]}…`") if markdown else (lambda h: h[:16])
         shown = ", ".join(q(h) for h in self.requests[:10]) + (
             f" (and {len(self.requests) - 10} more)" if len(self.requests) > 10 else ""
         )
         return (
             f"Left out {self.n} training record(s) under {len(self.requests)} deletion request(s) in the erasure "
-            f"ledger ({shown}; `mlflow-amnesia requests --model NAME` lists them): this version never trained on them."
+            f"ledger ({shown}; `mlflow-amnesia requests --model {model_name}` lists them): this version never trained on them."
         )
 
 
