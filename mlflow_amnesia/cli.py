@@ -731,7 +731,8 @@ def lineage(model_name, fmt, output):
 @_friendly
 def records(model_name, version, alias, cls, part, limit, labels, data_root):
     """List record ids of a version's training data (rebuilt from its recorded data spec),
-    one per line, to write an ids file for `forget`. Already forgotten records are left out."""
+    one per line, to write an ids file for `forget`. Already forgotten records are left out, and so
+    is every record under a deletion request of the erasure ledger (`mlflow-amnesia requests`)."""
     from .jobs.records import list_records
 
     for rid, label in list_records(
