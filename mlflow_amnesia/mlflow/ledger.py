@@ -118,8 +118,8 @@ def _experiment_id(create: bool) -> str | None:
     c = registry.client()
     exp = c.get_experiment_by_name(LEDGER_EXPERIMENT)
     if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            c.restore_experiment(exp.experiment_id)  # a deleted ledger is still the ledger
+        if create and exp.lifecycle_stage == "deleted":
+            c.restore_experiment(exp.experiment_id)  # a deleted ledger is still the ledger: write into it again
         return str(exp.experiment_id)
     if not create:
         return None
