@@ -452,6 +452,13 @@ def train(
 )
 @click.option("--data-root", default=None, help="Where the training data set is, if not where training found it.")
 @click.option(
+    "--received",
+    default=None,
+    callback=_checked(validation.received_date),
+    help="The day the deletion request was received, YYYY-MM-DD (default: today); the erasure ledger "
+    "counts the one-month deadline from it (`mlflow-amnesia requests`).",
+)
+@click.option(
     "--audit/--no-audit",
     default=True,
     show_default=True,
@@ -481,8 +488,13 @@ def forget(
     shadows,
     inversion_iterations,
     purge_parent,
+    received,
 ):
     """Forget records: register version n+1 without their contribution, with lineage tags.
+
+    The request (its records' keyed hashes, the day --received) is entered in the model's erasure
+    ledger first: later trainings of the model or its data set leave the records out, and
+    `mlflow-amnesia requests` follows it to the end.
 
     Re-running a forget that was stopped after registering its version completes that version
     (description, --set-alias, the parent's superseded tag, --purge) and registers nothing new."""
@@ -513,6 +525,7 @@ def forget(
         audit=audit,
         audit_settings=_settings(shadows, inversion_iterations),
         purge=purge_parent,
+        received=received,
     )
     done = r.plan.completes
     if r.version is None and done is not None:
@@ -575,6 +588,13 @@ _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left b
     forget keeps them; an unpurged ancestor still holds the records: purge it in the same call).
     Loading a purged version raises an error saying so. A purge that was killed re-runs to
     completion; re-running a finished one does nothing.
+
+    --request HASH (instead of --version) erases every place of one deletion request of the
+    erasure ledger (`mlflow-amnesia requests` lists them): each superseded version of every root
+    that still holds its records, and the delta store and training files of every train run of
+    the model that registered nothing (killed or failed). It refuses, deleting nothing, while a
+    version that never forgot the records (forget them from it first) or a train still running
+    holds them. The audit's cached shadow models are listed, not deleted.
     """
 
 
@@ -589,22 +609,34 @@ _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left b
     multiple=True,
     help="A superseded version to purge; repeat to purge several at once (e.g. with its ancestors).",
 )
+@click.option(
+    "--request",
+    "request",
+    default=None,
+    help="Erase every place of this deletion request (its hash, or its first 8+ characters, as "
+    "`mlflow-amnesia requests` lists it) instead of naming versions.",
+)
 @click.option("--dry-run", is_flag=True, help="List what would be deleted, with byte counts; delete nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Delete without asking for confirmation.")
-def purge(model_name, versions, dry_run, yes):
+def purge(model_name, versions, request, dry_run, yes):
     ref = _reference(model_name)
     versions = list(versions)
     if ref.version is not None and ref.version not in versions:
         versions.append(ref.version)
-    if not versions and ref.alias is None:
+    by_version = bool(versions) or ref.alias is not None
+    if by_version == bool(request):
         raise click.ClickException(
-            "--version is required (or --model models:/NAME/N): which superseded version to purge"
+            "purge needs either --version N (repeat it for several versions; or --model models:/NAME/N) or "
+            "--request HASH (every place of one deletion request), not both"
+            if request
+            else "nothing to purge: give --version N (repeat it to purge several versions at once; or --model "
+            "models:/NAME/N) or --request HASH"
         )
-    _purge(ref, versions, dry_run, yes)
+    _purge(ref, versions, request, dry_run, yes)
 
 
 @_friendly
-def _purge(ref, versions, dry_run, yes):
+def _purge(ref, versions, request, dry_run, yes):
     from .jobs.purge import purge as run_purge
 
     model_name = ref.name
@@ -615,11 +647,108 @@ def _purge(ref, versions, dry_run, yes):
 
     confirm = (lambda q: click.confirm(q, default=False, err=True)) if sys.stdin.isatty() else None
     try:
+        if request:
+            from .jobs.requests import purge_request
+
+            rp = purge_request(model_name, request, dry_run=dry_run, yes=yes, confirm=confirm)
+            if dry_run:
+                text = rp.describe()
+                click.echo(f"dry run: would delete:\n{text}" if text else "dry run: nothing left for a purge to delete")
+            else:
+                for line in rp.lines:
+                    click.echo(line)
+            return
         r = run_purge(model_name, versions, dry_run=dry_run, yes=yes, confirm=confirm)
     except KeyboardInterrupt:
         click.echo("interrupted: the purge is not finished; run the same command again to finish it", err=True)
         sys.exit(130)
     click.echo(r.summary())
+
+
+_REQUESTS_HELP = """List every deletion request of a model's erasure ledger, and where its records still are.
+
+    Each request (its keyed hash, the number of records, the day received: `forget --received`)
+    with its status in every place that may hold its records' contribution:
+
+    \b
+      every version of every root of the model:
+        forgotten    a forget removed them (or `train` left them out)
+        still holds  its weights, or the recorded deltas of the steps that saw them
+        purged       superseded, and its weights and those deltas are deleted
+        never held   none of the records is in its record index
+      every train run of the model that registered no version (killed, failed):
+        still holds  its whole delta store and training files (in progress while it runs)
+      the shadow pool (the audit's cached shadow models of the data set):
+        still holds  while a set is cached: shadow models do not forget yet
+
+    A request is finished once no place holds its records. The deadline is one calendar month
+    after it was received (GDPR art. 12(3), 17); open requests show the days left, overdue ones
+    are flagged. With --check the command exits 1 when a request is overdue (for a cron job or
+    CI). `mlflow-amnesia purge --request HASH` erases what a purge can; `mlflow-amnesia report`
+    writes the request's erasure report.
+    """
+
+
+@main.command(help=_REQUESTS_HELP, short_help="Deletion requests of a model: where their records still are, deadlines.")
+@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option("--request", "request", default=None, help="Only this request (its hash or first 8+ characters).")
+@click.option("--check", is_flag=True, help="Exit 1 when any request is overdue (past one month and not finished).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="text (one block per request) or json (one object per request).",
+)
+@_friendly
+def requests(model_name, request, check, fmt):
+    from .jobs.requests import as_json, render, request_status
+
+    model_name = _reference(model_name).name  # a name or a models:/ URI: the ledger is the model's
+
+    statuses = request_status(model_name, request=request)
+    click.echo(json.dumps(as_json(statuses), indent=2) if fmt == "json" else render(statuses, model_name))
+    late = [s for s in statuses if s.overdue]
+    if check and late:
+        raise click.ClickException(
+            f"{len(late)} deletion request(s) of {model_name} are overdue (received more than a month ago and still held "
+            f"somewhere): {', '.join(s.request.request[:16] for s in late)}; erase them (`mlflow-amnesia purge --request "
+            "HASH`, or forget them from the versions that still hold them)"
+        )
+
+
+@main.command()
+@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option("--request", "request", required=True, help="The request (its hash or first 8+ characters).")
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Where to write the page (default: erasure-<model>-<request>.html).",
+)
+@click.option(
+    "--log/--no-log",
+    default=True,
+    show_default=True,
+    help="Also log the page on the request's forget run(s) and link it from their versions' descriptions.",
+)
+@_friendly
+def report(model_name, request, output, log):
+    """Write the erasure report of one deletion request: a self-contained HTML page to hand over.
+
+    It shows the request (hash, count, received, finished), every version involved with its
+    method and steps rolled back, the audit's verdict and figures with their 95% intervals (as
+    logged), the status of every place that may hold the records, and the sha256 of the page's
+    content (`python -m mlflow_amnesia.jobs.report --verify FILE` checks it)."""
+    from .jobs.report import write_report
+
+    model_name = _reference(model_name).name  # a name or a models:/ URI: the ledger is the model's
+    r = write_report(model_name, request, output=output, log=log)
+    click.echo(f"wrote {r.path}: the erasure report of request {r.request[:16]} (sha256 {r.sha256})")
+    for line in r.logged:
+        click.echo(line)
 
 
 @main.command()
@@ -772,7 +901,8 @@ def lineage(model_name, fmt, output):
 @_friendly
 def records(model_name, version, alias, cls, part, limit, labels, data_root):
     """List record ids of a version's training data (rebuilt from its recorded data spec),
-    one per line, to write an ids file for `forget`. Already forgotten records are left out."""
+    one per line, to write an ids file for `forget`. Already forgotten records are left out, and so
+    is every record under a deletion request of the erasure ledger (`mlflow-amnesia requests`)."""
     from .jobs.records import list_records
 
     for rid, label in list_records(

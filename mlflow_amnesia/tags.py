@@ -44,6 +44,15 @@ TAG_PURGE_STARTED = "amnesia.purge_started"
 TAG_VERDICT = "amnesia.audit.verdict"
 #: The verdict's one-line reason, with the figures it rests on (no record ids).
 TAG_VERDICT_REASON = "amnesia.audit.verdict_reason"
+#: Records ``train`` left out because the erasure ledger holds deletion requests for them (a count;
+#: the request hashes are in the version's ``data/amnesia.json`` history and its description).
+TAG_EXCLUDED = "amnesia.excluded_records"
+
+# ---- tags of a registered model --------------------------------------------------------------
+
+#: Set on a registered model once the erasure ledger holds a request for it: where the ledger is
+#: (the experiment ``mlflow-amnesia-ledger``, one run per entry).
+TAG_LEDGER = "amnesia.ledger"
 
 # ---- tags of a run ---------------------------------------------------------------------------
 
@@ -64,5 +73,18 @@ TAG_SHADOW_KEY = "amnesia.shadow_key"
 TAG_SHADOW_POOL = "amnesia.shadow_pool"
 #: ... and the member's index (0..n-1).
 TAG_SHADOW_MEMBER = "amnesia.shadow_member"
+#: On a train run: ``host:pid`` of the process training, so a purge can tell a killed run from a live one.
+TAG_OWNER = "amnesia.owner"
+
+# ---- tags of an entry of the erasure ledger (a run of the ``mlflow-amnesia-ledger`` experiment) ---
+
+#: The sha256 of the entry's canonical JSON (its artifact ``entry.json``): its identity.
+TAG_LEDGER_ENTRY = "amnesia.ledger.entry"
+#: ``request``, ``forgotten``, ``purged`` or ``purged-run``.
+TAG_LEDGER_KIND = "amnesia.ledger.kind"
+#: The registered model the entry belongs to.
+TAG_LEDGER_MODEL = "amnesia.ledger.model"
+#: The fingerprint of the data set the request's records belong to (a ledger per data set).
+TAG_LEDGER_DATASET = "amnesia.ledger.dataset"
 
 __all__ = [n for n in dir() if n.startswith("TAG_")]

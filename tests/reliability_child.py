@@ -13,6 +13,8 @@ Not a test module: the tests start it with ``python THIS ARGS...``.
 * ``aliased``      right after ``--set-alias`` moved the alias to the new version
 * ``superseded``   right after the parent was tagged ``amnesia.superseded_by``
 * ``bannered``     right after the superseded banner was written atop the parent's description
+* ``entered``      right after forget entered the request in the erasure ledger, before the method
+* ``ledgered``     right after the erasure ledger's ``forgotten`` entry of the new version was written
 * ``purging``      during the ``--purge`` that follows: tombstone and chunks gone, model files not yet
 * ``purge:STEP``   between two steps of the purge job (tests/test_purge_crash.py), in order:
   ``started`` (tag amnesia.purge_started and the tombstone written, no chunk deleted),
@@ -141,6 +143,18 @@ def install_kill(point: str) -> None:
             return out
 
         MlflowClient.update_model_version = update
+    elif point in ("entered", "ledgered"):
+        from mlflow_amnesia.mlflow import ledger
+
+        orig_write, kind = ledger.write, "request" if point == "entered" else "forgotten"
+
+        def write(entry):
+            out = orig_write(entry)
+            if entry.kind == kind:
+                die()
+            return out
+
+        ledger.write = write
     elif point == "purging":
         from mlflow_amnesia.jobs import purge
 

@@ -137,7 +137,7 @@ def test_forget_killed_right_after_registration_leaves_a_complete_version(regist
 # the windows between a forget's steps after registration: each kill point of reliability_child.py
 # in the order forget reaches them; the first two leave the alias on the parent (the re-run
 # resolves `--alias production` to the parent), the others on the child
-REGISTRATION_WINDOWS = ["registered", "described", "aliased", "superseded", "bannered", "purging"]
+REGISTRATION_WINDOWS = ["registered", "described", "aliased", "superseded", "bannered", "ledgered", "purging"]
 
 
 @pytest.mark.parametrize("point", REGISTRATION_WINDOWS)

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from ..errors import AmnesiaError, InputError, ManifestFormatError, StoreError, TrackingServerError
-from ..mlflow import registry, tracking
+from ..mlflow import ledger, registry, tracking
 from ..mlflow.concurrency import check_forkable, children_of, one_forget_per_model, register_child
 from ..mlflow.flavor import AmnesiaModel, load_model, log_model
 from ..progress import info as say
@@ -154,18 +154,20 @@ class ForgetRequest:
     audit_settings: Any = None
     on_epoch: Callable[[int, torch.nn.Module], Mapping[str, float] | None] | None = None
     purge: bool = False  # purge the parent once the child is registered
+    received: str | None = None  # YYYY-MM-DD the deletion request was received (default: today)
 
     def checked(self) -> ForgetRequest:
         """The request with its options checked and normalised, before any database, lock, run or
         rollback exists (InputError naming the option otherwise)."""
         from ..mlflow.tracking import check_tracking_store
         from ..unlearn.base import check_repair
-        from .validation import check_forget_options
+        from .validation import check_forget_options, received_date
 
         share = check_step_share(self.max_step_share)
         check_forget_options(repair_lr=self.repair_lr, store_uri=self.store_uri)
+        received = received_date(self.received, "received")
         check_tracking_store(create=False)  # a missing database is an error, never created
-        return replace(self, max_step_share=share, repair=check_repair(self.repair))
+        return replace(self, max_step_share=share, repair=check_repair(self.repair), received=received)
 
     def method_options(self) -> AllOptions:
         """Every method's options (each method keeps its own: ``TheirOptions.of(...)``)."""
@@ -426,6 +428,7 @@ def run_forget(request: ForgetRequest) -> ForgetResult:
         )
         return ForgetResult(plan)
 
+    _enter_request(r, planned)  # the ledger knows of the request before anything is changed
     parent_run = mlflow.MlflowClient().get_run(mv.run_id) if mv.run_id else None
     t0 = time.monotonic()
     with tracking.retries_restored():
@@ -551,6 +554,7 @@ def _apply_method(
             "max_step_share": r.max_step_share,
             "epochs": r.method_epochs or "",
             "copies": r.copies,
+            "received": r.received or "",
         }
     )
     mlflow.set_tags({TAG_ROLE: "forget", registry.TAG_REQUEST: plan.request_hash})
@@ -782,6 +786,8 @@ def registration_left(name: str, version: int, *, set_alias: str | None = None, 
     purging = TAG_PURGED in (pmv.tags or {}) or TAG_PURGE_STARTED in (pmv.tags or {})  # purge's note replaces it
     if not purging and not (pmv.description or "").startswith(_banner(mv)):
         left.append(f"banner on v{parent}")
+    if not all(ledger.exists(e) for e in ledger_entries(mv)):
+        left.append("ledger entry")
     if purge and TAG_PURGED not in (pmv.tags or {}):
         left.append(f"purge of v{parent}")
     return left
@@ -823,6 +829,10 @@ def complete_registration(name: str, version: int, *, set_alias: str | None = No
         desc = c.get_model_version(name, str(parent)).description or ""
         c.update_model_version(name, str(parent), description=registry.with_banner(desc, _banner(mv)))
         out.done.append(f"banner on v{parent}")
+    if "ledger entry" in left:
+        for e in ledger_entries(mv):
+            ledger.write(e)
+        out.done.append("ledger entry")
     if f"purge of v{parent}" in left:
         from .purge import purge as run_purge
 
@@ -833,6 +843,83 @@ def complete_registration(name: str, version: int, *, set_alias: str | None = No
             raise
         out.done.append(f"purge of v{parent}")
     return out
+
+
+def _enter_request(r: ForgetRequest, planned: PlannedForget) -> None:
+    """The request in the erasure ledger (its records' keyed hashes, the date received), before
+    the method runs: from now on a new ``train`` of this model or data set leaves them out."""
+    from ..keys import hash_rows
+
+    am = planned.model
+    ledger.write(
+        ledger.request_entry(
+            model=r.model_name,
+            request=planned.plan.request_hash,
+            hashes=hash_rows(planned.target_hashes),
+            key_id=am.info.key_id,
+            received=r.received or _today(),
+            dataset=am.info.dataset,
+        )
+    )
+
+
+def _today() -> str:
+    import datetime as dt
+
+    return dt.date.today().isoformat()
+
+
+def ledger_entries(mv) -> list[ledger.Entry]:
+    """The ledger entries a forget's child ``mv`` stands for: its request (the records' keyed hashes,
+    the last ``amnesia.n_records`` of its ``forgotten.npy``; the date received, from its run) and the
+    fact that it forgot them. Read from the registry, so a re-run rebuilds them exactly."""
+    import datetime as dt
+
+    from ..keys import hash_rows
+    from ..mlflow.artifacts import ArtifactFiles, repo_at
+    from ..version.files import VersionFiles
+
+    t = mv.tags or {}
+    name, v = mv.name, int(mv.version)
+    files = VersionFiles(
+        ArtifactFiles(repo_at(registry.client().get_model_version_download_uri(name, str(v)))), f"{name} v{v}"
+    )
+    info = files.info()
+    if info is None:
+        raise InputError(f"{name} v{v} has no data/amnesia.json: it is not an mlflow_amnesia version")
+    n = int(t.get(registry.TAG_N_RECORDS, 0) or 0)
+    forgotten = hash_rows(files.forgotten())
+    run = registry.client().get_run(mv.run_id) if mv.run_id else None
+    received = (run.data.params.get("received") if run else None) or dt.datetime.fromtimestamp(
+        ((run.info.start_time if run else mv.creation_timestamp) or 0) / 1000, dt.timezone.utc
+    ).date().isoformat()
+    request = str(t.get(registry.TAG_REQUEST, ""))
+    return [
+        ledger.request_entry(
+            model=name,
+            request=request,
+            hashes=forgotten[len(forgotten) - n :] if n else forgotten[:0],
+            key_id=info.key_id,
+            received=received,
+            dataset=info.dataset,
+        ),
+        ledger.Entry(
+            "forgotten",
+            name,
+            {
+                "request": request,
+                "version": v,
+                "parent": int(t[registry.TAG_PARENT]),
+                "method": t.get(registry.TAG_METHOD),
+                "repair": t.get(registry.TAG_REPAIR),
+                "steps_rolled_back": int(t.get(registry.TAG_STEPS, 0) or 0),
+                "run_id": mv.run_id,
+                "registered": dt.datetime.fromtimestamp((mv.creation_timestamp or 0) / 1000, dt.timezone.utc)
+                .replace(microsecond=0)
+                .isoformat(),
+            },
+        ),
+    ]
 
 
 def _description_of(mv, verdict=None) -> str:

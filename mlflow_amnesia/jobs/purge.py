@@ -576,6 +576,8 @@ def purge(
     vs = [versions] if isinstance(versions, int) else list(versions)
     plan = plan_purge(model_name, vs)
     if plan.complete or dry_run:
+        if plan.complete and not dry_run:
+            _enter_purges(plan)  # a purge killed after its last tag: the ledger entry is its last step
         return PurgeResult(plan, done=False)
     if not yes:
         q = plan.describe() + "\nDelete this for good? It cannot be undone."
@@ -655,7 +657,22 @@ def purge(
         what += [f"the deltas of {n_steps} step(s) that saw the {vp.n_records} record(s) v{vp.superseded_by} forgot"]
         c.set_model_version_tag(model_name, str(vp.version), TAG_PURGED, f"{done_at}; deleted: {'; '.join(what)}")
         vp.purged_at = done_at
+    _enter_purges(plan)
     return PurgeResult(plan, done=True, deleted_bytes=deleted)
+
+
+def _enter_purges(plan: PurgePlan) -> None:
+    """One ``purged`` entry per purged version in the erasure ledger (after its tag: the purge's last step)."""
+    from ..mlflow import ledger
+
+    for vp in plan.versions:
+        if vp.purged_at:
+            at = str(vp.purged_at).split(";", 1)[0]
+            ledger.write(
+                ledger.Entry(
+                    "purged", plan.model_name, {"version": vp.version, "superseded_by": vp.superseded_by, "at": at}
+                )
+            )
 
 
 def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: str | None = None) -> dict:

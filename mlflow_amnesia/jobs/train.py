@@ -5,6 +5,8 @@ Python API: :func:`train`. CLI: ``mlflow-amnesia train`` and ``mlflow run . -e t
 
 from __future__ import annotations
 
+import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -25,8 +27,10 @@ from ..tags import (
     TAG_ARCH,
     TAG_CODEC,
     TAG_DATASET,
+    TAG_EXCLUDED,
     TAG_FLAVOR_FORMAT,
     TAG_MODEL_NAME,
+    TAG_OWNER,
     TAG_ROLE,
     TAG_STEPS_TOTAL,
     TAG_STORE,
@@ -115,6 +119,10 @@ def train(
     key = load_key(create=True)
     train_idx = np.asarray(sp.train, dtype=np.int64)
     hold_idx = np.asarray(sp.holdout, dtype=np.int64)
+    excluded = ledger_exclusion(model_name, records, train_idx, key)
+    if excluded.n:
+        train_idx = train_idx[~np.isin(train_idx, excluded.positions)]
+        say(excluded.describe(model_name))
     orders = epoch_orders(train_idx, seed, epochs, key=key)  # keyed: not recomputable from the seed
 
     with start_run(f"train-{model_name}") as run:
@@ -133,7 +141,18 @@ def train(
                 "n_holdout": len(hold_idx),
             }
         )
-        mlflow.set_tags({TAG_ROLE: "train", TAG_STORE: store_url, TAG_CODEC: codec, TAG_MODEL_NAME: model_name})
+        mlflow.set_tags(
+            {
+                TAG_ROLE: "train",
+                TAG_STORE: store_url,
+                TAG_CODEC: codec,
+                TAG_MODEL_NAME: model_name,
+                TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+                TAG_EXCLUDED: str(excluded.n),
+            }
+        )
+        if excluded.n:  # which requests this run honours, before any step: `requests` reads it if the run dies
+            mlflow.log_dict(excluded.to_dict(), EXCLUDED_FILE)
         n_params = sum(p.numel() for p in model.parameters())
         say(
             f"{arch} with {n_params:,} parameters; {len(train_idx)} training records, "
@@ -186,7 +205,7 @@ def train(
                 records,
                 sp,
                 none,
-                none,
+                excluded.positions,  # never trained on: neither members nor retained records
                 arch_spec=arch_spec,
                 recipe=recipe.to_dict(),
                 privacy=audit,
@@ -213,10 +232,14 @@ def train(
                 training_url=phase.training_url,
                 order=ORDER_KEYED,  # the training phase's order scheme (retrain extends it)
                 store_uri=store_uri,
-                history=[{"method": "train", "run_id": run_id, "steps": steps}],
+                history=[
+                    {"method": "train", "run_id": run_id, "steps": steps}
+                    | ({"excluded": excluded.to_dict()} if excluded.n else {})
+                ],
             ),
             segments=[segment],
             example=example_images(records, hold_idx),  # class means of held-out images, raw: no record
+            forgotten=excluded.hashes,  # `records` and `forget` treat them as forgotten: they never trained it
         )
         say(f"registering model {model_name!r}")
         # Registration last, tags in the same call (docs/RELIABILITY.md): a train killed before it
@@ -247,6 +270,7 @@ def train(
                 TAG_CODEC: codec,
                 TAG_DATASET: dataset,
                 TAG_ARCH: arch,
+                TAG_EXCLUDED: str(excluded.n),
             },
         )
         version = int(mv.version)
@@ -256,10 +280,72 @@ def train(
             tags=registry.verdict_tags(verdict),
             description=describe_training(
                 model_name, version, dataset, arch, recipe, steps, len(train_idx), metrics, store_url, verdict=verdict
-            ),
+            )
+            + (f"\n\n{excluded.describe(model_name, markdown=True)}" if excluded.n else ""),
         )
     say(f"registered {model_name} version {version} (run {run_id}); {steps} steps recorded")
     return TrainResult(model_name, version, run_id, store_url, steps, metrics)
+
+
+EXCLUDED_FILE = "ledger/excluded.json"  # on a train run: the deletion requests it left out
+
+
+@dataclass
+class Exclusion:
+    """The training records ``train`` leaves out because the erasure ledger holds requests for them."""
+
+    positions: np.ndarray  # int64 positions in the data set
+    hashes: np.ndarray  # (n, HASH_BYTES) their keyed hashes
+    requests: list[str]  # the requests' keyed hashes that matched a training record
+
+    @property
+    def n(self) -> int:
+        return int(len(self.positions))
+
+    def to_dict(self) -> dict:
+        return {"records": self.n, "requests": list(self.requests)}
+
+    def describe(self, model_name: str, *, markdown: bool = False) -> str:
+        q = (lambda h: f"`{h[:16]}…`") if markdown else (lambda h: h[:16])
+        shown = ", ".join(q(h) for h in self.requests[:10]) + (
+            f" (and {len(self.requests) - 10} more)" if len(self.requests) > 10 else ""
+        )
+        return (
+            f"Left out {self.n} training record(s) under {len(self.requests)} deletion request(s) in the erasure "
+            f"ledger ({shown}; `mlflow-amnesia requests --model {model_name}` lists them): this version never trained on them."
+        )
+
+
+def ledger_exclusion(model_name: str, records, train_idx: np.ndarray, key: bytes) -> Exclusion:
+    """The records of ``train_idx`` under a deletion request of ``model_name``'s ledger or of the data
+    set's (found by its fingerprint, whatever name it was trained under). The requests' hashes must
+    be under the current key: otherwise they match nothing, and a forgotten record would train again."""
+    from ..errors import RecordKeyError
+    from ..keys import hash_ids, hash_rows, hashes_in, key_id
+    from ..mlflow import ledger
+
+    found = ledger.requests(model=model_name, datasets=[records.fingerprint])
+    none = Exclusion(np.zeros(0, np.int64), hash_rows(np.zeros(0, np.uint8)), [])
+    if not found:
+        return none
+    kid = key_id(key)
+    other = sorted({r.key_id for r in found if r.key_id and r.key_id != kid})
+    if other:
+        raise RecordKeyError(
+            f"the erasure ledger of {model_name!r} (or of its data set) holds deletion requests whose records were "
+            f"hashed with the record key of id {', '.join(other)}, but the current key has id {kid}: with it those "
+            "records cannot be found, and would be trained on again. Restore that key (MLFLOW_AMNESIA_KEY or the "
+            "key file, from your backup) and re-run train."
+        )
+    hashes = hash_ids([str(records.ids[p]) for p in train_idx], key)
+    hit = np.zeros(len(train_idx), bool)
+    matched = []
+    for r in found:
+        m = hashes_in(hashes, r.hashes)
+        if m.any():
+            matched.append(r.request)
+            hit |= m
+    return Exclusion(train_idx[hit].astype(np.int64), hashes[hit], matched) if hit.any() else none
 
 
 def describe_training(

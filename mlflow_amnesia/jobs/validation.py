@@ -221,3 +221,32 @@ def merge_reference(ref: ModelRef, version: int | None, alias: str | None, name:
     if out.version is not None and out.alias is not None:
         raise InputError(f"{name} {ref.name}: a version and an alias both given; give one of them")
     return out
+
+
+def received_date(value: object, name: str = "--received", *, today: object = None) -> str:
+    """``value`` as the ISO date ``YYYY-MM-DD`` a deletion request was received: a real calendar
+    date, not after today (the one-month deadline counts from it). ``None`` -> today."""
+    import datetime as dt
+
+    now = today if isinstance(today, dt.date) else dt.date.today()
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return now.isoformat()
+    if isinstance(value, dt.date):
+        d = value
+    else:
+        s = str(value).strip()
+        try:
+            if len(s) != 10:
+                raise ValueError
+            d = dt.date.fromisoformat(s)
+        except ValueError:
+            raise InputError(
+                f"{_given(name, value)}: not a date; give the day the deletion request was received as YYYY-MM-DD, "
+                f"e.g. {now.isoformat()} (the default is today)"
+            ) from None
+    if d > now:
+        raise InputError(
+            f"{_given(name, value)}: that day is after today ({now.isoformat()}); give the day the deletion request "
+            "was received (the one-month deadline counts from it)"
+        )
+    return d.isoformat()

@@ -1,0 +1,672 @@
+"""The `requests` job: every deletion request of a model, where its records' contribution still lives,
+and the deadline; and `purge --request`, which erases every place it can for one request.
+
+The places of a request (:func:`request_status`), each found from what exists now, not believed
+from the ledger:
+
+* **every version of every root** of the registered model: ``forgotten`` (its ``forgotten.npy``
+  holds every record's hash: a forget removed them, or ``train`` left them out), ``purged`` (a
+  superseded version whose weights and the deltas of every step that saw the records are gone,
+  listed in the stores), ``still holds`` (its weights, or those deltas), or ``never held``;
+* **the stores of unregistered train runs** of the model (a ``train`` killed or failed before it
+  registered: its whole delta store and training files), ``in progress`` while its process lives;
+* **the shadow pool**: the audit's cached shadow models of the request's data set (experiment
+  ``mlflow-amnesia-shadows``). Each record trained about half of them, and nothing unlearns them
+  yet: while a set is cached, the pool still holds the records.
+
+A request is finished once no place holds its records; the deadline is one calendar month after
+it was received (GDPR art. 12(3) and 17: "without undue delay", a month at most).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..keys import hashes_in
+from ..mlflow import ledger, registry
+from ..progress import info as say
+from ..tags import TAG_EXCLUDED, TAG_MODEL_NAME, TAG_OWNER, TAG_PURGED, TAG_ROLE, TAG_STORE
+
+FORGOTTEN, PURGED, HOLDS, NEVER, RUNNING, UNKNOWN = (
+    "forgotten",
+    "purged",
+    "still holds",
+    "never held",
+    "in progress",
+    "cannot tell",
+)
+OPEN = (HOLDS, RUNNING, UNKNOWN)  # a place in one of these keeps the request open
+STALE_RUN_SECONDS = 3600  # a RUNNING train of another host whose store has not changed for this long is dead
+
+
+@dataclass
+class Place:
+    """One place that may hold a request's records, and what it holds."""
+
+    kind: str  # "version", "run" or "shadows"
+    label: str  # "v3 (root v1)", "run 1a2b... (train, killed)", "shadow pool"
+    status: str
+    detail: str
+    version: int | None = None
+    run_id: str | None = None
+    url: str | None = None  # a run's phase base
+    superseded: bool = False  # a version with a child (purge can erase it)
+    how: dict = field(default_factory=dict)  # what made a version forget them (method, steps, parent)
+
+    @property
+    def open(self) -> bool:
+        return self.status in OPEN
+
+
+@dataclass
+class RequestStatus:
+    request: ledger.Request
+    places: list[Place]
+    today: dt.date
+    finished: str | None  # the day the last place was erased, when none holds the records any more
+
+    @property
+    def received(self) -> dt.date:
+        return dt.date.fromisoformat(self.request.received)
+
+    @property
+    def deadline(self) -> dt.date:
+        return one_month_after(self.received)
+
+    @property
+    def done(self) -> bool:
+        return not any(p.open for p in self.places)
+
+    @property
+    def days_left(self) -> int:
+        return (self.deadline - self.today).days
+
+    @property
+    def overdue(self) -> bool:
+        return not self.done and self.days_left < 0
+
+    @property
+    def late(self) -> bool:
+        """Finished after the deadline."""
+        return self.done and self.finished is not None and dt.date.fromisoformat(self.finished[:10]) > self.deadline
+
+    def headline(self) -> str:
+        r = self.request
+        state = (
+            f"finished {self.finished[:10] if self.finished else '?'}" + (" (after the deadline)" if self.late else "")
+            if self.done
+            else (
+                f"OVERDUE by {-self.days_left} day(s)"
+                if self.overdue
+                else f"open, {self.days_left} day(s) left (deadline {self.deadline})"
+            )
+        )
+        return f"request {r.request[:16]}  {r.n} record(s)  received {r.received}  {state}"
+
+
+def one_month_after(d: dt.date) -> dt.date:
+    """The same day a calendar month later (the last day of that month when it has no such day)."""
+    y, m = (d.year + 1, 1) if d.month == 12 else (d.year, d.month + 1)
+    for day in (d.day, 30, 29, 28):
+        try:
+            return dt.date(y, m, day)
+        except ValueError:
+            continue
+    raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------------------------------------
+# the places
+
+
+def model_datasets(reg) -> list[str]:
+    """The data set fingerprints the model's versions trained on (their requests are the model's too)."""
+    out = []
+    for v in sorted(reg.versions):
+        m = reg.meta(v)
+        if m is None:
+            continue
+        info = m.files.info(optional=True)
+        fp = (info.dataset or {}).get("fingerprint") if info is not None else None
+        if fp and fp not in out:
+            out.append(fp)
+    return out
+
+
+def request_status(model_name: str, *, request: str | None = None, today: dt.date | None = None) -> list[RequestStatus]:
+    """Every request of ``model_name``'s ledger (and of the ledgers of its data sets), or the one
+    ``request`` names (a hash or a unique prefix of 8+ characters), with its status per place."""
+    from .purge import _Registry
+
+    today = today or dt.date.today()
+    reg = _Registry(model_name)
+    if not reg.versions and not ledger.entries(model=model_name):
+        registry.resolve_version(model_name)  # the registry's own one-line error: no such model
+    found = ledger.requests(model=model_name, datasets=model_datasets(reg))
+    if request is not None:
+        found = [select(found, request, model_name)]
+    runs = _train_runs(model_name, {mv.run_id for mv in reg.versions.values()})
+    pool = _shadow_sets()
+    out = []
+    for r in found:
+        places = _version_places(reg, r) + [_run_place(run, r) for run in runs] + [_pool_place(pool, r)]
+        out.append(RequestStatus(r, places, today, None))
+    for s in out:
+        if s.done:
+            s.finished = _finished(s, model_name)
+    return out
+
+
+def select(found: list[ledger.Request], request: str, model_name: str) -> ledger.Request:
+    """The request ``request`` names: its keyed hash, or a unique prefix of at least 8 hex characters."""
+    want = request.strip().lower().rstrip("…")
+    if len(want) < 8 or any(c not in "0123456789abcdef" for c in want):
+        raise InputError(
+            f"--request {request!r}: give the request's hash (64 hex characters, or its first 8 or more), as "
+            f"`mlflow-amnesia requests --model {model_name}` lists it"
+        )
+    hits = [r for r in found if r.request.startswith(want)]
+    if not hits:
+        raise InputError(
+            f"--request {request!r}: no deletion request with that hash in the erasure ledger of {model_name}; "
+            f"`mlflow-amnesia requests --model {model_name}` lists them"
+        )
+    if len(hits) > 1:
+        raise InputError(f"--request {request!r} matches {len(hits)} requests of {model_name}: give more characters")
+    return hits[0]
+
+
+def _root(reg, v: int) -> int:
+    seen = set()
+    while v not in seen:
+        seen.add(v)
+        p = (reg.versions[v].tags or {}).get(registry.TAG_PARENT) if v in reg.versions else None
+        if p is None or int(p) not in reg.versions:
+            return v
+        v = int(p)
+    return v
+
+
+def _version_places(reg, r: ledger.Request) -> list[Place]:
+    from ..mlflow.concurrency import children_of
+    from .purge import _plan_store
+
+    places = []
+    stores: dict[str, tuple[set[int], set[int]]] = {}  # url -> (steps still on disk, of those asked)
+
+    def pending(url: str, steps: set[int]) -> set[int]:
+        known = stores.get(url)
+        if known is None or not steps <= known[1]:
+            sp = _plan_store(url, sorted(steps))
+            left = set(sp.steps) | {int(f.split("/")[-1].split(".")[0]) for f, _ in sp.leftovers}
+            stores[url] = (left & steps, steps)
+            return left & steps
+        return known[0] & steps
+
+    for v in sorted(reg.versions):
+        m = reg.meta(v)
+        if m is None:
+            continue
+        t = m.tags
+        label = f"v{v} (root v{_root(reg, v)})"
+        if r.key_id and m.key_id and r.key_id != m.key_id:
+            places.append(
+                Place(
+                    "version",
+                    label,
+                    UNKNOWN,
+                    f"built under the record key {m.key_id}, the request under {r.key_id}",
+                    version=v,
+                )
+            )
+            continue
+        inside = hashes_in(r.hashes, m.forgotten()) if r.n else np.zeros(0, bool)
+        kids = children_of(reg.name, v)
+        superseded = bool(kids) or registry.TAG_SUPERSEDED in t
+        if r.n and inside.all():
+            places.append(_forgotten_place(reg, v, r, label))
+            continue
+        steps = reg.steps_that_saw(m, r.hashes[~inside])
+        if not any(steps.values()):
+            places.append(Place("version", label, NEVER, "none of the records is in its record index", version=v))
+            continue
+        left = {url: pending(url, set(st)) for url, st in steps.items()}
+        n_left = sum(len(s) for s in left.values())
+        if TAG_PURGED in t and not n_left:
+            places.append(
+                Place(
+                    "version",
+                    label,
+                    PURGED,
+                    f"purged {str(t[TAG_PURGED]).split(';')[0]}: its weights and the deltas of the "
+                    f"{sum(len(s) for s in steps.values())} step(s) that saw the records are deleted",
+                    version=v,
+                    superseded=True,
+                )
+            )
+        elif TAG_PURGED in t:
+            places.append(
+                Place(
+                    "version",
+                    label,
+                    HOLDS,
+                    f"purged, but the deltas of {n_left} step(s) that saw the records are still in "
+                    + ", ".join(u for u, s in left.items() if s),
+                    version=v,
+                    superseded=True,
+                )
+            )
+        elif superseded:
+            places.append(
+                Place(
+                    "version",
+                    label,
+                    HOLDS,
+                    f"superseded (by v{kids[0] if kids else t[registry.TAG_SUPERSEDED]}) but not purged: its weights "
+                    f"and the deltas of {n_left} step(s) that saw the records",
+                    version=v,
+                    superseded=True,
+                )
+            )
+        else:
+            places.append(
+                Place(
+                    "version",
+                    label,
+                    HOLDS,
+                    f"trained on {int((~inside).sum())} of the records and never forgot them: forget them from it "
+                    f"(`mlflow-amnesia forget --model {reg.name} --version {v} --records ids.txt`)",
+                    version=v,
+                )
+            )
+    return places
+
+
+def _forgotten_place(reg, v: int, r: ledger.Request, label: str) -> Place:
+    """A version without the records: which forget removed them (itself or an ancestor), or train left them out."""
+    at = v
+    while True:  # up the lineage to the version whose own forget was this request
+        tt = reg.versions[at].tags or {}
+        if tt.get(registry.TAG_REQUEST) == r.request:
+            how = {
+                "version": at,
+                "parent": int(tt[registry.TAG_PARENT]),
+                "method": tt.get(registry.TAG_METHOD),
+                "repair": tt.get(registry.TAG_REPAIR),
+                "steps_rolled_back": int(tt.get(registry.TAG_STEPS, 0) or 0),
+            }
+            if at == v:
+                rep = f" + repair {how['repair']}" if how["repair"] and how["repair"] != "none" else ""
+                detail = (
+                    f"forgot them: {how['method']}{rep} from v{how['parent']}, {how['steps_rolled_back']} step(s) "
+                    "rolled back"
+                )
+            else:
+                detail = f"forgotten along its lineage (by v{at}, {how['method']})"
+            return Place("version", label, FORGOTTEN, detail, version=v, how=how)
+        p = tt.get(registry.TAG_PARENT)
+        if p is None or int(p) not in reg.versions:
+            break
+        at = int(p)
+    root = reg.versions[at].tags or {}
+    if root.get(TAG_EXCLUDED, "0") not in ("", "0"):
+        if at == v:
+            return Place(
+                "version",
+                label,
+                FORGOTTEN,
+                "never trained on them: `train` left them out",
+                version=v,
+                how={"method": "excluded at training"},
+            )
+        return Place("version", label, FORGOTTEN, f"its root v{at} was trained without them", version=v)
+    return Place("version", label, FORGOTTEN, "they are among its forgotten records", version=v)
+
+
+# ---------------------------------------------------------------------------------------------
+# unregistered train runs
+
+
+def _train_runs(model_name: str, registered: set) -> list:
+    """The train runs of ``model_name`` (tag ``amnesia.model_name``) that registered no version."""
+    from ..audit.privacy import SHADOW_EXPERIMENT
+
+    c = registry.client()
+    skip = {ledger.LEDGER_EXPERIMENT, SHADOW_EXPERIMENT}
+    exps = [e.experiment_id for e in c.search_experiments() if e.name not in skip]
+    lit = registry.filter_literal(model_name)
+    if not exps:
+        return []
+    name_clause = f" and tags.`{TAG_MODEL_NAME}` = {lit}" if lit else ""
+    out, token = [], None
+    while True:
+        page = c.search_runs(
+            exps, filter_string=f"tags.`{TAG_ROLE}` = 'train'{name_clause}", max_results=1000, page_token=token
+        )
+        out += [r for r in page if (r.data.tags or {}).get(TAG_MODEL_NAME) == model_name]
+        token = getattr(page, "token", None)
+        if not token:
+            break
+    return [r for r in out if r.info.run_id not in registered and (r.data.tags or {}).get(TAG_STORE)]
+
+
+def run_base(run) -> str:
+    """The phase base (``<base>/deltas``, ``<base>/training``) of a train run."""
+    store = str(run.data.tags[TAG_STORE]).rstrip("/")
+    return store[: -len("/deltas")] if store.endswith("/deltas") else store
+
+
+def _files(url: str) -> list[tuple[str, int, float]]:
+    """(path, bytes, modified as epoch seconds) of every file under ``url``; [] when there is none."""
+    from ..recording.fs import url_to_fs
+
+    fs, path = url_to_fs(url)
+    try:
+        found = fs.find(path, detail=True)
+    except FileNotFoundError:
+        return []
+    out = []
+    for p, info in found.items():
+        mt = info.get("mtime") or info.get("LastModified") or info.get("created") or 0
+        if hasattr(mt, "timestamp"):
+            mt = mt.timestamp()
+        out.append((p, int(info.get("size") or 0), float(mt or 0)))
+    return out
+
+
+def _alive(run, files: list[tuple[str, int, float]]) -> bool:
+    """Whether a RUNNING train run is still training: its process lives (this host), or its store
+    changed within the last hour (another host)."""
+    if run.info.status != "RUNNING":
+        return False
+    owner = (run.data.tags or {}).get(TAG_OWNER, "")
+    host, _, pid = owner.rpartition(":")
+    if host == socket.gethostname() and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    newest = max((f[2] for f in files), default=(run.info.start_time or 0) / 1000)
+    return time.time() - newest < STALE_RUN_SECONDS
+
+
+def _excluded_requests(run) -> list[str]:
+    from ..mlflow.artifacts import download, repo_at
+    from .train import EXCLUDED_FILE
+
+    if (run.data.tags or {}).get(TAG_EXCLUDED, "0") in ("", "0"):
+        return []
+    raw = download(repo_at(run.info.artifact_uri), EXCLUDED_FILE, optional=True)
+    try:
+        return [str(h) for h in json.loads(raw or b"{}").get("requests", [])]
+    except (ValueError, AttributeError):
+        return []
+
+
+def _run_place(run, r: ledger.Request) -> Place:
+    rid = run.info.run_id
+    base = run_base(run)
+    t = run.data.tags or {}
+    data = (run.data.params or {}).get("dataset")
+    label = f"run {rid[:12]} (train, {run.info.status.lower()}, no version)"
+    if r.data and data and data != r.data:
+        return Place("run", label, NEVER, f"trained on {data!r}, not on {r.data!r}", run_id=rid, url=base)
+    if r.request in _excluded_requests(run):
+        return Place("run", label, FORGOTTEN, "never trained on them: `train` left them out", run_id=rid, url=base)
+    files = _files(base)
+    size = sum(f[1] for f in files)
+    if not files:
+        when = str(t.get(TAG_PURGED, "")).split(";")[0]
+        return Place(
+            "run",
+            label,
+            PURGED,
+            f"its store {base} is deleted" + (f" (purged {when})" if when else ""),
+            run_id=rid,
+            url=base,
+        )
+    if _alive(run, files):
+        return Place("run", label, RUNNING, f"still training into {base}", run_id=rid, url=base)
+    return Place(
+        "run",
+        label,
+        HOLDS,
+        f"a train that registered nothing left its whole delta store and training files: {len(files)} file(s), "
+        f"{size:,} bytes in {base}",
+        run_id=rid,
+        url=base,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# the shadow pool
+
+
+def _shadow_sets() -> list[tuple[str, str]]:
+    """(run id, data fingerprint) of every cached shadow set (experiment ``mlflow-amnesia-shadows``)."""
+    from ..audit.privacy import SHADOW_EXPERIMENT
+    from ..mlflow.artifacts import download, repo_at
+
+    c = registry.client()
+    exp = c.get_experiment_by_name(SHADOW_EXPERIMENT)
+    if exp is None:
+        return []
+    out = []
+    for run in c.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=1000):
+        raw = download(repo_at(run.info.artifact_uri), "shadows/shadows.json", optional=True)
+        try:
+            fp = json.loads(raw or b"{}").get("fingerprint")
+        except (ValueError, AttributeError):
+            fp = None
+        out.append((run.info.run_id, str(fp) if fp else "?"))
+    return out
+
+
+def _pool_place(pool: list[tuple[str, str]], r: ledger.Request) -> Place:
+    mine = [rid for rid, fp in pool if fp == r.dataset or fp == "?"]
+    if not mine:
+        return Place("shadows", "shadow pool", NEVER, "no cached shadow models of this data set")
+    return Place(
+        "shadows",
+        "shadow pool",
+        HOLDS,
+        f"{len(mine)} cached shadow set(s) of this data set (experiment mlflow-amnesia-shadows, run(s) "
+        f"{', '.join(x[:12] for x in mine[:3])}{'...' if len(mine) > 3 else ''}): each record trained about half "
+        "of their shadow models, and shadow models do not forget yet",
+    )
+
+
+def _finished(s: RequestStatus, model_name: str) -> str | None:
+    """The latest date an action on the request's places was recorded (the day it was finished)."""
+    dates = [str(e.get("registered") or e.get("at") or "") for e in s.request.entries if e.kind != "request"]
+    purged = {p.version for p in s.places if p.status == PURGED and p.version is not None}
+    if purged:
+        dates += [
+            str(e.get("at"))
+            for e in ledger.entries(model=model_name, kind="purged")
+            if int(e.get("version", -1)) in purged
+        ]
+    dates = [d for d in dates if d]
+    return max(dates) if dates else s.request.received
+
+
+# ---------------------------------------------------------------------------------------------
+# the text
+
+
+def render(statuses: list[RequestStatus], model_name: str) -> str:
+    if not statuses:
+        return f"no deletion request in the erasure ledger of {model_name}"
+    lines = []
+    for s in statuses:
+        lines.append(s.headline())
+        for p in s.places:
+            lines.append(f"  {p.label:<40} {p.status:<12} {p.detail}")
+    open_ = [s for s in statuses if not s.done]
+    late = [s for s in open_ if s.overdue]
+    lines.append(
+        f"{len(statuses)} request(s): {len(statuses) - len(open_)} finished, {len(open_)} open"
+        + (f", {len(late)} OVERDUE" if late else "")
+    )
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# purge --request
+
+
+@dataclass
+class RequestPurge:
+    status: RequestStatus
+    versions: list[int]  # superseded versions to purge
+    runs: list[Place]  # unregistered runs whose store goes
+    version_plan: Any = None  # the PurgePlan of ``versions``
+    done: bool = False
+    lines: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        out = []
+        if self.version_plan is not None:
+            out.append(self.version_plan.describe())
+        for p in self.runs:
+            out.append(f"{p.label}: delete {p.detail.split(': ', 1)[-1]}")
+        for p in self.status.places:
+            if p.kind == "shadows" and p.open:
+                out.append(
+                    f"kept: shadow pool: {p.detail} (purge does not delete them: the next audit would train them again on these records)"
+                )
+        return "\n".join(out)
+
+
+def plan_request_purge(model_name: str, request: str) -> RequestPurge:
+    """What ``purge --request`` erases for one request; refuses (nothing deleted) where a place
+    cannot be erased by a purge: a version that never forgot the records, or a train still running."""
+    from .purge import plan_purge
+
+    (s,) = request_status(model_name, request=request)
+    blockers = [p for p in s.places if p.kind == "version" and p.open and not p.superseded]
+    running = [p for p in s.places if p.status == RUNNING]
+    if blockers or running:
+        why = [f"{p.label}: {p.detail}" for p in blockers] + [
+            f"{p.label}: still training; once it registers a version, forget the records from it" for p in running
+        ]
+        raise InputError(
+            f"request {s.request.request[:16]} cannot be erased by a purge yet, nothing was deleted: " + "; ".join(why)
+        )
+    versions = sorted(p.version for p in s.places if p.kind == "version" and p.open and p.version is not None)
+    runs = [p for p in s.places if p.kind == "run" and p.status == HOLDS]
+    plan = plan_purge(model_name, versions) if versions else None
+    return RequestPurge(s, versions, runs, plan)
+
+
+def purge_request(
+    model_name: str,
+    request: str,
+    *,
+    dry_run: bool = False,
+    yes: bool = False,
+    confirm: Callable[[str], bool] | None = None,
+) -> RequestPurge:
+    """Erase every place of one request a purge can: the superseded versions that hold its records
+    (:func:`mlflow_amnesia.jobs.purge.purge`) and the stores of unregistered train runs. Idempotent:
+    a purge killed between two steps is finished by running it again."""
+    from mlflow_amnesia.jobs.purge import purge as run_purge
+
+    rp = plan_request_purge(model_name, request)
+    if dry_run:
+        return rp
+    for p in rp.status.places:  # runs a purge killed after deleting their files: tag and ledger entry
+        if p.kind == "run" and p.status == PURGED:
+            _purge_run(model_name, p, rp.status.request.request)
+    if not rp.versions and not rp.runs:
+        rp.lines.append(f"request {rp.status.request.request[:16]}: nothing left for a purge to delete")
+        return rp
+    if not yes:
+        q = rp.describe() + "\nDelete this for good? It cannot be undone."
+        if confirm is None or not confirm(q):
+            raise InputError(
+                "purge deletes model weights and recorded deltas for good: re-run with --yes to proceed, or with "
+                "--dry-run to see what it deletes."
+            )
+    if rp.versions:
+        rp.lines.append(run_purge(model_name, rp.versions, yes=True).summary())
+    for p in rp.runs:
+        rp.lines.append(_purge_run(model_name, p, rp.status.request.request))
+    rp.done = True
+    return rp
+
+
+def _purge_run(model_name: str, p: Place, request: str) -> str:
+    """Delete an unregistered run's phase base (store and training files), check by listing, tag the run."""
+    from ..recording.fs import url_to_fs
+
+    assert p.url and p.run_id
+    files = _files(p.url) if p.status != PURGED else []
+    size = sum(f[1] for f in files)
+    say(f"purge: deleting the store and training files of run {p.run_id} ({len(files)} file(s)) in {p.url}")
+    fs, path = url_to_fs(p.url)
+    if files:
+        fs.rm(path, recursive=True)
+    left = _files(p.url)
+    if left:
+        raise InputError(
+            f"{len(left)} file(s) under {p.url} could not be deleted (first: {left[0][0]}); re-run the purge"
+        )
+    at = _now()
+    c = registry.client()
+    run = c.get_run(p.run_id)
+    if TAG_PURGED not in (run.data.tags or {}):
+        c.set_tag(p.run_id, TAG_PURGED, f"{at}; deleted: the run's delta store and training files ({size:,} bytes)")
+        if run.info.status == "RUNNING":
+            c.set_terminated(p.run_id, "KILLED")
+    else:
+        at = str(run.data.tags[TAG_PURGED]).split(";")[0]
+    ledger.write(
+        ledger.Entry("purged-run", model_name, {"request": request, "run_id": p.run_id, "url": p.url, "at": at})
+    )
+    return f"purged run {p.run_id}: deleted {size:,} bytes ({p.url})"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def as_json(statuses: list[RequestStatus]) -> list[dict]:
+    """One object per request (the ``--format json`` output)."""
+    return [
+        {
+            "request": s.request.request,
+            "records": s.request.n,
+            "received": s.request.received,
+            "deadline": s.deadline.isoformat(),
+            "days_left": s.days_left,
+            "done": s.done,
+            "overdue": s.overdue,
+            "finished": s.finished,
+            "places": [
+                {
+                    "kind": p.kind,
+                    "place": p.label,
+                    "status": p.status,
+                    "detail": p.detail,
+                    "version": p.version,
+                    "run_id": p.run_id,
+                }
+                for p in s.places
+            ],
+        }
+        for s in statuses
+    ]
