@@ -129,7 +129,8 @@ def test_a_leaking_model_passes_a_retrain_and_fails_a_method_that_does_nothing(l
     print(f"\nretrain: {v2.tags[registry.TAG_VERDICT_REASON]}")
     assert v2.tags[registry.TAG_VERDICT] == PASS, v2.tags[registry.TAG_VERDICT_REASON]
     assert f"audit verdict: pass: {v2.tags[registry.TAG_VERDICT_REASON]}" in r.output
-    assert v2.description.startswith("**Audit verdict: pass** — the forgotten records look like non-members")
+    # LiRA's reason, or U-LiRA's where the recorded pool measured it (it decides then)
+    assert v2.description.startswith(f"**Audit verdict: pass** — {v2.tags[registry.TAG_VERDICT_REASON]}")
     # matched: parent and child on the same 100 forgotten records, against the same non-members
     for name in ("audit.lira.auc", "audit.parent.lira.auc"):
         assert (m[f"{name}.n_members"], m[f"{name}.n_nonmembers"]) == (100.0, m["audit.n_nonmembers"])
