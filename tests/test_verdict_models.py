@@ -160,6 +160,7 @@ def test_a_leaking_model_passes_a_retrain_and_fails_a_method_that_does_nothing(l
     assert m["audit.lira.auc"] == pytest.approx(m["audit.parent.lira.auc"])  # the same weights, the same records
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_leak_gives_inconclusive(registry_copy, trained, tmp_path):
     """digits (the quick start's data), a CNN that generalises: the parent shows no detectable
     membership on the forgotten records, so no forget of it can pass or fail. A forget of fewer
