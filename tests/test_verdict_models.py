@@ -2,7 +2,7 @@
 
 - a model that does not leak (digits, the quick start's data, a CNN that generalises):
   a forget's verdict is ``inconclusive``, the parent showing no detectable membership;
-- a model that leaks (a CNN overfit on 200 real MNIST records): ``forget --method retrain``
+- a model that leaks (a CNN overfit on about 200 real MNIST records): ``forget --method retrain``
   passes, and a method that does nothing (``noop``, registered by the test) fails;
 - the matched table, the verdict tags and line, the per-record artifact, and no record id in
   any of them.
@@ -54,7 +54,7 @@ def _use(db: Path, mp) -> None:
 
 @pytest.fixture(scope="module")
 def leaky(tmp_path_factory):
-    """A CNN overfit (20 epochs, batch 32) on 200 real MNIST records (400 with the held-out half),
+    """A CNN overfit (20 epochs, batch 32) on about 200 real MNIST records (400 with the held-out half),
     trained and audited through the CLI; returns the workspace."""
     from conftest import _mnist_dir
 
@@ -161,6 +161,7 @@ def test_a_leaking_model_passes_a_retrain_and_fails_a_method_that_does_nothing(l
     assert m["audit.lira.auc"] == pytest.approx(m["audit.parent.lira.auc"])  # the same weights, the same records
 
 
+@pytest.mark.slow
 def test_a_model_that_does_not_leak_gives_inconclusive(registry_copy, trained, tmp_path):
     """digits (the quick start's data), a CNN that generalises: the parent shows no detectable
     membership on the forgotten records, so no forget of it can pass or fail. A forget of fewer
