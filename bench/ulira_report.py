@@ -83,11 +83,35 @@ def table1(d: dict) -> None:
                 )
 
 
+def paired(a_path: Path, b_path: Path) -> None:
+    """Matched comparison of two runs on the same records: per-record U-LiRA AUCs, paired
+    bootstrap over records (10,000 resamples, seed 0) of the mean difference first - second."""
+    import numpy as np
+
+    def per(p: Path) -> np.ndarray:
+        ms = json.loads(p.read_text())["methods"]
+        name = next(k for k in ms if "per_record_ulira_auc" in ms[k])
+        return np.asarray(ms[name]["per_record_ulira_auc"])
+
+    a, b = per(a_path), per(b_path)
+    n = min(len(a), len(b))
+    d = a[:n] - b[:n]
+    rng = np.random.default_rng(0)
+    boot = [d[rng.integers(0, n, n)].mean() for _ in range(10000)]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    print(f"paired over {n} records: mean per-record AUC {a[:n].mean():.3f} vs {b[:n].mean():.3f}, "
+          f"difference {d.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--paired", nargs=2, type=Path, metavar=("FIRST", "SECOND"), help="matched comparison of two runs")
     ap.add_argument("--ulira", type=Path, default=OUT / "ulira.json")
     ap.add_argument("--table1", type=Path, default=OUT / "table1.json")
     a = ap.parse_args()
+    if a.paired:
+        paired(*a.paired)
+        return
     if a.ulira.is_file():
         ulira(json.loads(a.ulira.read_text()))
         print()

@@ -311,4 +311,7 @@ def test_forget_and_audit_log_the_privacy_audit(registry_copy):
     assert "audit.mia.auc" in c.get_run(v1.run_id).data.metrics
     assert "audit.lira.auc" in v1.description
     exp = c.get_experiment_by_name(SHADOW_EXPERIMENT)
-    assert len(c.search_runs([exp.experiment_id])) == 1
+    runs = c.search_runs([exp.experiment_id])
+    # one assembled pool and its 2 members (one run each), none trained twice
+    assert sum("amnesia.shadow_key" in r.data.tags for r in runs) == 1
+    assert sorted(r.data.tags.get("amnesia.shadow_member", "") for r in runs) == ["", "0", "1"]
