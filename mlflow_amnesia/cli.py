@@ -554,6 +554,24 @@ def forget(
         _echo_verdict(model_name, r.version)
     if r.purge is not None:
         click.echo(r.purge.summary())
+    if r.version is not None:
+        _note_aliases_left(model_name, r.plan.parent_version, r.version)
+
+
+def _note_aliases_left(name, parent, version):
+    """Say which aliases still point at the superseded parent: what serves them still holds the records."""
+    from .mlflow import registry
+
+    aliases = dict(getattr(registry.client().get_registered_model(name), "aliases", {}) or {})
+    left = sorted(a for a, v in aliases.items() if str(v) == str(parent))
+    if left:
+        click.echo(
+            f"note: alias(es) {', '.join(left)} still point at v{parent}, which v{version} superseded and which still "
+            f"holds the forgotten records: point them at v{version} (the MLflow UI, or "
+            f"MlflowClient().set_registered_model_alias; `forget --set-alias ALIAS` does it as it forgets), "
+            f"then purge v{parent}",
+            err=True,
+        )
 
 
 _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left behind.

@@ -64,10 +64,13 @@ def test_a_superseded_version_is_marked_warns_when_loaded_and_loses_its_alias(re
     c = registry.client()
     c.update_model_version("marked", "1", description="Trained on digits.")
     c.set_registered_model_alias("marked", "production", "1")
+    c.set_registered_model_alias("marked", "staging", "1")
     ids = invoke("records", "--model", "marked", "--limit", "3").output.split()
     (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
-    invoke("forget", "--model", "models:/marked@production", "--records", str(tmp_path / "ids.txt"), "--yes",
-           "--no-audit", "--set-alias", "production")
+    r = invoke("forget", "--model", "models:/marked@production", "--records", str(tmp_path / "ids.txt"), "--yes",
+               "--no-audit", "--set-alias", "production")
+    assert "note: alias(es) staging still point at v1, which v2 superseded" in r.output  # not moved: said so
+    c.delete_registered_model_alias("marked", "staging")
     v1 = c.get_model_version("marked", "1")
     banner = v1.description.split("\n", 1)[0]
     assert banner.startswith("> **Superseded by v2.**") and "contribution of the 3 record(s) v2 forgot" in banner
