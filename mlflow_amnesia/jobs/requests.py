@@ -362,8 +362,11 @@ def _train_runs(model_name: str, registered: set) -> list:
 
 def run_base(run) -> str:
     """The phase base (``<base>/deltas``, ``<base>/training``) of a train run."""
+    from ..recording.phase import Phase
+
     store = str(run.data.tags[TAG_STORE]).rstrip("/")
-    return store[: -len("/deltas")] if store.endswith("/deltas") else store
+    phase = Phase.of_store_url(store)
+    return phase.base_url if phase is not None else store
 
 
 def _files(url: str) -> list[tuple[str, int, float]]:
