@@ -244,7 +244,7 @@ def stage_breakdown(delta: dict[str, np.ndarray], repeats: int) -> dict[str, dic
     import hashlib
 
     from mlflow_amnesia.store import get_codec
-    from mlflow_amnesia.store.codecs import _compressor
+    from mlflow_amnesia.recording.store.codecs import _compressor
 
     out = {}
     for c in CODECS:

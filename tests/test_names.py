@@ -73,7 +73,7 @@ def test_methods_repairs_codecs_data_sets_and_architectures_are_registries():
 
     assert METHODS.names() == ("amnesiac", "finetune", "relabel", "retrain")
     assert REPAIRS.names() == ("none", "finetune", "replay")
-    assert CODECS.names() == CODEC_NAMES == ("f32", "bf16", "int8", "zstd")
+    assert CODECS.names() == CODEC_NAMES == ("f32", "bf16", "int8", "int4", "zstd")
     assert DATASETS.names() == ("digits", "mnist", "cifar100", "idx")
     assert KNOWN_SPECS == ("digits", "mnist", "cifar100", "idx:<dir>")
     assert ARCHITECTURES.names() == ARCHS == ("resnet18", "cnn", "mlp", "builder")
@@ -90,7 +90,7 @@ def test_the_forget_help_lists_the_registered_methods_and_repairs():
     assert "--method [amnesiac|finetune|relabel|retrain]" in flat
     assert "--repair [none|finetune|replay]" in flat
     r = CliRunner().invoke(main, ["train", "--help"])
-    assert "--codec [f32|bf16|int8|zstd]" in " ".join(r.output.split())
+    assert "--codec [f32|bf16|int8|int4|zstd]" in " ".join(r.output.split())
 
 
 def test_an_unknown_method_is_one_line_naming_the_methods_before_anything_exists(tmp_path, monkeypatch):

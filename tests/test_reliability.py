@@ -136,7 +136,8 @@ def test_damaged_chunk_fails_the_forget_naming_step_and_file(registry_copy, dama
             chunk.write_bytes(saved[:-7])
         else:
             chunk.unlink()
-        want = {"corrupt": "fails its sha256", "truncate": "truncated or overwritten", "delete": "is missing"}[damage]
+        # a sealed chunk's read checks its AES-GCM tag and authentication (sha256 is verify's)
+        want = {"corrupt": "fails authentication", "truncate": "truncated or overwritten", "delete": "is missing"}[damage]
         r = _forget("--records", _write(registry_copy, ids))
         _refused(r, f"step {step}: chunk file {chunk}", want, "verify")
         assert _versions() == [1]
@@ -212,7 +213,7 @@ def test_a_frame_declaring_a_huge_size_is_refused_by_the_store_before_allocating
     (tmp_path / "s" / "chunks" / "0.0.zst").write_bytes(evil)
     mpath = tmp_path / "s" / "manifest.json"
     m = json.loads(mpath.read_text())
-    m["steps"][0]["chunks"][0].update(bytes=len(evil), sha256=hashlib.sha256(evil).hexdigest())
+    m["steps"][0]["chunks"][0].update(bytes=len(evil), sha256=hashlib.sha256(evil).hexdigest(), tag=evil[-16:].hex())
     mpath.write_text(json.dumps(m))
     st = DeltaStore.open(url, key=key)
     tracemalloc.start()

@@ -131,6 +131,8 @@ def test_encoded_append_stores_the_float_paths_bytes(codec, pooled, tmp_path, mo
     for f in files:  # a store in clear: the chunk bytes are deterministic
         assert (tmp_path / "enc" / f).read_bytes() == (tmp_path / "flt" / f).read_bytes(), f
     assert all(torch.equal(r_enc[n], r_flt[n]) for n in r_enc)  # the same trajectory r
+    if pooled or codec != "int8":
+        return
     # sealed: the same deltas read back (the nonces differ, so the bytes do)
     _record(str(tmp_path / "senc"), codec, encoded=True, key=KEY)
     _record(str(tmp_path / "sflt"), codec, encoded=False, key=KEY)

@@ -130,5 +130,6 @@ def unseal_chunk(
         return cipher.open(step, part, memoryview(data)[_HEAD.size :], out)
     except InvalidTag:
         raise ChunkCorruptedError(
-            "fails authentication under the store's key: it was altered, or swapped in from another step or store"
+            "fails authentication under the store's key: it was altered, or swapped in from another step or store. "
+            "This step's delta is lost; run `mlflow-amnesia verify --model NAME` to list every damaged step"
         ) from None
