@@ -328,7 +328,8 @@ def test_mnist_missing_offline_says_what_to_do(tmp_path):
     with pytest.raises(InputError) as e:
         D.load_dataset("mnist", root=tmp_path, download=False)
     msg = str(e.value)
-    assert "'mnist'" in msg and str(tmp_path.resolve()) in msg and "idx:<dir>" in msg and "'digits'" in msg
+    assert "'mnist'" in msg and str(tmp_path.resolve()) in msg and "idx:<dir>" in msg and "--dataset digits" in msg
+    assert "--data-root" in msg and "load_dataset(" not in msg  # options and a command, not a Python call
 
 
 def test_mnist_download_failure_is_an_input_error(tmp_path, monkeypatch):
