@@ -251,7 +251,9 @@ def test_a_team_trains_forgets_audits_purges_and_verifies_on_postgres_and_s3(tea
     invoke("audit", "--model", name, *audit)
     invoke("audit", "--model", name, "--version", "1", *audit)
     shadows = c.get_experiment_by_name("mlflow-amnesia-shadows")
-    assert shadows is not None and len(c.search_runs([shadows.experiment_id])) == 1
+    runs = c.search_runs([shadows.experiment_id]) if shadows else []
+    pools = [r for r in runs if "amnesia.shadow_key" in r.data.tags]
+    assert len(pools) == 1  # one pool (its members are runs of their own), reused by the second audit
     assert "audit.mia.auc" in c.get_run(c.get_model_version(name, "1").run_id).data.metrics
     m2 = c.get_run(c.get_model_version(name, "2").run_id).data.metrics  # 3 records: per-record, no AUC
     assert m2["audit.n_targets"] == 3 and "audit.mia.auc" not in m2 and "audit.retain.mia.auc" in m2
@@ -380,7 +382,8 @@ def test_forgets_from_two_machines_leave_one_child_per_parent_and_subtract_no_st
         got = last.module.state_dict()
         for k, want in expected.items():  # v1 minus each rolled-back step's delta, exactly once
             np.testing.assert_allclose(got[k].double().numpy(), want, rtol=0, atol=1e-6)
-        assert sorted(int(s) for s in last.rolled_back) == union and len(last.forgotten) == 4
+        # v1 may already count records a ledger request made train leave out (an earlier test forgot from this data set)
+        assert sorted(int(s) for s in last.rolled_back) == union and len(last.forgotten) == len(base.forgotten) + 4
         assert sum(int(v.tags[TAG_STEPS]) for v in live[1:]) == len(union)  # and the tags count each step once
         for m in machines:  # the key came from the environment: no machine wrote a key file
             assert not (m / "config" / "mlflow-amnesia" / "key").exists()
