@@ -182,7 +182,13 @@ def _mark_model(name: str) -> None:
     except MlflowException:
         return  # not registered (yet): the ledger entry stands on its own
     if (rm.tags or {}).get(TAG_LEDGER) != LEDGER_EXPERIMENT:
-        c.set_registered_model_tag(name, TAG_LEDGER, LEDGER_EXPERIMENT)
+        try:
+            c.set_registered_model_tag(name, TAG_LEDGER, LEDGER_EXPERIMENT)
+        except MlflowException:
+            # Two writers tagging the same model at once: on PostgreSQL the second insert of the same
+            # key can fail (a unique violation). The tag the other one wrote is the same: fine.
+            if (c.get_registered_model(name).tags or {}).get(TAG_LEDGER) != LEDGER_EXPERIMENT:
+                raise
 
 
 # ---------------------------------------------------------------------------------------------
