@@ -34,6 +34,7 @@ import numpy as np
 from ..errors import InputError
 from ..keys import hashes_in
 from ..mlflow import ledger, registry
+from ..mlflow.runs import end_quietly
 from ..progress import info as say
 from ..tags import TAG_EXCLUDED, TAG_MODEL_NAME, TAG_OWNER, TAG_PURGED, TAG_ROLE, TAG_STORE
 
@@ -634,7 +635,7 @@ def _purge_run(model_name: str, p: Place, request: str) -> str:
     if TAG_PURGED not in (run.data.tags or {}):
         c.set_tag(p.run_id, TAG_PURGED, f"{at}; deleted: the run's delta store and training files ({size:,} bytes)")
         if run.info.status == "RUNNING":
-            c.set_terminated(p.run_id, "KILLED")
+            end_quietly(c, p.run_id, "KILLED")
     else:
         at = str(run.data.tags[TAG_PURGED]).split(";")[0]
     ledger.write(

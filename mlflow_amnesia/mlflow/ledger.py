@@ -45,6 +45,7 @@ from ..tags import (
     TAG_REQUEST,
 )
 from . import registry
+from .runs import end_quietly
 
 LEDGER_EXPERIMENT = "mlflow-amnesia-ledger"
 ENTRY_FILE = "entry.json"
@@ -154,22 +155,11 @@ def write(entry: Entry) -> bool:
     try:
         c.log_text(run.info.run_id, entry.to_json(), ENTRY_FILE)
     except BaseException:
-        _terminated(c, run.info.run_id, "FAILED")
+        end_quietly(c, run.info.run_id, "FAILED")
         raise
-    _terminated(c, run.info.run_id, "FINISHED")
+    end_quietly(c, run.info.run_id, "FINISHED")
     _mark_model(entry.model)
     return True
-
-
-def _terminated(c, run_id: str, status: str) -> None:
-    """End a ledger run without MLflow's "View run ... at" lines on stdout (against a tracking
-    server it prints them for every run it ends): the ledger is bookkeeping, not the user's run,
-    and a command's output stays its own lines."""
-    import contextlib
-    import io
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        c.set_terminated(run_id, status)
 
 
 def _mark_model(name: str) -> None:

@@ -92,3 +92,14 @@ def log_params_once(params: dict) -> None:
     new = {k: v for k, v in params.items() if k not in have}
     if new:
         mlflow.log_params(new)
+
+
+def end_quietly(client, run_id: str, status: str) -> None:
+    """End a bookkeeping run (a ledger entry, a shadow pool or member, a killed train's run) without
+    MLflow's "View run ... at" lines on stdout: against a tracking server MLflow prints them for every
+    run it ends, and a command's output should stay its own lines."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        client.set_terminated(run_id, status)

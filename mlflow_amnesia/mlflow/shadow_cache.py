@@ -28,6 +28,7 @@ from ..audit.shadow import ShadowMember, ShadowSet, member_dirname
 from ..errors import InputError
 from ..tags import TAG_SHADOW_KEY, TAG_SHADOW_MEMBER, TAG_SHADOW_POOL
 from .registry import filter_literal
+from .runs import end_quietly
 
 __all__ = ["MlflowShadowCache"]
 
@@ -110,9 +111,9 @@ class MlflowShadowCache:
                 attack.save(d)
                 client.log_artifacts(run.info.run_id, str(d), artifact_path="shadows")
             client.log_param(run.info.run_id, "n_shadows", shadows.n_shadows)
-            client.set_terminated(run.info.run_id, "FINISHED")
+            end_quietly(client, run.info.run_id, "FINISHED")
         except BaseException:
-            client.set_terminated(run.info.run_id, "FAILED")
+            end_quietly(client, run.info.run_id, "FAILED")
             raise
         return run.info.run_id
 
@@ -171,8 +172,8 @@ class MlflowShadowCache:
         try:
             client.log_artifacts(run.info.run_id, str(member.directory), artifact_path=_MEMBER_ARTIFACTS)
             client.log_param(run.info.run_id, "n_shadows", member.n_shadows)
-            client.set_terminated(run.info.run_id, "FINISHED")
+            end_quietly(client, run.info.run_id, "FINISHED")
         except BaseException:
-            client.set_terminated(run.info.run_id, "FAILED")
+            end_quietly(client, run.info.run_id, "FAILED")
             raise
         return run.info.run_id

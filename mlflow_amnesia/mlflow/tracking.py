@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from urllib.parse import urlparse
 
 from ..errors import InputError, TrackingServerError
+from ..recording.fs import fsync_dir
 
 PROBE_TIMEOUT_ENV = "MLFLOW_AMNESIA_PROBE_TIMEOUT"
 DEFAULT_PROBE_TIMEOUT = 10.0
@@ -407,7 +408,7 @@ def create_sqlite_database(path: str) -> bool:
                 if os.path.exists(path):
                     return False
                 os.rename(tmp, path)
-            _fsync_dir(parent)
+            fsync_dir(parent, best_effort=True)
             return True
         finally:
             for f in (tmp, f"{tmp}-journal", f"{tmp}-wal", f"{tmp}-shm"):
@@ -463,16 +464,3 @@ def _alive(pid: int) -> bool:
     except OSError:
         return True  # someone else's process
     return True
-
-
-def _fsync_dir(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

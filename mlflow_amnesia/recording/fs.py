@@ -84,7 +84,7 @@ def write_local(path: str | os.PathLike[str], data: bytes | memoryview, *, atomi
             os.close(fd)
         if atomic:
             os.replace(tmp, target)
-            _fsync_dir(os.path.dirname(target) or ".")  # persist the rename itself (and the entries beside it)
+            fsync_dir(os.path.dirname(target) or ".")  # persist the rename itself (and the entries beside it)
     except BaseException:
         if atomic and os.path.exists(tmp):
             os.unlink(tmp)
@@ -108,9 +108,19 @@ def write_url(url: str, data: bytes) -> None:
     write_local(path, data)
 
 
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_dir(directory: str, *, best_effort: bool = False) -> None:
+    """Persist ``directory``'s entries (a rename or link into it); ``best_effort``: where a file
+    system cannot sync a directory, carry on instead of raising."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        if best_effort:
+            return
+        raise
     try:
         os.fsync(fd)
+    except OSError:
+        if not best_effort:
+            raise
     finally:
         os.close(fd)
