@@ -137,15 +137,25 @@ def _version_options(command):
 
 def _audit_options(fn):
     fn = click.option(
-        "--inversion-iterations",
-        default=1000,
+        "--inversion",
+        type=click.Choice(["auto", "on", "off"]),
+        default="auto",
         show_default=True,
-        type=click.IntRange(min=1),
-        help="Model-inversion gradient steps per class (a PROCESS denoising step every 500).",
+        help="Model inversion: auto inverts a forget's classes (under the version and its parent); "
+        "on also inverts a version that forgot nothing (its first 10 classes); off never.",
+    )(fn)
+    fn = click.option(
+        "--inversion-iterations",
+        default=None,
+        metavar="N",
+        callback=_optional_positive,
+        help="Model-inversion gradient steps per class, a PROCESS denoising step every half (default, or "
+        "empty: fitted to the image size, 100 for digits' 8x8 up to 1000 for 28x28 and larger).",
     )(fn)
     fn = click.option(
         "--shadows",
         default=None,
+        metavar="N",
         callback=_optional_count,
         help="Shadow models for membership inference, >= 2 (default, or empty: 4 on digits, 16 "
         "otherwise; trained once, then cached).",
@@ -153,27 +163,31 @@ def _audit_options(fn):
     return fn
 
 
-def _optional_count(ctx, param, value):
-    """An integer >= 2, or None for an absent or empty value (MLproject passes "" for 'default')."""
+def _optional_int(value, minimum: int, why: str):
+    """An integer >= ``minimum``, or None for an absent or empty value (MLproject passes "" for 'default')."""
     if value is None or str(value).strip() == "":
         return None
     try:
         n = int(value)
     except ValueError:
         raise click.BadParameter(f"{value!r} is not an integer") from None
-    if n < 2:
-        raise click.BadParameter(
-            f"{n} is below 2: membership inference needs shadows that saw and did not see each record"
-        )
+    if n < minimum:
+        raise click.BadParameter(f"{n} is below {minimum}{why}")
     return n
 
 
-def _settings(shadows, inversion_iterations):
+def _optional_positive(ctx, param, value):
+    return _optional_int(value, 1, "")
+
+
+def _optional_count(ctx, param, value):
+    return _optional_int(value, 2, ": membership inference needs shadows that saw and did not see each record")
+
+
+def _settings(shadows, inversion_iterations, inversion="auto"):
     from .audit.privacy import AuditSettings
 
-    return AuditSettings(
-        shadows=shadows, inversion_iterations=inversion_iterations, process_every=min(500, inversion_iterations)
-    )
+    return AuditSettings(shadows=shadows, inversion_iterations=inversion_iterations, inversion=inversion)
 
 
 class _Main(click.Group):
@@ -345,6 +359,7 @@ def train(
     audit,
     shadows,
     inversion_iterations,
+    inversion,
 ):
     """Train a model with every optimizer step recorded; register it as a new model version."""
     from .jobs.train import train as run_train
@@ -364,7 +379,7 @@ def train(
         data_root=data_root,
         holdout_fraction=holdout_fraction,
         audit=audit,
-        audit_settings=_settings(shadows, inversion_iterations),
+        audit_settings=_settings(shadows, inversion_iterations, inversion),
     )
     click.echo(
         f"{r.model_name} v{r.version}: acc.test {r.metrics.get('acc.test', float('nan')):.4f}, {r.steps} steps recorded (run {r.run_id})"
@@ -487,6 +502,7 @@ def forget(
     audit,
     shadows,
     inversion_iterations,
+    inversion,
     purge_parent,
     received,
 ):
@@ -523,7 +539,7 @@ def forget(
         data_root=data_root,
         confirm=confirm,
         audit=audit,
-        audit_settings=_settings(shadows, inversion_iterations),
+        audit_settings=_settings(shadows, inversion_iterations, inversion),
         purge=purge_parent,
         received=received,
     )
@@ -779,21 +795,36 @@ def report(model_name, request, output, log):
     help="Include membership inference and model inversion (default), or accuracy figures only.",
 )
 @_audit_options
+@click.option(
+    "--force",
+    is_flag=True,
+    default=False,
+    help="Compute the audit again even when the version's run already holds one with the same settings.",
+)
 @_friendly
-def audit(model_name, version, alias, data_root, privacy, shadows, inversion_iterations):
+def audit(model_name, version, alias, data_root, privacy, shadows, inversion_iterations, inversion, force):
     """Audit a version: accuracy (acc.*), membership inference (audit.mia.*, audit.lira.*) on its
-    forgotten records (or a sample of training records), model inversion (audit.inversion.score);
-    logged on the run that produced the version, and its description table refreshed."""
-    from .jobs.audit import audit_version
+    forgotten records (or a sample of training records), model inversion (audit.inversion.score)
+    of a forget's classes; logged on the run that produced the version, and its description table
+    refreshed. A version already audited with the same settings (by train, forget or an earlier
+    audit) shows its logged figures instead, unless --force."""
+    from .jobs.audit import LoggedFigures, audit_version
 
+    mv = _resolved(model_name, version, alias)
+    click.echo(f"audit of {mv.name} v{mv.version} (models:/{mv.name}/{mv.version})")
     m = audit_version(
         model_name,
-        version=version,
-        alias=alias,
+        version=int(mv.version),
         data_root=data_root,
         privacy=privacy,
-        settings=_settings(shadows, inversion_iterations),
+        settings=_settings(shadows, inversion_iterations, inversion),
+        force=force,
     )
+    if isinstance(m, LoggedFigures):
+        click.echo(
+            f"already audited with these settings (run {m.run_id}): its logged figures follow; "
+            "--force computes them again"
+        )
     for k in sorted(m):
         click.echo(f"{k}\t{m[k]:.4f}")
     mv = _resolved(model_name, version, alias)

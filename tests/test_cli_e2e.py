@@ -303,10 +303,26 @@ def test_forget_and_audit_log_the_privacy_audit(registry_copy):
     assert "audit.lira.auc (n=12+" in mv.description and "(parent)" in mv.description
     assert mv.tags[registry.TAG_VERDICT] in ("pass", "fail", "inconclusive")
     assert sorted(a.path for a in c.list_artifacts(mv.run_id, "audit")) == ["audit/inversion.png", "audit/per_record.json"]
+    # the forget's classes are inverted under the child and the parent (the same classes: matched)
+    assert {"audit.inversion.score", "audit.parent.inversion.score"} <= set(run.data.metrics)
 
-    # a later audit of version 1 logs to the train run and reuses the cached shadow models
+    # `audit` of the version the forget just audited, with its settings: the logged figures, not a second audit
+    r = _invoke("audit", "--model", MODEL, "--shadows", "2", "--inversion-iterations", "30")
+    assert r.output.startswith(f"audit of {MODEL} v{mv.version} (models:/{MODEL}/{mv.version})"), r.output
+    assert "already audited with these settings" in r.output and "--force" in r.output, r.output
+    assert f"audit.lira.auc\t{run.data.metrics['audit.lira.auc']:.4f}" in r.output, r.output
+    assert len(c.get_metric_history(mv.run_id, "audit.lira.auc")) == 1
+    # other settings, or --force: computed again (and logged again)
+    r = _invoke("audit", "--model", MODEL, "--shadows", "2", "--inversion-iterations", "30", "--force")
+    assert "already audited" not in r.output and len(c.get_metric_history(mv.run_id, "audit.lira.auc")) == 2
+    r = _invoke("audit", "--model", MODEL, "--shadows", "2", "--inversion", "off")
+    assert "already audited" not in r.output and "audit.inversion.score" not in r.output, r.output
+    assert len(c.get_metric_history(mv.run_id, "audit.lira.auc")) == 3
+
+    # a later audit of version 1 logs to the train run and reuses the cached shadow models; a
+    # version that forgot nothing is not inverted unless asked (--inversion on)
     r = _invoke("audit", "--model", MODEL, "--version", "1", "--shadows", "2", "--inversion-iterations", "30")
-    assert "audit.lira.auc" in r.output
+    assert "audit.lira.auc" in r.output and "audit.inversion.score" not in r.output, r.output
     v1 = registry.resolve_version(MODEL, version=1)
     assert "audit.mia.auc" in c.get_run(v1.run_id).data.metrics
     assert "audit.lira.auc" in v1.description

@@ -20,7 +20,7 @@ def test_mlflow_run_train_local_env(tmp_path):
     mlflow_bin = Path(sys.executable).with_name("mlflow")
     r = subprocess.run(
         [str(mlflow_bin), "run", str(REPO), "-e", "train", "--env-manager", "local", "-P", "epochs=1",
-         "-P", "shadows=2", "-P", "inversion_iterations=20"],
+         "-P", "shadows=2", "-P", "inversion_iterations=20", "-P", "inversion=on"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -34,4 +34,6 @@ def test_mlflow_run_train_local_env(tmp_path):
     assert run.data.params["epochs"] == "1"
     assert "acc.test" in run.data.metrics
     assert run.data.params["shadows"] == "2"
+    # inversion=on: a trained version is inverted too (by default only a forget's classes are)
     assert "audit.mia.auc" in run.data.metrics and "audit.inversion.score" in run.data.metrics
+    assert run.data.params["inversion"] == "on"

@@ -11,19 +11,25 @@ What is attacked:
   should look like held-out non-members, AUC near 0.5), plus a sample of retained training
   records as a control (``audit.retain.mia.*`` ...: these should still look like members);
 - a version that forgot nothing (version 1): a sample of its training records.
-Non-members are always held-out records (those in the shadows' pool, :func:`audit_pool`). Inversion targets the classes of the forgotten
-records (up to 3), or the first 10 classes of a version that forgot nothing.
+Non-members are always held-out records (those in the shadows' pool, :func:`audit_pool`).
+
+Inversion (:class:`AuditSettings` ``inversion``, default ``auto``) runs where it says something:
+a forget's audit inverts the classes of the forgotten records (up to 3) under the child and under
+the parent (``audit.parent.inversion.*``, the same classes, seed and judges); a version that
+forgot nothing is not inverted unless asked (``on``: its first 10 classes). The iteration count
+is fitted to the image size (:func:`fitted_iterations`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from ..progress import info as say
 from ..tags import TAG_SHADOW_KEY
+from .verdict import parent_metric
 
 if TYPE_CHECKING:
     from .membership import AttackModels
@@ -33,22 +39,69 @@ SHADOW_EXPERIMENT = "mlflow-amnesia-shadows"
 SHADOW_TAG = TAG_SHADOW_KEY
 
 
+INVERSION_MODES = ("auto", "on", "off")
+SETTINGS_TAG = "amnesia.audit.settings"  # on the run an audit logged to: what it ran with (fingerprint)
+
+
+def fitted_iterations(input_shape) -> int:
+    """Model-inversion steps fitted to the image size: the paper's 1000 for MNIST's 28x28 (and
+    anything larger), scaled down with the pixel count to at least 100 (digits' 8x8: 100)."""
+    h, w = (int(d) for d in list(input_shape)[-2:])
+    return int(min(1000, max(100, round(1000 * h * w / 784))))
+
+
 @dataclass
 class AuditSettings:
     shadows: int | None = None  # None: 4 for the embedded digits set, 16 (the paper's) otherwise
     shadow_seed: int = 0
     retain_sample: int = 200
-    inversion_iterations: int = 1000
-    process_every: int = 500
+    inversion_iterations: int | None = None  # None: fitted to the image size (fitted_iterations)
+    process_every: int | None = None  # None: half the iterations (the paper: 500 of 1000)
     inversion_classes: int = 3  # at most this many classes of forgotten records
+    # auto: invert where it says something, the classes of a forget's records (child and parent,
+    # the same classes); a version that forgot nothing is not inverted. on: also such a version
+    # (its first 10 classes). off: never.
+    inversion: str = "auto"
     # U-LiRA (audit/ulira.py): record the shadow pool so forgets can be tested by unlearning the
     # shadows; None: record when the pool's deltas stay under audit.pool.RECORD_BUDGET_BYTES
     ulira: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.inversion not in INVERSION_MODES:
+            raise ValueError(f"inversion must be one of {INVERSION_MODES}, got {self.inversion!r}")
 
     def n_shadows(self, dataset_spec: dict) -> int:
         if self.shadows is not None:
             return int(self.shadows)
         return 4 if str(dataset_spec.get("spec", "")) == "digits" else 16
+
+    def iterations(self, input_shape) -> tuple[int, int]:
+        """(iterations, process_every) of the inversion of images of ``input_shape``."""
+        it = int(self.inversion_iterations) if self.inversion_iterations else fitted_iterations(input_shape)
+        every = int(self.process_every) if self.process_every else max(1, it // 2)
+        return it, min(every, it)
+
+    def inverts(self, forgot: bool) -> bool:
+        """Whether an audit inverts the model: of a forget (``forgot``) or of a version that forgot nothing."""
+        return self.inversion == "on" or (self.inversion == "auto" and forgot)
+
+    def fingerprint(self, dataset_spec: dict, input_shape, *, privacy: bool, forgot: bool) -> str:
+        """What an audit with these settings computes, as one JSON line (the run tag
+        :data:`SETTINGS_TAG`): the same line means the same figures, so `audit` can show the
+        logged ones instead of computing them again."""
+        import json
+
+        doc: dict = {"format": 1, "privacy": bool(privacy)}
+        if privacy:
+            it, every = self.iterations(input_shape)
+            inverts = self.inverts(forgot)
+            doc.update(
+                shadows=self.n_shadows(dataset_spec),
+                shadow_seed=int(self.shadow_seed),
+                retain_sample=int(self.retain_sample),
+                inversion=[it, every, int(self.inversion_classes)] if inverts else None,
+            )
+        return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
 def audit_pool(split, seed: int) -> np.ndarray:
@@ -182,20 +235,32 @@ def privacy_audit(
         scored = score_records(module, records, shadows, attack, np.r_[sample, holdout])
         metrics.update(membership_metrics(scored.take(sample), scored.take(holdout)))
         classes = list(range(min(10, records.num_classes)))
-    say(f"audit: inverting class(es) {classes}")
-    inv = inversion_audit(
-        module,
-        records,
-        classes,
-        judges=shadows.modules(),
-        reference_idx=holdout,
-        iterations=s.inversion_iterations,
-        process_every=s.process_every,
-        seed=s.shadow_seed,
-    )
-    metrics.update(inv.metrics("audit"))
-    if png_path:
-        inv.save_png(png_path, records)
+    if not s.inverts(bool(len(forget_idx))):
+        return metrics
+    iterations, every = s.iterations(records.x.shape[1:])
+    models: list[tuple[str | None, Any]] = [("audit", module)]
+    if parent_module is not None and len(forget_idx):
+        models.append((None, parent_module))  # the same classes, seed and judges: a matched figure
+    for prefix, m in models:
+        say(
+            f"audit: inverting class(es) {classes} of the {'version' if prefix else 'parent'} ({iterations} iterations)"
+        )
+        inv = inversion_audit(
+            m,
+            records,
+            classes,
+            judges=shadows.modules(),
+            reference_idx=holdout,
+            iterations=iterations,
+            process_every=every,
+            seed=s.shadow_seed,
+        )
+        if prefix:
+            metrics.update(inv.metrics("audit"))
+            if png_path:
+                inv.save_png(png_path, records)
+        else:
+            metrics.update({parent_metric(k): v for k, v in inv.metrics("audit").items()})
     return metrics
 
 

@@ -13,12 +13,24 @@ import os
 import tempfile
 
 from ..audit import PER_RECORD_ARTIFACT, audit_model
+from ..audit.privacy import SETTINGS_TAG, AuditSettings
+from ..keys import load_key_for
 from ..mlflow import registry
 from ..mlflow.flavor import load_model
 from ..progress import info as say
 from ..tags import TAG_PURGE_STARTED
 
-__all__ = ["audit_version"]
+__all__ = ["AUDIT_PREFIXES", "LoggedFigures", "audit_version"]
+
+AUDIT_PREFIXES = ("acc.", "loss.", "audit.")  # the figures an audit logs (metric names: a contract)
+
+
+class LoggedFigures(dict):
+    """An audit's figures read back from the run ``run_id`` that holds them (not computed again)."""
+
+    def __init__(self, figures: dict[str, float], *, run_id: str) -> None:
+        super().__init__(figures)
+        self.run_id = run_id
 
 
 def audit_version(
@@ -30,6 +42,7 @@ def audit_version(
     privacy: bool = True,
     settings=None,
     log: bool = True,
+    force: bool = False,
 ) -> dict[str, float]:
     """Audit a registered version and log the figures on the run that produced it (and its
     inversion grid as ``audit/inversion.png``, a forget's per-record statistics as
@@ -37,13 +50,29 @@ def audit_version(
 
     A forget's child is audited beside its parent on the same records (the parent is loaded
     for that); a purged parent cannot be, and the parent's figures the forget's own audit logged
-    stay the ones the verdict uses."""
+    stay the ones the verdict uses.
+
+    A version whose run holds an audit with the same settings (run tag ``amnesia.audit.settings``)
+    is not audited again unless ``force``: its logged figures are returned as
+    :class:`LoggedFigures` (after the same key check), since the same settings on the same
+    weights give the same figures."""
     import mlflow
 
     from ..tags import TAG_PURGED
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
+    last = am.info.last_request
+    forgot = last.get("method", "train") != "train" and int(last.get("n_records", 0)) > 0
+    fingerprint = (settings or AuditSettings()).fingerprint(
+        am.info.dataset or {}, am.info.input_shape or [], privacy=privacy, forgot=forgot
+    )
+    if not force and log and mv.run_id:
+        logged = registry.client().get_run(mv.run_id).data.tags.get(SETTINGS_TAG)
+        if logged == fingerprint:
+            load_key_for(am.info.key_id, f"{model_name} v{mv.version}", to="audit it")  # as a fresh audit would
+            held = registry.run_metrics(mv.run_id)
+            return LoggedFigures({k: v for k, v in held.items() if k.startswith(AUDIT_PREFIXES)}, run_id=mv.run_id)
     parent_no = (mv.tags or {}).get(registry.TAG_PARENT)
     pmv = registry.client().get_model_version(model_name, parent_no) if parent_no is not None else None
     parent = None
@@ -65,12 +94,14 @@ def audit_version(
             c = mlflow.MlflowClient()
             now = mlflow.utils.time.get_current_time_millis()
             c.log_batch(mv.run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()])
-            if privacy:
+            if os.path.exists(f"{tmp}/inversion.png"):  # an audit that inverted (AuditSettings.inversion)
                 c.log_artifact(mv.run_id, f"{tmp}/inversion.png", "audit")
+            if privacy:
                 if os.path.exists(f"{tmp}/{PER_RECORD_ARTIFACT}"):
                     c.log_artifact(mv.run_id, f"{tmp}/{PER_RECORD_ARTIFACT}", "audit")
             # every figure the run holds now, not only this audit's: an accuracy-only audit keeps
             # the privacy rows an earlier audit logged (the run's latest value of each metric)
+            c.set_tag(mv.run_id, SETTINGS_TAG, fingerprint)
             held = {**registry.run_metrics(mv.run_id), **metrics}
             verdict = registry.version_verdict(mv, held)
             for k, v in registry.verdict_tags(verdict).items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -619,6 +620,7 @@ def _audit(
     import mlflow
 
     from .. import audit as audit_lib
+    from ..audit.privacy import SETTINGS_TAG, AuditSettings
     from ..learning.data import Split
 
     plan, am, key = planned.plan, planned.model, planned.key
@@ -643,8 +645,15 @@ def _audit(
             key=key,
             ulira=ulira,
         )
-        if r.audit:
+        if os.path.exists(f"{tmp}/inversion.png"):  # an audit that inverted (AuditSettings.inversion)
             mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
+        mlflow.set_tag(
+            SETTINGS_TAG,
+            (r.audit_settings or AuditSettings()).fingerprint(
+                recs.spec, recs.x.shape[1:], privacy=r.audit, forgot=len(fidx) > 0
+            ),
+        )
+        if r.audit:
             if len(fidx):
                 mlflow.log_artifact(f"{tmp}/{audit_lib.PER_RECORD_ARTIFACT}", "audit")
         if ulira is not None and ulira.result is not None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..audit import full_audit
+from ..audit.privacy import SETTINGS_TAG, AuditSettings
 from ..audit.verdict import estimate_from_metrics, train_verdict
 from ..learning.training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
 from ..mlflow import registry
@@ -212,8 +213,14 @@ def train(
                 settings=audit_settings,
                 artifact_dir=tmp,
             )
-            if audit:
+            if os.path.exists(f"{tmp}/inversion.png"):  # an audit that inverted (AuditSettings.inversion)
                 mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
+            mlflow.set_tag(
+                SETTINGS_TAG,
+                (audit_settings or AuditSettings()).fingerprint(
+                    records.spec, records.x.shape[1:], privacy=audit, forgot=False
+                ),
+            )
         metrics.update({"train.seconds": train_seconds, "steps.total": steps})
 
         am = AmnesiaModel(
