@@ -811,7 +811,6 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
     from .jobs.audit import LoggedFigures, audit_version
 
     mv = _resolved(model_name, version, alias)
-    click.echo(f"audit of {mv.name} v{mv.version} (models:/{mv.name}/{mv.version})")
     m = audit_version(
         model_name,
         version=int(mv.version),
@@ -820,6 +819,7 @@ def audit(model_name, version, alias, data_root, privacy, shadows, inversion_ite
         settings=_settings(shadows, inversion_iterations, inversion),
         force=force,
     )
+    click.echo(f"audit of {mv.name} v{mv.version} (models:/{mv.name}/{mv.version})")
     if isinstance(m, LoggedFigures):
         click.echo(
             f"already audited with these settings (run {m.run_id}): its logged figures follow; "

@@ -18,6 +18,20 @@ def _mnist_dir() -> Path:
     return Path(env) if env else REPO.parent / "shared" / "data" / "mnist-t10k"
 
 
+# Modules that take minutes run first: `pytest -n 2 --dist loadfile` (the README's test command)
+# hands out whole modules in collection order, so a long one started last would run alone at the end.
+LONG_FIRST = ("test_team_deployment.py", "test_erasure_check.py", "test_paper_examples.py", "test_verdict_models.py",
+              "test_crash.py", "test_mlproject.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONG_FIRST.index(name) if name in LONG_FIRST else len(LONG_FIRST)
+
+    items.sort(key=rank)  # stable: the order within a module, and of the other modules, is kept
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path_factory, monkeypatch):
     """Every test: quiet progress, its own key and config dir, its own sqlite tracking store."""

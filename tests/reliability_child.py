@@ -21,7 +21,11 @@ Not a test module: the tests start it with ``python THIS ARGS...``.
   ``manifest-written`` (``DeltaStore.purge`` wrote its manifest, steps marked purged, before it
   unlinked a chunk), ``chunks-deleted``, ``optimizer-deleted``, ``model-files-deleted`` (the
   version's files gone, its run's audit/ files not yet), ``tombstone-completed``, ``described``
-  (the **Purged** note added to the description), ``tagged`` (the tag amnesia.purged set)
+  (the **Purged** note added to the description), ``tagged`` (the tag amnesia.purged set); and for
+  ``purge --request``'s shadow runs (tests/test_shadow_erasure.py): ``shadow-started`` (a run tagged
+  amnesia.purge_started), ``shadow-deleted`` (its artifacts deleted, not yet tagged amnesia.purged),
+  ``shadow-tagged`` (the first run tagged amnesia.purged; the others and the ledger's
+  ``purged-shadows`` entry not yet)
 
 ``AMNESIA_TEST_BARRIER=DIR:N`` holds a forget after its last check that the parent has no child,
 just before it registers, until N processes got there: two forgets from the same parent then
@@ -204,6 +208,12 @@ def install_purge_kill(where: str) -> None:
         _die_after(purge, "_write_tombstone", lambda *a, completed, **k: completed)
     elif where == "described":
         _die_after(MlflowClient, "update_model_version")
+    elif where == "shadow-started":  # purge --request: a shadow run tagged amnesia.purge_started, no file deleted
+        _die_after(MlflowClient, "set_tag", lambda self, run_id, key, *a, **k: key == purge.TAG_PURGE_STARTED)
+    elif where == "shadow-deleted":  # ... its artifacts deleted, the run not yet tagged amnesia.purged
+        _die_after(purge, "_delete", lambda repo, files, what: what.startswith("shadow run"))
+    elif where == "shadow-tagged":  # ... the first run tagged amnesia.purged: the others and the ledger entry not yet
+        _die_after(MlflowClient, "set_tag", lambda self, run_id, key, *a, **k: key == purge.TAG_PURGED)
     elif where == "tagged":
         _die_after(MlflowClient, "set_model_version_tag", lambda self, name, version, key=None, *a, **k: key == purge.TAG_PURGED)
     else:

@@ -46,13 +46,16 @@ def full_audit(
     parent_module=None,
     key: bytes | None = None,
     ulira=None,
+    exclusion=None,
 ) -> dict[str, float]:
     """Accuracy figures, plus (``privacy``) membership inference and inversion; with
     ``artifact_dir`` the inversion grid is written there as ``inversion.png`` and, for a forget,
     the per-record statistics as ``per_record.json`` (records named by their keyed hash under
     ``key``). With ``parent_module`` (a forget's parent) the parent is measured on the same
     records too (:func:`parent_metric` names its figures); ``ulira`` (a
-    :class:`~mlflow_amnesia.audit.ulira.UliraRequest`): U-LiRA and the dual view too."""
+    :class:`~mlflow_amnesia.audit.ulira.UliraRequest`): U-LiRA and the dual view too.
+    ``exclusion`` (a :class:`~mlflow_amnesia.audit.privacy.PoolExclusion`): records the shadow pool
+    leaves out (those under deletion requests)."""
     retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     metrics = accuracy_metrics(module, records, retain, split.holdout, forget_idx)
     if parent_module is not None:
@@ -84,6 +87,7 @@ def full_audit(
                 record_hashes=hashes,
                 per_record_path=f"{artifact_dir}/{PER_RECORD_ARTIFACT}" if artifact_dir and len(forget_idx) else None,
                 ulira=ulira,
+                exclusion=exclusion,
             )
         )
     return metrics
@@ -98,6 +102,7 @@ def audit_model(
     artifact_dir: str | None = None,
     what: str | None = None,
     parent=None,
+    exclusion=None,
 ) -> dict[str, float]:
     """The full audit of a loaded version (:class:`~mlflow_amnesia.mlflow.flavor.AmnesiaModel`): its
     own request's forgotten records are the membership targets (see :mod:`.privacy`); with
@@ -105,7 +110,9 @@ def audit_model(
 
     The record key is checked against the version's key id first (``what`` names the version in
     the error): with another key no forgotten record would be found and every figure would be
-    computed on the wrong records."""
+    computed on the wrong records. ``exclusion``: a function of (records, split, key) giving the
+    :class:`~mlflow_amnesia.audit.privacy.PoolExclusion` of the shadow pool (the MLflow layer's
+    reads the erasure ledger)."""
     from ..keys import load_key_for
     from ..learning.data import Split, rebuild
 
@@ -134,4 +141,5 @@ def audit_model(
         artifact_dir=artifact_dir,
         parent_module=parent.module if parent is not None and n else None,
         key=key,
+        exclusion=exclusion(records, sp, key) if exclusion is not None and privacy else None,
     )

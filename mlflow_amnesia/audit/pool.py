@@ -21,6 +21,7 @@ import atexit
 import math
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -101,13 +102,24 @@ def _scratch_dir() -> Path:
 
 
 def get_member(
-    records, pool: np.ndarray, arch_spec: dict, recipe: dict, n: int, seed: int, index: int, *, key, cache
+    records,
+    pool: np.ndarray,
+    arch_spec: dict,
+    recipe: dict,
+    n: int,
+    seed: int,
+    index: int,
+    *,
+    key,
+    cache,
+    excluded_requests: Sequence[str] = (),
 ) -> tuple[ShadowMember, str, bool]:
     """(member, where it is cached, whether it was trained now): from ``cache`` or trained and cached.
 
     Idempotent: a finished member is never trained again. Two processes training the same
     member at once both finish (training is deterministic, the results equal); the first
-    cached is the one later audits use.
+    cached is the one later audits use. ``excluded_requests``: the deletion requests whose records
+    ``pool`` leaves out, kept with the member (``info["excluded_requests"]``, a run tag).
     """
     from .shadow import member_dirname, train_member
 
@@ -122,6 +134,8 @@ def get_member(
             records, pool, arch_spec, recipe, n, seed, index,
             directory=base / member_dirname(index), key=key, codec=DEFAULT_SHADOW_CODEC,
         )  # fmt: skip
+        m.info["excluded_requests"] = sorted(excluded_requests)
+        m.info["fingerprint"] = records.fingerprint
         if isinstance(cache, MemberCache):
             where = cache.save_member(k, m)
             found = cache.load_member(k, index)  # the cached copy: the temporary one goes now
@@ -132,12 +146,23 @@ def get_member(
 
 
 def get_pool(
-    records, pool: np.ndarray, arch_spec: dict, recipe: dict, n: int, seed: int, *, cache, key: bytes | None
+    records,
+    pool: np.ndarray,
+    arch_spec: dict,
+    recipe: dict,
+    n: int,
+    seed: int,
+    *,
+    cache,
+    key: bytes | None,
+    excluded_requests: Sequence[str] = (),
 ) -> tuple[ShadowSet, AttackModels, str]:
     """(ShadowSet, AttackModels, where): the cached pool, else its members (cached ones reused,
     missing ones trained and cached one by one) assembled, its attack fitted and cached.
 
     ``key``: record the pool under this record key (U-LiRA); None: an unrecorded pool.
+    ``excluded_requests``: the deletion requests whose records ``pool`` leaves out, kept with the
+    set and its members (``info["excluded_requests"]``; the MLflow cache tags its runs with them).
     """
     from .membership import AttackModels
     from .shadow import assemble
@@ -150,7 +175,9 @@ def get_pool(
     members: list[ShadowMember] = []
     trained = 0
     for i in range(int(n)):
-        m, _, new = get_member(records, pool, arch_spec, recipe, n, seed, i, key=key, cache=cache)
+        m, _, new = get_member(
+            records, pool, arch_spec, recipe, n, seed, i, key=key, cache=cache, excluded_requests=excluded_requests
+        )
         trained += int(new)
         members.append(m)
         if new:
@@ -158,6 +185,7 @@ def get_pool(
     if trained < n:
         say(f"audit: {n - trained} of {n} shadow members were already trained (picked up from the cache)")
     shadows = assemble(records, pool, arch_spec, recipe, seed, members)
+    shadows.info["excluded_requests"] = sorted(excluded_requests)
     attack = AttackModels.fit(shadows, records, seed=seed)
     where = cache.save(k, shadows, attack)
     return shadows, attack, where

@@ -116,15 +116,35 @@ class AuditSettings:
         return json.dumps(doc, sort_keys=True, separators=(",", ":"))
 
 
-def audit_pool(split, seed: int) -> np.ndarray:
+def audit_pool(split, seed: int, exclude=None) -> np.ndarray:
     """The records the shadows draw on: every training record plus as many held-out ones (all of
     them when there are fewer), so each shadow trains on about as many records as the target and
-    every audited record has shadows that trained on it and shadows that did not (online LiRA)."""
+    every audited record has shadows that trained on it and shadows that did not (online LiRA).
+
+    ``exclude``: positions no shadow may train on (the records of deletion requests in the erasure
+    ledger); they are left out of the pool, and an audit of them uses the offline test."""
     train = np.asarray(split.train, np.int64)
     hold = np.asarray(split.holdout, np.int64)
     if len(hold) > len(train):
         hold = np.sort(np.random.default_rng(seed).choice(hold, size=len(train), replace=False))
-    return np.union1d(train, hold)
+    pool = np.union1d(train, hold)
+    if exclude is not None and len(exclude):
+        pool = np.setdiff1d(pool, np.asarray(exclude, np.int64))
+    return pool
+
+
+@dataclass(frozen=True)
+class PoolExclusion:
+    """What an audit's shadow pool must leave out: the positions of records under deletion
+    requests and those requests' keyed hashes (kept with the pool, so ``requests`` can tell which
+    cached shadow models never trained on a request's records)."""
+
+    positions: np.ndarray
+    requests: tuple[str, ...] = ()
+
+    @staticmethod
+    def none() -> PoolExclusion:
+        return PoolExclusion(np.zeros(0, np.int64), ())
 
 
 class ShadowCache(Protocol):
@@ -165,15 +185,36 @@ def use_shadow_cache(cache: ShadowCache) -> None:
 
 
 def get_shadows(
-    records, split, arch_spec: dict, recipe: dict, n: int, seed: int, *, cache: ShadowCache | None = None, key=None
+    records,
+    split,
+    arch_spec: dict,
+    recipe: dict,
+    n: int,
+    seed: int,
+    *,
+    cache: ShadowCache | None = None,
+    key=None,
+    exclusion: PoolExclusion | None = None,
 ):
     """(ShadowSet, AttackModels, where they are cached): from ``cache`` (default: the one
     :func:`use_shadow_cache` set), else trained member by member and cached there
-    (:func:`mlflow_amnesia.audit.pool.get_pool`; with ``key`` the pool is recorded, for U-LiRA)."""
+    (:func:`mlflow_amnesia.audit.pool.get_pool`; with ``key`` the pool is recorded, for U-LiRA;
+    ``exclusion``: records the pool leaves out, :func:`audit_pool`)."""
     from .pool import get_pool
 
     store = cache if cache is not None else _cache
-    return get_pool(records, audit_pool(split, seed), arch_spec, recipe, n, seed, cache=store, key=key)
+    ex = exclusion or PoolExclusion.none()
+    return get_pool(
+        records,
+        audit_pool(split, seed, ex.positions),
+        arch_spec,
+        recipe,
+        n,
+        seed,
+        cache=store,
+        key=key,
+        excluded_requests=ex.requests,
+    )
 
 
 PER_RECORD_ARTIFACT = "per_record.json"  # under the run's audit/: keyed hashes, never ids
@@ -195,6 +236,7 @@ def privacy_audit(
     record_hashes: list[str] | None = None,
     per_record_path: str | None = None,
     ulira=None,
+    exclusion: PoolExclusion | None = None,
 ) -> dict[str, float]:
     """Membership-inference and inversion figures of ``module`` (see the module docstring).
 
@@ -203,7 +245,8 @@ def privacy_audit(
     matched comparison. With ``per_record_path`` the per-record statistics of the forgotten
     records (child and parent) are written there as JSON, each record named by its entry of
     ``record_hashes`` (hex keyed hashes aligned with ``forget_idx``; never record ids).
-    ``ulira`` (a :class:`mlflow_amnesia.audit.ulira.UliraRequest`) adds U-LiRA and the dual view."""
+    ``ulira`` (a :class:`mlflow_amnesia.audit.ulira.UliraRequest`) adds U-LiRA and the dual view.
+    ``exclusion``: records the shadow pool leaves out (:class:`PoolExclusion`)."""
     from .inversion import inversion_audit
     from .membership import membership_metrics, score_records
     from .ulira import pool_record_key
@@ -211,8 +254,9 @@ def privacy_audit(
     s = settings or AuditSettings()
     n = s.n_shadows(records.spec)
     record_key = pool_record_key(s.ulira, ulira, arch_spec, recipe, len(split.train), n)
-    shadows, attack, _ = get_shadows(records, split, arch_spec, recipe, n, s.shadow_seed, key=record_key)
-    holdout = np.intersect1d(np.asarray(split.holdout, np.int64), audit_pool(split, s.shadow_seed))
+    ex = exclusion or PoolExclusion.none()
+    shadows, attack, _ = get_shadows(records, split, arch_spec, recipe, n, s.shadow_seed, key=record_key, exclusion=ex)
+    holdout = np.intersect1d(np.asarray(split.holdout, np.int64), audit_pool(split, s.shadow_seed, ex.positions))
     retained = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     rng = np.random.default_rng(s.shadow_seed)
     sample = np.sort(rng.choice(retained, size=min(s.retain_sample, len(retained)), replace=False))

@@ -19,6 +19,7 @@ from ..mlflow import registry
 from ..mlflow.flavor import load_model
 from ..progress import info as say
 from ..tags import TAG_PURGE_STARTED
+from .train import pool_exclusion
 
 __all__ = ["AUDIT_PREFIXES", "LoggedFigures", "audit_version"]
 
@@ -89,6 +90,7 @@ def audit_version(
             artifact_dir=tmp,
             what=f"{model_name} v{mv.version}",
             parent=parent,
+            exclusion=lambda records, split, key: pool_exclusion(model_name, records, split, key),
         )
         if log and mv.run_id:
             c = mlflow.MlflowClient()

@@ -622,6 +622,7 @@ def _audit(
     from .. import audit as audit_lib
     from ..audit.privacy import SETTINGS_TAG, AuditSettings
     from ..learning.data import Split
+    from .train import pool_exclusion
 
     plan, am, key = planned.plan, planned.model, planned.key
     recs = records()
@@ -629,6 +630,8 @@ def _audit(
     fidx = audit_lib.forgotten_positions(recs, sp.train, planned.target_hashes, key)
     all_idx = audit_lib.forgotten_positions(recs, sp.train, child.forgotten, key)
     ulira = _ulira_request(r, key, am.module) if r.audit else None
+    # the shadow pool leaves out the records of requests whose shadow models were purged
+    exclusion = pool_exclusion(r.model_name, recs, sp, key) if r.audit else None
     with tempfile.TemporaryDirectory() as tmp:
         metrics = audit_lib.full_audit(
             child.module,
@@ -644,6 +647,7 @@ def _audit(
             parent_module=am.module,  # the matched comparison: the same records under the parent
             key=key,
             ulira=ulira,
+            exclusion=exclusion,
         )
         if os.path.exists(f"{tmp}/inversion.png"):  # an audit that inverted (AuditSettings.inversion)
             mlflow.log_artifact(f"{tmp}/inversion.png", "audit")

@@ -11,8 +11,11 @@ from the ledger:
 * **the stores of unregistered train runs** of the model (a ``train`` killed or failed before it
   registered: its whole delta store and training files), ``in progress`` while its process lives;
 * **the shadow pool**: the audit's cached shadow models of the request's data set (experiment
-  ``mlflow-amnesia-shadows``). Each record trained about half of them, and nothing unlearns them
-  yet: while a set is cached, the pool still holds the records.
+  ``mlflow-amnesia-shadows``: assembled sets and their members' runs). Each record trained about
+  half of them; a set whose pool left the request's records out (tag ``amnesia.shadow_excludes``)
+  does not hold them. ``purge --request`` deletes the runs that do (their artifacts; the run
+  stays, tagged ``amnesia.purged``) and enters it in the ledger (``purged-shadows``), after which
+  every audit's pool leaves the records out, so no shadow model trains on them again.
 
 A request is finished once no place holds its records; the deadline is one calendar month after
 it was received (GDPR art. 12(3) and 17: "without undue delay", a month at most).
@@ -459,38 +462,88 @@ def _run_place(run, r: ledger.Request) -> Place:
 # the shadow pool
 
 
-def _shadow_sets() -> list[tuple[str, str]]:
-    """(run id, data fingerprint) of every cached shadow set (experiment ``mlflow-amnesia-shadows``)."""
+@dataclass(frozen=True)
+class ShadowRun:
+    """A run of the shadow experiment: an assembled set or one pool member, and what it may hold."""
+
+    run_id: str
+    what: str  # "set" or "member"
+    fingerprint: str  # of its data set; "?" when unknown (a member whose set was never assembled)
+    excludes: frozenset[str] | None  # the requests its pool left out; None: not recorded (holds them all)
+    purged: str | None  # when purge --request deleted its artifacts (the TAG_PURGED value)
+
+    def may_hold(self, r: ledger.Request) -> bool:
+        return self.fingerprint in (r.dataset, "?") and (self.excludes is None or r.request not in self.excludes)
+
+
+def _shadow_sets() -> list[ShadowRun]:
+    """Every run of the shadow experiment (``mlflow-amnesia-shadows``), sets and members, whatever
+    its status: a failed or killed one may have logged weights too."""
     from ..audit.privacy import SHADOW_EXPERIMENT
     from ..mlflow.artifacts import download, repo_at
+    from ..tags import TAG_SHADOW_DATA, TAG_SHADOW_EXCLUDES, TAG_SHADOW_KEY, TAG_SHADOW_POOL
 
     c = registry.client()
     exp = c.get_experiment_by_name(SHADOW_EXPERIMENT)
     if exp is None:
         return []
+    runs = c.search_runs([exp.experiment_id], max_results=5000)
+    fps: dict[str, str] = {}
+    for run in runs:
+        tags = run.data.tags or {}
+        if TAG_SHADOW_KEY in tags and TAG_PURGED not in tags and not tags.get(TAG_SHADOW_DATA):  # older sets
+            raw = download(repo_at(run.info.artifact_uri), "shadows/shadows.json", optional=True)
+            try:
+                fp = json.loads(raw or b"{}").get("fingerprint")
+            except (ValueError, AttributeError):
+                fp = None
+            if fp:
+                fps[tags[TAG_SHADOW_KEY]] = str(fp)
+        elif TAG_SHADOW_KEY in tags and tags.get(TAG_SHADOW_DATA):
+            fps[tags[TAG_SHADOW_KEY]] = tags[TAG_SHADOW_DATA]
     out = []
-    for run in c.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=1000):
-        raw = download(repo_at(run.info.artifact_uri), "shadows/shadows.json", optional=True)
-        try:
-            fp = json.loads(raw or b"{}").get("fingerprint")
-        except (ValueError, AttributeError):
-            fp = None
-        out.append((run.info.run_id, str(fp) if fp else "?"))
+    for run in runs:
+        tags = run.data.tags or {}
+        key = tags.get(TAG_SHADOW_KEY) or tags.get(TAG_SHADOW_POOL) or ""
+        ex = tags.get(TAG_SHADOW_EXCLUDES)
+        out.append(
+            ShadowRun(
+                run.info.run_id,
+                "set" if TAG_SHADOW_KEY in tags else "member",
+                tags.get(TAG_SHADOW_DATA) or fps.get(key, "?"),
+                None if ex is None else frozenset(x for x in ex.split(",") if x),
+                tags.get(TAG_PURGED),
+            )
+        )
     return out
 
 
-def _pool_place(pool: list[tuple[str, str]], r: ledger.Request) -> Place:
-    mine = [rid for rid, fp in pool if fp == r.dataset or fp == "?"]
-    if not mine:
-        return Place("shadows", "shadow pool", NEVER, "no cached shadow models of this data set")
-    return Place(
-        "shadows",
-        "shadow pool",
-        HOLDS,
-        f"{len(mine)} cached shadow set(s) of this data set (experiment mlflow-amnesia-shadows, run(s) "
-        f"{', '.join(x[:12] for x in mine[:3])}{'...' if len(mine) > 3 else ''}): each record trained about half "
-        "of their shadow models, and shadow models do not forget yet",
-    )
+def _pool_place(pool: list[ShadowRun], r: ledger.Request) -> Place:
+    mine = [x for x in pool if x.may_hold(r)]
+    holding = [x for x in mine if x.purged is None]
+    if holding:
+        ids = [x.run_id for x in holding]
+        sets = sum(x.what == "set" for x in holding)
+        return Place(
+            "shadows",
+            "shadow pool",
+            HOLDS,
+            f"{sets} cached shadow set(s) and {len(holding) - sets} pool member run(s) of this data set that trained "
+            f"on them (experiment mlflow-amnesia-shadows, run(s) {', '.join(x[:12] for x in ids[:3])}"
+            f"{'...' if len(ids) > 3 else ''}): each record trained about half of their shadow models; "
+            "`purge --request` deletes them, and later audits leave the records out of the pool",
+            how={"runs": ids},
+        )
+    if mine:
+        at = max(str(x.purged).split(";")[0] for x in mine)
+        return Place(
+            "shadows",
+            "shadow pool",
+            PURGED,
+            f"purged {at}: the {len(mine)} cached shadow run(s) that trained on them are deleted; later audits "
+            "leave the records out of the pool",
+        )
+    return Place("shadows", "shadow pool", NEVER, "no cached shadow model of this data set trained on them")
 
 
 def _finished(s: RequestStatus, model_name: str) -> str | None:
@@ -538,6 +591,7 @@ class RequestPurge:
     versions: list[int]  # superseded versions to purge
     runs: list[Place]  # unregistered runs whose store goes
     version_plan: Any = None  # the PurgePlan of ``versions``
+    shadow_runs: list[str] = field(default_factory=list)  # shadow experiment runs that trained on the records
     done: bool = False
     lines: list[str] = field(default_factory=list)
 
@@ -547,11 +601,13 @@ class RequestPurge:
             out.append(self.version_plan.describe())
         for p in self.runs:
             out.append(f"{p.label}: delete {p.detail.split(': ', 1)[-1]}")
-        for p in self.status.places:
-            if p.kind == "shadows" and p.open:
-                out.append(
-                    f"kept: shadow pool: {p.detail} (purge does not delete them: the next audit would train them again on these records)"
-                )
+        if self.shadow_runs:
+            shown = ", ".join(x[:12] for x in self.shadow_runs[:6]) + ("..." if len(self.shadow_runs) > 6 else "")
+            out.append(
+                f"shadow pool: delete the artifacts (shadow weights, confidences, recorded deltas) of "
+                f"{len(self.shadow_runs)} run(s) of experiment mlflow-amnesia-shadows that trained on the records "
+                f"({shown}) and this machine's downloaded copies; later audits leave the records out of the pool"
+            )
         return "\n".join(out)
 
 
@@ -572,8 +628,9 @@ def plan_request_purge(model_name: str, request: str) -> RequestPurge:
         )
     versions = sorted(p.version for p in s.places if p.kind == "version" and p.open and p.version is not None)
     runs = [p for p in s.places if p.kind == "run" and p.status == HOLDS]
+    shadows = [x for p in s.places if p.kind == "shadows" and p.status == HOLDS for x in p.how.get("runs", [])]
     plan = plan_purge(model_name, versions) if versions else None
-    return RequestPurge(s, versions, runs, plan)
+    return RequestPurge(s, versions, runs, plan, shadows)
 
 
 def purge_request(
@@ -592,10 +649,13 @@ def purge_request(
     rp = plan_request_purge(model_name, request)
     if dry_run:
         return rp
-    for p in rp.status.places:  # runs a purge killed after deleting their files: tag and ledger entry
+    req = rp.status.request
+    for p in rp.status.places:  # what a purge killed after deleting files left: tag and ledger entry
         if p.kind == "run" and p.status == PURGED:
-            _purge_run(model_name, p, rp.status.request.request)
-    if not rp.versions and not rp.runs:
+            _purge_run(model_name, p, req.request)
+        if p.kind == "shadows" and p.status == PURGED and not req.actions(ledger.SHADOWS_PURGED):
+            _enter_shadow_purge(model_name, req.request, [])
+    if not rp.versions and not rp.runs and not rp.shadow_runs:
         rp.lines.append(f"request {rp.status.request.request[:16]}: nothing left for a purge to delete")
         return rp
     if not yes:
@@ -609,8 +669,43 @@ def purge_request(
         rp.lines.append(run_purge(model_name, rp.versions, yes=True).summary())
     for p in rp.runs:
         rp.lines.append(_purge_run(model_name, p, rp.status.request.request))
+    if rp.shadow_runs:
+        rp.lines.append(_purge_shadows(model_name, rp.shadow_runs, rp.status.request.request))
     rp.done = True
     return rp
+
+
+def _purge_shadows(model_name: str, run_ids: list[str], request: str) -> str:
+    """Delete every artifact of the shadow runs that trained on a request's records (checked by
+    listing), and this machine's downloaded copies of them; tag each run purged; then enter it in
+    the ledger, from which on every audit's pool leaves the records out. Idempotent, in that order:
+    a purge killed between two steps is finished by running it again."""
+    from ..mlflow.artifacts import list_files, repo_at
+    from ..mlflow.shadow_cache import forget_local_copies
+    from ..tags import TAG_PURGE_STARTED
+    from .purge import _delete
+
+    c = registry.client()
+    total = 0
+    for rid in run_ids:
+        run = c.get_run(rid)
+        if TAG_PURGE_STARTED not in (run.data.tags or {}):
+            c.set_tag(rid, TAG_PURGE_STARTED, _now())  # no audit uses it from here on
+        repo = repo_at(run.info.artifact_uri)
+        files = list_files(repo)
+        total += sum(f[1] for f in files)
+        say(f"purge: deleting shadow run {rid} ({len(files)} file(s)) of experiment mlflow-amnesia-shadows")
+        _delete(repo, files, f"shadow run {rid}")
+        forget_local_copies(rid)
+        c.set_tag(rid, TAG_PURGED, f"{_now()}; deleted: its shadow models' artifacts, for request {request[:16]}")
+    _enter_shadow_purge(model_name, request, run_ids)
+    return f"purged {len(run_ids)} shadow run(s) that trained on the records: deleted {total:,} bytes"
+
+
+def _enter_shadow_purge(model_name: str, request: str, run_ids: list[str]) -> None:
+    ledger.write(
+        ledger.Entry(ledger.SHADOWS_PURGED, model_name, {"request": request, "run_ids": run_ids, "at": _now()})
+    )
 
 
 def _purge_run(model_name: str, p: Place, request: str) -> str:

@@ -47,6 +47,7 @@ def _pool_of(model_name: str, version, alias, shadows, data_root):
     from ..learning.data import Split, rebuild
     from ..mlflow import registry
     from ..mlflow.flavor import load_model
+    from .train import pool_exclusion
 
     mv = registry.resolve_version(model_name, version=version, alias=alias)
     am = load_model(registry.model_uri(mv))
@@ -57,7 +58,8 @@ def _pool_of(model_name: str, version, alias, shadows, data_root):
     n = s.n_shadows(records.spec)
     recipe = am.info.recipe or {}
     rkey = pool_record_key(s.ulira, UliraRequest(UnlearnSpec(), key=key), am.arch, recipe, len(sp.train), n)
-    return records, audit_pool(sp, s.shadow_seed), am.arch, recipe, n, s.shadow_seed, rkey
+    ex = pool_exclusion(model_name, records, sp, key)  # the same pool the next audit uses
+    return records, audit_pool(sp, s.shadow_seed, ex.positions), am.arch, recipe, n, s.shadow_seed, rkey, ex.requests
 
 
 def shadow_status(
@@ -67,7 +69,7 @@ def shadow_status(
     from ..audit.pool import missing_members, pool_key
     from ..mlflow.shadow_cache import MlflowShadowCache
 
-    records, pool, arch, recipe, n, seed, rkey = _pool_of(model_name, version, alias, shadows, data_root)
+    records, pool, arch, recipe, n, seed, rkey, excluded = _pool_of(model_name, version, alias, shadows, data_root)
     cache = MlflowShadowCache()
     missing = missing_members(records, pool, arch, recipe, n, seed, key=rkey, cache=cache)
     k = pool_key(records, pool, arch, recipe, n, seed, rkey)
@@ -88,7 +90,7 @@ def shadow_member(
     from ..errors import InputError
     from ..mlflow.shadow_cache import MlflowShadowCache
 
-    records, pool, arch, recipe, n, seed, rkey = _pool_of(model_name, version, alias, shadows, data_root)
+    records, pool, arch, recipe, n, seed, rkey, excluded = _pool_of(model_name, version, alias, shadows, data_root)
     bad = [i for i in members if not 0 <= int(i) < n]
     if bad:
         raise InputError(
@@ -98,7 +100,9 @@ def shadow_member(
     cache = MlflowShadowCache()
     trained, where = [], {}
     for i in dict.fromkeys(int(i) for i in members):
-        _, w, new = get_member(records, pool, arch, recipe, n, seed, i, key=rkey, cache=cache)
+        _, w, new = get_member(
+            records, pool, arch, recipe, n, seed, i, key=rkey, cache=cache, excluded_requests=excluded
+        )
         where[i] = w
         if new:
             trained.append(i)

@@ -15,11 +15,12 @@ import numpy as np
 import torch
 
 from ..audit import full_audit
-from ..audit.privacy import SETTINGS_TAG, AuditSettings
+from ..audit.privacy import SETTINGS_TAG, AuditSettings, PoolExclusion
 from ..audit.verdict import estimate_from_metrics, train_verdict
 from ..learning.training import EpochResult, Recipe, epoch_orders, evaluate, make_optimizer, record_phase
 from ..mlflow import registry
 from ..mlflow.flavor import AmnesiaModel, log_model
+from ..mlflow.ledger import SHADOWS_PURGED
 from ..mlflow.logged import evaluation_datasets, log_linked_metrics, logged_model_name, next_version
 from ..mlflow.runs import check_store_location, log_params_once, phase_base, start_run
 from ..progress import info as say
@@ -212,6 +213,7 @@ def train(
                 privacy=audit,
                 settings=audit_settings,
                 artifact_dir=tmp,
+                exclusion=pool_exclusion(model_name, records, sp, key),
             )
             if os.path.exists(f"{tmp}/inversion.png"):  # an audit that inverted (AuditSettings.inversion)
                 mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
@@ -323,15 +325,16 @@ class Exclusion:
         )
 
 
-def ledger_exclusion(model_name: str, records, train_idx: np.ndarray, key: bytes) -> Exclusion:
+def ledger_exclusion(model_name: str, records, train_idx: np.ndarray, key: bytes, *, where=None) -> Exclusion:
     """The records of ``train_idx`` under a deletion request of ``model_name``'s ledger or of the data
     set's (found by its fingerprint, whatever name it was trained under). The requests' hashes must
-    be under the current key: otherwise they match nothing, and a forgotten record would train again."""
+    be under the current key: otherwise they match nothing, and a forgotten record would train again.
+    ``where``: only the requests it accepts (a :class:`~mlflow_amnesia.mlflow.ledger.Request` -> bool)."""
     from ..errors import RecordKeyError
     from ..keys import hash_ids, hash_rows, hashes_in, key_id
     from ..mlflow import ledger
 
-    found = ledger.requests(model=model_name, datasets=[records.fingerprint])
+    found = [r for r in ledger.requests(model=model_name, datasets=[records.fingerprint]) if where is None or where(r)]
     none = Exclusion(np.zeros(0, np.int64), hash_rows(np.zeros(0, np.uint8)), [])
     if not found:
         return none
@@ -353,6 +356,17 @@ def ledger_exclusion(model_name: str, records, train_idx: np.ndarray, key: bytes
             matched.append(r.request)
             hit |= m
     return Exclusion(train_idx[hit].astype(np.int64), hashes[hit], matched) if hit.any() else none
+
+
+def pool_exclusion(model_name: str, records, split, key: bytes) -> PoolExclusion:
+    """What an audit's shadow pool for ``model_name`` leaves out: the training records of ``split``
+    under every deletion request (of its ledger or its data set's) whose shadow models
+    ``purge --request`` deleted. Until then the cached pool, which trained on them, stays in use
+    (``requests`` lists it as holding them); after, no shadow model trains on them again."""
+    ex = ledger_exclusion(
+        model_name, records, np.asarray(split.train, np.int64), key, where=lambda r: bool(r.actions(SHADOWS_PURGED))
+    )
+    return PoolExclusion(ex.positions, tuple(sorted(ex.requests)))
 
 
 def describe_training(

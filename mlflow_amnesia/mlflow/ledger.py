@@ -50,7 +50,8 @@ from .runs import end_quietly
 LEDGER_EXPERIMENT = "mlflow-amnesia-ledger"
 ENTRY_FILE = "entry.json"
 FORMAT = 1
-KINDS = ("request", "forgotten", "purged", "purged-run")
+SHADOWS_PURGED = "purged-shadows"  # purge --request deleted the cached shadow models holding a request's records
+KINDS = ("request", "forgotten", "purged", "purged-run", SHADOWS_PURGED)
 _MAX_ENTRY_BYTES = 64 * 2**20  # a request of a million records is ~35 MB of hex hashes
 
 

@@ -26,11 +26,19 @@ from ..audit.membership import AttackModels
 from ..audit.privacy import SHADOW_EXPERIMENT
 from ..audit.shadow import ShadowMember, ShadowSet, member_dirname
 from ..errors import InputError
-from ..tags import TAG_SHADOW_KEY, TAG_SHADOW_MEMBER, TAG_SHADOW_POOL
+from ..tags import (
+    TAG_PURGE_STARTED,
+    TAG_PURGED,
+    TAG_SHADOW_DATA,
+    TAG_SHADOW_EXCLUDES,
+    TAG_SHADOW_KEY,
+    TAG_SHADOW_MEMBER,
+    TAG_SHADOW_POOL,
+)
 from .registry import filter_literal
 from .runs import end_quietly
 
-__all__ = ["MlflowShadowCache"]
+__all__ = ["MlflowShadowCache", "excludes_tag", "forget_local_copies", "usable"]
 
 _MEMBER_ARTIFACTS = "member"
 
@@ -60,6 +68,40 @@ def _download_cache() -> Path:
     return Path(base) / "mlflow-amnesia" / "shadows"
 
 
+_TAG_LIMIT = 5000  # MLflow's smallest tag value limit among its stores
+
+
+def _data_tag(info: dict) -> dict[str, str]:
+    fp = info.get("fingerprint")
+    return {TAG_SHADOW_DATA: str(fp)} if fp else {}
+
+
+def excludes_tag(info: dict) -> dict[str, str]:
+    """The run tag naming the deletion requests a pool left out (:data:`TAG_SHADOW_EXCLUDES`):
+    comma-separated keyed hashes; a list too long for a tag is not tagged (the set then counts as
+    holding every request's records: ``requests`` errs on the side of listing it)."""
+    value = ",".join(info.get("excluded_requests") or [])
+    return {TAG_SHADOW_EXCLUDES: value} if len(value) <= _TAG_LIMIT else {}
+
+
+def usable(run) -> bool:
+    """A cached run an audit may use: FINISHED and not (being) erased by ``purge --request``."""
+    tags = run.data.tags or {}
+    return run.info.status == "FINISHED" and TAG_PURGED not in tags and TAG_PURGE_STARTED not in tags
+
+
+def forget_local_copies(run_id: str) -> int:
+    """Delete this machine's downloaded copies of a member run (``$XDG_CACHE_HOME/mlflow-amnesia/shadows``);
+    returns how many. Copies on other machines are theirs to delete (docs/RELIABILITY.md)."""
+    import shutil
+
+    n = 0
+    for d in _download_cache().glob(f"*/*-{run_id}"):
+        shutil.rmtree(d, ignore_errors=True)
+        n += 1
+    return n
+
+
 class MlflowShadowCache:
     """Shadow sets and pool members as runs of the ``mlflow-amnesia-shadows`` experiment."""
 
@@ -73,11 +115,12 @@ class MlflowShadowCache:
         runs = client.search_runs(
             [exp.experiment_id],
             filter_string=f"tags.`{TAG_SHADOW_KEY}` = {filter_literal(key)} and attributes.status = 'FINISHED'",
-            max_results=1,
+            max_results=50,
         )
-        if not runs:
+        found = [r for r in runs if usable(r)]
+        if not found:
             return None
-        run_id = runs[0].info.run_id
+        run_id = found[0].info.run_id
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="shadows", dst_path=tmp)
             shadows = ShadowSet.load(local)
@@ -103,7 +146,11 @@ class MlflowShadowCache:
 
         client = mlflow.MlflowClient()
         exp_id = _experiment_id(client)
-        run = client.create_run(exp_id, run_name=f"shadows-{key[:12]}", tags={TAG_SHADOW_KEY: key})
+        run = client.create_run(
+            exp_id,
+            run_name=f"shadows-{key[:12]}",
+            tags={TAG_SHADOW_KEY: key, TAG_SHADOW_DATA: shadows.fingerprint, **excludes_tag(shadows.info)},
+        )
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 d = Path(tmp) / "shadows"
@@ -130,9 +177,10 @@ class MlflowShadowCache:
                 f"'{int(index)}' and attributes.status = 'FINISHED'"
             ),
             order_by=["attributes.start_time ASC"],
-            max_results=1,
+            max_results=50,
         )
-        return runs[0] if runs else None
+        found = [r for r in runs if usable(r)]
+        return found[0] if found else None
 
     def load_member(self, key: str, index: int) -> ShadowMember | None:
         import mlflow
@@ -167,7 +215,12 @@ class MlflowShadowCache:
         run = client.create_run(
             exp_id,
             run_name=f"shadow-{key[:12]}-{member.index}",
-            tags={TAG_SHADOW_POOL: key, TAG_SHADOW_MEMBER: str(int(member.index))},
+            tags={
+                TAG_SHADOW_POOL: key,
+                TAG_SHADOW_MEMBER: str(int(member.index)),
+                **excludes_tag(member.info),
+                **_data_tag(member.info),
+            },
         )
         try:
             client.log_artifacts(run.info.run_id, str(member.directory), artifact_path=_MEMBER_ARTIFACTS)
