@@ -535,7 +535,7 @@ def _pool_place(pool: list[ShadowRun], r: ledger.Request) -> Place:
             how={"runs": ids},
         )
     if mine:
-        at = max(str(x.purged).split(";")[0] for x in mine)
+        at = max(str(x.purged).split(";")[0] for x in mine).replace("+00:00", "Z")
         return Place(
             "shadows",
             "shadow pool",
