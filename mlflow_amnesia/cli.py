@@ -712,8 +712,10 @@ _REQUESTS_HELP = """List every deletion request of a model's erasure ledger, and
         never held   none of the records is in its record index
       every train run of the model that registered no version (killed, failed):
         still holds  its whole delta store and training files (in progress while it runs)
-      the shadow pool (the audit's cached shadow models of the data set):
-        still holds  while a set is cached: shadow models do not forget yet
+      the shadow pool (the audit's cached shadow models of the data set, sets and members):
+        still holds  a cached shadow run whose pool trained on them
+        purged       `purge --request` deleted those runs; later audits leave the records out
+        never held   no cached shadow model of the data set trained on them
 
     A request is finished once no place holds its records. The deadline is one calendar month
     after it was received (GDPR art. 12(3), 17); open requests show the days left, overdue ones
