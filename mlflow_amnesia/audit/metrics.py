@@ -181,6 +181,8 @@ class Estimate:
         }
 
     def __str__(self) -> str:
+        if not self.reportable:  # never shown as a figure: too few records on a side (MIN_PER_CLASS)
+            return f"not reported, n={self.n_members}+{self.n_nonmembers} (at least {MIN_PER_CLASS} a side)"
         return f"{self.value:.3f} [{self.lo:.3f}, {self.hi:.3f}] (n={self.n_members}+{self.n_nonmembers})"
 
 

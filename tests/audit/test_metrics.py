@@ -176,3 +176,11 @@ def test_tpr_estimate_brackets_its_value_and_is_reproducible():
     lab = np.r_[np.ones(50), np.zeros(200)]
     a, b = tpr_estimate(s, lab, 0.05, seed=1), tpr_estimate(s, lab, 0.05, seed=1)
     assert a == b and a.lo <= a.value <= a.hi and a.hi - a.lo > 0
+
+
+def test_an_estimate_on_too_few_records_is_never_printed_as_a_figure():
+    from mlflow_amnesia.audit.metrics import MIN_PER_CLASS, Estimate
+
+    few = Estimate(0.083, 0.0, 0.262, 6, 6)
+    assert "0.083" not in str(few) and str(few) == f"not reported, n=6+6 (at least {MIN_PER_CLASS} a side)"
+    assert str(Estimate(0.5, 0.4, 0.6, 12, 359)) == "0.500 [0.400, 0.600] (n=12+359)"
