@@ -331,3 +331,20 @@ def test_forget_and_audit_log_the_privacy_audit(registry_copy):
     # one assembled pool and its 2 members (one run each), none trained twice
     assert sum("amnesia.shadow_key" in r.data.tags for r in runs) == 1
     assert sorted(r.data.tags.get("amnesia.shadow_member", "") for r in runs) == ["", "0", "1"]
+
+
+def test_audit_of_a_forget_runs_u_lira_as_the_forget_did(registry_copy):
+    """`audit --force` of a forget's version runs U-LiRA on the (recorded) shadow pool with the
+    request's method, read from the forget run, and gets the forget's own figure again."""
+    from mlflow_amnesia.mlflow import registry
+
+    audit = ["--shadows", "4", "--inversion", "off"]
+    _invoke("forget", "--model", MODEL, "--records", _write(registry_copy, _ids(12)), "--yes", "--audit", *audit)
+    c = registry.client()
+    mv = registry.resolve_version(MODEL)
+    first = c.get_run(mv.run_id).data.metrics
+    assert first["audit.ulira.auc.n_members"] >= 10, first  # 12 records, each in 2 of the 4 shadows
+    _invoke("audit", "--model", MODEL, *audit, "--force")
+    history = c.get_metric_history(mv.run_id, "audit.ulira.auc")
+    assert len(history) == 2 and history[1].value == pytest.approx(history[0].value, abs=1e-9)
+    assert "audit/ulira.json" in {a.path for a in c.list_artifacts(mv.run_id, "audit")}

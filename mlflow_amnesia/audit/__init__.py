@@ -103,6 +103,7 @@ def audit_model(
     what: str | None = None,
     parent=None,
     exclusion=None,
+    ulira=None,
 ) -> dict[str, float]:
     """The full audit of a loaded version (:class:`~mlflow_amnesia.mlflow.flavor.AmnesiaModel`): its
     own request's forgotten records are the membership targets (see :mod:`.privacy`); with
@@ -112,7 +113,8 @@ def audit_model(
     the error): with another key no forgotten record would be found and every figure would be
     computed on the wrong records. ``exclusion``: a function of (records, split, key) giving the
     :class:`~mlflow_amnesia.audit.privacy.PoolExclusion` of the shadow pool (the MLflow layer's
-    reads the erasure ledger)."""
+    reads the erasure ledger). ``ulira`` (a :class:`~mlflow_amnesia.audit.ulira.UliraRequest`):
+    U-LiRA and the dual view of a forget's records too."""
     from ..keys import load_key_for
     from ..learning.data import Split, rebuild
 
@@ -142,4 +144,5 @@ def audit_model(
         parent_module=parent.module if parent is not None and n else None,
         key=key,
         exclusion=exclusion(records, sp, key) if exclusion is not None and privacy else None,
+        ulira=ulira if n else None,
     )

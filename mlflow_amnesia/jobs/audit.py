@@ -34,6 +34,31 @@ class LoggedFigures(dict):
         self.run_id = run_id
 
 
+def _ulira_request(mv, am, parent):
+    """How the forget that made ``mv`` unlearned (its run's parameters), for U-LiRA on the shadow
+    pool: the same test the forget's own audit ran (audit/ulira.py)."""
+    from ..audit.ulira import UliraRequest, UnlearnSpec
+
+    params = registry.client().get_run(mv.run_id).data.params if mv.run_id else {}
+
+    def value(name: str, cast):
+        raw = params.get(name)
+        return None if raw in (None, "", "None") else cast(raw)
+
+    spec = UnlearnSpec.of(
+        {
+            "method": value("method", str) or (am.info.last_request or {}).get("method"),
+            "repair": value("repair", str),
+            "repair_epochs": value("repair_epochs", int),
+            "epochs": value("epochs", int),
+            "copies": value("copies", int),
+        }
+    )
+    return UliraRequest(
+        spec=spec, key=load_key_for(am.info.key_id, f"{mv.name} v{mv.version}", to="audit it"), parent=parent.module
+    )
+
+
 def audit_version(
     model_name: str,
     *,
@@ -50,7 +75,8 @@ def audit_version(
     ``audit/per_record.json``); the version's verdict tags and description are refreshed.
 
     A forget's child is audited beside its parent on the same records (the parent is loaded
-    for that); a purged parent cannot be, and the parent's figures the forget's own audit logged
+    for that), with U-LiRA on the shadow pool as the forget's own audit ran it (the request's
+    method from the forget run's parameters; logged as ``audit/ulira.json``); a purged parent cannot be, and the parent's figures the forget's own audit logged
     stay the ones the verdict uses.
 
     A version whose run holds an audit with the same settings (run tag ``amnesia.audit.settings``)
@@ -81,6 +107,7 @@ def audit_version(
         parent = load_model(registry.model_uri(pmv))
     elif pmv is not None:
         say(f"audit: v{parent_no} is purged: its figures from the forget's own audit stay the parent's")
+    ulira = _ulira_request(mv, am, parent) if privacy and forgot and parent is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         metrics = audit_model(
             am,
@@ -91,6 +118,7 @@ def audit_version(
             what=f"{model_name} v{mv.version}",
             parent=parent,
             exclusion=lambda records, split, key: pool_exclusion(model_name, records, split, key),
+            ulira=ulira,
         )
         if log and mv.run_id:
             c = mlflow.MlflowClient()
@@ -101,6 +129,10 @@ def audit_version(
             if privacy:
                 if os.path.exists(f"{tmp}/{PER_RECORD_ARTIFACT}"):
                     c.log_artifact(mv.run_id, f"{tmp}/{PER_RECORD_ARTIFACT}", "audit")
+                if ulira is not None and ulira.result is not None:
+                    from ..audit.ulira import write_per_record
+
+                    c.log_artifact(mv.run_id, write_per_record(ulira.result, f"{tmp}/ulira.json"), "audit")
             # every figure the run holds now, not only this audit's: an accuracy-only audit keeps
             # the privacy rows an earlier audit logged (the run's latest value of each metric)
             c.set_tag(mv.run_id, SETTINGS_TAG, fingerprint)
