@@ -58,9 +58,10 @@ TAG_LEDGER = "amnesia.ledger"
 
 #: ``train`` or ``forget``: which job the run is.
 TAG_ROLE = "amnesia.role"
-#: The URL of the delta store the train run recorded into.
+#: The URL of the delta store the train run recorded into (on a forget run: the phase its method
+#: recorded, set before the method writes it).
 TAG_STORE = "amnesia.store"
-#: The registered model a train run registers.
+#: The registered model a train (or forget) run registers.
 TAG_MODEL_NAME = "amnesia.model_name"
 #: On a forget run, set before registering: what its version's description needs (counts and the
 #: method's summary, no ids), so a re-run can write it after a kill.
@@ -73,7 +74,7 @@ TAG_SHADOW_KEY = "amnesia.shadow_key"
 TAG_SHADOW_POOL = "amnesia.shadow_pool"
 #: ... and the member's index (0..n-1).
 TAG_SHADOW_MEMBER = "amnesia.shadow_member"
-#: On a train run: ``host:pid`` of the process training, so a purge can tell a killed run from a live one.
+#: On a train or forget run: ``host:pid`` of the process training, so a purge can tell a killed run from a live one.
 #: On a shadow set's or member's run: the deletion requests (keyed hashes, comma-separated) whose
 #: records its pool left out; absent: a pool that may hold every record of its data set.
 TAG_SHADOW_EXCLUDES = "amnesia.shadow_excludes"

@@ -387,3 +387,35 @@ def test_a_forget_killed_right_after_entering_the_request_is_finished_by_the_rer
     assert len(mlflow.MlflowClient().search_model_versions(f"name = '{M}'")) == before + 1
     mine = [e for e in ledger.entries(model=M) if e.request == entered["request"]]
     assert sorted(e.kind for e in mine) == ["forgotten", "request"]
+
+
+def test_a_killed_relabel_forget_leaves_a_store_that_requests_lists_and_purge_erases(world):
+    """A relabel forget SIGKILLed after its method, before it registered: its recorded phase starts
+    from the parent's weights and its deltas were computed on the forgotten records. `requests`
+    lists that store as holding the request, and `purge --request` deletes it."""
+    rid = invoke("records", "--model", M, "--limit", "1").output.split()[0]
+    (world["base"] / "relabel.txt").write_text(rid + "\n")
+    args = ["forget", "--model", M, "--records", "relabel.txt", "--method", "relabel", "--yes", "--no-audit"]
+    env = {**os.environ, **world["env"], "AMNESIA_TEST_KILL_AT": "audit"}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+    p = subprocess.run([sys.executable, str(CHILD), *args], env=env, capture_output=True, text=True, timeout=300,
+                       cwd=world["base"])
+    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    (req,) = [s for s in _status() if s["records"] == 1 and s["received"] == _today().isoformat()]
+    (run,) = [x for x in req["places"] if x["kind"] == "run" and "(forget, " in x["place"]]
+    assert run["status"] == "still holds" and "(forget, running, no version)" in run["place"], run
+    base = [x for x in Path(world["base"], "mlruns").rglob(run["run_id"])][0]
+    assert any(base.rglob("*.zst"))
+    for x in req["places"]:  # every root forgets the record (the purge refuses while a version never forgot it)
+        if x["kind"] == "version" and "never forgot them" in x["detail"]:
+            invoke("forget", "--model", M, "--version", str(x["version"]), "--records", "relabel.txt", "--yes",
+                   "--no-audit")
+    (req,) = [s for s in _status() if s["request"] == req["request"]]
+    assert {x["run_id"]: x["status"] for x in req["places"] if x["kind"] == "run"}[run["run_id"]] == "still holds"
+    dry = invoke("purge", "--model", M, "--request", req["request"][:12], "--dry-run").output
+    assert run["run_id"][:12] in dry
+    out = invoke("purge", "--model", M, "--request", req["request"][:12], "--yes").output
+    assert f"purged run {run['run_id']}" in out
+    (req,) = [s for s in _status() if s["request"] == req["request"]]
+    assert {x["run_id"]: x["status"] for x in req["places"] if x["kind"] == "run"}[run["run_id"]] == "purged"
+    assert not any(base.rglob("*.zst"))

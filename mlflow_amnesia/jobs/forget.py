@@ -14,6 +14,7 @@ import copy
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -27,7 +28,17 @@ from ..mlflow import ledger, registry, tracking
 from ..mlflow.concurrency import check_forkable, children_of, one_forget_per_model, register_child
 from ..mlflow.flavor import AmnesiaModel, load_model, log_model
 from ..progress import info as say
-from ..tags import TAG_FLAVOR_FORMAT, TAG_N_RECORDS_TOTAL, TAG_PLAN, TAG_PURGE_STARTED, TAG_PURGED, TAG_ROLE
+from ..tags import (
+    TAG_FLAVOR_FORMAT,
+    TAG_MODEL_NAME,
+    TAG_N_RECORDS_TOTAL,
+    TAG_OWNER,
+    TAG_PLAN,
+    TAG_PURGE_STARTED,
+    TAG_PURGED,
+    TAG_ROLE,
+    TAG_STORE,
+)
 from . import lineage
 
 if TYPE_CHECKING:
@@ -538,7 +549,6 @@ def _apply_method(
     from mlflow.entities import LoggedModelInput
 
     from ..keys import hash_rows
-    from ..mlflow.runs import phase_base
     from ..unlearn import ForgetContext, get_method
 
     plan, mv, am = planned.plan, planned.version, planned.model
@@ -558,7 +568,14 @@ def _apply_method(
             "received": r.received or "",
         }
     )
-    mlflow.set_tags({TAG_ROLE: "forget", registry.TAG_REQUEST: plan.request_hash})
+    mlflow.set_tags(
+        {
+            TAG_ROLE: "forget",
+            registry.TAG_REQUEST: plan.request_hash,
+            TAG_MODEL_NAME: r.model_name,  # `requests` finds the run if it dies with a recorded phase
+            TAG_OWNER: f"{socket.gethostname()}:{os.getpid()}",
+        }
+    )
     if mv.model_id:
         mlflow.MlflowClient().log_inputs(run_id, models=[LoggedModelInput(mv.model_id)])
     child = AmnesiaModel(
@@ -578,7 +595,7 @@ def _apply_method(
         steps=plan.steps,
         load_records=records,
         run_id=run_id,
-        phase_base=lambda: phase_base(run.info.artifact_uri, run_id, store_base),
+        phase_base=lambda: _recorded_phase(run, store_base),
         options=m.Options.of(r.method_options()),
         on_epoch=None if r.on_epoch is None else _epoch_logger(r.on_epoch, child.module),
     )
@@ -591,6 +608,20 @@ def _apply_method(
         child.rolled_back = np.union1d(am.rolled_back, result.rolled_back).astype(np.int64)
     child.forgotten = np.concatenate([hash_rows(am.forgotten), hash_rows(planned.target_hashes)])
     return child, result
+
+
+def _recorded_phase(run: Any, store_base: str | None) -> str:
+    """The base of the phase a method records (relabel, finetune repair, retrain), tagged on the run
+    before the method writes to it: a forget killed before it registers leaves a store that
+    `requests` lists and `purge --request` deletes (relabel's deltas are computed on the records)."""
+    import mlflow
+
+    from ..mlflow.runs import phase_base
+    from ..recording.phase import Phase
+
+    base = phase_base(run.info.artifact_uri, run.info.run_id, store_base)
+    mlflow.MlflowClient().set_tag(run.info.run_id, TAG_STORE, Phase(base).deltas_url)
+    return base
 
 
 class _LazyRecords:

@@ -8,8 +8,10 @@ from the ledger:
   holds every record's hash: a forget removed them, or ``train`` left them out), ``purged`` (a
   superseded version whose weights and the deltas of every step that saw the records are gone,
   listed in the stores), ``still holds`` (its weights, or those deltas), or ``never held``;
-* **the stores of unregistered train runs** of the model (a ``train`` killed or failed before it
-  registered: its whole delta store and training files), ``in progress`` while its process lives;
+* **the stores of unregistered runs** of the model: a ``train`` killed or failed before it
+  registered (its whole delta store and training files), or a ``forget`` whose method recorded a
+  phase (relabel, finetune repair: it starts from the parent's weights, and relabel's deltas are
+  computed on the records), ``in progress`` while its process lives;
 * **the shadow pool**: the audit's cached shadow models of the request's data set (experiment
   ``mlflow-amnesia-shadows``: assembled sets and their members' runs). Each record trained about
   half of them; a set whose pool left the request's records out (tag ``amnesia.shadow_excludes``)
@@ -159,7 +161,7 @@ def request_status(model_name: str, *, request: str | None = None, today: dt.dat
     found = ledger.requests(model=model_name, datasets=model_datasets(reg))
     if request is not None:
         found = [select(found, request, model_name)]
-    runs = _train_runs(model_name, {mv.run_id for mv in reg.versions.values()})
+    runs = _unregistered_runs(model_name, {mv.run_id for mv in reg.versions.values()})
     pool = _shadow_sets()
     out = []
     for r in found:
@@ -338,11 +340,13 @@ def _forgotten_place(reg, v: int, r: ledger.Request, label: str) -> Place:
 
 
 # ---------------------------------------------------------------------------------------------
-# unregistered train runs
+# unregistered runs: trains, and forgets whose method recorded a phase
 
 
-def _train_runs(model_name: str, registered: set) -> list:
-    """The train runs of ``model_name`` (tag ``amnesia.model_name``) that registered no version."""
+def _unregistered_runs(model_name: str, registered: set) -> list:
+    """The runs of ``model_name`` (tag ``amnesia.model_name``) with a recorded phase (tag
+    ``amnesia.store``) that registered no version: a ``train``, or a ``forget`` whose method
+    recorded (relabel, finetune repair, retrain), killed or failed before it registered."""
     from ..audit.privacy import SHADOW_EXPERIMENT
 
     c = registry.client()
@@ -352,20 +356,22 @@ def _train_runs(model_name: str, registered: set) -> list:
     if not exps:
         return []
     name_clause = f" and tags.`{TAG_MODEL_NAME}` = {lit}" if lit else ""
-    out, token = [], None
-    while True:
-        page = c.search_runs(
-            exps, filter_string=f"tags.`{TAG_ROLE}` = 'train'{name_clause}", max_results=1000, page_token=token
-        )
-        out += [r for r in page if (r.data.tags or {}).get(TAG_MODEL_NAME) == model_name]
-        token = getattr(page, "token", None)
-        if not token:
-            break
+    out = []
+    for role in ("train", "forget"):
+        token = None
+        while True:
+            page = c.search_runs(
+                exps, filter_string=f"tags.`{TAG_ROLE}` = '{role}'{name_clause}", max_results=1000, page_token=token
+            )
+            out += [r for r in page if (r.data.tags or {}).get(TAG_MODEL_NAME) == model_name]
+            token = getattr(page, "token", None)
+            if not token:
+                break
     return [r for r in out if r.info.run_id not in registered and (r.data.tags or {}).get(TAG_STORE)]
 
 
 def run_base(run) -> str:
-    """The phase base (``<base>/deltas``, ``<base>/training``) of a train run."""
+    """The phase base (``<base>/deltas``, ``<base>/training``) of a train or forget run."""
     from ..recording.phase import Phase
 
     store = str(run.data.tags[TAG_STORE]).rstrip("/")
@@ -428,11 +434,15 @@ def _run_place(run, r: ledger.Request) -> Place:
     base = run_base(run)
     t = run.data.tags or {}
     data = (run.data.params or {}).get("dataset")
-    label = f"run {rid[:12]} (train, {run.info.status.lower()}, no version)"
+    role = t.get(TAG_ROLE, "train")
+    label = f"run {rid[:12]} ({role}, {run.info.status.lower()}, no version)"
     if r.data and data and data != r.data:
         return Place("run", label, NEVER, f"trained on {data!r}, not on {r.data!r}", run_id=rid, url=base)
     if r.request in _excluded_requests(run):
         return Place("run", label, FORGOTTEN, "never trained on them: `train` left them out", run_id=rid, url=base)
+    own = role == "forget" and t.get(registry.TAG_REQUEST) == r.request
+    if own and (run.data.params or {}).get("method") == "retrain":
+        return Place("run", label, NEVER, "its retrain left the records out", run_id=rid, url=base)
     files = _files(base)
     size = sum(f[1] for f in files)
     if not files:
@@ -447,15 +457,13 @@ def _run_place(run, r: ledger.Request) -> Place:
         )
     if _alive(run, files):
         return Place("run", label, RUNNING, f"still training into {base}", run_id=rid, url=base)
-    return Place(
-        "run",
-        label,
-        HOLDS,
-        f"a train that registered nothing left its whole delta store and training files: {len(files)} file(s), "
-        f"{size:,} bytes in {base}",
-        run_id=rid,
-        url=base,
+    what = (
+        "a train that registered nothing left its whole delta store and training files"
+        if role != "forget"
+        else f"a {(run.data.params or {}).get('method', '?')} forget that registered nothing left its recorded "
+        "phase (started from its parent's weights)"
     )
+    return Place("run", label, HOLDS, f"{what}: {len(files)} file(s), {size:,} bytes in {base}", run_id=rid, url=base)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -642,7 +650,7 @@ def purge_request(
     confirm: Callable[[str], bool] | None = None,
 ) -> RequestPurge:
     """Erase every place of one request a purge can: the superseded versions that hold its records
-    (:func:`mlflow_amnesia.jobs.purge.purge`) and the stores of unregistered train runs. Idempotent:
+    (:func:`mlflow_amnesia.jobs.purge.purge`) and the stores of unregistered train and forget runs. Idempotent:
     a purge killed between two steps is finished by running it again."""
     from mlflow_amnesia.jobs.purge import purge as run_purge
 
