@@ -389,23 +389,36 @@ def test_a_forget_killed_right_after_entering_the_request_is_finished_by_the_rer
     assert sorted(e.kind for e in mine) == ["forgotten", "request"]
 
 
-def test_a_killed_relabel_forget_leaves_a_store_that_requests_lists_and_purge_erases(world):
+def test_killed_runs_leave_a_phase_and_a_logged_model_that_requests_lists_and_purge_erases(world):
     """A relabel forget SIGKILLed after its method, before it registered: its recorded phase starts
-    from the parent's weights and its deltas were computed on the forgotten records. `requests`
-    lists that store as holding the request, and `purge --request` deletes it."""
+    from the parent's weights and its deltas were computed on the forgotten records; a train killed
+    while uploading its model leaves that logged model's weights beside its store. `requests` lists
+    both as holding the request, and `purge --request` deletes both."""
+    import mlflow
+
+    def killed(at: str, *args: str) -> None:
+        env = {**os.environ, **world["env"], "AMNESIA_TEST_KILL_AT": at}
+        env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
+        p = subprocess.run([sys.executable, str(CHILD), *args], env=env, capture_output=True, text=True, timeout=300,
+                           cwd=world["base"])
+        assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+
+    killed("upload", *TRAIN)  # a train killed while uploading its model: a logged model beside its store
     rid = invoke("records", "--model", M, "--limit", "1").output.split()[0]
     (world["base"] / "relabel.txt").write_text(rid + "\n")
-    args = ["forget", "--model", M, "--records", "relabel.txt", "--method", "relabel", "--yes", "--no-audit"]
-    env = {**os.environ, **world["env"], "AMNESIA_TEST_KILL_AT": "audit"}
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
-    p = subprocess.run([sys.executable, str(CHILD), *args], env=env, capture_output=True, text=True, timeout=300,
-                       cwd=world["base"])
-    assert p.returncode == -signal.SIGKILL, p.stdout + p.stderr
+    killed("audit", "forget", "--model", M, "--records", "relabel.txt", "--method", "relabel", "--yes", "--no-audit")
     (req,) = [s for s in _status() if s["records"] == 1 and s["received"] == _today().isoformat()]
     (run,) = [x for x in req["places"] if x["kind"] == "run" and "(forget, " in x["place"]]
     assert run["status"] == "still holds" and "(forget, running, no version)" in run["place"], run
     base = [x for x in Path(world["base"], "mlruns").rglob(run["run_id"])][0]
     assert any(base.rglob("*.zst"))
+    c = mlflow.MlflowClient()
+    trains = [x for x in req["places"] if x["kind"] == "run" and x["status"] == "still holds" and "(train, " in x["place"]]
+    (train,) = [x for x in trains if "its logged model (" in x["detail"]]
+    exp = c.get_run(train["run_id"]).info.experiment_id
+    (lm,) = c.search_logged_models([exp], filter_string=f"source_run_id = '{train['run_id']}'")
+    lm_dir = Path(lm.artifact_location.removeprefix("file://"))
+    assert any(f.is_file() for f in lm_dir.rglob("*"))
     for x in req["places"]:  # every root forgets the record (the purge refuses while a version never forgot it)
         if x["kind"] == "version" and "never forgot them" in x["detail"]:
             invoke("forget", "--model", M, "--version", str(x["version"]), "--records", "relabel.txt", "--yes",
@@ -417,5 +430,7 @@ def test_a_killed_relabel_forget_leaves_a_store_that_requests_lists_and_purge_er
     out = invoke("purge", "--model", M, "--request", req["request"][:12], "--yes").output
     assert f"purged run {run['run_id']}" in out
     (req,) = [s for s in _status() if s["request"] == req["request"]]
-    assert {x["run_id"]: x["status"] for x in req["places"] if x["kind"] == "run"}[run["run_id"]] == "purged"
+    status = {x["run_id"]: x["status"] for x in req["places"] if x["kind"] == "run"}
+    assert status[run["run_id"]] == status[train["run_id"]] == "purged"
     assert not any(base.rglob("*.zst"))
+    assert not any(f.is_file() for f in lm_dir.rglob("*"))  # the killed train's logged weights too

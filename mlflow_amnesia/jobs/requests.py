@@ -66,6 +66,7 @@ class Place:
     version: int | None = None
     run_id: str | None = None
     url: str | None = None  # a run's phase base
+    models: list[str] = field(default_factory=list)  # a run's logged models' artifact locations (with files)
     superseded: bool = False  # a version with a child (purge can erase it)
     how: dict = field(default_factory=dict)  # what made a version forget them (method, steps, parent)
 
@@ -165,7 +166,9 @@ def request_status(model_name: str, *, request: str | None = None, today: dt.dat
     pool = _shadow_sets()
     out = []
     for r in found:
-        places = _version_places(reg, r) + [_run_place(run, r) for run in runs] + [_pool_place(pool, r)]
+        versions = _version_places(reg, r)
+        held = {p.version: p.status for p in versions}
+        places = versions + [x for run in runs if (x := _run_place(run, r, held)) is not None] + [_pool_place(pool, r)]
         out.append(RequestStatus(r, places, today, None))
     for s in out:
         if s.done:
@@ -344,9 +347,10 @@ def _forgotten_place(reg, v: int, r: ledger.Request, label: str) -> Place:
 
 
 def _unregistered_runs(model_name: str, registered: set) -> list:
-    """The runs of ``model_name`` (tag ``amnesia.model_name``) with a recorded phase (tag
-    ``amnesia.store``) that registered no version: a ``train``, or a ``forget`` whose method
-    recorded (relabel, finetune repair, retrain), killed or failed before it registered."""
+    """The runs of ``model_name`` (tag ``amnesia.model_name``) that registered no version: every
+    ``train`` with a recorded phase (tag ``amnesia.store``), and every ``forget`` (killed, failed,
+    or a registration race's loser): its method's recorded phase (relabel, finetune repair,
+    retrain) and its logged model, whichever it left, are places that may hold records."""
     from ..audit.privacy import SHADOW_EXPERIMENT
 
     c = registry.client()
@@ -367,14 +371,41 @@ def _unregistered_runs(model_name: str, registered: set) -> list:
             token = getattr(page, "token", None)
             if not token:
                 break
-    return [r for r in out if r.info.run_id not in registered and (r.data.tags or {}).get(TAG_STORE)]
+    return [
+        r
+        for r in out
+        if r.info.run_id not in registered and ((r.data.tags or {}).get(TAG_STORE) or r.data.tags[TAG_ROLE] == "forget")
+    ]
+
+
+def _logged_models(run) -> list[tuple[str, list[tuple[str, int]]]]:
+    """(artifact location, its files) of each logged model of ``run`` that still has files (MLflow 3
+    keeps a logged model's artifacts beside the run's, not under them)."""
+    from ..mlflow.artifacts import list_files, repo_at
+
+    c = registry.client()
+    out, token = [], None
+    while True:
+        page = c.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'", page_token=token
+        )
+        for lm in page:
+            files = list_files(repo_at(lm.artifact_location))
+            if files:
+                out.append((lm.artifact_location, files))
+        token = getattr(page, "token", None)
+        if not token:
+            return out
 
 
 def run_base(run) -> str:
-    """The phase base (``<base>/deltas``, ``<base>/training``) of a train or forget run."""
+    """The phase base (``<base>/deltas``, ``<base>/training``) of a train or forget run; "" for a
+    forget whose method recorded nothing."""
     from ..recording.phase import Phase
 
-    store = str(run.data.tags[TAG_STORE]).rstrip("/")
+    store = str(run.data.tags.get(TAG_STORE) or "").rstrip("/")
+    if not store:
+        return ""
     phase = Phase.of_store_url(store)
     return phase.base_url if phase is not None else store
 
@@ -429,41 +460,56 @@ def _excluded_requests(run) -> list[str]:
         return []
 
 
-def _run_place(run, r: ledger.Request) -> Place:
+def _run_place(run, r: ledger.Request, held: dict) -> Place | None:
+    """What an unregistered run holds of ``r`` (``held``: the status of each version for ``r``, from
+    which a forget run's parent tells what the run started from); None for a forget run that left
+    nothing (an amnesiac forget killed before it logged its model)."""
     rid = run.info.run_id
     base = run_base(run)
     t = run.data.tags or {}
-    data = (run.data.params or {}).get("dataset")
+    params = run.data.params or {}
     role = t.get(TAG_ROLE, "train")
+    files = _files(base) if base else []
+    models = _logged_models(run)
+    if role == "forget" and not base and not models and TAG_PURGED not in t:
+        return None
     label = f"run {rid[:12]} ({role}, {run.info.status.lower()}, no version)"
+
+    def place(status: str, detail: str) -> Place:
+        return Place("run", label, status, detail, run_id=rid, url=base or None, models=[m for m, _ in models])
+
+    data = params.get("dataset")
     if r.data and data and data != r.data:
-        return Place("run", label, NEVER, f"trained on {data!r}, not on {r.data!r}", run_id=rid, url=base)
+        return place(NEVER, f"trained on {data!r}, not on {r.data!r}")
     if r.request in _excluded_requests(run):
-        return Place("run", label, FORGOTTEN, "never trained on them: `train` left them out", run_id=rid, url=base)
-    own = role == "forget" and t.get(registry.TAG_REQUEST) == r.request
-    if own and (run.data.params or {}).get("method") == "retrain":
-        return Place("run", label, NEVER, "its retrain left the records out", run_id=rid, url=base)
-    files = _files(base)
-    size = sum(f[1] for f in files)
-    if not files:
+        return place(FORGOTTEN, "never trained on them: `train` left them out")
+    if role == "forget":
+        parent = int(params["parent_version"]) if str(params.get("parent_version", "")).isdigit() else None
+        if held.get(parent) in (NEVER, FORGOTTEN):
+            how = "never held them" if held[parent] == NEVER else "had forgotten them"
+            return place(held[parent], f"started from v{parent}, which {how}")
+        if t.get(registry.TAG_REQUEST) == r.request:  # its own request: its model forgot them
+            if params.get("method") == "retrain":
+                return place(NEVER, "its retrain left the records out")
+            if not files and TAG_PURGED not in t:
+                return place(FORGOTTEN, "its model forgot them (its own request), and it recorded nothing holding them")
+            models = []  # only the recorded phase holds them (started from the parent; relabel's deltas)
+    size = sum(f[1] for f in files) + sum(f[1] for _, fs in models for f in fs)
+    if not files and not models:
         when = str(t.get(TAG_PURGED, "")).split(";")[0]
-        return Place(
-            "run",
-            label,
-            PURGED,
-            f"its store {base} is deleted" + (f" (purged {when})" if when else ""),
-            run_id=rid,
-            url=base,
-        )
+        return place(PURGED, f"its files are deleted{f' (purged {when})' if when else ''}")
     if _alive(run, files):
-        return Place("run", label, RUNNING, f"still training into {base}", run_id=rid, url=base)
+        return place(RUNNING, f"still training into {base}")
     what = (
         "a train that registered nothing left its whole delta store and training files"
         if role != "forget"
-        else f"a {(run.data.params or {}).get('method', '?')} forget that registered nothing left its recorded "
-        "phase (started from its parent's weights)"
+        else f"a {params.get('method', '?')} forget that registered nothing left what it started from its "
+        f"parent v{params.get('parent_version', '?')}"
     )
-    return Place("run", label, HOLDS, f"{what}: {len(files)} file(s), {size:,} bytes in {base}", run_id=rid, url=base)
+    where = ([f"{len(files)} file(s) in {base}"] if files else []) + [
+        f"its logged model ({len(fs)} file(s) in {loc})" for loc, fs in models
+    ]
+    return place(HOLDS, f"{what}: {size:,} bytes, " + "; ".join(where))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,34 +763,50 @@ def _enter_shadow_purge(model_name: str, request: str, run_ids: list[str]) -> No
 
 
 def _purge_run(model_name: str, p: Place, request: str) -> str:
-    """Delete an unregistered run's phase base (store and training files), check by listing, tag the run."""
+    """Delete an unregistered run's phase base (store and training files) and its logged models'
+    files, check by listing, tag the run."""
+    from ..mlflow.artifacts import list_files, repo_at
     from ..recording.fs import url_to_fs
+    from .purge import _delete
 
-    assert p.url and p.run_id
-    files = _files(p.url) if p.status != PURGED else []
-    size = sum(f[1] for f in files)
-    say(f"purge: deleting the store and training files of run {p.run_id} ({len(files)} file(s)) in {p.url}")
-    fs, path = url_to_fs(p.url)
-    if files:
-        fs.rm(path, recursive=True)
-    left = _files(p.url)
-    if left:
-        raise InputError(
-            f"{len(left)} file(s) under {p.url} could not be deleted (first: {left[0][0]}); re-run the purge"
-        )
+    assert p.run_id
+    size = 0
+    if p.url:
+        files = _files(p.url) if p.status != PURGED else []
+        size += sum(f[1] for f in files)
+        say(f"purge: deleting the store and training files of run {p.run_id} ({len(files)} file(s)) in {p.url}")
+        fs, path = url_to_fs(p.url)
+        if files:
+            fs.rm(path, recursive=True)
+        left = _files(p.url)
+        if left:
+            raise InputError(
+                f"{len(left)} file(s) under {p.url} could not be deleted (first: {left[0][0]}); re-run the purge"
+            )
+    for loc in p.models:
+        repo = repo_at(loc)
+        mfiles = list_files(repo)
+        size += sum(f[1] for f in mfiles)
+        say(f"purge: deleting the logged model of run {p.run_id} ({len(mfiles)} file(s)) in {loc}")
+        _delete(repo, mfiles, f"the logged model of run {p.run_id}")
     at = _now()
     c = registry.client()
     run = c.get_run(p.run_id)
     if TAG_PURGED not in (run.data.tags or {}):
-        c.set_tag(p.run_id, TAG_PURGED, f"{at}; deleted: the run's delta store and training files ({size:,} bytes)")
+        c.set_tag(p.run_id, TAG_PURGED, f"{at}; deleted: the run's recorded files and logged models ({size:,} bytes)")
         if run.info.status == "RUNNING":
             end_quietly(c, p.run_id, "KILLED")
     else:
         at = str(run.data.tags[TAG_PURGED]).split(";")[0]
     ledger.write(
-        ledger.Entry("purged-run", model_name, {"request": request, "run_id": p.run_id, "url": p.url, "at": at})
+        ledger.Entry(
+            "purged-run",
+            model_name,
+            {"request": request, "run_id": p.run_id, "url": p.url or "", "models": p.models, "at": at},
+        )
     )
-    return f"purged run {p.run_id}: deleted {size:,} bytes ({p.url})"
+    where = ", ".join(([p.url] if p.url else []) + p.models)
+    return f"purged run {p.run_id}: deleted {size:,} bytes ({where})"
 
 
 def _now() -> str:
