@@ -2,6 +2,8 @@
 
     python bench/forget_latency.py                 # train once, then time 3 chained forgets
     python bench/forget_latency.py --profile       # also one forget under cProfile (top functions)
+    python bench/forget_latency.py --baseline DIR  # alternate each forget with one by the code in DIR
+                                                   # (e.g. `git worktree add DIR <commit>`): a ratio, same run
 
 CIFAR-100 cannot be downloaded on the build machine, so the data are a generated file set in
 CIFAR-100's published format (cifar-100-python/{train,test,meta}, as tests/test_data.py writes
@@ -57,8 +59,12 @@ def write_cifar100(root: Path, n_train: int, n_test: int, seed: int = 0) -> None
         (base / name).write_bytes(pickle.dumps(obj, protocol=2))
 
 
-def cli(args: list[str], env: dict, cwd: str, *, python: list[str] | None = None) -> tuple[str, float]:
+def cli(args: list[str], env: dict, cwd: str, *, python: list[str] | None = None, code: str | None = None
+        ) -> tuple[str, float]:
+    """Run the CLI in a fresh process (``code``: another checkout's root to import the package from)."""
     cmd = [sys.executable, *(python or []), RUNNER, *args]
+    if code is not None:
+        env = dict(env, PYTHONPATH=os.pathsep.join([code, env.get("PYTHONPATH", "")]))
     t0 = time.perf_counter()
     p = subprocess.run(cmd, env=env, cwd=cwd, text=True, capture_output=True)
     dt = time.perf_counter() - t0
@@ -73,6 +79,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=256, help="held-out images (default 256)")
     ap.add_argument("--forgets", type=int, default=3, help="chained one-record forgets to time")
     ap.add_argument("--profile", action="store_true", help="one more forget under cProfile; print the top functions")
+    ap.add_argument("--baseline", help="a checkout of the code to compare with: its forgets alternate with ours")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="amnesia-forget-latency-")
     root = Path(work) / "data"
@@ -83,33 +90,44 @@ def main() -> None:
     _, train_s = cli(["train", "--dataset", "cifar100", "--data-root", str(root), "--arch", "resnet18", "--epochs", "1",
                       "--batch-size", "64", "--model-name", MODEL, "--no-audit"], env, work)
     print(f"train: {train_s:.1f} s", flush=True)
-    ids, _ = cli(["records", "--model", MODEL, "--limit", str(args.forgets + 1)], env, work)
+    ids, _ = cli(["records", "--model", MODEL, "--limit", str(2 * args.forgets + 1)], env, work)
     ids = ids.split()
-    walls = []
+    walls, base_walls = [], []
     for i in range(args.forgets):
-        f = Path(work) / f"ids{i}.txt"
-        f.write_text(ids[i] + "\n")
-        out, dt = cli(["forget", "--model", MODEL, "--records", str(f), "--yes", "--no-audit"], env, work)
-        walls.append(dt)
-        print(f"forget {i + 1}: {dt:.1f} s  {out.strip().splitlines()[-1] if out.strip() else ''}", flush=True)
+        for code, into in ((None, walls), (args.baseline, base_walls)) if args.baseline else ((None, walls),):
+            f = Path(work) / f"ids{i}{'b' if code else ''}.txt"
+            f.write_text(ids[2 * i + (1 if code else 0)] + "\n")
+            out, dt = cli(["forget", "--model", MODEL, "--records", str(f), "--yes", "--no-audit"], env, work,
+                          code=code)
+            into.append(dt)
+            print(f"forget {i + 1}{' (baseline)' if code else ''}: {dt:.1f} s  "
+                  f"{out.strip().splitlines()[-1] if out.strip() else ''}", flush=True)
     # the interpreter and the imports alone, for scale
     _, imports = cli(["--help"], env, work)
     prof = None
     if args.profile:
         f = Path(work) / "idsp.txt"
-        f.write_text(ids[args.forgets] + "\n")
+        f.write_text(ids[2 * args.forgets] + "\n")
         pfile = Path(work) / "forget.prof"
         _, dt = cli(["forget", "--model", MODEL, "--records", str(f), "--yes", "--no-audit"], env, work,
                     python=["-m", "cProfile", "-o", str(pfile)])
         import pstats
 
-        st = pstats.Stats(str(pfile))
-        st.sort_stats("cumulative").print_stats(40)
+        import io
+
+        buf = io.StringIO()
+        pstats.Stats(str(pfile), stream=buf).sort_stats("cumulative").print_stats(60)
+        print(buf.getvalue())
+        (OUT / "forget_latency_profile.txt").write_text(buf.getvalue())
         prof = dt
     res = {"command": "python bench/forget_latency.py" + (" --profile" if args.profile else ""), "machine": machine(),
            "load_average_1min": os.getloadavg()[0], "train_images": args.train, "test_images": args.test,
            "train_s": train_s, "forget_wall_s": walls, "forget_median_s": float(np.median(walls)),
            "cli_help_s": imports, "profiled_forget_s": prof}
+    if args.baseline:
+        res.update({"baseline": args.baseline, "baseline_forget_wall_s": base_walls,
+                    "baseline_forget_median_s": float(np.median(base_walls)),
+                    "ratio_median": float(np.median(walls)) / float(np.median(base_walls))})
     write_json(OUT / "forget_latency.json", res)
     print(json.dumps({k: v for k, v in res.items() if k != "machine"}, indent=1))
 

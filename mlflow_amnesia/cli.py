@@ -477,7 +477,8 @@ def train(
     "--audit/--no-audit",
     default=True,
     show_default=True,
-    help="Run the privacy audit (membership inference, inversion) on the new version.",
+    help="Run the privacy audit (membership inference, inversion) on the new version. Without it only "
+    "accuracy is measured, the parent's on the forgotten records only.",
 )
 @_audit_options
 @_friendly

@@ -213,7 +213,7 @@ def train(
                 privacy=audit,
                 settings=audit_settings,
                 artifact_dir=tmp,
-                exclusion=pool_exclusion(model_name, records, sp, key),
+                exclusion=pool_exclusion(model_name, records, sp, key) if audit else None,
             )
             if os.path.exists(f"{tmp}/inversion.png"):  # an audit that inverted (AuditSettings.inversion)
                 mlflow.log_artifact(f"{tmp}/inversion.png", "audit")

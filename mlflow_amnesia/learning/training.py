@@ -139,11 +139,12 @@ def evaluate(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch_siz
     model.eval()
     correct = 0
     loss = 0.0
-    for i in range(0, len(x), batch_size):
-        out = model(x[i : i + batch_size])
-        yb = y[i : i + batch_size]
-        correct += int((out.argmax(1) == yb).sum())
-        loss += float(F.cross_entropy(out, yb, reduction="sum"))
+    with torch.inference_mode():  # no autograd graph: a forward pass only
+        for i in range(0, len(x), batch_size):
+            out = model(x[i : i + batch_size])
+            yb = y[i : i + batch_size]
+            correct += int((out.argmax(1) == yb).sum())
+            loss += float(F.cross_entropy(out, yb, reduction="sum"))
     return correct / len(x), loss / len(x)
 
 

@@ -1,0 +1,54 @@
+"""The accuracy figures of an audit: ``acc.retain`` on a seeded sample with its size, and a
+``--no-audit`` forget measuring its parent on the forgotten records only."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+import mlflow_amnesia.audit as audit
+from mlflow_amnesia.learning.data import Records, Split
+
+
+def _world(n: int = 60):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 1, 2, 2, generator=g)
+    y = (x.flatten(1).sum(1) > 0).long()
+    recs = Records(np.array([f"r{i}" for i in range(n)]), x, y, ["a", "b"], {"spec": "toy", "fingerprint": "0"})
+    sp = Split(np.arange(0, 40, dtype=np.int64), np.arange(40, n, dtype=np.int64), {})
+    child, parent = (torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)) for _ in range(2))
+    return recs, sp, child, parent
+
+
+def test_the_retain_sample_is_all_records_up_to_the_limit_else_a_fixed_seeded_sample():
+    r = np.arange(100, 400, dtype=np.int64)
+    assert np.array_equal(audit.retain_sample(r, limit=300), r)
+    s = audit.retain_sample(r, limit=50)
+    assert len(s) == 50 and np.all(np.diff(s) > 0) and set(s) <= set(r)
+    assert np.array_equal(s, audit.retain_sample(r, limit=50))  # the same set, the same sample
+    assert not np.array_equal(s, audit.retain_sample(r[1:], limit=50))  # another set, another draw
+
+
+def test_acc_retain_carries_its_size_and_child_and_parent_share_the_sample(monkeypatch):
+    recs, sp, child, parent = _world()
+    forget = np.array([3, 7], np.int64)
+    m = audit.full_audit(child, recs, sp, forget, forget, arch_spec={}, recipe={}, privacy=False)
+    assert m["acc.retain.n"] == 38.0
+    monkeypatch.setattr(audit, "RETAIN_SAMPLE", 10)
+    monkeypatch.setattr(audit.retain_sample, "__defaults__", (10,))
+    m = audit.full_audit(child, recs, sp, forget, forget, arch_spec={}, recipe={}, privacy=False)
+    assert m["acc.retain.n"] == 10.0
+    sample = audit.retain_sample(np.setdiff1d(sp.train, forget), limit=10)
+    acc, _ = audit.evaluate(child, recs.x[sample], recs.y[sample])
+    assert m["acc.retain"] == acc
+
+
+def test_without_the_privacy_audit_the_parent_is_measured_on_the_forgotten_records_only():
+    recs, sp, child, parent = _world()
+    forget = np.array([3, 7], np.int64)
+    quick = audit.full_audit(child, recs, sp, forget, forget, arch_spec={}, recipe={}, privacy=False,
+                             parent_module=parent)
+    assert {k for k in quick if ".parent." in k} == {"acc.parent.forget", "loss.parent.forget"}
+    acc, _ = audit.evaluate(parent, recs.x[forget], recs.y[forget])
+    assert quick["acc.parent.forget"] == acc
+    assert {"acc.test", "acc.retain", "acc.forget"} <= set(quick)
