@@ -89,6 +89,14 @@ class UnlearnSpec:
     def of(cls, d: Mapping[str, Any]) -> UnlearnSpec:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d and d[k] is not None})
 
+    @classmethod
+    def from_params(cls, params: Mapping[str, str], *, method: str | None = None) -> UnlearnSpec:
+        """The spec of a forget from its run's parameters (strings; "" or "None" for unset), as
+        ``forget`` logs them; ``method`` where the run names none."""
+        casts = {"method": str, "repair": str, "repair_epochs": int, "epochs": int, "copies": int}
+        got = {k: cast(params[k]) for k, cast in casts.items() if params.get(k) not in (None, "", "None")}
+        return cls.of({"method": method, **got})
+
     def check(self) -> UnlearnSpec:
         if self.method not in METHODS:
             raise InputError(f"U-LiRA cannot unlearn shadows by method {self.method!r}: it knows {', '.join(METHODS)}.")

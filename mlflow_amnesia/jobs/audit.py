@@ -40,20 +40,7 @@ def _ulira_request(mv, am, parent):
     from ..audit.ulira import UliraRequest, UnlearnSpec
 
     params = registry.client().get_run(mv.run_id).data.params if mv.run_id else {}
-
-    def value(name: str, cast):
-        raw = params.get(name)
-        return None if raw in (None, "", "None") else cast(raw)
-
-    spec = UnlearnSpec.of(
-        {
-            "method": value("method", str) or (am.info.last_request or {}).get("method"),
-            "repair": value("repair", str),
-            "repair_epochs": value("repair_epochs", int),
-            "epochs": value("epochs", int),
-            "copies": value("copies", int),
-        }
-    )
+    spec = UnlearnSpec.from_params(params, method=(am.info.last_request or {}).get("method"))
     return UliraRequest(
         spec=spec, key=load_key_for(am.info.key_id, f"{mv.name} v{mv.version}", to="audit it"), parent=parent.module
     )

@@ -178,3 +178,11 @@ def test_recorded_pool_round_trips_through_the_mlflow_cache(toy_pool, monkeypatc
     # the cache refuses a member of another pool
     with pytest.raises(InputError, match="not saved for pool"):
         cache.save_member("0" * 64, members[0])
+
+
+def test_a_forget_runs_params_give_its_unlearn_spec():
+    logged = {"method": "relabel", "repair": "none", "repair_epochs": "1", "epochs": "", "copies": "4",
+              "model_name": "m", "parent_version": "2"}
+    assert UnlearnSpec.from_params(logged) == UnlearnSpec("relabel", "none", 1, None, 4)
+    assert UnlearnSpec.from_params({"epochs": "3", "copies": "None"}, method="finetune") == UnlearnSpec("finetune", epochs=3)
+    assert UnlearnSpec.from_params({}) == UnlearnSpec()
