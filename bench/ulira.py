@@ -18,6 +18,8 @@ cached, against the pool's training time.
 
     nice -n 5 python bench/ulira.py                      # writes bench/out/ulira.json (partial results as it goes)
     python bench/ulira.py --records 40 --shadows 8 --epochs 5   # smaller
+    python bench/ulira.py --methods retrain --retrain-records 60 --offset 60 --out B.json  # records 60-119 of the
+                                                         # same fixed order, in a second process (pool trained first)
 
 A killed run resumes: finished members are read back from ``--pool-dir``, not retrained.
 """
@@ -88,6 +90,8 @@ def main() -> None:
     ap.add_argument("--retrain-records", type=int, default=16, help="... for retrain (each a full training)")
     ap.add_argument("--methods", default="amnesiac,timing,relabel,finetune,retrain")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--offset", type=int, default=0,
+                    help="start at this record of the fixed order (split one method's records over processes)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     a.out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,7 @@ def main() -> None:
     res["pool"]["heldout_accuracy_mean"] = float(np.mean(base_acc))
 
     def run(method: str, n: int, spec: UnlearnSpec) -> None:
-        targets = chosen[:n]
+        targets = chosen[a.offset : a.offset + n]
         slots = shadows.pool_slots(targets)
         member = shadows.membership[:, slots]
         values = shadows.phi[:, slots].astype(np.float64).copy()
@@ -174,6 +178,7 @@ def main() -> None:
                 res.setdefault("methods", {})[method] = {
                     "spec": spec.__dict__,
                     "records": j + 1,
+                    "offset": a.offset,
                     "ulira_auc": est.__dict__,
                     "dualview_auc": dv.__dict__,
                     "heldout_accuracy_change_mean": float(np.mean(acc_delta)),

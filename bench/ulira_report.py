@@ -83,15 +83,25 @@ def table1(d: dict) -> None:
                 )
 
 
-def paired(a_path: Path, b_path: Path) -> None:
+def paired(a_path: str, b_path: str) -> None:
     """Matched comparison of two runs on the same records: per-record U-LiRA AUCs, paired
-    bootstrap over records (10,000 resamples, seed 0) of the mean difference first - second."""
+    bootstrap over records (10,000 resamples, seed 0) of the mean difference first - second.
+    A side may be several files (comma-separated: runs of consecutive ``--offset`` ranges of the
+    same fixed order of records), joined in offset order."""
     import numpy as np
 
-    def per(p: Path) -> np.ndarray:
-        ms = json.loads(p.read_text())["methods"]
-        name = next(k for k in ms if "per_record_ulira_auc" in ms[k])
-        return np.asarray(ms[name]["per_record_ulira_auc"])
+    def per(paths: str) -> np.ndarray:
+        parts = []
+        for p in paths.split(","):
+            ms = json.loads(Path(p).read_text())["methods"]
+            name = next(k for k in ms if "per_record_ulira_auc" in ms[k])
+            parts.append((ms[name].get("offset", 0), ms[name]["per_record_ulira_auc"]))
+        out: list = []
+        for off, vals in sorted(parts):
+            if off != len(out):
+                raise SystemExit(f"{paths}: records {len(out)}.. missing (a part starts at {off})")
+            out += vals
+        return np.asarray(out)
 
     a, b = per(a_path), per(b_path)
     n = min(len(a), len(b))
@@ -105,7 +115,8 @@ def paired(a_path: Path, b_path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--paired", nargs=2, type=Path, metavar=("FIRST", "SECOND"), help="matched comparison of two runs")
+    ap.add_argument("--paired", nargs=2, metavar=("FIRST", "SECOND"),
+                    help="matched comparison of two runs (each side: a JSON, or several comma-separated)")
     ap.add_argument("--ulira", type=Path, default=OUT / "ulira.json")
     ap.add_argument("--table1", type=Path, default=OUT / "table1.json")
     a = ap.parse_args()
