@@ -427,6 +427,9 @@ def test_killed_runs_leave_a_phase_and_a_logged_model_that_requests_lists_and_pu
     assert {x["run_id"]: x["status"] for x in req["places"] if x["kind"] == "run"}[run["run_id"]] == "still holds"
     dry = invoke("purge", "--model", M, "--request", req["request"][:12], "--dry-run").output
     assert run["run_id"][:12] in dry
+    asked = invoke("purge", "--model", M, "--request", req["request"][:12], ok=False)  # no --yes, no terminal
+    assert asked.exit_code == 1 and "re-run with --yes to proceed, or with --dry-run" in asked.output
+    assert any(base.rglob("*.zst")) and any(f.is_file() for f in lm_dir.rglob("*"))  # nothing deleted
     out = invoke("purge", "--model", M, "--request", req["request"][:12], "--yes").output
     assert f"purged run {run['run_id']}" in out
     (req,) = [s for s in _status() if s["request"] == req["request"]]

@@ -580,12 +580,7 @@ def purge(
             _enter_purges(plan)  # a purge killed after its last tag: the ledger entry is its last step
         return PurgeResult(plan, done=False)
     if not yes:
-        q = plan.describe() + "\nDelete this for good? It cannot be undone."
-        if confirm is None or not confirm(q):
-            raise InputError(
-                "purge deletes model weights and recorded deltas for good: re-run with --yes to "
-                "proceed, or with --dry-run to see what it deletes."
-            )
+        confirm_deletion(plan.describe(), confirm)
     c = registry.client()
     started = _now()
     for vp in plan.versions:
@@ -703,6 +698,16 @@ def _write_tombstone(vp: VersionPurge, model_name: str, *, completed: bool, at: 
 def _tombstone(repo) -> dict:
     """The version's ``data/purged.json`` as a dict; empty when absent or unreadable (then rewritten)."""
     return VersionFiles(ArtifactFiles(repo), repo.artifact_uri).tombstone() or {}
+
+
+def confirm_deletion(what: str, confirm: Callable[[str], bool] | None) -> None:
+    """Ask before deleting ``what`` for good (``confirm``: the CLI's prompt); no answer, or no, is
+    an :class:`InputError` that names ``--yes`` and ``--dry-run``."""
+    if confirm is None or not confirm(what + "\nDelete this for good? It cannot be undone."):
+        raise InputError(
+            "purge deletes model weights and recorded deltas for good: re-run with --yes to "
+            "proceed, or with --dry-run to see what it deletes."
+        )
 
 
 def _delete(repo, files: list[tuple[str, int]], what: str) -> None:

@@ -698,6 +698,7 @@ def purge_request(
     """Erase every place of one request a purge can: the superseded versions that hold its records
     (:func:`mlflow_amnesia.jobs.purge.purge`) and the stores of unregistered train and forget runs. Idempotent:
     a purge killed between two steps is finished by running it again."""
+    from mlflow_amnesia.jobs.purge import confirm_deletion
     from mlflow_amnesia.jobs.purge import purge as run_purge
 
     rp = plan_request_purge(model_name, request)
@@ -713,12 +714,7 @@ def purge_request(
         rp.lines.append(f"request {rp.status.request.request[:16]}: nothing left for a purge to delete")
         return rp
     if not yes:
-        q = rp.describe() + "\nDelete this for good? It cannot be undone."
-        if confirm is None or not confirm(q):
-            raise InputError(
-                "purge deletes model weights and recorded deltas for good: re-run with --yes to proceed, or with "
-                "--dry-run to see what it deletes."
-            )
+        confirm_deletion(rp.describe(), confirm)
     if rp.versions:
         rp.lines.append(run_purge(model_name, rp.versions, yes=True).summary())
     for p in rp.runs:
