@@ -61,14 +61,14 @@ def du(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def load_or_train_pool(recs, pool, arch, recipe, n, seed, pool_dir: Path, key: bytes, log):
+def load_or_train_pool(recs, pool, arch, recipe, n, seed, pool_dir: Path, key: bytes, log, codec: str = "int8"):
     members, trained = [], 0
     for i in range(n):
         d = pool_dir / member_dirname(i)
         if (d / "member.json").is_file():
             members.append(ShadowMember.load(d))
             continue
-        m = train_member(recs, pool, arch, recipe, n, seed, i, directory=d, key=key)
+        m = train_member(recs, pool, arch, recipe, n, seed, i, directory=d, key=key, codec=codec)
         trained += 1
         members.append(m)
         log(f"member {i + 1}/{n}: {m.info['train_seconds']:.1f} s, {m.info['stored_bytes'] / 1e6:.1f} MB, "
@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--retrain-records", type=int, default=16, help="... for retrain (each a full training)")
     ap.add_argument("--methods", default="amnesiac,timing,relabel,finetune,retrain")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--codec", default="int8", help="the pool's delta codec (f32: lossless; give its own --pool-dir)")
     ap.add_argument("--offset", type=int, default=0,
                     help="start at this record of the fixed order (split one method's records over processes)")
     a = ap.parse_args()
@@ -112,12 +113,13 @@ def main() -> None:
     recipe = Recipe(epochs=a.epochs, batch_size=a.batch_size, lr=0.02, momentum=0.9, weight_decay=5e-4, seed=0)
     key = BENCH_KEY
     t0 = time.monotonic()
-    shadows, trained = load_or_train_pool(recs, pool, arch, recipe.to_dict(), a.shadows, 0, a.pool_dir, key, log)
+    shadows, trained = load_or_train_pool(recs, pool, arch, recipe.to_dict(), a.shadows, 0, a.pool_dir, key, log,
+                                          a.codec)
     steps = int(-(-int(shadows.membership[0].sum()) // a.batch_size) * a.epochs)
     res["setting"] = {
         "data": "MNIST t10k", "n_train": int(len(sp.train)), "n_pool": int(len(pool)), "shadows": a.shadows,
         "arch": arch, "recipe": recipe.to_dict(), "steps_per_member": steps,
-        "record_step_share": a.epochs / steps, "codec": "int8",
+        "record_step_share": a.epochs / steps, "codec": a.codec,
     }  # fmt: skip
     res["pool"] = {
         "train_seconds": shadows.info["train_seconds"],
@@ -211,7 +213,8 @@ def main() -> None:
         elif method == "timing":
             # a 10-record amnesiac request against the cached pool: read the members back, assemble, audit
             t = time.monotonic()
-            cached, _ = load_or_train_pool(recs, pool, arch, recipe.to_dict(), a.shadows, 0, a.pool_dir, key, log)
+            cached, _ = load_or_train_pool(recs, pool, arch, recipe.to_dict(), a.shadows, 0, a.pool_dir, key, log,
+                                           a.codec)
             target = build_model(arch)
             target.load_state_dict(cached.states[0])
             r = ulira_audit(target, recs, cached, chosen[:10], UnlearnSpec("amnesiac"), key=key, parent=target)
