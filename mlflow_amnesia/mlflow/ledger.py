@@ -14,7 +14,7 @@ The ledger is where that memory lives, beside the registry (the same tracking se
 
 Kinds: ``request`` (the records' keyed hashes, their count, the key id, the date received),
 ``forgotten`` (a version registered without them: parent, method, repair, steps rolled back, run),
-``purged`` (a superseded version purged, when) and ``purged-run`` (the store of an unregistered run
+``purged`` (a superseded version purged, when) and ``purged-run`` (the store and logged models of an unregistered run
 erased). Record ids never appear: the hashes are ``HMAC-SHA256(key, id)`` as in the record index
 (:mod:`mlflow_amnesia.keys`), with the key kept outside; a reader without the key can count them,
 not name them.
