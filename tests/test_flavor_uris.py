@@ -50,8 +50,10 @@ def test_a_uri_and_a_flag_must_agree():
     assert merge_reference(model_reference("models:/m/2"), 2, None).version == 2
     with pytest.raises(InputError, match="models:/m/2 and --version 3 disagree"):
         merge_reference(model_reference("models:/m/2"), 3, None)
-    with pytest.raises(InputError, match="a version and an alias both given"):
+    with pytest.raises(InputError, match="--model models:/m/2 and --alias production: a version and an alias both given"):
         merge_reference(model_reference("models:/m/2"), None, "production")
+    with pytest.raises(InputError, match="^--version 1 and --alias production: a version and an alias both given"):
+        merge_reference(model_reference("m"), 1, "production")  # the flags named as typed (scripts/erasure_check.py)
 
 
 @pytest.mark.parametrize(

@@ -219,7 +219,9 @@ def merge_reference(ref: ModelRef, version: int | None, alias: str | None, name:
         raise InputError(f"{name} models:/{ref.name}@{ref.alias} and --alias {alias} disagree: give one of them")
     out = ModelRef(ref.name, ref.version if ref.version is not None else version, ref.alias or alias)
     if out.version is not None and out.alias is not None:
-        raise InputError(f"{name} {ref.name}: a version and an alias both given; give one of them")
+        v = f"{name} models:/{ref.name}/{ref.version}" if ref.version is not None else f"--version {version}"
+        a = f"{name} models:/{ref.name}@{ref.alias}" if ref.alias is not None else f"--alias {alias}"
+        raise InputError(f"{v} and {a}: a version and an alias both given; give one of them")
     return out
 
 
