@@ -626,11 +626,11 @@ _PURGE_HELP = """Erase superseded versions for good (GDPR): what a forget left b
 
     --request HASH (instead of --version) erases every place of one deletion request of the
     erasure ledger (`mlflow-amnesia requests` lists them): each superseded version of every root
-    that still holds its records, and the delta store and training files of every train run of
-    the model that registered nothing (killed or failed), and the recorded phase of every such
-    relabel or finetune forget. It refuses, deleting nothing, while a
-    version that never forgot the records (forget them from it first) or a train still running
-    holds them. The audit's cached shadow models are listed, not deleted.
+    that still holds its records; of every train or forget run of the model that registered
+    nothing (killed or failed), its recorded delta store and training files and its logged model;
+    and the audit's cached shadow runs that trained on the records (later audits then leave them
+    out of the pool). It refuses, deleting nothing, while a version that never forgot the records
+    (forget them from it first) or a train still running holds them.
     """
 
 
@@ -713,9 +713,11 @@ _REQUESTS_HELP = """List every deletion request of a model's erasure ledger, and
         purged       superseded, and its weights and those deltas are deleted
         never held   none of the records is in its record index
       every train run of the model that registered no version (killed, failed):
-        still holds  its whole delta store and training files (in progress while it runs)
-      every forget run that recorded a phase and registered no version (relabel, finetune):
-        still holds  that phase: it started from the parent's weights
+        still holds  its whole delta store and training files, and its logged model if it
+                     logged one (in progress while it runs)
+      every forget run that registered no version and left a recorded phase (relabel,
+      finetune) or a logged model:
+        still holds  that phase or model: it started from the parent's weights
       the shadow pool (the audit's cached shadow models of the data set, sets and members):
         still holds  a cached shadow run whose pool trained on them
         purged       `purge --request` deleted those runs; later audits leave the records out

@@ -74,12 +74,12 @@ TAG_SHADOW_KEY = "amnesia.shadow_key"
 TAG_SHADOW_POOL = "amnesia.shadow_pool"
 #: ... and the member's index (0..n-1).
 TAG_SHADOW_MEMBER = "amnesia.shadow_member"
-#: On a train or forget run: ``host:pid`` of the process training, so a purge can tell a killed run from a live one.
 #: On a shadow set's or member's run: the deletion requests (keyed hashes, comma-separated) whose
 #: records its pool left out; absent: a pool that may hold every record of its data set.
 TAG_SHADOW_EXCLUDES = "amnesia.shadow_excludes"
 #: On a shadow set's or member's run: the fingerprint of the data set its shadows trained on.
 TAG_SHADOW_DATA = "amnesia.shadow_data"
+#: On a train or forget run: ``host:pid`` of the process training, so a purge can tell a killed run from a live one.
 TAG_OWNER = "amnesia.owner"
 
 # ---- tags of an entry of the erasure ledger (a run of the ``mlflow-amnesia-ledger`` experiment) ---

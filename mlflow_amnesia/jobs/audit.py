@@ -63,8 +63,9 @@ def audit_version(
 
     A forget's child is audited beside its parent on the same records (the parent is loaded
     for that), with U-LiRA on the shadow pool as the forget's own audit ran it (the request's
-    method from the forget run's parameters; logged as ``audit/ulira.json``); a purged parent cannot be, and the parent's figures the forget's own audit logged
-    stay the ones the verdict uses.
+    method from the forget run's parameters; logged as ``audit/ulira.json``); a purged parent
+    cannot be, and the parent's figures the forget's own audit logged stay the ones the verdict
+    uses.
 
     A version whose run holds an audit with the same settings (run tag ``amnesia.audit.settings``)
     is not audited again unless ``force``: its logged figures are returned as
