@@ -49,7 +49,7 @@ from torch import nn
 from ..errors import InputError
 from ..learning.data import Records, Split, epoch_order
 from ..learning.models import build_model, validate_spec
-from ..learning.training import Recipe, epoch_orders, make_optimizer, run_epochs
+from ..learning.training import Recipe, epoch_orders, inference_batch_size, make_optimizer, run_epochs
 from ..progress import Progress
 from ..recording.fs import write_local
 
@@ -107,9 +107,11 @@ def logit_confidence(logits: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
 
 @torch.no_grad()
 def predict_logits(
-    module: nn.Module, x: torch.Tensor, *, batch_size: int = 512, device: str | torch.device = "cpu"
+    module: nn.Module, x: torch.Tensor, *, batch_size: int | None = None, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
-    """Logits of ``module`` (put in eval mode) on ``x``, in batches, returned on the CPU as float32."""
+    """Logits of ``module`` (put in eval mode) on ``x``, in batches (``batch_size``, by default
+    :func:`~mlflow_amnesia.learning.training.inference_batch_size`), returned on the CPU as float32."""
+    batch_size = batch_size or inference_batch_size(x, device)
     module.eval()
     out = [module(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.zeros(0, 0)

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import InputError
 from ..keys import no_hashes
+from ..learning.training import inference_batch_size
 from ..recording.phase import Segment
 from .files import ARCH, INFO, MAX_SMALL_JSON, WEIGHTS, LocalFiles, VersionFiles, check_not_purged, read_weights
 from .info import RESTORE, VersionInfo, text
@@ -117,13 +118,14 @@ class AmnesiaModel:
         return normalize(torch.as_tensor(a.astype(np.float32, copy=False)), norm)
 
     @torch.no_grad()
-    def predict_raw(self, x: object, batch_size: int = 512) -> np.ndarray:
+    def predict_raw(self, x: object, batch_size: int | None = None) -> np.ndarray:
         """Class probabilities for raw pixels (:meth:`images` says which), normalised as in training."""
         return self.predict_proba(self.images(x, raw=True), batch_size=batch_size)
 
     @torch.no_grad()
-    def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int = 512) -> np.ndarray:
-        """Class probabilities for a batch of images shaped (N, C, H, W) or flattened (N, C*H*W)."""
+    def predict_proba(self, x: np.ndarray | torch.Tensor, batch_size: int | None = None) -> np.ndarray:
+        """Class probabilities for a batch of images shaped (N, C, H, W) or flattened (N, C*H*W), in
+        batches of ``batch_size`` (default: :func:`~mlflow_amnesia.learning.training.inference_batch_size`)."""
         self.module.eval()
         t = torch.as_tensor(np.asarray(x, dtype=np.float32))
         shape = tuple(self.info.input_shape or ())
@@ -131,6 +133,7 @@ class AmnesiaModel:
             t = t.reshape(-1, *shape)
         if t.ndim != 4 or tuple(t.shape[1:]) != shape:
             raise InputError(f"expected images shaped (N, {', '.join(map(str, shape))}), got {tuple(t.shape)}")
+        batch_size = batch_size or inference_batch_size(t)
         out = [torch.softmax(self.module(t[i : i + batch_size]), dim=1) for i in range(0, len(t), batch_size)]
         return torch.cat(out).numpy() if out else np.zeros((0, self.info.num_classes or 0), np.float32)
 

@@ -52,3 +52,19 @@ def test_without_the_privacy_audit_the_parent_is_measured_on_the_forgotten_recor
     acc, _ = audit.evaluate(parent, recs.x[forget], recs.y[forget])
     assert quick["acc.parent.forget"] == acc
     assert {"acc.test", "acc.retain", "acc.forget"} <= set(quick)
+
+
+def test_inference_batches_on_a_cpu_keep_a_batch_of_activations_in_cache():
+    from mlflow_amnesia.learning.training import inference_batch_size
+
+    def rows(*shape: int, device: str | None = None) -> int:
+        return inference_batch_size(torch.empty(0, *shape), device)
+
+    assert rows(1, 8, 8) == 512  # the default data set: the batch the audit always used
+    assert rows(1, 28, 28) == 64 and rows(3, 32, 32) == 64  # MNIST, CIFAR: 6.7 -> 4.7 s (bench/inference_batch.py)
+    assert rows(3, 224, 224) == 32 and rows(3, 100, 100) == 32  # never below 32
+    assert rows(64) == 512  # no spatial extent: tabular rows
+    assert rows(3, 32, 32, device="cuda") == 512  # an accelerator keeps big batches
+    recs, sp, child, _ = _world()
+    x, y = recs.x[sp.holdout], recs.y[sp.holdout]
+    assert audit.evaluate(child, x, y) == audit.evaluate(child, x, y, batch_size=512)  # 2x2 inputs: 512
