@@ -125,16 +125,19 @@ def encode_deltas(deltas: list[dict], codec: str) -> list[dict]:
     return out
 
 
-def store_cpu(layout: list[dict], sources: dict[str, list[dict]], *, steps: int, rounds: int) -> list[dict]:
+def store_cpu(layout: list[dict], sources: dict[str, tuple], *, steps: int, rounds: int) -> list[dict]:
     """Store CPU per step (process CPU time, all threads: append's copy, encode or copy into the
-    pooled buffer, compress, seal, sha256, write, commit) per append path, in-memory target, 2
-    threads; paths interleave in every round, each keeps its best round."""
+    pooled buffer, compress, seal, digest, write, commit) per append path, in-memory target, 2
+    threads; paths interleave in every round, each keeps its best round. A source is (codec,
+    deltas) or (codec, deltas, digest): "sha256" writes the chunk digests of a store before format 4."""
     best: dict[str, dict] = {}
     for _ in range(rounds):
-        for label, (codec, src) in sources.items():
+        for label, (codec, src, *digest) in sources.items():
             url = f"memory://bench-cpu-{uuid.uuid4().hex[:8]}"
             c0 = time.process_time()
             st = DeltaStore.create(url, layout=layout, codec=codec, threads=2, key=BENCH_KEY)
+            if digest:  # before the first chunk: every chunk entry then holds this digest
+                st._digest = digest[0]
             for s in range(steps):
                 st.append(s, src[s % len(src)])
             st.close()
@@ -145,7 +148,7 @@ def store_cpu(layout: list[dict], sources: dict[str, list[dict]], *, steps: int,
             fsspec.filesystem("memory").rm(url.removeprefix("memory://"), recursive=True)
             if label not in best or row["cpu_ms_per_step"] < best[label]["cpu_ms_per_step"]:
                 best[label] = row
-            print(f"store CPU {label:22s} {row['cpu_ms_per_step']:6.1f} ms/step  (threads {row['store_threads_cpu_ms_per_step']:.1f})", flush=True)
+            print(f"store CPU {label:36s} {row['cpu_ms_per_step']:6.1f} ms/step  (threads {row['store_threads_cpu_ms_per_step']:.1f})", flush=True)
     return list(best.values())
 
 
@@ -164,12 +167,17 @@ def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps
             st.append(s, deltas[s % len(deltas)])
     stores = {t: DeltaStore.open(url, key=BENCH_KEY, threads=t) for t in (1, 2)}
     st = stores[2]
-    # the read path before this change, same chunks: a manifest without the GCM tags (reads check
-    # sha256) and groups of 4 steps per pass
+    # the read path before the tags, same chunks: a manifest of format 2 without the GCM tags
+    # (reads check sha256) and groups of 4 steps per pass
+    import hashlib
+
     man = json.loads(st.manifest_bytes())
+    man["format_version"] = 2
     for e in man["steps"]:
         for c in e["chunks"]:
             c.pop("tag", None)
+            del c["blake3"]
+            c["sha256"] = hashlib.sha256(Path(url, c["file"]).read_bytes()).hexdigest()
     before = DeltaStore.open(url, key=BENCH_KEY, threads=1, manifest=man)
     import mlflow_amnesia.recording.store.delta_store as ds_mod
     frames = []
@@ -471,22 +479,21 @@ def _dur(s: float) -> str:
 
 def encoded_stages(layout: list[dict], encoded: dict, codec: str, tmp: Path, repeats: int) -> dict[str, float]:
     """CPU ms per ResNet18 step of each stage the store runs on an encoded step, one thread (this
-    one), best of ``repeats``: copy into the pooled buffer, zstd, pack, seal (AES-GCM), sha256,
-    write (a local file, fsync'ed)."""
-    import hashlib
-
+    one), best of ``repeats``: copy into the pooled buffer, zstd, pack, seal (AES-GCM), the chunk
+    digest (BLAKE3 since format 4: "digest"), write (a local file, fsync'ed)."""
     from mlflow_amnesia import crypto
     from mlflow_amnesia.recording.fs import write_local
     from mlflow_amnesia.recording.store.chunk import chunk_size, pack_chunk_into, seal_chunk_into, sealed_size
     from mlflow_amnesia.recording.store.codecs import _compressor
     from mlflow_amnesia.recording.store.delta_store import _scratch
+    from mlflow_amnesia.recording.store.manifest import DIGEST, chunk_digest
     from mlflow_amnesia.store import get_codec
 
     c = get_codec(codec)
     sizes = [(t["name"], math.prod(t["shape"])) for t in layout]
     buf = np.empty(sum(c.payload_size(n) for _, n in sizes), np.uint8)
     cipher = crypto.ChunkCipher(BENCH_KEY, crypto.new_salt())
-    stages = ("copy", "zstd", "pack", "seal", "sha256", "write")
+    stages = ("copy", "zstd", "pack", "seal", "digest", "write")
     best = dict.fromkeys(stages, math.inf)
     for _ in range(repeats):
         t = dict.fromkeys(stages, 0.0)
@@ -509,11 +516,11 @@ def encoded_stages(layout: list[dict], encoded: dict, codec: str, tmp: Path, rep
         out = memoryview(_scratch("sealed", total))[:total]
         seal_chunk_into(cipher, 0, 0, plain, out)
         c2 = time.thread_time()
-        hashlib.sha256(out).hexdigest()
+        chunk_digest(DIGEST, out)
         c3 = time.thread_time()
         write_local(str(tmp / "stage.chunk"), out, atomic=False)
         c4 = time.thread_time()
-        for k, v in zip(("pack", "seal", "sha256", "write"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
+        for k, v in zip(("pack", "seal", "digest", "write"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
             t[k] += v
         best = {k: min(best[k], t[k]) for k in stages}
     return {k: 1000 * v for k, v in best.items()}
@@ -523,9 +530,11 @@ def perf_only(quick: bool) -> None:
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     layout = layout_of(cifar_resnet18(100))
     deltas = synthetic_deltas(layout, 2 if quick else 3)
-    sources = {"int8, float32 append": ("int8", deltas), "int8, encoded append": ("int8", encode_deltas(deltas, "int8")),
+    enc8 = encode_deltas(deltas, "int8")
+    sources = {"int8, float32 append": ("int8", deltas), "int8, encoded append": ("int8", enc8),
+               "int8, encoded append, sha256 digests": ("int8", enc8, "sha256"),
                "int4, encoded append": ("int4", encode_deltas(deltas, "int4"))}
-    cpu_rows = store_cpu(layout, sources, steps=3 if quick else 12, rounds=1 if quick else 3)
+    cpu_rows = store_cpu(layout, sources, steps=3 if quick else 12, rounds=1 if quick else 5)
     with tempfile.TemporaryDirectory(prefix="amnesia-bench-tp-") as tmpd:
         rollback = rollback_vs_zstd(layout, deltas, Path(tmpd), steps=4 if quick else 8, repeats=1 if quick else 5)
         stages = {c: encoded_stages(layout, sources[f"{c}, encoded append"][1][0], c, Path(tmpd), 1 if quick else 5)

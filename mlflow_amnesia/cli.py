@@ -972,10 +972,11 @@ def records(model_name, version, alias, cls, part, limit, labels, data_root):
 @_version_options
 @_friendly
 def verify(model_name, version, alias):
-    """Check a version's delta stores: every chunk it still needs (size, sha256, decodes), each
+    """Check a version's delta stores: every chunk it still needs (size, digest, decodes), each
     store's own manifest against the version's copy, and that no chunk file of a purged step is
     left on disk; for a purged version, that its purge finished. With the record key the sealed
-    chunks are also authenticated and decoded; without it, their size and sha256 are checked. Chunks of steps the version
+    chunks are also authenticated and decoded; without it, their size and digest (BLAKE3; sha256 in stores
+    written before format 4) are checked. Chunks of steps the version
     already rolled back (deleted by `purge`) are counted but do not fail the check."""
     from .jobs.verify import verify_version
 

@@ -17,7 +17,7 @@ never hand-written crypto:
   one, so chunks cannot be swapped between steps or stores, files cannot be swapped between
   roles, and a file cannot be truncated at a segment boundary, without failing authentication.
 
-Integrity of the *stored* bytes (size and sha256 in the store manifest) is still checked first,
+Integrity of the *stored* bytes (size and digest in the store manifest) is still checked first,
 without the key; decryption then authenticates against the key.
 """
 

@@ -25,7 +25,7 @@ class StoreError(AmnesiaError):
 
 
 class ChunkCorruptedError(StoreError):
-    """A chunk's bytes do not match its recorded size or sha256."""
+    """A chunk's bytes do not match its recorded size, digest or AES-GCM tag, or fail authentication."""
 
 
 class ManifestFormatError(StoreError):

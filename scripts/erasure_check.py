@@ -834,7 +834,8 @@ def _store_manifest(how: str) -> Callable[[Workspace, Ctx], None]:
         else:  # a chunk entry of the store's own manifest that disagrees with the version's copy
             m = json.loads(raw)
             text = json.dumps(m)
-            text2 = re.sub(r'"sha256": "([0-9a-f])', lambda mm: '"sha256": "' + ("0" if mm.group(1) != "0" else "1"), text, count=1)
+            text2 = re.sub(r'"(blake3|sha256)": "([0-9a-f])',
+                           lambda mm: f'"{mm.group(1)}": "' + ("0" if mm.group(2) != "0" else "1"), text, count=1)
             p.write_text(text2)
 
     return setup

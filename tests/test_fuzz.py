@@ -111,7 +111,7 @@ _WHERE = {
     "top": ["format", "format_version", "encryption", "codec", "layout", "parts", "part_bytes", "meta", "steps", "created"],
     "encryption": ["scheme", "salt", "key_id"],
     "step": ["step", "chunks", "meta", "purged", "purged_at"],
-    "chunk": ["file", "bytes", "raw_bytes", "sha256"],
+    "chunk": ["file", "bytes", "raw_bytes", "blake3", "sha256", "tag"],
     "layout": ["name", "shape", "dtype"],
     "codec": ["name", "level", "block"],
 }

@@ -110,7 +110,7 @@ def test_no_artifact_holds_a_plaintext_delta_or_training_file(story):
     for p in files:  # the store manifests say how their chunks are sealed, under which key
         if p.name == "manifest.json" and json.loads(p.read_text()).get("format") == FORMAT:
             m = json.loads(p.read_text())
-            assert m["format_version"] == 2 and m["encryption"]["key_id"] == story["target"].info["key_id"]
+            assert m["format_version"] == 4 and m["encryption"]["key_id"] == story["target"].info["key_id"]
 
 
 def test_the_attacks_work_on_the_same_files_decrypted_with_the_key(story, tmp_path):

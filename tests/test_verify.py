@@ -82,8 +82,8 @@ def _garble(m: dict, how: str) -> str:
         m["codec"] = {**m["codec"], "name": "bf16"}
     elif how == "step-missing":
         del m["steps"][5]
-    elif how == "sha256-changed":
-        m["steps"][2]["chunks"][0]["sha256"] = "0" * 64
+    elif how == "digest-changed":
+        m["steps"][2]["chunks"][0]["blake3"] = "0" * 64
     elif how == "other-layout":
         m["layout"][0]["name"] = "renamed.weight"
     return json.dumps(m)
@@ -94,7 +94,7 @@ def _garble(m: dict, how: str) -> str:
     ("truncated", "not valid JSON"),
     ("other-codec", "codec"),
     ("step-missing", "step(s) 5 of the copy are not in the store's manifest"),
-    ("sha256-changed", "step(s) 2 record other chunk files, sizes or sha256"),
+    ("digest-changed", "step(s) 2 record other chunk files, sizes or digests"),
     ("other-layout", "tensor layout differs"),
 ])
 def test_a_garbled_or_disagreeing_store_manifest_fails_verify(registry_copy, how, says):

@@ -3,7 +3,7 @@
 For each segment of the version (one recorded phase: a delta store at a URL):
 
 * every chunk the version still needs, read through the manifest copied into the version (what
-  a forget reads): present, size, sha256, decodes. Steps the version already rolled back are
+  a forget reads): present, size, digest, decodes. Steps the version already rolled back are
   never read again: their missing chunks are counted, not failed;
 * the store's own ``manifest.json`` (what ``purge`` and an append trust): readable, and agreeing
   with the version's copy (:meth:`DeltaStore.check_copy`). A version's copy can be sound while
@@ -48,7 +48,7 @@ class SegmentCheck:
     copy: list[str] = field(default_factory=list)  # the version's copy of the manifest unreadable
     leftovers: list[str] = field(default_factory=list)  # chunk files of purged steps on disk (relative to the URL)
     of_purged_version: bool = False
-    unsealed_check: bool = False  # sealed chunks checked by size and sha256 only (no record key here)
+    unsealed_check: bool = False  # sealed chunks checked by size and digest only (no record key here)
 
     @property
     def ok(self) -> bool:
@@ -76,7 +76,7 @@ class SegmentCheck:
         )
         note = f" ({self.not_needed} {what})" if self.not_needed else ""
         if self.unsealed_check:
-            note += " (no record key here: size and sha256 checked, not decryption)"
+            note += " (no record key here: size and digest checked, not decryption)"
         return f"{self.role}: {self.n_steps} steps at {self.store_url}: {'OK' if not n else f'{n} problem(s)'}{note}"
 
 

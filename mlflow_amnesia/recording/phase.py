@@ -282,7 +282,7 @@ class Segment:
         """The segment's DeltaStore, read through the manifest copied into the version.
 
         Its deltas are sealed under the record ``key``: reading them needs it; listing steps,
-        sizes and ``verify`` (size and sha256) do not. A store of an older version (in clear)
+        sizes and ``verify`` (size and digest) do not. A store of an older version (in clear)
         reads without it.
         """
         from .store import DeltaStore

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import as_sha256_store
 from mlflow_amnesia.errors import ChunkCorruptedError, InputError, ManifestFormatError, RecordKeyError, StoreError
 from mlflow_amnesia.recording.store import DeltaStore, PurgedStepsError, UnknownStepsError, get_codec
 from mlflow_amnesia.recording.store.codecs import Int8Codec
@@ -330,7 +331,8 @@ def test_corrupted_chunk_is_detected_with_step_and_file(tmp_path):
     st = DeltaStore.open(_local(tmp_path), key=KEY)
     rel = st.chunk_files(2)[1]
     p = _chunk_path(tmp_path / "store", rel)
-    data = bytearray(p.read_bytes())
+    original = p.read_bytes()
+    data = bytearray(original)
     data[len(data) // 2] ^= 0x40
     p.write_bytes(bytes(data))
     # a read checks size and AES-GCM tag, then authenticates under the key (no sha256 on the read path)
@@ -340,10 +342,10 @@ def test_corrupted_chunk_is_detected_with_step_and_file(tmp_path):
     st.read(1)  # other steps are unaffected
     problems = st.verify()
     assert [(pr.step, pr.file) for pr in problems] == [(2, rel)]
-    assert "sha256" in problems[0].problem  # verify checks sha256 first
+    assert "fails its blake3 check" in problems[0].problem  # verify checks the digest first
     with pytest.raises(ChunkCorruptedError, match=r"step 2: chunks/2\.1\.zst"):
         st.verify(raise_errors=True)
-    # a store written before the tags (its manifest has none): reads check sha256, as they did
+    # a store written before the tags (its manifest has none): reads check the digest, as they did
     mpath = tmp_path / "store" / "manifest.json"
     m = json.loads(mpath.read_text())
     for e in m["steps"]:
@@ -352,9 +354,18 @@ def test_corrupted_chunk_is_detected_with_step_and_file(tmp_path):
     mpath.write_text(json.dumps(m))
     old = DeltaStore.open(_local(tmp_path), key=KEY)
     for call in (lambda: old.read(2), lambda: old.sum([0, 2, 3])):
-        with pytest.raises(ChunkCorruptedError, match=r"step 2: chunk file .*2\.1\.zst fails its sha256"):
+        with pytest.raises(ChunkCorruptedError, match=r"step 2: chunk file .*2\.1\.zst fails its blake3"):
             call()
     np.testing.assert_array_equal(old.read(1)["w1"], st.read(1)["w1"])
+    # and one written before BLAKE3 (format 2, sha256 digests of the same bytes): sha256, as it was
+    p.write_bytes(original)  # the digests of the bytes as written
+    as_sha256_store(tmp_path / "store", 2)
+    p.write_bytes(bytes(data))
+    older = DeltaStore.open(_local(tmp_path), key=KEY)
+    for call in (lambda: older.read(2), lambda: older.sum([0, 2, 3]), lambda: older.verify(raise_errors=True)):
+        with pytest.raises(ChunkCorruptedError, match=r"step 2: chunk.*2\.1\.zst fails its sha256"):
+            call()
+    np.testing.assert_array_equal(older.read(1)["w1"], st.read(1)["w1"])
 
 
 def test_a_replaced_tag_is_detected_on_read(tmp_path):
@@ -441,7 +452,7 @@ def test_a_sealed_store_records_its_scheme_and_reads_only_with_its_key(url):
     st = DeltaStore.open(url)  # no key: the step table, sizes and meta are readable
     assert st.encrypted and st.key_id == key_id(KEY) and st.steps == [0, 1, 2, 3] and st.step_meta(1) == {"lr": 0.05}
     m = json.loads(st.manifest_bytes())
-    assert m["format_version"] == 2 and m["encryption"]["scheme"] == "aes-256-gcm/hkdf-sha256"
+    assert m["format_version"] == 4 and m["encryption"]["scheme"] == "aes-256-gcm/hkdf-sha256"
     assert m["encryption"]["key_id"] == key_id(KEY) and len(bytes.fromhex(m["encryption"]["salt"])) == 32
     for call in (lambda: st.read(0), lambda: st.sum([0, 1])):
         with pytest.raises(RecordKeyError, match=f"encrypted under the record key with id {key_id(KEY)} and no key was given"):
@@ -471,7 +482,7 @@ def test_sealed_chunks_hold_no_plaintext_and_two_stores_seal_differently(tmp_pat
 
 
 def test_a_chunk_from_another_store_or_step_fails_authentication(tmp_path):
-    """Size and sha256 fixed up in the manifest: only the key-bound associated data catches it."""
+    """Size and digest fixed up in the manifest: only the key-bound associated data catches it."""
     store, donor = tmp_path / "store", tmp_path / "donor"
     _write(str(store), range(3))
     _write(str(donor), range(3))
@@ -479,11 +490,11 @@ def test_a_chunk_from_another_store_or_step_fails_authentication(tmp_path):
     m = json.loads(mpath.read_text())
 
     def swap_in(step: int, data: bytes) -> None:
-        import hashlib
+        import blake3
 
         c = m["steps"][step]["chunks"][0]
         (store / c["file"]).write_bytes(data)
-        c["bytes"], c["sha256"] = len(data), hashlib.sha256(data).hexdigest()
+        c["bytes"], c["blake3"] = len(data), blake3.blake3(data).hexdigest()
         c["tag"] = data[-16:].hex()  # what a reader checks before it authenticates
         mpath.write_text(json.dumps(m))
 
@@ -495,7 +506,7 @@ def test_a_chunk_from_another_store_or_step_fails_authentication(tmp_path):
     with pytest.raises(ChunkCorruptedError, match="step 2: .*fails authentication"):
         st.sum([2])
     assert {(p.step, "authentication" in p.problem) for p in st.verify()} == {(1, True), (2, True)}
-    assert DeltaStore.open(str(store)).verify() == []  # without the key only size and sha256 can be checked
+    assert DeltaStore.open(str(store)).verify() == []  # without the key only size and digest can be checked
     np.testing.assert_array_equal(st.read(0)["w1"], _delta(0)["w1"])
 
 
@@ -515,11 +526,11 @@ def test_verify_and_purge_need_no_key(tmp_path):
     np.testing.assert_array_equal(DeltaStore.open(_local(tmp_path), key=KEY).read(4)["w2"], _delta(4)["w2"])
 
 
-def test_a_store_in_clear_stays_format_1_and_readable_without_a_key(url):
+def test_a_store_in_clear_has_no_encryption_entry_and_reads_without_a_key(url):
     deltas = _write(url, range(3), key=None)
     st = DeltaStore.open(url, key=KEY)  # a key is not needed, and ignored
     m = json.loads(st.manifest_bytes())
-    assert not st.encrypted and st.key_id is None and m["format_version"] == 1 and "encryption" not in m
+    assert not st.encrypted and st.key_id is None and m["format_version"] == 4 and "encryption" not in m
     np.testing.assert_array_equal(DeltaStore.open(url).read(1)["w1"], deltas[1]["w1"])
 
 
@@ -532,7 +543,8 @@ def test_a_manifest_with_a_bad_encryption_entry_is_refused(tmp_path):
     _write(_local(tmp_path), range(1))
     mpath = tmp_path / "store" / "manifest.json"
     good = json.loads(mpath.read_text())
-    bad_entries = [{k: v for k, v in good.items() if k != "encryption"},
+    stripped = {k: v for k, v in good.items() if k != "encryption"}
+    bad_entries = [{**stripped, "format_version": 2},  # format 2 is sealed by definition
                    {**good, "encryption": {**good["encryption"], "scheme": "rot13"}},
                    {**good, "encryption": {**good["encryption"], "salt": "abcd"}},
                    {**good, "format_version": 1}]
@@ -540,6 +552,11 @@ def test_a_manifest_with_a_bad_encryption_entry_is_refused(tmp_path):
         mpath.write_text(json.dumps(bad))
         with pytest.raises(ManifestFormatError):
             DeltaStore.open(_local(tmp_path), key=KEY)
+    # from format 3 on no "encryption" means a store in clear: its sealed chunks are then refused, never misread
+    mpath.write_text(json.dumps(stripped))
+    st = DeltaStore.open(_local(tmp_path), key=KEY)
+    with pytest.raises(ChunkCorruptedError, match=r"step 0: .*not a version-1 chunk"):
+        st.read(0)
 
 
 # ---------------------------------------------------------------- purge
@@ -629,16 +646,19 @@ def test_a_copied_manifest_is_checked_against_the_store_own(tmp_path):
         st.purge([2])
     assert DeltaStore.open(url).check_copy(DeltaStore.open(url, manifest=copy)) == []  # purged later: fine
     m = json.loads(copy)
-    m["steps"][1]["chunks"][0]["sha256"] = "0" * 64
+    m["steps"][1]["chunks"][0]["blake3"] = "0" * 64
     m["steps"].append({**m["steps"][0], "step": 9, "chunks": [{**c, "file": c["file"].replace("0.", "9.", 1)}
                                                               for c in m["steps"][0]["chunks"]]})
     found = DeltaStore.open(url).check_copy(DeltaStore.open(url, manifest=m))
-    assert any("step(s) 1 " in f and "sha256" in f for f in found), found
+    assert any("step(s) 1 " in f and "digests" in f for f in found), found
     assert any("step(s) 9 " in f and "not in the store" in f for f in found), found
     m = json.loads(copy)
     m["codec"] = {"name": "bf16", "level": m["codec"]["level"]}
     found = DeltaStore.open(url).check_copy(DeltaStore.open(url, manifest=m))
     assert any("codec" in f for f in found), found
+    as_sha256_store(tmp_path / "store", 2)  # the store's own manifest as the release before wrote it
+    found = DeltaStore.open(url).check_copy(DeltaStore.open(url, manifest=copy))
+    assert found == ["chunk digests are sha256 in the store's manifest, blake3 in the copy"], found
 
 
 # ---------------------------------------------------------------- crash safety

@@ -8,11 +8,13 @@ import json
 import math
 from pathlib import Path
 
+import blake3
 import numpy as np
 import pytest
 import torch
 
 import mlflow_amnesia.recording.recorder.recorder as recorder_module
+from helpers import as_sha256_store
 from mlflow_amnesia.errors import InputError, ManifestFormatError
 from mlflow_amnesia.index import RecordIndexBuilder
 from mlflow_amnesia.recorder import Recorder, state_layout
@@ -167,23 +169,42 @@ def _manifest(url: Path) -> dict:
     return json.loads((url / "manifest.json").read_text())
 
 
-def test_int4_stores_are_format_3_and_older_formats_still_read(tmp_path):
+def test_new_stores_are_format_4_with_blake3_and_older_formats_still_read_and_append(tmp_path):
     layout = [{"name": "w", "shape": [3000]}]
     x = {"w": _values(3000).numpy()}
-    for codec, key, version in (("int4", KEY, 3), ("int4", None, 3), ("int8", KEY, 2), ("int8", None, 1)):
-        url = tmp_path / f"{codec}-{version}-{key is None}"
+    # what each store would have been before BLAKE3: int4 format 3, sealed int8 2, int8 in clear 1
+    for codec, key, older in (("int4", KEY, 3), ("int4", None, 3), ("int8", KEY, 2), ("int8", None, 1)):
+        url = tmp_path / f"{codec}-{older}-{key is None}"
         with DeltaStore.create(str(url), layout=layout, codec=codec, key=key) as st:
             st.append(0, x)
         m = _manifest(url)
-        assert m["format_version"] == version and ("encryption" in m) is (key is not None)
-        back = DeltaStore.open(str(url), key=key).read(0)["w"]
-        assert np.array_equal(back, get_codec(codec).quantize(torch.from_numpy(x["w"])).numpy())
+        assert m["format_version"] == 4 and ("encryption" in m) is (key is not None)
+        (c,) = m["steps"][0]["chunks"]
+        assert "sha256" not in c and c["blake3"] == blake3.blake3((url / c["file"]).read_bytes()).hexdigest()
+        want = get_codec(codec).quantize(torch.from_numpy(x["w"])).numpy()
+        assert np.array_equal(DeltaStore.open(str(url), key=key).read(0)["w"], want)
+        # the release before's store (its format, sha256 digests): read, verified, appended to in its own format
+        as_sha256_store(url, older)
+        with DeltaStore.open(str(url), key=key, mode="a") as st:
+            assert st.verify() == []
+            st.append(1, x)
+        m = _manifest(url)
+        assert m["format_version"] == older and all("sha256" in c and "blake3" not in c for e in m["steps"] for c in e["chunks"])
+        back = DeltaStore.open(str(url), key=key)
+        assert back.verify() == [] and np.array_equal(back.read(0)["w"], want) and np.array_equal(back.read(1)["w"], want)
     # a manifest that names int4 under an older version is refused, not misread
-    url = tmp_path / "int4-3-True"
+    url = tmp_path / "int4-3-False"
     m = _manifest(url)
     m["format_version"] = 2
     (url / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ManifestFormatError, match="needs format version 3"):
+        DeltaStore.open(str(url), key=KEY)
+    # a format-4 manifest whose chunks carry sha256 (not blake3) is malformed, and named so
+    url = tmp_path / "int8-2-False"
+    m = _manifest(url)
+    m["format_version"] = 4
+    (url / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ManifestFormatError, match="is malformed .*blake3"):
         DeltaStore.open(str(url), key=KEY)
 
 

@@ -26,15 +26,17 @@ Why this shape:
   committed and, after it, only debris: chunks without a marker, which ``open`` ignores and
   ``open(mode="a")`` deletes. The manifest is replaced whole (temp file + rename locally; one
   PUT on object stores); markers are folded into it on ``flush``/``close`` and from time to time.
-* **Integrity.** Every chunk's size and sha256 are in the step table; a mismatch is a
-  :class:`ChunkCorruptedError` naming the step and the file. ``verify`` checks sha256; reads check
-  it too, except a sealed chunk whose entry records its AES-GCM ``tag`` (stores written since the
-  tag was added): a read checks size and tag and the decryption authenticates the bytes under the
-  key (bound to store, step and part), which is the same file exactly without hashing it.
+* **Integrity.** Every chunk's size and digest (BLAKE3 in stores created since format 4, sha256
+  before: :func:`.manifest.digest_name`) are in the step table; a mismatch is a
+  :class:`ChunkCorruptedError` naming the step and the file. ``verify`` checks the digest; reads
+  check it too, except a sealed chunk whose entry records its AES-GCM ``tag`` (stores written
+  since the tag was added): a read checks size and tag and the decryption authenticates the
+  bytes under the key (bound to store, step and part), which is the same file exactly without
+  hashing it.
 * **Confidentiality (format 2).** A store created with the record key seals every chunk
   (:mod:`mlflow_amnesia.crypto`: a data key from HKDF of the record key and the store's salt, a
   random nonce per chunk, the associated data binding the chunk to the store, step and part).
-  Size and sha256 are those of the stored ciphertext, so ``verify`` and ``purge`` need no key;
+  Size and digest are those of the stored ciphertext, so ``verify`` and ``purge`` need no key;
   reading a delta does. ``key=None`` writes a format-1 store in clear, which anyone who can read
   the files can use to rebuild every intermediate model: only for data that is not personal.
 
@@ -50,7 +52,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import dataclasses
-import hashlib
 import json
 import posixpath
 import queue
@@ -83,6 +84,7 @@ from mlflow_amnesia.recording.store.codecs import DEFAULT_CODEC, Codec, Encoded,
 from mlflow_amnesia.recording.store.manifest import (
     CHUNKS,
     DEFAULT_PART_BYTES,
+    DIGEST,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -91,6 +93,7 @@ from mlflow_amnesia.recording.store.manifest import (
     check_chunks,
     check_meta,
     check_step,
+    chunk_digest,
     dumps,
     manifest_obj,
     now,
@@ -264,6 +267,7 @@ class DeltaStore:
     _part_bytes: int
     _meta: dict[str, Any]
     _created: str
+    _digest: str
     _slots: threading.BoundedSemaphore
     _jobs: queue.Queue[_Job | None]
 
@@ -321,6 +325,7 @@ class DeltaStore:
         self._part_bytes = part_bytes
         self._meta = check_meta(meta, "store meta")
         self._created = now()
+        self._digest = DIGEST
         if key is not None:
             from mlflow_amnesia import crypto
             from mlflow_amnesia.keys import check_key, key_id
@@ -361,7 +366,7 @@ class DeltaStore:
 
         ``key``: the record key the store was sealed with; reading or appending deltas of a
         format-2 store needs it (a :class:`RecordKeyError` otherwise), listing steps, sizes,
-        ``verify`` (size and sha256) and ``purge`` do not. Another key is refused here, naming
+        ``verify`` (size and digest) and ``purge`` do not. Another key is refused here, naming
         both key ids. A format-1 store (in clear) ignores it.
         """
         if mode not in ("r", "a"):
@@ -725,8 +730,13 @@ class DeltaStore:
         rel = chunk_file(step, part)
         self._put(self._path(rel), data, atomic=False)
         self.stats._add(chunks_written=1, bytes_written=len(data))
-        entry = {"file": rel, "bytes": len(data), "raw_bytes": raw_bytes, "sha256": hashlib.sha256(data).hexdigest()}
-        if self._cipher is not None:  # reads check it (and authenticate) instead of sha256
+        entry = {
+            "file": rel,
+            "bytes": len(data),
+            "raw_bytes": raw_bytes,
+            self._digest: chunk_digest(self._digest, data),
+        }
+        if self._cipher is not None:  # reads check it (and authenticate) instead of the digest
             entry["tag"] = bytes(data[-TAG_BYTES:]).hex()
         return entry
 
@@ -790,6 +800,7 @@ class DeltaStore:
             part_bytes=self._part_bytes,
             meta=self._meta,
             steps=entries,
+            digest=self._digest,
         )
 
     def manifest_bytes(self) -> bytes:
@@ -821,6 +832,7 @@ class DeltaStore:
         man = read_manifest(m, self.url)
         self._codec, self._layout, self._parts, self._part_bytes = man.codec, man.layout, man.parts, man.part_bytes
         self._meta, self._created, self._encryption = man.meta, man.created, man.encryption
+        self._digest = man.digest
         self._steps = man.steps
         self._n_in_manifest = len(man.steps)
 
@@ -857,7 +869,9 @@ class DeltaStore:
             if e.get("step") != step:
                 return None
             return StepEntry(
-                step, check_chunks(e["chunks"], step, self._layout, self._parts), dict(e.get("meta") or {})
+                step,
+                check_chunks(e["chunks"], step, self._layout, self._parts, self._digest),
+                dict(e.get("meta") or {}),
             )
         except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError, RecursionError):
             return None  # a torn marker: the step was not committed
@@ -898,12 +912,12 @@ class DeltaStore:
         return entries
 
     def _read_chunk(self, step: int, chunk: Mapping[str, Any], *, decoding: bool = False) -> bytes:
-        """A chunk's bytes, size and sha256 checked; ChunkCorruptedError names step and file.
+        """A chunk's bytes, size and digest checked; ChunkCorruptedError names step and file.
 
         ``decoding``: the caller opens the chunk with the key next (``_frames``). A sealed chunk whose
         manifest entry records its AES-GCM tag is then checked by size, tag and the authenticated
-        decryption (keyed, bound to the store, step and part) instead of sha256: the same file,
-        exactly, without hashing it (docs/BENCHMARKS.md, "Rollback"). ``verify`` checks sha256.
+        decryption (keyed, bound to the store, step and part) instead of the digest: the same file,
+        exactly, without hashing it (docs/BENCHMARKS.md, "Rollback"). ``verify`` checks the digest.
         """
         rel = chunk["file"]
         try:  # never more than one byte past the recorded size: a swapped-in huge file is not read whole
@@ -929,10 +943,9 @@ class DeltaStore:
                     "list every damaged step"
                 )
             return data  # _frames authenticates it under the key
-        digest = hashlib.sha256(data).hexdigest()
-        if digest != chunk["sha256"]:
+        if chunk_digest(self._digest, data) != chunk[self._digest]:
             raise ChunkCorruptedError(
-                f"step {step}: chunk file {self._path(rel)} fails its sha256 check (corrupted). "
+                f"step {step}: chunk file {self._path(rel)} fails its {self._digest} check (corrupted). "
                 "This step's delta is lost; run `mlflow-amnesia verify --model NAME` to list every damaged step"
             )
         return data
@@ -978,7 +991,8 @@ class DeltaStore:
     ) -> dict[str, np.ndarray]:
         """Sum of the deltas of ``steps`` (any order, no repeats) in ``dtype``, shaped per layout.
 
-        Reads exactly the chunks of ``steps``, each checked against its sha256. Work items are
+        Reads exactly the chunks of ``steps``, each checked (digest, or a sealed chunk's tag and
+        authenticated decryption). Work items are
         one part of a group of up to 8 consecutive steps (fewer when parts are large, so an item
         holds <= ~96 MiB); ``read_ahead`` items (default threads + 1) are read and decompressed
         in parallel. Memory is the accumulators plus those items, whatever the number of steps.
@@ -1071,7 +1085,7 @@ class DeltaStore:
     # ------------------------------------------------------------------ maintenance
 
     def verify(self, *, raise_errors: bool = False, progress: Progress | None = None) -> list[StoreProblem]:
-        """Check every chunk of every readable step: present, size, sha256, decodes.
+        """Check every chunk of every readable step: present, size, digest, decodes.
 
         Also reports the chunk files of purged steps still on disk (listed, not taken from the
         manifest): a purge stopped between its manifest and its deletions leaves them, and they
@@ -1087,7 +1101,7 @@ class DeltaStore:
             try:
                 data = self._read_chunk(e.step, c)
                 if self._encryption is not None and self._cipher is None:
-                    return None  # without the key: size and sha256 of the stored bytes checked
+                    return None  # without the key: size and digest of the stored bytes checked
                 payloads = self._frames(e.step, p, c, data)
                 a, b = self._parts[p]
                 for payload, t in zip(payloads, self._layout[a:b]):
@@ -1170,7 +1184,7 @@ class DeltaStore:
         version's) disagrees with this store's own; empty when they agree.
 
         They agree when codec, layout and parts are the same and every step of the copy is in
-        this store's manifest with the same chunk files, sizes and sha256, or is purged here (a
+        this store's manifest with the same chunk files, sizes and digests, or is purged here (a
         purge after the copy was taken). ``purge`` and a later ``open(mode="a")`` trust this
         store's own manifest, reads through the copy trust the copy: a disagreement means one of
         them is damaged.
@@ -1185,10 +1199,13 @@ class DeltaStore:
             )
         if self._parts != copy._parts:
             out.append(f"the parts differ ({self._parts} in the store's manifest, {copy._parts} in the copy)")
+        if self._digest != copy._digest:
+            out.append(f"chunk digests are {self._digest} in the store's manifest, {copy._digest} in the copy")
         with self._lock:
             own = dict(self._steps)
         with copy._lock:
             theirs = dict(copy._steps)
+        digest = self._digest if self._digest == copy._digest else None  # else: files and sizes only
         missing, differ, revived = [], [], []
         for s, e in sorted(theirs.items()):
             mine = own.get(s)
@@ -1198,15 +1215,15 @@ class DeltaStore:
                 continue
             elif e.purged:
                 revived.append(s)
-            elif [(c["file"], c["bytes"], c["sha256"]) for c in mine.chunks] != [
-                (c["file"], c["bytes"], c["sha256"]) for c in e.chunks
+            elif [(c["file"], c["bytes"], c.get(digest)) for c in mine.chunks] != [
+                (c["file"], c["bytes"], c.get(digest)) for c in e.chunks
             ]:
                 differ.append(s)
         if missing:
             out.append(f"step(s) {_fmt_steps(missing)} of the copy are not in the store's manifest")
         if differ:
             out.append(
-                f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or sha256 in the store's "
+                f"step(s) {_fmt_steps(differ)} record other chunk files, sizes or digests in the store's "
                 "manifest than in the copy"
             )
         if revived:
