@@ -1205,7 +1205,7 @@ class DeltaStore:
             own = dict(self._steps)
         with copy._lock:
             theirs = dict(copy._steps)
-        digest = self._digest if self._digest == copy._digest else None  # else: files and sizes only
+        digest = self._digest if self._digest == copy._digest else ""  # else: files and sizes only
         missing, differ, revived = [], [], []
         for s, e in sorted(theirs.items()):
             mine = own.get(s)
