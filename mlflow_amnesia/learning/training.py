@@ -134,8 +134,8 @@ def run_epochs(
 #: Rows x pixels of a CPU inference batch: a forward pass without gradients is fastest when the
 #: batch's activations stay in the caches (ResNet18's first blocks keep 64 float32 channels at the
 #: input's resolution: 64 rows of 32x32 are 16 MiB). `python bench/inference_batch.py`: 768 CIFAR-
-#: shaped images through the CIFAR ResNet18 in 4.7 s at 64 rows against 6.7-7.4 s at 512, while
-#: 8x8 digits stay fastest at 512.
+#: shaped images through the CIFAR ResNet18 in 4.4 s at 64 rows against 6.3 s at 512, while 8x8
+#: digits stay fastest at 512.
 CPU_BATCH_PIXELS = 65536
 
 
