@@ -192,20 +192,15 @@ def test_new_stores_are_format_4_with_blake3_and_older_formats_still_read_and_ap
         assert m["format_version"] == older and all("sha256" in c and "blake3" not in c for e in m["steps"] for c in e["chunks"])
         back = DeltaStore.open(str(url), key=key)
         assert back.verify() == [] and np.array_equal(back.read(0)["w"], want) and np.array_equal(back.read(1)["w"], want)
-    # a manifest that names int4 under an older version is refused, not misread
-    url = tmp_path / "int4-3-False"
-    m = _manifest(url)
-    m["format_version"] = 2
-    (url / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ManifestFormatError, match="needs format version 3"):
-        DeltaStore.open(str(url), key=KEY)
-    # a format-4 manifest whose chunks carry sha256 (not blake3) is malformed, and named so
-    url = tmp_path / "int8-2-False"
-    m = _manifest(url)
-    m["format_version"] = 4
-    (url / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ManifestFormatError, match="is malformed .*blake3"):
-        DeltaStore.open(str(url), key=KEY)
+    # refused, not misread: a manifest that names int4 under an older version, and a format-4
+    # manifest whose chunks carry sha256 (not blake3)
+    for store, version, says in (("int4-3-False", 2, "needs format version 3"), ("int8-2-False", 4, "is malformed .*blake3")):
+        url = tmp_path / store
+        m = _manifest(url)
+        m["format_version"] = version
+        (url / "manifest.json").write_text(json.dumps(m))
+        with pytest.raises(ManifestFormatError, match=says):
+            DeltaStore.open(str(url), key=KEY)
 
 
 # sum() of this store, float64, as the release before encoded append computed it (sha256 of

@@ -136,7 +136,7 @@ class Manifest:
     created: str
     encryption: dict[str, str] | None
     steps: dict[int, StepEntry]
-    digest: str = DIGEST
+    digest: str  # the chunk entries' digest (digest_name of the format version)
 
 
 def now() -> str:
@@ -277,6 +277,11 @@ def parse_encryption(m: Mapping[str, Any]) -> dict[str, str] | None:
     return {"scheme": SCHEME, "salt": salt, "key_id": kid}
 
 
+def _is_hex(value: Any, length: int) -> bool:
+    """``value`` is a string of ``length`` lowercase hex digits (a digest or a tag as written)."""
+    return isinstance(value, str) and len(value) == length and all(ch in "0123456789abcdef" for ch in value)
+
+
 def check_chunks(
     chunks: Any, step: int, layout: Sequence[TensorSpec], parts: Sequence[tuple[int, int]], digest: str = DIGEST
 ) -> list[dict[str, Any]]:
@@ -301,16 +306,12 @@ def check_chunks(
         if not 0 < size <= raw + raw // 64 + 256 * (b - a + 1):
             raise ValueError(f"step {step} part {part} records a chunk of {size} bytes for {raw} raw bytes")
         hexdigest = c[digest]
-        if (
-            not isinstance(hexdigest, str)
-            or len(hexdigest) != 64
-            or any(ch not in "0123456789abcdef" for ch in hexdigest)
-        ):
+        if not _is_hex(hexdigest, 64):
             raise ValueError(f"step {step} part {part} records a malformed {digest} {hexdigest!r}")
         entry = {"file": c["file"], "bytes": size, "raw_bytes": raw, digest: hexdigest}
         tag = c.get("tag")  # a sealed chunk's AES-GCM tag (written since reads check it instead of the digest)
         if tag is not None:
-            if not isinstance(tag, str) or len(tag) != 32 or any(ch not in "0123456789abcdef" for ch in tag):
+            if not _is_hex(tag, 32):
                 raise ValueError(f"step {step} part {part} records a malformed tag {tag!r}")
             entry["tag"] = tag
         out.append(entry)
