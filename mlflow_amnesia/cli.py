@@ -478,7 +478,8 @@ def train(
     default=True,
     show_default=True,
     help="Run the privacy audit (membership inference, inversion) on the new version. Without it only "
-    "accuracy is measured, the parent's on the forgotten records only.",
+    "accuracy is measured, on the held-out and forgotten records (the parent's on the forgotten ones); "
+    "acc.retain is left to `mlflow-amnesia audit` (--accuracy-only for accuracy alone).",
 )
 @_audit_options
 @_friendly

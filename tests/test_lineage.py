@@ -105,6 +105,17 @@ def _forget(tmp_path: Path, n: int, *extra: str):
     return invoke("forget", "--model", MODEL, "--records", str(p), "--yes", "--no-audit", *extra)
 
 
+def test_the_retained_records_pass_a_no_audit_forget_skips_is_the_next_audits(registry_copy):
+    _forget(registry_copy, 1)
+    c = registry.client()
+    v2 = c.get_model_version(MODEL, "2")
+    assert "acc.retain" not in c.get_run(v2.run_id).data.metrics
+    invoke("audit", "--model", MODEL, "--accuracy-only")  # not the forget's figures again: it measures
+    m = c.get_run(v2.run_id).data.metrics
+    assert 0.0 <= m["acc.retain"] <= 1.0 and m["acc.retain.n"] > 0
+    assert "| acc.retain | –" not in registry.resolve_version(MODEL).description
+
+
 def test_forget_describes_and_draws_its_lineage(registry_copy, monkeypatch):
     import mlflow
 
@@ -120,6 +131,8 @@ def test_forget_describes_and_draws_its_lineage(registry_copy, monkeypatch):
     m1, m2 = c.get_run(v1.run_id).data.metrics, run.data.metrics
     acc = next(ln for ln in table.splitlines() if ln.startswith("| acc.test |"))
     assert acc == f"| acc.test | {m2['acc.test']:.4f} | {m1['acc.test']:.4f} | {m2['acc.test'] - m1['acc.test']:+.4f} |"
+    # --no-audit: the held-out and forgotten records only; the retained records are the audit's
+    assert "acc.forget" in m2 and "acc.retain" not in m2 and "acc.retain.n" not in m2
     assert tail == f"![lineage of {MODEL} up to v2]({registry.artifact_link(v2.run_id, registry.LINEAGE_ARTIFACT)})"
     # the picture is on the forget run; version 1 (trained) has no parent, hence no picture
     png = Path(mlflow.artifacts.download_artifacts(run_id=v2.run_id, artifact_path=registry.LINEAGE_ARTIFACT,

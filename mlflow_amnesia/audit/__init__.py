@@ -65,6 +65,7 @@ def full_audit(
     key: bytes | None = None,
     ulira=None,
     exclusion=None,
+    retained: bool = True,
 ) -> dict[str, float]:
     """Accuracy figures, plus (``privacy``) membership inference and inversion; with
     ``artifact_dir`` the inversion grid is written there as ``inversion.png`` and, for a forget,
@@ -73,11 +74,15 @@ def full_audit(
     records too (:func:`parent_metric` names its figures); ``ulira`` (a
     :class:`~mlflow_amnesia.audit.ulira.UliraRequest`): U-LiRA and the dual view too.
     ``exclusion`` (a :class:`~mlflow_amnesia.audit.privacy.PoolExclusion`): records the shadow pool
-    leaves out (those under deletion requests)."""
+    leaves out (those under deletion requests). ``retained=False`` (a forget without the privacy
+    audit) skips the retained records, the longest pass: ``acc.retain`` is then the next audit's
+    (:meth:`~mlflow_amnesia.audit.privacy.AuditSettings.fingerprint` tells the two apart)."""
     retain = np.setdiff1d(np.asarray(split.train, np.int64), np.asarray(forgotten_all_idx, np.int64))
     sample = retain_sample(np.setdiff1d(retain, np.asarray(forget_idx, np.int64)))
-    metrics = accuracy_metrics(module, records, sample, split.holdout, forget_idx)
-    metrics["acc.retain.n"] = float(len(sample))
+    own_parts = ("test", "retain", "forget") if retained or privacy else ("test", "forget")
+    metrics = accuracy_metrics(module, records, sample, split.holdout, forget_idx, only=own_parts)
+    if "retain" in own_parts:
+        metrics["acc.retain.n"] = float(len(sample))
     if parent_module is not None:
         # The parent on the same records. Without the privacy audit (forget --no-audit) only on the
         # forgotten ones: its held-out figure is in its own run (registry.matched_parent takes it

@@ -97,13 +97,19 @@ class AuditSettings:
         """Whether an audit inverts the model: of a forget (``forgot``) or of a version that forgot nothing."""
         return self.inversion == "on" or (self.inversion == "auto" and forgot)
 
-    def fingerprint(self, dataset_spec: dict, input_shape, *, privacy: bool, forgot: bool) -> str:
+    def fingerprint(
+        self, dataset_spec: dict, input_shape, *, privacy: bool, forgot: bool, retained: bool = True
+    ) -> str:
         """What an audit with these settings computes, as one JSON line (the run tag
         :data:`SETTINGS_TAG`): the same line means the same figures, so `audit` can show the
-        logged ones instead of computing them again."""
+        logged ones instead of computing them again. ``retained=False``: accuracy without the
+        retained records (a forget's ``--no-audit``), which an accuracy-only audit does not take
+        for its own."""
         import json
 
         doc: dict = {"format": 1, "privacy": bool(privacy)}
+        if not privacy and not retained:
+            doc["retained"] = False
         if privacy:
             it, every = self.iterations(input_shape)
             inverts = self.inverts(forgot)

@@ -679,13 +679,14 @@ def _audit(
             key=key,
             ulira=ulira,
             exclusion=exclusion,
+            retained=r.audit,  # --no-audit: the retained records are the audit's (the longest pass)
         )
         if os.path.exists(f"{tmp}/inversion.png"):  # an audit that inverted (AuditSettings.inversion)
             mlflow.log_artifact(f"{tmp}/inversion.png", "audit")
         mlflow.set_tag(
             SETTINGS_TAG,
             (r.audit_settings or AuditSettings()).fingerprint(
-                recs.spec, recs.x.shape[1:], privacy=r.audit, forgot=len(fidx) > 0
+                recs.spec, recs.x.shape[1:], privacy=r.audit, forgot=len(fidx) > 0, retained=r.audit
             ),
         )
         if r.audit:

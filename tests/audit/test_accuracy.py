@@ -1,5 +1,6 @@
 """The accuracy figures of an audit: ``acc.retain`` on a seeded sample with its size, and a
-``--no-audit`` forget measuring its parent on the forgotten records only."""
+``--no-audit`` forget measuring its parent on the forgotten records only and itself on the held-out
+and forgotten ones (``acc.retain`` is then the next audit's)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,24 @@ def test_without_the_privacy_audit_the_parent_is_measured_on_the_forgotten_recor
     acc, _ = audit.evaluate(parent, recs.x[forget], recs.y[forget])
     assert quick["acc.parent.forget"] == acc
     assert {"acc.test", "acc.retain", "acc.forget"} <= set(quick)
+
+
+def test_a_forget_without_the_audit_leaves_the_retained_records_pass_to_the_audit():
+    from mlflow_amnesia.audit.privacy import AuditSettings
+
+    recs, sp, child, parent = _world()
+    forget = np.array([3, 7], np.int64)
+    quick = audit.full_audit(child, recs, sp, forget, forget, arch_spec={}, recipe={}, privacy=False,
+                             parent_module=parent, retained=False)
+    assert set(quick) == {"acc.test", "loss.test", "acc.forget", "loss.forget", "acc.parent.forget",
+                          "loss.parent.forget"}
+    full = audit.full_audit(child, recs, sp, forget, forget, arch_spec={}, recipe={}, privacy=False)
+    assert {k: full[k] for k in ("acc.test", "acc.forget")} == {k: quick[k] for k in ("acc.test", "acc.forget")}
+    # what an accuracy-only audit computes is another fingerprint: `audit --accuracy-only` does not
+    # take the forget's figures for its own and measures acc.retain
+    s = AuditSettings()
+    assert s.fingerprint({}, [1, 8, 8], privacy=False, forgot=True, retained=False) != s.fingerprint(
+        {}, [1, 8, 8], privacy=False, forgot=True)
 
 
 def test_inference_batches_on_a_cpu_keep_a_batch_of_activations_in_cache():
