@@ -107,6 +107,9 @@ def _record(url: str, codec: str, *, encoded: bool, key: bytes | None, steps: in
     store = DeltaStore.create(url, layout=state_layout(model), codec=codec, key=key)
     rec = Recorder(model, store if encoded else _FloatOnly(store), RecordIndexBuilder(KEY), optimizer=opt)
     assert (rec._encoded is not None) is encoded
+    # on CPU the codes are quantised straight into the store's payload buffer (not with the
+    # CUDA hand-off's pinned buffers)
+    assert rec._reserving is (encoded and not recorder_module._use_pooled_staging(rec.device))
     g = torch.Generator().manual_seed(1)
     for s in range(steps):
         x, y = torch.randn(4, 3, 12, 12, generator=g), torch.randint(0, 21, (4,), generator=g)
@@ -160,6 +163,59 @@ def test_encoded_append_refuses_a_wrong_payload_and_keeps_the_store(tmp_path):
     f32 = DeltaStore.create(str(tmp_path / "f"), layout=layout, codec="f32", key=KEY)
     with pytest.raises(InputError, match=r"step 0: .*codec 'f32' takes float32 deltas"):
         f32.append(0, {"w": Encoded(codes.numpy(), scales.numpy())})
+    f32.close()
+    back = DeltaStore.open(str(tmp_path / "s"), key=KEY)
+    assert back.steps == [0] and np.array_equal(back.read(0)["w"], codec.quantize(_values(5000)).numpy())
+
+
+def test_codes_quantised_into_a_reserved_buffer_are_stored_as_the_copied_ones(tmp_path):
+    layout = [{"name": "w", "shape": [5000]}, {"name": "b", "shape": [7]}]
+    codec = get_codec("int8")
+    xs = {"w": _values(5000), "b": _values(7, seed=3)}
+    enc = {n: _encode(codec, x) for n, x in xs.items()}
+    a = DeltaStore.create(str(tmp_path / "a"), layout=layout, codec="int8", key=None, max_pending=1)
+    b = DeltaStore.create(str(tmp_path / "b"), layout=layout, codec="int8", key=None, max_pending=1)
+    for step in range(3):
+        a.append(step, {n: Encoded(c.numpy(), sc.numpy()) for n, (c, sc, _) in enc.items()})
+        slot = b.reserve_payload()
+        delta = {}
+        for n, x in xs.items():  # as the Recorder does: quantize_into a view of the store's buffer
+            cb, nb = codec.encoded_sizes(x.numel())
+            codes = torch.from_numpy(slot.buffer[slot.code_offsets[n] : slot.code_offsets[n] + cb]).view(torch.int8)
+            scales = torch.empty(nb)
+            codec.quantize_into(x, codes, scales, torch.empty_like(x))
+            delta[n] = Encoded(codes.numpy(), scales.numpy())
+        b.append(step, delta, slot=slot)
+        with pytest.raises(InputError, match=r"already submitted payload slot"):
+            b.append(step + 10, delta, slot=slot)  # one slot, one step
+    a.close()
+    b.close()
+    for f in sorted((tmp_path / "a" / "chunks").glob("*.zst")):
+        assert f.read_bytes() == (tmp_path / "b" / "chunks" / f.name).read_bytes(), f.name
+
+
+def test_a_reserved_slot_goes_back_whatever_becomes_of_it(tmp_path):
+    layout = [{"name": "w", "shape": [5000]}]
+    codec = get_codec("int8")
+    codes, scales, _ = _encode(codec, _values(5000))
+    st = DeltaStore.create(str(tmp_path / "s"), layout=layout, codec="int8", key=KEY, max_pending=1)
+    other = DeltaStore.create(str(tmp_path / "o"), layout=layout, codec="int8", key=KEY)
+    bad = scales.numpy().copy()
+    bad[0] = np.inf
+    # with max_pending=1 a slot that did not come back would block the next reserve forever
+    with pytest.raises(InputError, match=r"step 0: .*non-finite"):
+        st.append(0, {"w": Encoded(codes.numpy(), bad)}, slot=st.reserve_payload())  # refused: back
+    with pytest.raises(InputError, match=r"step 0: delta does not match"):
+        st.append(0, {}, slot=st.reserve_payload())
+    st.release_payload(st.reserve_payload())  # reserved, never appended
+    with pytest.raises(InputError, match=r"another store's payload slot"):
+        st.append(0, {"w": Encoded(codes.numpy(), scales.numpy())}, slot=other.reserve_payload())
+    st.append(0, {"w": Encoded(codes.numpy(), scales.numpy())}, slot=st.reserve_payload())
+    st.close()
+    other.close()
+    f32 = DeltaStore.create(str(tmp_path / "f"), layout=layout, codec="f32", key=KEY)
+    with pytest.raises(InputError, match=r"codec 'f32', which takes float32 deltas"):
+        f32.reserve_payload()
     f32.close()
     back = DeltaStore.open(str(tmp_path / "s"), key=KEY)
     assert back.steps == [0] and np.array_equal(back.read(0)["w"], codec.quantize(_values(5000)).numpy())

@@ -215,15 +215,20 @@ class Recorder:
         largest = max(t.numel() for t in state.values())
         self._d = torch.empty(largest, dtype=torch.float32, device=self.device)
         self._d64 = torch.empty(min(largest, _SLICE), dtype=torch.float64) if self.device.type == "cpu" else None
+        pooled = _use_pooled_staging(self.device)
+        # On CPU with a store that lends its payload buffers, the codes are quantised straight into
+        # the buffer the store compresses from (no copy of them per step; see _record)
+        self._reserving = not pooled and callable(getattr(self.store, "reserve_payload", None))
         self._encoded = self._encoded_layout(state)
+        self._reserving = self._reserving and self._encoded is not None
         if self._encoded is not None:
             self._dq = torch.empty(largest, dtype=torch.float32, device=self.device)
-            n_codes = max(c0 + cn for _, c0, cn, _, _ in self._encoded)
+            n_codes = 0 if self._reserving else max(c0 + cn for _, c0, cn, _, _ in self._encoded)
             n_scales = max(s0 + sn for _, _, _, s0, sn in self._encoded)
             self._codes = torch.empty(n_codes, dtype=self.codec.code_dtype, device=self.device)
             self._scales = torch.empty(n_scales, dtype=torch.float32, device=self.device)
             self._setup_small(state)
-        if _use_pooled_staging(self.device):
+        if pooled:
             pin = self.device.type == "cuda"
             self._staging = PooledStaging(
                 self._sink(),
@@ -304,9 +309,13 @@ class Recorder:
             return None
         out: EncodedLayout = []
         c0 = s0 = 0
+        in_store: Mapping[str, int] = getattr(self.store, "code_offsets", {}) if self._reserving else {}
+        if self._reserving and set(in_store) != set(state):
+            self._reserving = False  # a layout the model does not fit: append names the difference
         for name, t in state.items():
             cn, sn = codec.encoded_sizes(t.numel())
-            out.append((name, c0, cn, s0, sn))
+            # reserving: the codes' offsets are those of the store's payload buffer (scales between)
+            out.append((name, in_store[name] if self._reserving else c0, cn, s0, sn))
             c0, s0 = c0 + cn, s0 + sn
         return out
 
@@ -416,8 +425,16 @@ class Recorder:
         assert self._staging is not None  # the writing process has one
         meta = step_meta(self.optimizer)
         if self._encoded is not None:
-            self._with_threads(self._encode_on, state)
-            self._staging.put_encoded(step, self._codes, self._scales, meta)
+            slot = self._sink().reserve_payload() if self._reserving else None  # type: ignore[attr-defined]
+            try:
+                if slot is not None:  # this step's codes go straight into the store's buffer
+                    self._codes = torch.from_numpy(slot.buffer).view(self._codes.dtype)
+                self._with_threads(self._encode_on, state)
+                self._staging.put_encoded(step, self._codes, self._scales, meta, slot=slot)
+            except BaseException:
+                if slot is not None:  # a no-op once append took it
+                    self._sink().release_payload(slot)  # type: ignore[attr-defined]
+                raise
         else:
             self._staging.put(step, self._with_threads(self._deltas_on, state), meta)
 

@@ -47,10 +47,16 @@ class DirectStaging:
     def put(self, step: int, deltas: dict[str, torch.Tensor], meta: dict) -> None:
         self._store.append(step, {name: q.numpy() for name, q in deltas.items()}, meta=meta)
 
-    def put_encoded(self, step: int, codes: torch.Tensor, scales: torch.Tensor, meta: dict) -> None:
-        """The flat CPU buffers' views, one payload per tensor (the store copies them)."""
+    def put_encoded(self, step: int, codes: torch.Tensor, scales: torch.Tensor, meta: dict, slot: Any = None) -> None:
+        """The flat CPU buffers' views, one payload per tensor (the store copies them). ``slot``: the
+        store's reserved payload buffer ``codes`` views (``DeltaStore.reserve_payload``): only the
+        scales are copied."""
         assert self._encoded is not None
-        self._store.append(step, _encoded_views(codes.numpy(), scales.numpy(), self._encoded), meta=meta)
+        views = _encoded_views(codes.numpy(), scales.numpy(), self._encoded)
+        if slot is None:
+            self._store.append(step, views, meta=meta)
+        else:
+            self._store.append(step, views, meta=meta, slot=slot)  # type: ignore[call-arg]
 
     def drain(self) -> None:
         pass
@@ -116,8 +122,10 @@ class PooledStaging:
             buf[off : off + n].copy_(deltas[name].reshape(-1), non_blocking=self._async)
         self._queue.put((step, slot, self._event(), meta))
 
-    def put_encoded(self, step: int, codes: torch.Tensor, scales: torch.Tensor, meta: dict) -> None:
-        """Copy the flat device buffers of codes and scales to a pinned pair, hand over when done."""
+    def put_encoded(self, step: int, codes: torch.Tensor, scales: torch.Tensor, meta: dict, slot: Any = None) -> None:
+        """Copy the flat device buffers of codes and scales to a pinned pair, hand over when done.
+        (``slot`` is always None: the codes come from the device into pinned buffers, not the store's.)"""
+        assert slot is None
         self.raise_error()
         slot = self._acquire()
         self._buffers[slot].copy_(codes, non_blocking=self._async)

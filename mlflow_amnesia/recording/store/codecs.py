@@ -457,7 +457,9 @@ class _BlockCodec(Codec):
         _check_finite(self.name, scales, n)
         if nb:
             out[: 4 * nb].reshape(4, nb)[...] = scales.reshape(-1).view(np.uint8).reshape(nb, 4).T
-        out[4 * nb :] = codes.reshape(-1).view(np.uint8)
+        src, dst = codes.reshape(-1).view(np.uint8), out[4 * nb :]
+        if src.size and src.ctypes.data != dst.ctypes.data:  # else quantised in place (DeltaStore.reserve_payload)
+            dst[...] = src
 
     def _prepare(self, payload: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
         nb = math.ceil(n / self.block)
@@ -470,15 +472,16 @@ class _BlockCodec(Codec):
 
     def _slice(self, prep: tuple[np.ndarray, np.ndarray], s: int, e: int, tmp: np.ndarray) -> np.ndarray:
         scales, codes = prep
-        q = self._codes_slice(codes, s, e)
         B = self.block
         b0, full = s // B, (e - s) // B  # s is a multiple of the slice size, hence of B
+        # int8 -> float32 (exact), then float32 x float32: the bits of numpy's mixed int8 x float32
+        # multiply, in two same-dtype loops instead of one casting loop (~15% of a rollback's CPU)
+        tmp[...] = self._codes_slice(codes, s, e)
         if full:
-            np.multiply(
-                q[: full * B].reshape(full, B), scales[b0 : b0 + full, None], out=tmp[: full * B].reshape(full, B)
-            )
+            blocks = tmp[: full * B].reshape(full, B)
+            blocks *= scales[b0 : b0 + full, None]
         if full * B < e - s:  # the tensor's last, partial block
-            np.multiply(q[full * B : e - s], scales[b0 + full], out=tmp[full * B :])
+            tmp[full * B :] *= scales[b0 + full]
         return tmp
 
 

@@ -106,6 +106,7 @@ __all__ = [
     "DeltaStore",
     "FORMAT",
     "FORMAT_VERSION",
+    "PayloadSlot",
     "PurgedStepsError",
     "StoreProblem",
     "StoreSize",
@@ -183,6 +184,22 @@ class _Job:
 
     def __init__(self, step: int, meta: dict[str, Any], futures: list[cf.Future], buffer: int | None = None):
         self.step, self.meta, self.futures, self.buffer = step, meta, futures, buffer
+
+
+class PayloadSlot:
+    """A pooled payload buffer reserved for one append (:meth:`DeltaStore.reserve_payload`).
+
+    ``buffer`` (uint8) is the whole step's uncompressed payload; tensor ``name``'s code bytes go
+    at ``buffer[code_offsets[name]:]`` (``codec.encoded_sizes`` of its size). Codes written there
+    (``codec.quantize_into`` on a view) are not copied again by ``append(..., slot=...)``; the
+    block scales always are (they are stored as byte planes ahead of the codes).
+    """
+
+    __slots__ = ("buffer", "code_offsets", "_store", "_index", "_state")
+
+    def __init__(self, store: DeltaStore, index: int, buffer: np.ndarray, code_offsets: Mapping[str, int]) -> None:
+        self.buffer, self.code_offsets = buffer, code_offsets
+        self._store, self._index, self._state = store, index, "reserved"  # -> "claimed" -> "submitted"
 
 
 _tls = threading.local()
@@ -477,6 +494,12 @@ class DeltaStore:
         return self._codec.encodes_on_device
 
     @property
+    def code_offsets(self) -> Mapping[str, int]:
+        """Where each tensor's code bytes start in a :meth:`reserve_payload` buffer (block codecs,
+        a store open for appending; else empty)."""
+        return getattr(self, "_code_offsets", {})
+
+    @property
     def meta(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._meta))
 
@@ -527,17 +550,72 @@ class DeltaStore:
         step: int,
         delta: Mapping[str, np.ndarray | torch.Tensor | Encoded],
         meta: Mapping[str, Any] | None = None,
+        *,
+        slot: PayloadSlot | None = None,
     ) -> None:
         """Record ``delta`` (every layout tensor, float32 or convertible) as ``step``; returns fast.
 
         With a block codec (``int8``, ``int4``: :attr:`accepts_encoded`) a tensor may instead be
         the codec's :class:`~.codecs.Encoded` payload (``codec.quantize_into``): it is copied into a
         reused buffer and only compressed, sealed, hashed and written; the stored bytes are those
-        of appending ``codec.quantize`` of the same values as float32.
+        of appending ``codec.quantize`` of the same values as float32. With ``slot``
+        (:meth:`reserve_payload`) that buffer is the slot's, and codes already written in place
+        are not copied; the store owns the slot from this call on, whether it succeeds or not.
 
         Steps must increase strictly. The delta is copied, so the caller may reuse its buffers.
         Blocks only while ``max_pending`` steps are still being compressed and written.
         """
+        if slot is None:
+            self._append(step, delta, meta, None)
+            return
+        if slot._store is not self or slot._state != "reserved":
+            what = "another store's" if slot._store is not self else f"an already {slot._state}"
+            raise InputError(f"step {step}: append was given {what} payload slot; reserve one per step")
+        slot._state = "claimed"
+        try:
+            self._append(step, delta, meta, slot)
+        finally:
+            if slot._state == "claimed":  # refused before its buffer was handed to the writer threads
+                self._release_slot(slot._index)
+
+    def reserve_payload(self) -> PayloadSlot:
+        """Reserve the next step's pooled payload buffer (block codecs: :attr:`accepts_encoded`).
+
+        For a caller that quantises straight into the store's buffer (the Recorder on CPU): write
+        each tensor's codes at ``slot.buffer[slot.code_offsets[name]:]``, then
+        ``append(step, {name: Encoded(those codes, scales)}, slot=slot)``, which skips copying
+        them. Blocks while ``max_pending`` steps are in flight, as :meth:`append` does; give a slot
+        that will not be appended back with :meth:`release_payload`.
+        """
+        self._check_writable()
+        self._raise_background_error()
+        if not self.accepts_encoded:
+            raise InputError(
+                f"the delta store {self.url} uses codec {self._codec.name!r}, which takes float32 deltas, "
+                "not payloads: append the float32 values"
+            )
+        while not self._slots.acquire(timeout=0.5):
+            self._raise_background_error()
+        try:
+            index = self._take_buffer()
+        except BaseException:
+            self._slots.release()
+            raise
+        return PayloadSlot(self, index, self._buffers[index], self._code_offsets)
+
+    def release_payload(self, slot: PayloadSlot) -> None:
+        """Give back a reserved slot that will not be appended (a no-op once ``append`` took it)."""
+        if slot._store is self and slot._state == "reserved":
+            slot._state = "released"
+            self._release_slot(slot._index)
+
+    def _release_slot(self, index: int) -> None:
+        self._give_buffer(index)
+        self._slots.release()
+
+    def _append(
+        self, step: int, delta: Mapping[str, Any], meta: Mapping[str, Any] | None, slot: PayloadSlot | None
+    ) -> None:
         self._check_writable()
         self._raise_background_error()
         self._need_key()  # never a chunk in clear in a sealed store
@@ -565,12 +643,12 @@ class DeltaStore:
             )
         step_meta = check_meta(meta, f"step {step} meta")
         encoded = [isinstance(delta[t.name], Encoded) for t in self._layout]
-        if any(encoded):
+        if any(encoded) or slot is not None:
             for t in self._layout:
                 v = delta[t.name]
                 if isinstance(v, Encoded):
                     _check_encoded(t.name, v, t, step, self._codec)
-            self._append_encoded(step, delta, step_meta)
+            self._append_encoded(step, delta, step_meta, slot)
             return
         arrays = [_to_f32(t.name, delta[t.name], t, step) for t in self._layout]
         while not self._slots.acquire(timeout=0.5):
@@ -584,13 +662,18 @@ class DeltaStore:
             raise
         self._jobs.put(_Job(step, step_meta, futures))
 
-    def _append_encoded(self, step: int, delta: Mapping[str, Any], step_meta: dict[str, Any]) -> None:
-        """Copy a step's payloads into a reused buffer (floats are encoded here), then compress in the pool."""
-        while not self._slots.acquire(timeout=0.5):
-            self._raise_background_error()
+    def _append_encoded(
+        self, step: int, delta: Mapping[str, Any], step_meta: dict[str, Any], reserved: PayloadSlot | None = None
+    ) -> None:
+        """Copy a step's payloads into a reused buffer (floats are encoded here), then compress in the pool.
+
+        ``reserved``: the caller's slot (``append`` gives it back if this raises)."""
+        if reserved is None:
+            while not self._slots.acquire(timeout=0.5):
+                self._raise_background_error()
         slot = None
         try:
-            slot = self._take_buffer()
+            slot = self._take_buffer() if reserved is None else reserved._index
             buf, offs = self._buffers[slot], self._payload_offsets
             for i, t in enumerate(self._layout):
                 v, out = delta[t.name], buf[offs[i] : offs[i + 1]]
@@ -605,12 +688,15 @@ class DeltaStore:
                 for p, (a, b) in enumerate(self._parts)
             ]
         except BaseException as e:
-            if slot is not None:
-                self._give_buffer(slot)
-            self._slots.release()
+            if reserved is None:
+                if slot is not None:
+                    self._give_buffer(slot)
+                self._slots.release()
             if isinstance(e, InputError) and not str(e).startswith(f"step {step}"):
                 raise InputError(f"step {step}: {e}") from e
             raise
+        if reserved is not None:
+            reserved._state = "submitted"  # the buffer is the writer threads' until the step commits
         self._jobs.put(_Job(step, step_meta, futures, slot))
 
     def _take_buffer(self) -> int:
@@ -676,6 +762,12 @@ class DeltaStore:
         for t in self._layout:
             offs.append(offs[-1] + self._codec.payload_size(t.numel))
         self._payload_offsets = offs
+        # where each tensor's code bytes sit in a payload buffer (block codecs: after the scales)
+        self._code_offsets = (
+            {t.name: offs[i + 1] - self._codec.encoded_sizes(t.numel)[0] for i, t in enumerate(self._layout)}
+            if self.accepts_encoded
+            else {}
+        )
         self._buffers: list[np.ndarray] = []
         self._free_buffers: list[int] = []
         self._slots = threading.BoundedSemaphore(self._max_pending)
