@@ -4,11 +4,12 @@
 
 One ResNet18-sized tensor (11,227,136 values, blocks of 4,096 with one float32 scale), 8 steps
 added into float64 accumulators slice by slice, one thread, process CPU time, best of 3, per
-step: the codec's numpy path (`Int8Codec.add_payloads`, 32K-value slices), and the same arithmetic
+step: the codec's numpy path (`Int8Codec.add_payloads`, 32K-value slices), the same arithmetic
 with torch's kernels at 32K, 256K and 1M-value slices (the same bits: float32 dequantise, float64
-add), and, where numba is importable (not a dependency: ``pip install --target DIR numba llvmlite``,
-then ``PYTHONPATH=DIR``), the same arithmetic fused into one compiled loop. Why the accumulation was not moved to torch: docs/BENCHMARKS.md, "Rollback". Writes
-bench/out/sum_kernels.json.
+add), and, where numba is installed (`pip install -e '.[fast]'`), the codec's compiled loop
+(`add_payloads(..., compiled=True)`, mlflow_amnesia/recording/store/fused.py; its compile or cache
+load is timed apart, as `compiled_first_call_s`). Why the accumulation was not moved to torch:
+docs/BENCHMARKS.md, "Rollback". Writes bench/out/sum_kernels.json.
 """
 
 from __future__ import annotations
@@ -57,20 +58,25 @@ def main() -> None:
 
     kernels = [("numpy, 32K slices (the codec)", ours), ("torch, 32K slices", lambda: with_torch(1 << 15)),
                ("torch, 256K slices", lambda: with_torch(1 << 18)), ("torch, 1M slices", lambda: with_torch(1 << 20))]
-    fused = _numba_kernel()
-    if fused is not None:  # what a compiled, fused loop can do; numba is not a dependency of the package
-        all_codes = np.stack([c.numpy() for c in codes])
-        all_scales = np.stack([sc.numpy() for sc in scales])
+    from mlflow_amnesia.recording.store import fused
 
-        def with_numba() -> np.ndarray:
+    first = None
+    if fused.available():  # numba installed: the codec's compiled loop
+
+        def compiled() -> np.ndarray:
             acc = np.zeros(N)
-            fused(acc, all_codes, all_scales, 1 << 15)
+            codec.add_payloads(payloads, N, acc, compiled=True)
             return acc
 
-        with_numba()  # compile outside the timing
-        kernels.append(("numba, fused, 32K slices", with_numba))
+        t0 = time.perf_counter()
+        compiled()  # compiled, or loaded from numba's cache, outside the timing
+        first = time.perf_counter() - t0
+        kernels.append(("compiled loop (numba), 32K slices", compiled))
+    else:
+        print("numba is not installed (pip install -e '.[fast]'): the compiled loop's row is left out", flush=True)
     res: dict = {"command": "python bench/sum_kernels.py", "machine": machine(), "values": N, "steps": STEPS,
-                 "numba": _numba_version(), "cpu_ms_per_step": {}, "same_bits": {}}
+                 "numba": _numba_version(), "compiled_first_call_s": first, "cpu_ms_per_step": {},
+                 "same_bits": {}}
     ref = None
     for name, fn in kernels:
         best = float("inf")
@@ -92,31 +98,6 @@ def _numba_version() -> str | None:
     except ImportError:
         return None
     return str(numba.__version__)
-
-
-def _numba_kernel():
-    """The dequantise + float64 add fused into one compiled loop (numba, if importable: e.g.
-    ``PYTHONPATH=DIR`` after ``pip install --target DIR numba llvmlite``); the same arithmetic and
-    order as the codec: per slice, per step in order, ``acc += float64(float32(code) * scale)``."""
-    try:
-        import numba
-    except ImportError:
-        print("numba is not importable: the fused kernel's row is left out", flush=True)
-        return None
-
-    @numba.njit(cache=False, fastmath=False, boundscheck=False)
-    def fused(acc, codes, scales, sl):  # pragma: no cover - compiled
-        n = acc.shape[0]
-        for s in range(0, n, sl):
-            e = min(n, s + sl)
-            for k in range(codes.shape[0]):
-                for b in range(s // B, e // B):
-                    sc = scales[k, b]
-                    a, c = acc[b * B : (b + 1) * B], codes[k, b * B : (b + 1) * B]
-                    for i in range(B):  # on views, LLVM vectorises it (indexing acc itself: 3x slower)
-                        a[i] += np.float64(np.float32(c[i]) * sc)
-
-    return fused
 
 
 if __name__ == "__main__":

@@ -181,7 +181,8 @@ def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps
     """``sum()`` of every step of a sealed int8 store on local disk against bare zstd decompression
     of the same frames (only ``ZstdDecompressor.decompress`` in memory), interleaved, best of
     ``repeats``: wall time (sum on its default 2 threads and on 1; zstd on 1) and CPU time; and
-    the read path as it was before (sha256 on every read, 4 steps per pass), 1 thread, same run."""
+    the read path as it was before (sha256 on every read, 4 steps per pass), 1 thread, same run;
+    where numba is installed, ``sum`` with the compiled loop too (``sumc*``, MLFLOW_AMNESIA_FUSED=1)."""
     import zstandard
 
     from mlflow_amnesia.recording.store.chunk import unpack_chunk, unseal_chunk
@@ -213,10 +214,27 @@ def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps
             frames += [bytes(f) for f in unpack_chunk(bytes(unseal_chunk(st._cipher, s, p, data)), b - a)]
     d = zstandard.ZstdDecompressor()
     every = list(range(steps))
-    for t in stores.values():
-        t.sum(every)  # page cache and buffers warm
-    best = {k: math.inf for k in ("zstd_wall", "zstd_cpu", "sum2_wall", "sum2_cpu", "sum1_wall", "sum1_cpu",
-                                  "before1_wall", "before1_cpu", "open_cpu")}
+    from mlflow_amnesia.recording.store import fused
+
+    compiled = fused.available()  # numba installed: also time sum with the compiled loop (MLFLOW_AMNESIA_FUSED=1)
+    modes = {"": "0", "c": "1"} if compiled else {"": "0"}
+    env_before = os.environ.get(fused.ENV)
+
+    def summing(mode: str, t: int) -> None:
+        os.environ[fused.ENV] = modes[mode]
+        try:
+            stores[t].sum(every)
+        finally:
+            if env_before is None:
+                os.environ.pop(fused.ENV, None)
+            else:
+                os.environ[fused.ENV] = env_before
+
+    for mode in modes:
+        for t in stores:
+            summing(mode, t)  # page cache and buffers warm; the compiled loop loaded
+    best = {k: math.inf for k in ("zstd_wall", "zstd_cpu", "before1_wall", "before1_cpu", "open_cpu")}
+    best.update({f"sum{m}{t}_{w}": math.inf for m in modes for t in (1, 2) for w in ("wall", "cpu")})
     opener = stores[1]
 
     def open_only() -> None:  # what sum does to a chunk before zstd: read, check size and tag, decrypt, unpack
@@ -243,12 +261,16 @@ def rollback_vs_zstd(layout: list[dict], deltas: list[dict], tmp: Path, *, steps
         for f in frames:
             d.decompress(f)
         best["zstd_wall"], best["zstd_cpu"] = min(best["zstd_wall"], time.perf_counter() - t0), min(best["zstd_cpu"], time.process_time() - c0)
-        for t in (2, 1):
-            c0, t0 = time.process_time(), time.perf_counter()
-            stores[t].sum(every)
-            best[f"sum{t}_wall"] = min(best[f"sum{t}_wall"], time.perf_counter() - t0)
-            best[f"sum{t}_cpu"] = min(best[f"sum{t}_cpu"], time.process_time() - c0)
+        for m in modes:
+            for t in (2, 1):
+                c0, t0 = time.process_time(), time.perf_counter()
+                summing(m, t)
+                best[f"sum{m}{t}_wall"] = min(best[f"sum{m}{t}_wall"], time.perf_counter() - t0)
+                best[f"sum{m}{t}_cpu"] = min(best[f"sum{m}{t}_cpu"], time.process_time() - c0)
     out = {k: 1000 * v / steps for k, v in best.items()}  # ms per step
+    if compiled:
+        out.update({"compiled_ratio_sum2_vs_zstd1_wall": best["zstd_wall"] / best["sumc2_wall"],
+                    "compiled_ratio_cpu": best["zstd_cpu"] / best["sumc1_cpu"]})
     out.update({"steps": steps, "ratio_sum2_vs_zstd1_wall": best["zstd_wall"] / best["sum2_wall"],
                 "ratio_sum1_vs_zstd1_wall": best["zstd_wall"] / best["sum1_wall"],
                 "ratio_cpu": best["zstd_cpu"] / best["sum1_cpu"],

@@ -267,8 +267,23 @@ _SUM_BEFORE = {
 }
 
 
-@pytest.mark.parametrize("codec", sorted(_SUM_BEFORE))
-def test_sum_results_are_unchanged(codec, tmp_path):
+def _numba_or_skip() -> None:
+    from mlflow_amnesia.recording.store import fused
+
+    if not fused.available():  # the test extra installs it: CI runs these
+        pytest.skip("numba is not installed (pip install -e '.[test]' or '.[fast]'): the compiled rollback loop is not tested")
+
+
+@pytest.mark.parametrize("codec,loop", [(c, loop) for c in sorted(_SUM_BEFORE) for loop in ("numpy", "compiled")])
+def test_sum_results_are_unchanged(codec, loop, tmp_path, monkeypatch):
+    from mlflow_amnesia.recording.store import fused
+
+    if loop == "compiled":
+        _numba_or_skip()
+    monkeypatch.setenv(fused.ENV, "1" if loop == "compiled" else "0")
+    calls = []
+    real = fused.add_block_payloads
+    monkeypatch.setattr(fused, "add_block_payloads", lambda *a, **k: calls.append(1) or real(*a, **k))
     layout = [{"name": "a", "shape": [70_001]}, {"name": "b", "shape": [3, 5]}, {"name": "c", "shape": [40_000]}]
     rng = np.random.default_rng(7)
     with DeltaStore.create(str(tmp_path / "s"), layout=layout, codec=codec, key=KEY, part_bytes=200_000) as st:
@@ -278,8 +293,39 @@ def test_sum_results_are_unchanged(codec, tmp_path):
     total = st.sum([8, 0, 3, 5, 1, 6, 2])
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(total[t["name"]]).tobytes() for t in layout)).hexdigest()
     assert digest == _SUM_BEFORE[codec]
+    assert bool(calls) is (loop == "compiled" and codec == "int8")  # the loop this case means ran
     one_by_one = {t["name"]: np.zeros(t["shape"]) for t in layout}
     for s in sorted([8, 0, 3, 5, 1, 6, 2]):
         for n, v in st.read(s).items():
             one_by_one[n] += v
     assert all(np.array_equal(total[n], one_by_one[n]) for n in total)
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+@pytest.mark.parametrize("n", [1, 5, 4096, 70_001, 3 * (1 << 15) + 1023])
+def test_the_compiled_rollback_loop_adds_the_numpy_paths_bits(codec, n):
+    _numba_or_skip()
+    c = get_codec(codec)
+    rng = np.random.default_rng(n)
+    payloads = [bytes(c._pack((rng.standard_normal(n) * 10.0 ** -(k % 5)).astype(np.float32))) for k in range(7)]
+    for dtype in (np.float64, np.float32):  # sum(dtype=np.float32) adds in float32: so does the loop
+        start = rng.standard_normal(n).astype(dtype)
+        a, b = start.copy(), start.copy()
+        c.add_payloads(payloads, n, a, compiled=True)
+        c.add_payloads(payloads, n, b)
+        assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), (codec, n, dtype)
+
+
+def test_only_a_long_rollback_takes_the_compiled_loop_unless_asked(monkeypatch):
+    from mlflow_amnesia.recording.store import fused
+
+    monkeypatch.delenv(fused.ENV, raising=False)
+    monkeypatch.setattr(fused, "available", lambda: True)
+    assert not fused.wanted(fused.MIN_WORK - 1) and fused.wanted(fused.MIN_WORK)
+    monkeypatch.setenv(fused.ENV, "1")
+    assert fused.wanted(1)
+    monkeypatch.setenv(fused.ENV, "0")
+    assert not fused.wanted(10 * fused.MIN_WORK)
+    monkeypatch.setattr(fused, "available", lambda: False)  # numba not installed: numpy, whatever asked
+    monkeypatch.setenv(fused.ENV, "1")
+    assert not fused.wanted(10 * fused.MIN_WORK)

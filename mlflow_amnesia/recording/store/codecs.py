@@ -43,6 +43,7 @@ import zstandard
 
 from mlflow_amnesia.errors import ChunkCorruptedError, InputError
 from mlflow_amnesia.names import Registry
+from mlflow_amnesia.recording.store import fused
 
 __all__ = [
     "CODECS",
@@ -224,11 +225,12 @@ class Codec(abc.ABC):
             raise ChunkCorruptedError(f"zstd frame decoded to {len(payload)} bytes, expected {expected}")
         return payload
 
-    def add_payloads(self, payloads: Sequence[bytes], n: int, out: np.ndarray) -> None:
+    def add_payloads(self, payloads: Sequence[bytes], n: int, out: np.ndarray, *, compiled: bool = False) -> None:
         """``out += values`` of each payload in turn (``out``: float32 or float64, 1-D, length n).
 
         Each element receives the payloads' values in list order: the same bits as adding the
-        decoded arrays one after another.
+        decoded arrays one after another. ``compiled``: the block codecs add with :mod:`.fused`'s
+        loop where numba is importable (the same bits); the others ignore it.
         """
         n = _check_n(n)
         preps = [self._prepare(p, n) for p in payloads]
@@ -347,6 +349,8 @@ class _BlockCodec(Codec):
     encodes_on_device = True
     #: dtype of the codes tensor ``quantize_into`` fills (its bytes are the payload's code bytes)
     code_dtype: torch.dtype = torch.int8
+    #: bits per code (8: one int8 a byte; 4: two nibbles a byte, the first in the low one)
+    code_bits: int = 8
 
     def spec(self) -> dict[str, Any]:
         return {**super().spec(), "block": self.block}
@@ -461,6 +465,15 @@ class _BlockCodec(Codec):
         if src.size and src.ctypes.data != dst.ctypes.data:  # else quantised in place (DeltaStore.reserve_payload)
             dst[...] = src
 
+    def add_payloads(self, payloads: Sequence[bytes], n: int, out: np.ndarray, *, compiled: bool = False) -> None:
+        n = _check_n(n)
+        if compiled and n and out.dtype in (np.float32, np.float64) and out.flags.c_contiguous and fused.available():
+            preps = [self._prepare(p, n) for p in payloads]
+            codes, scales = [c for _, c in preps], [s for s, _ in preps]
+            if fused.add_block_payloads(out, codes, scales, bits=self.code_bits, block=self.block, sl=_SLICE):
+                return
+        super().add_payloads(payloads, n, out)
+
     def _prepare(self, payload: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
         nb = math.ceil(n / self.block)
         scales = np.ascontiguousarray(_planes(payload, 4, nb).T).reshape(-1).view(_F32)
@@ -522,6 +535,7 @@ class Int4Codec(_BlockCodec):
     block = INT4_BLOCK
     levels = 7
     code_dtype = torch.uint8
+    code_bits = 4
 
     def _code_bytes(self, n: int) -> int:
         return (n + 1) // 2

@@ -68,6 +68,7 @@ from mlflow_amnesia.errors import ChunkCorruptedError, InputError, PurgedStepsEr
 from mlflow_amnesia.errors import fmt_steps as _fmt_steps
 from mlflow_amnesia.progress import Progress
 from mlflow_amnesia.recording.fs import TMP_MARK, is_local, url_to_fs, write_file
+from mlflow_amnesia.recording.store import fused
 from mlflow_amnesia.recording.store.chunk import (
     CHUNK_RE,
     MARKER_RE,
@@ -1102,6 +1103,7 @@ class DeltaStore:
         if dt.kind != "f":
             raise InputError(f"dtype must be a float dtype (float64 default, float32 to halve memory), got {dt}")
         acc = [np.zeros(t.numel, dtype=dt) for t in self._layout]
+        compiled = fused.wanted(len(entries) * self.n_values)  # a long rollback: the compiled loop
         n_parts = len(self._parts)
         k = self._group_size()
         groups = [entries[i : i + k] for i in range(0, len(entries), k)]
@@ -1124,7 +1126,7 @@ class DeltaStore:
             try:
                 a, b = self._parts[p]
                 for j, (t, out) in enumerate(zip(self._layout[a:b], acc[a:b])):
-                    self._codec.add_payloads([payloads[j] for payloads in per_step], t.numel, out)
+                    self._codec.add_payloads([payloads[j] for payloads in per_step], t.numel, out, compiled=compiled)
             finally:
                 with cond:
                     turn[p] += 1

@@ -1,0 +1,131 @@
+"""The rollback's hot loop compiled, when numba is installed: dequantise + add, fused.
+
+``DeltaStore.sum`` adds each int8 / int4 payload to a float64 accumulator as ``out += float32(code)
+* scale`` (the product rounded to float32, then added in the accumulator's dtype), payloads in
+step order. numpy runs that as a cast, a multiply and an add per slice and step, each a pass
+over memory; :func:`add_block_payloads` runs it as one compiled loop over each cache-sized slice,
+with the same arithmetic in the same order, so the same bits (tests/store/test_encoded.py
+compares them). docs/BENCHMARKS.md ("Rollback") measures both.
+
+numba is optional (``pip install 'mlflow-amnesia[fast]'``; the test extra installs it). The loops
+are compiled on a machine's first use and cached by numba (in ``__pycache__`` beside this file,
+or numba's per-user cache where that is not writable); even cached, a process pays about half a
+second to import numba and load them, which only a long rollback earns back, so ``sum`` takes the
+compiled loop (:func:`wanted`) when it adds at least :data:`MIN_WORK` values (steps x values per
+step: about 180 steps of a ResNet18) or when ``MLFLOW_AMNESIA_FUSED=1``; ``MLFLOW_AMNESIA_FUSED=0``
+keeps numpy everywhere. ``fastmath`` stays off: no reassociation, no fused multiply-add.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = ["ENV", "MIN_WORK", "add_block_payloads", "available", "wanted"]
+
+#: ``1``: the compiled loop for every sum (where numba is installed); ``0``: never; unset: :data:`MIN_WORK`.
+ENV = "MLFLOW_AMNESIA_FUSED"
+#: Values a sum adds (steps x values per step) from which the compiled loop pays for loading it:
+#: it saves ~0.6 ns a value on this project's 2-core machine (bench/sum_kernels.py: 4.7 against
+#: 11.5 ms per 11.2M values), against ~0.5 s a process to import numba and load one cached
+#: specialisation (a sum needs one or two: its full groups of steps and the last).
+MIN_WORK = 2_000_000_000
+
+_lock = threading.Lock()
+_kernels: dict[int, Any] | None = None
+_tried = False
+
+
+def _compile() -> dict[int, Any] | None:
+    try:
+        import numba
+    except ImportError:
+        return None
+    jit = numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
+
+    @jit
+    def add_int8(out, codes, scales, block, sl):  # pragma: no cover - compiled
+        n = out.shape[0]
+        for s in range(0, n, sl):
+            e = min(n, s + sl)
+            for k in range(len(codes)):
+                q, sc = codes[k], scales[k]
+                for b in range(s // block, (e + block - 1) // block):
+                    lo, hi = max(s, b * block), min(e, (b + 1) * block)
+                    f, a, c = sc[b], out[lo:hi], q[lo:hi]
+                    for i in range(hi - lo):  # on views LLVM vectorises it (indexing out itself: ~3x slower)
+                        a[i] += np.float32(c[i]) * f
+
+    @jit
+    def add_int4(out, codes, scales, block, sl):  # pragma: no cover - compiled
+        n = out.shape[0]
+        for s in range(0, n, sl):
+            e = min(n, s + sl)
+            for k in range(len(codes)):
+                q, sc = codes[k], scales[k]
+                for b in range(s // block, (e + block - 1) // block):
+                    lo, hi = max(s, b * block), min(e, (b + 1) * block)  # lo is even: blocks are
+                    f, a, c = sc[b], out[lo:hi], q[lo >> 1 : (hi + 1) >> 1]  # whole bytes of nibbles
+                    for j in range((hi - lo) >> 1):
+                        byte = np.int32(c[j])
+                        a[2 * j] += np.float32((byte & 15) - 8) * f
+                        a[2 * j + 1] += np.float32((byte >> 4) - 8) * f
+                    if (hi - lo) & 1:  # a tensor's odd last value: the low nibble of its last byte
+                        a[hi - lo - 1] += np.float32((np.int32(c[(hi - lo) >> 1]) & 15) - 8) * f
+
+    return {8: add_int8, 4: add_int4}
+
+
+def wanted(values: int) -> bool:
+    """Whether a sum adding ``values`` values (steps x values per step) takes the compiled loop."""
+    mode = os.environ.get(ENV, "").strip()
+    if mode == "0" or (mode != "1" and values < MIN_WORK):
+        return False
+    return available()
+
+
+def available() -> bool:
+    """Whether numba is importable here (the loops are compiled, or loaded, on the first call)."""
+    global _kernels, _tried
+    with _lock:
+        if not _tried:
+            _kernels, _tried = _compile(), True
+    return _kernels is not None
+
+
+def add_block_payloads(
+    out: np.ndarray, codes: Sequence[np.ndarray], scales: Sequence[np.ndarray], *, bits: int, block: int, sl: int
+) -> bool:
+    """``out += dequantised payload`` for each (codes, scales) in order, compiled; False (nothing
+    done) where numba is not importable. ``codes``: uint8 bytes (int8 codes, or int4 nibble pairs),
+    ``scales``: float32 per ``block`` values; ``out``: float32 or float64, 1-D, C-contiguous."""
+    if not codes or not available():
+        return False
+    kernel = _kernels[bits] if _kernels is not None else None
+    if kernel is None:
+        return False
+    # tuples, not numba's typed List (whose methods compile in every process): one compiled
+    # specialisation per payload count, cached on disk like the rest
+    cl = tuple(c.view(np.int8) if bits == 8 else c for c in codes)
+    try:
+        kernel(out, cl, tuple(scales), block, sl)
+    except Exception as e:  # noqa: BLE001 - numba refusing to compile (typing happens before any value is added)
+        _disable(e)
+        return False
+    return True
+
+
+def _disable(e: Exception) -> None:
+    global _kernels
+    import warnings
+
+    with _lock:
+        if _kernels is not None:
+            warnings.warn(
+                f"the compiled rollback loop failed to compile ({e}); using numpy", RuntimeWarning, stacklevel=3
+            )
+        _kernels = None
