@@ -573,7 +573,7 @@ def encoded_stages(layout: list[dict], encoded: dict, codec: str, tmp: Path, rep
     return {k: 1000 * v for k, v in best.items()}
 
 
-def perf_only(quick: bool) -> None:
+def perf_only(quick: bool, rollback_steps: int = 8, rollback_only: bool = False) -> None:
     load0, t0 = os.getloadavg()[0], time.perf_counter()
     layout = layout_of(cifar_resnet18(100))
     deltas = synthetic_deltas(layout, 2 if quick else 3)
@@ -584,15 +584,19 @@ def perf_only(quick: bool) -> None:
                "int8, encoded append, sha256 digests": ("int8", enc8, "sha256"),
                "int4, encoded append": ("int4", enc4),
                "int4, encoded into a reserved slot": ("int4", enc4, "reserved")}
-    cpu_rows = store_cpu(layout, sources, steps=3 if quick else 12, rounds=1 if quick else 5)
+    cpu_rows = [] if rollback_only else store_cpu(layout, sources, steps=3 if quick else 12, rounds=1 if quick else 5)
     with tempfile.TemporaryDirectory(prefix="amnesia-bench-tp-") as tmpd:
-        rollback = rollback_vs_zstd(layout, deltas, Path(tmpd), steps=4 if quick else 8, repeats=1 if quick else 5)
-        stages = {c: encoded_stages(layout, sources[f"{c}, encoded append"][1][0], c, Path(tmpd), 1 if quick else 5)
-                  for c in ("int8", "int4")}
+        rollback = rollback_vs_zstd(layout, deltas, Path(tmpd), steps=4 if quick else rollback_steps,
+                                    repeats=1 if quick else 5)
+        stages = {} if rollback_only else {
+            c: encoded_stages(layout, sources[f"{c}, encoded append"][1][0], c, Path(tmpd), 1 if quick else 5)
+            for c in ("int8", "int4")}
     print("encoded append, CPU ms per step by stage:", {c: {k: round(v, 1) for k, v in d.items()} for c, d in stages.items()})
     info = machine()
     info["load_average_1min"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-    write_json(OUT / "throughput_perf.json", {"command": "python bench/throughput.py --perf-only" + (" --quick" if quick else ""),
+    command = "python bench/throughput.py --perf-only" + (" --quick" if quick else "")
+    command += (f" --rollback-steps {rollback_steps}" if rollback_steps != 8 else "") + (" --rollback-only" if rollback_only else "")
+    write_json(OUT / ("throughput_rollback.json" if rollback_only else "throughput_perf.json"), {"command": command,
                                               "machine": info, "store_cpu": cpu_rows, "rollback_vs_zstd": rollback,
                                               "encoded_stages_cpu_ms_per_step": stages,
                                               "seconds": time.perf_counter() - t0})
@@ -604,9 +608,14 @@ def main() -> None:
     ap.add_argument("--markdown-only", action="store_true", help="rewrite bench/out/throughput.md from the json")
     ap.add_argument("--perf-only", action="store_true",
                     help="only the store CPU per append path and the rollback against bare zstd (bench/out/throughput_perf.json)")
+    ap.add_argument("--rollback-steps", type=int, default=8,
+                    help="--perf-only: steps of the sealed store the rollback sums (default 8: one group of 8, "
+                         "as many work items as parts; more steps, more items for the threads)")
+    ap.add_argument("--rollback-only", action="store_true",
+                    help="--perf-only without the store CPU rows (writes bench/out/throughput_rollback.json)")
     args = ap.parse_args()
     if args.perf_only:
-        perf_only(args.quick)
+        perf_only(args.quick, args.rollback_steps, args.rollback_only)
         return
     if args.markdown_only:
         md = markdown(json.loads((OUT / "throughput.json").read_text()))
