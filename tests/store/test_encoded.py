@@ -221,6 +221,38 @@ def test_a_reserved_slot_goes_back_whatever_becomes_of_it(tmp_path):
     assert back.steps == [0] and np.array_equal(back.read(0)["w"], codec.quantize(_values(5000)).numpy())
 
 
+class _Forwarding:
+    """A sink written to the DeltaSink protocol (``append(step, delta, meta=None)``) around a real
+    store, forwarding every other attribute (``reserve_payload`` too)."""
+
+    def __init__(self, store: DeltaStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+    def append(self, step, delta, meta=None):
+        self._store.append(step, delta, meta=meta)
+
+
+def test_a_sink_that_only_forwards_the_store_is_not_lent_its_buffers(tmp_path):
+    # the Recorder quantises into reserved buffers only for a DeltaStore itself: a wrapper's
+    # append need not take (or pass on) slot=, and a slot it dropped would block the next step
+    model = _model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    store = DeltaStore.create(str(tmp_path / "s"), layout=state_layout(model), codec="int8", key=None, max_pending=1)
+    rec = Recorder(model, _Forwarding(store), RecordIndexBuilder(KEY), optimizer=opt)
+    assert rec._encoded is not None and not rec._reserving
+    for s in range(3):
+        opt.zero_grad()
+        model(torch.randn(2, 3, 12, 12)).sum().backward()
+        opt.step()
+        rec.step([f"r{s}"])
+    rec.close()
+    store.close()
+    assert DeltaStore.open(str(tmp_path / "s")).steps == [0, 1, 2]
+
+
 def _manifest(url: Path) -> dict:
     return json.loads((url / "manifest.json").read_text())
 
@@ -329,3 +361,23 @@ def test_only_a_long_rollback_takes_the_compiled_loop_unless_asked(monkeypatch):
     monkeypatch.setattr(fused, "available", lambda: False)  # numba not installed: numpy, whatever asked
     monkeypatch.setenv(fused.ENV, "1")
     assert not fused.wanted(10 * fused.MIN_WORK)
+
+
+def test_numba_that_cannot_compile_or_load_falls_back_to_numpy(monkeypatch, tmp_path):
+    from mlflow_amnesia.recording.store import fused
+
+    def broken(numba):  # e.g. no writable cache directory, or llvmlite failing to load
+        raise RuntimeError("cannot cache function 'add_int8': no locator available")
+
+    monkeypatch.setattr(fused, "_build", broken)
+    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_tried", False)
+    monkeypatch.setattr(fused, "_load_numba", lambda: object())  # "installed"
+    monkeypatch.setenv(fused.ENV, "1")
+    layout = [{"name": "a", "shape": [5000]}]
+    with DeltaStore.create(str(tmp_path / "s"), layout=layout, codec="int8", key=None) as st:
+        st.append(0, {"a": _values(5000).numpy()})
+    with pytest.warns(RuntimeWarning, match="compiled rollback loop is unavailable .*cannot cache"):
+        total = DeltaStore.open(str(tmp_path / "s")).sum([0])
+    assert np.array_equal(total["a"], get_codec("int8").quantize(_values(5000)).numpy().astype(np.float64))
+    assert not fused.available() and fused._tried  # decided once: not retried every sum

@@ -57,6 +57,7 @@ import torch
 from ...errors import InputError, RecordKeyError, StoreError
 from ...keys import hash_ids, key_id, load_key
 from ..store.codecs import get_codec
+from ..store.delta_store import DeltaStore
 from .ddp import distributed_ranks
 from .layout import float_state, unwrap
 from .optimizer import step_meta
@@ -216,9 +217,9 @@ class Recorder:
         self._d = torch.empty(largest, dtype=torch.float32, device=self.device)
         self._d64 = torch.empty(min(largest, _SLICE), dtype=torch.float64) if self.device.type == "cpu" else None
         pooled = _use_pooled_staging(self.device)
-        # On CPU with a store that lends its payload buffers, the codes are quantised straight into
-        # the buffer the store compresses from (no copy of them per step; see _record)
-        self._reserving = not pooled and callable(getattr(self.store, "reserve_payload", None))
+        # On CPU with a DeltaStore (itself: a wrapper's append need not take or pass on slot=), the
+        # codes are quantised straight into the buffer the store compresses from (see _record)
+        self._reserving = not pooled and isinstance(self.store, DeltaStore)
         self._encoded = self._encoded_layout(state)
         self._reserving = self._reserving and self._encoded is not None
         if self._encoded is not None:
@@ -425,15 +426,16 @@ class Recorder:
         assert self._staging is not None  # the writing process has one
         meta = step_meta(self.optimizer)
         if self._encoded is not None:
-            slot = self._sink().reserve_payload() if self._reserving else None  # type: ignore[attr-defined]
+            store = self._sink()
+            slot = store.reserve_payload() if isinstance(store, DeltaStore) and self._reserving else None
             try:
                 if slot is not None:  # this step's codes go straight into the store's buffer
                     self._codes = torch.from_numpy(slot.buffer).view(self._codes.dtype)
                 self._with_threads(self._encode_on, state)
                 self._staging.put_encoded(step, self._codes, self._scales, meta, slot=slot)
             except BaseException:
-                if slot is not None:  # a no-op once append took it
-                    self._sink().release_payload(slot)  # type: ignore[attr-defined]
+                if slot is not None and isinstance(store, DeltaStore):  # a no-op once append took it
+                    store.release_payload(slot)
                 raise
         else:
             self._staging.put(step, self._with_threads(self._deltas_on, state), meta)

@@ -56,7 +56,7 @@ class DirectStaging:
         if slot is None:
             self._store.append(step, views, meta=meta)
         else:
-            self._store.append(step, views, meta=meta, slot=slot)  # type: ignore[call-arg]
+            self._store.append(step, views, meta=meta, slot=slot)  # type: ignore[call-arg]  # a DeltaStore (Recorder)
 
     def drain(self) -> None:
         pass

@@ -31,8 +31,8 @@ __all__ = ["ENV", "MIN_WORK", "add_block_payloads", "available", "wanted"]
 ENV = "MLFLOW_AMNESIA_FUSED"
 #: Values a sum adds (steps x values per step) from which the compiled loop pays for loading it:
 #: it saves ~0.6 ns a value on this project's 2-core machine (bench/sum_kernels.py: 4.7 against
-#: 11.5 ms per 11.2M values), against ~0.5 s a process to import numba and load one cached
-#: specialisation (a sum needs one or two: its full groups of steps and the last).
+#: 11.5 ms per 11.2M values), against ~0.5 s a process to import numba and load its cached
+#: specialisations (a few: per payload count, accumulator dtype, read-only-ness of the arrays).
 MIN_WORK = 2_000_000_000
 
 _lock = threading.Lock()
@@ -40,11 +40,16 @@ _kernels: dict[int, Any] | None = None
 _tried = False
 
 
-def _compile() -> dict[int, Any] | None:
+def _load_numba() -> Any:
+    """numba, or None where it is not installed."""
     try:
         import numba
     except ImportError:
         return None
+    return numba
+
+
+def _build(numba: Any) -> dict[int, Any]:
     jit = numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
 
     @jit
@@ -89,12 +94,31 @@ def wanted(values: int) -> bool:
 
 
 def available() -> bool:
-    """Whether numba is importable here (the loops are compiled, or loaded, on the first call)."""
+    """Whether the compiled loops can run here: numba imports and takes them (decided once a
+    process; where that fails, e.g. no writable cache directory or a broken llvmlite: a warning,
+    then numpy)."""
     global _kernels, _tried
     with _lock:
         if not _tried:
-            _kernels, _tried = _compile(), True
+            _tried = True
+            try:
+                numba = _load_numba()
+                _kernels = _build(numba) if numba is not None else None
+            except Exception as e:  # noqa: BLE001 - any failure of an optional accelerator: numpy
+                _kernels = None
+                _warn(e)
     return _kernels is not None
+
+
+def _warn(e: Exception) -> None:
+    import warnings
+
+    warnings.warn(
+        f"the compiled rollback loop is unavailable ({type(e).__name__}: {e}); summing with numpy "
+        f"(set {ENV}=0 not to try)",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def add_block_payloads(
@@ -105,9 +129,10 @@ def add_block_payloads(
     ``scales``: float32 per ``block`` values; ``out``: float32 or float64, 1-D, C-contiguous."""
     if not codes or not available():
         return False
-    kernel = _kernels[bits] if _kernels is not None else None
-    if kernel is None:
+    kernels = _kernels  # read once: _disable may clear it from another thread
+    if kernels is None:
         return False
+    kernel = kernels[bits]
     # tuples, not numba's typed List (whose methods compile in every process): one compiled
     # specialisation per payload count, cached on disk like the rest
     cl = tuple(c.view(np.int8) if bits == 8 else c for c in codes)
@@ -121,11 +146,7 @@ def add_block_payloads(
 
 def _disable(e: Exception) -> None:
     global _kernels
-    import warnings
-
     with _lock:
         if _kernels is not None:
-            warnings.warn(
-                f"the compiled rollback loop failed to compile ({e}); using numpy", RuntimeWarning, stacklevel=3
-            )
+            _warn(e)
         _kernels = None
