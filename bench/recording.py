@@ -124,12 +124,17 @@ def measure(
 
     url = str(tmp / f"{name}-{codec}-{'float' if float_append else 'enc'}")
     t0 = time.perf_counter()
-    store = _Timed(
-        DeltaStore.create(url, layout=state_layout(model), codec=codec, meta={"optimizer": optimizer_meta(opt)}, key=BENCH_KEY), "append"
-    )
-    store.float_append = float_append
+    store = DeltaStore.create(url, layout=state_layout(model), codec=codec, meta={"optimizer": optimizer_meta(opt)},
+                              key=BENCH_KEY)
+    appends = _Timed(store, "append")
+    if float_append:  # a wrapper that hides accepts_encoded: the Recorder appends float32
+        appends.float_append = True
+        sink: Any = appends
+    else:  # the DeltaStore itself (so it lends its payload buffers), its append timed in place
+        store.append = appends.append  # type: ignore[method-assign]
+        sink = store
     index = _Timed(RecordIndexBuilder(os.urandom(32)), "add")
-    rec = Recorder(model, store, index, optimizer=opt)
+    rec = Recorder(model, sink, index, optimizer=opt)
     encoded = rec._encoded is not None
     quantize = _Timed(rec.codec, "quantize_into" if encoded else "quantize")
     rec.codec = quantize  # time the codec's quantise inside rec.step
@@ -164,7 +169,7 @@ def measure(
     rec.close()
     store.close()
     close = time.perf_counter() - t0
-    store_cpu = store._obj.stats.write_cpu_s
+    store_cpu = store.stats.write_cpu_s
     size = DeltaStore.open(url, key=BENCH_KEY).size()
 
     steps = pairs * block
@@ -179,6 +184,7 @@ def measure(
         "block_steps": block,
         "device": str(device),
         "path": "float32 append (as before)" if float_append else ("encoded append" if encoded else "float32 append"),
+        "codes_into_store_buffer": bool(rec._reserving),  # CPU, encoded: quantised into reserved slots
         "encoded_append": encoded,
         "store_cpu_per_step_s": store_cpu / steps,
         "cpu_ratio": cpu["recorded"] / cpu["plain"],
@@ -190,9 +196,9 @@ def measure(
         "recorded_step_s": recorded_total / steps,
         "rec_step_call_s": step_call / steps,
         "quantize_s": quantize.seconds / steps,
-        "store_append_s": store.seconds / steps,
+        "store_append_s": appends.seconds / steps,
         "index_add_s": index.seconds / steps,
-        "delta_and_feedback_s": (step_call - quantize.seconds - store.seconds - index.seconds) / steps,
+        "delta_and_feedback_s": (step_call - quantize.seconds - appends.seconds - index.seconds) / steps,
         "flush_per_block_s": flush / pairs,
         "setup_s": setup,
         "close_s": close,
