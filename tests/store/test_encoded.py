@@ -370,7 +370,7 @@ def test_numba_that_cannot_compile_or_load_falls_back_to_numpy(monkeypatch, tmp_
         raise RuntimeError("cannot cache function 'add_int8': no locator available")
 
     monkeypatch.setattr(fused, "_build", broken)
-    monkeypatch.setattr(fused, "_kernels", None)
+    monkeypatch.setattr(fused, "_kernel", None)
     monkeypatch.setattr(fused, "_tried", False)
     monkeypatch.setattr(fused, "_load_numba", lambda: object())  # "installed"
     monkeypatch.setenv(fused.ENV, "1")

@@ -217,11 +217,19 @@ class Recorder:
         self._d = torch.empty(largest, dtype=torch.float32, device=self.device)
         self._d64 = torch.empty(min(largest, _SLICE), dtype=torch.float64) if self.device.type == "cpu" else None
         pooled = _use_pooled_staging(self.device)
-        # On CPU with a DeltaStore (itself: a wrapper's append need not take or pass on slot=), the
-        # codes are quantised straight into the buffer the store compresses from (see _record)
-        self._reserving = not pooled and isinstance(self.store, DeltaStore)
+        # On CPU with a DeltaStore (itself: a wrapper's append need not take or pass on slot=) that
+        # takes payloads for every tensor of the model, the codes are quantised straight into the
+        # buffer the store compresses from (see _record); else the store copies them.
+        store = self.store
+        self._lender: DeltaStore | None = (
+            store
+            if not pooled
+            and isinstance(store, DeltaStore)
+            and store.accepts_encoded
+            and set(store.code_offsets) == set(state)
+            else None
+        )
         self._encoded = self._encoded_layout(state)
-        self._reserving = self._reserving and self._encoded is not None
         if self._encoded is not None:
             self._dq = torch.empty(largest, dtype=torch.float32, device=self.device)
             n_codes = 0 if self._reserving else max(c0 + cn for _, c0, cn, _, _ in self._encoded)
@@ -310,13 +318,11 @@ class Recorder:
             return None
         out: EncodedLayout = []
         c0 = s0 = 0
-        in_store: Mapping[str, int] = getattr(self.store, "code_offsets", {}) if self._reserving else {}
-        if self._reserving and set(in_store) != set(state):
-            self._reserving = False  # a layout the model does not fit: append names the difference
+        in_store = self._lender.code_offsets if self._lender is not None else None
         for name, t in state.items():
             cn, sn = codec.encoded_sizes(t.numel())
             # reserving: the codes' offsets are those of the store's payload buffer (scales between)
-            out.append((name, in_store[name] if self._reserving else c0, cn, s0, sn))
+            out.append((name, in_store[name] if in_store is not None else c0, cn, s0, sn))
             c0, s0 = c0 + cn, s0 + sn
         return out
 
@@ -348,6 +354,11 @@ class Recorder:
         return hasher
 
     # -- the loop's calls ---------------------------------------------------------------------
+
+    @property
+    def _reserving(self) -> bool:
+        """Whether each step's codes are quantised into a payload buffer the store lends."""
+        return self._lender is not None and self._encoded is not None
 
     @property
     def next_step(self) -> int:
@@ -426,16 +437,16 @@ class Recorder:
         assert self._staging is not None  # the writing process has one
         meta = step_meta(self.optimizer)
         if self._encoded is not None:
-            store = self._sink()
-            slot = store.reserve_payload() if isinstance(store, DeltaStore) and self._reserving else None
+            lender = self._lender
+            slot = lender.reserve_payload() if lender is not None else None
             try:
                 if slot is not None:  # this step's codes go straight into the store's buffer
                     self._codes = torch.from_numpy(slot.buffer).view(self._codes.dtype)
                 self._with_threads(self._encode_on, state)
                 self._staging.put_encoded(step, self._codes, self._scales, meta, slot=slot)
             except BaseException:
-                if slot is not None and isinstance(store, DeltaStore):  # a no-op once append took it
-                    store.release_payload(slot)
+                if lender is not None and slot is not None:  # a no-op once append took it
+                    lender.release_payload(slot)
                 raise
         else:
             self._staging.put(step, self._with_threads(self._deltas_on, state), meta)

@@ -467,7 +467,7 @@ class _BlockCodec(Codec):
 
     def add_payloads(self, payloads: Sequence[bytes], n: int, out: np.ndarray, *, compiled: bool = False) -> None:
         n = _check_n(n)
-        if compiled and n and out.dtype in (np.float32, np.float64) and out.flags.c_contiguous and fused.available():
+        if compiled and n and out.dtype in (np.float32, np.float64) and out.flags.c_contiguous:
             preps = [self._prepare(p, n) for p in payloads]
             codes, scales = [c for _, c in preps], [s for s, _ in preps]
             if fused.add_block_payloads(out, codes, scales, bits=self.code_bits, block=self.block, sl=_SLICE):

@@ -36,7 +36,7 @@ ENV = "MLFLOW_AMNESIA_FUSED"
 MIN_WORK = 2_000_000_000
 
 _lock = threading.Lock()
-_kernels: dict[int, Any] | None = None
+_kernel: Any = None
 _tried = False
 
 
@@ -49,11 +49,11 @@ def _load_numba() -> Any:
     return numba
 
 
-def _build(numba: Any) -> dict[int, Any]:
+def _build(numba: Any) -> Any:
     jit = numba.njit(cache=True, nogil=True, fastmath=False, boundscheck=False)
 
     @jit
-    def add_int8(out, codes, scales, block, sl):  # pragma: no cover - compiled
+    def add_blocks(out, codes, scales, block, sl, bits):  # pragma: no cover - compiled
         n = out.shape[0]
         for s in range(0, n, sl):
             e = min(n, s + sl)
@@ -61,28 +61,21 @@ def _build(numba: Any) -> dict[int, Any]:
                 q, sc = codes[k], scales[k]
                 for b in range(s // block, (e + block - 1) // block):
                     lo, hi = max(s, b * block), min(e, (b + 1) * block)
-                    f, a, c = sc[b], out[lo:hi], q[lo:hi]
-                    for i in range(hi - lo):  # on views LLVM vectorises it (indexing out itself: ~3x slower)
-                        a[i] += np.float32(c[i]) * f
+                    f, a = sc[b], out[lo:hi]
+                    if bits == 8:  # one int8 code a byte
+                        c = q[lo:hi]
+                        for i in range(hi - lo):  # on views LLVM vectorises it (indexing out itself: ~3x slower)
+                            a[i] += np.float32(c[i]) * f
+                    else:  # two nibbles a byte, the first in the low one; lo is even (whole blocks)
+                        c = q[lo >> 1 : (hi + 1) >> 1]
+                        for j in range((hi - lo) >> 1):
+                            byte = np.int32(c[j])
+                            a[2 * j] += np.float32((byte & 15) - 8) * f
+                            a[2 * j + 1] += np.float32((byte >> 4) - 8) * f
+                        if (hi - lo) & 1:  # a tensor's odd last value: the low nibble of its last byte
+                            a[hi - lo - 1] += np.float32((np.int32(c[(hi - lo) >> 1]) & 15) - 8) * f
 
-    @jit
-    def add_int4(out, codes, scales, block, sl):  # pragma: no cover - compiled
-        n = out.shape[0]
-        for s in range(0, n, sl):
-            e = min(n, s + sl)
-            for k in range(len(codes)):
-                q, sc = codes[k], scales[k]
-                for b in range(s // block, (e + block - 1) // block):
-                    lo, hi = max(s, b * block), min(e, (b + 1) * block)  # lo is even: blocks are
-                    f, a, c = sc[b], out[lo:hi], q[lo >> 1 : (hi + 1) >> 1]  # whole bytes of nibbles
-                    for j in range((hi - lo) >> 1):
-                        byte = np.int32(c[j])
-                        a[2 * j] += np.float32((byte & 15) - 8) * f
-                        a[2 * j + 1] += np.float32((byte >> 4) - 8) * f
-                    if (hi - lo) & 1:  # a tensor's odd last value: the low nibble of its last byte
-                        a[hi - lo - 1] += np.float32((np.int32(c[(hi - lo) >> 1]) & 15) - 8) * f
-
-    return {8: add_int8, 4: add_int4}
+    return add_blocks
 
 
 def wanted(values: int) -> bool:
@@ -97,17 +90,17 @@ def available() -> bool:
     """Whether the compiled loops can run here: numba imports and takes them (decided once a
     process; where that fails, e.g. no writable cache directory or a broken llvmlite: a warning,
     then numpy)."""
-    global _kernels, _tried
+    global _kernel, _tried
     with _lock:
         if not _tried:
             _tried = True
             try:
                 numba = _load_numba()
-                _kernels = _build(numba) if numba is not None else None
+                _kernel = _build(numba) if numba is not None else None
             except Exception as e:  # noqa: BLE001 - any failure of an optional accelerator: numpy
-                _kernels = None
+                _kernel = None
                 _warn(e)
-    return _kernels is not None
+    return _kernel is not None
 
 
 def _warn(e: Exception) -> None:
@@ -129,15 +122,14 @@ def add_block_payloads(
     ``scales``: float32 per ``block`` values; ``out``: float32 or float64, 1-D, C-contiguous."""
     if not codes or not available():
         return False
-    kernels = _kernels  # read once: _disable may clear it from another thread
-    if kernels is None:
+    kernel = _kernel  # read once: _disable may clear it from another thread
+    if kernel is None:
         return False
-    kernel = kernels[bits]
     # tuples, not numba's typed List (whose methods compile in every process): one compiled
     # specialisation per payload count, cached on disk like the rest
     cl = tuple(c.view(np.int8) if bits == 8 else c for c in codes)
     try:
-        kernel(out, cl, tuple(scales), block, sl)
+        kernel(out, cl, tuple(scales), block, sl, bits)
     except Exception as e:  # noqa: BLE001 - numba refusing to compile (typing happens before any value is added)
         _disable(e)
         return False
@@ -145,8 +137,8 @@ def add_block_payloads(
 
 
 def _disable(e: Exception) -> None:
-    global _kernels
+    global _kernel
     with _lock:
-        if _kernels is not None:
+        if _kernel is not None:
             _warn(e)
-        _kernels = None
+        _kernel = None
