@@ -185,6 +185,7 @@ def measure(
         "device": str(device),
         "path": "float32 append (as before)" if float_append else ("encoded append" if encoded else "float32 append"),
         "codes_into_store_buffer": bool(rec._reserving),  # CPU, encoded: quantised into reserved slots
+        "compiled_recording_loop": bool(getattr(rec, "_compiled", False)),  # numba (fused.encode_block_tensor)
         "encoded_append": encoded,
         "store_cpu_per_step_s": store_cpu / steps,
         "cpu_ratio": cpu["recorded"] / cpu["plain"],
@@ -411,7 +412,8 @@ def main() -> None:
                     f"append {_ms(r['store_append_s'])}, index {_ms(r['index_add_s'])})  "
                     f"drain {_ms(r['flush_per_block_s'])} ms/block  cpu/step {r['cpu_per_step_plain_s']:.3f} -> "
                     f"{r['cpu_per_step_recorded_s']:.3f} s (CPU ratio {r['cpu_ratio']:.2f})  "
-                    f"store CPU {_ms(r['store_cpu_per_step_s'])} ms/step  [{r['device']}]",
+                    f"store CPU {_ms(r['store_cpu_per_step_s'])} ms/step  [{r['device']}"
+                    f"{', compiled loop' if r['compiled_recording_loop'] else ''}]",
                     flush=True,
                 )
                 results.append(r)

@@ -122,14 +122,26 @@ def _record(url: str, codec: str, *, encoded: bool, key: bytes | None, steps: in
     return {n: r.clone() for n, r in rec._r.items()}
 
 
-@pytest.mark.parametrize("codec,pooled", [("int8", False), ("int4", False), ("int8", True)])
-def test_encoded_append_stores_the_float_paths_bytes(codec, pooled, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "codec,pooled,loop", [("int8", False, "torch"), ("int4", False, "torch"), ("int8", True, "torch"), ("int8", False, "compiled"), ("int4", False, "compiled")]
+)
+def test_encoded_append_stores_the_float_paths_bytes(codec, pooled, loop, tmp_path, monkeypatch):
     # small slices and a small "small tensor" limit so this model takes every path of _encode_on;
-    # pooled: the CUDA hand-off (pinned buffers, a hand-off thread), exercised on CPU
+    # pooled: the CUDA hand-off (pinned buffers, a hand-off thread), exercised on CPU; compiled:
+    # the Recorder's numba loop (fused.encode_block_tensor) instead of torch's
+    from mlflow_amnesia.recording.store import fused
+
+    if loop == "compiled":
+        _numba_or_skip()
+    monkeypatch.setenv(fused.ENV, "1" if loop == "compiled" else "0")
     monkeypatch.setattr(recorder_module, "_SLICE", 4096)
     monkeypatch.setattr(recorder_module, "_SMALL", 600)
     monkeypatch.setattr(recorder_module, "_use_pooled_staging", lambda device: pooled)
+    calls = []
+    real = fused.encode_block_tensor
+    monkeypatch.setattr(fused, "encode_block_tensor", lambda *a, **k: calls.append(1) or real(*a, **k))
     r_enc = _record(str(tmp_path / "enc"), codec, encoded=True, key=None)
+    assert bool(calls) is (loop == "compiled")  # the loop this case means ran
     r_flt = _record(str(tmp_path / "flt"), codec, encoded=False, key=None)
     files = sorted(p.relative_to(tmp_path / "enc") for p in (tmp_path / "enc" / "chunks").glob("*.zst"))
     assert len(files) == 3
@@ -371,13 +383,89 @@ def test_numba_that_cannot_compile_or_load_falls_back_to_numpy(monkeypatch, tmp_
 
     monkeypatch.setattr(fused, "_build", broken)
     monkeypatch.setattr(fused, "_kernel", None)
+    monkeypatch.setattr(fused, "_encoder", None)
     monkeypatch.setattr(fused, "_tried", False)
     monkeypatch.setattr(fused, "_load_numba", lambda: object())  # "installed"
     monkeypatch.setenv(fused.ENV, "1")
     layout = [{"name": "a", "shape": [5000]}]
     with DeltaStore.create(str(tmp_path / "s"), layout=layout, codec="int8", key=None) as st:
         st.append(0, {"a": _values(5000).numpy()})
-    with pytest.warns(RuntimeWarning, match="compiled rollback loop is unavailable .*cannot cache"):
+    with pytest.warns(RuntimeWarning, match="compiled loops are unavailable .*cannot cache"):
         total = DeltaStore.open(str(tmp_path / "s")).sum([0])
     assert np.array_equal(total["a"], get_codec("int8").quantize(_values(5000)).numpy().astype(np.float64))
     assert not fused.available() and fused._tried  # decided once: not retried every sum
+
+
+def _recording_step_in_torch(codec, theta: torch.Tensor, r: torch.Tensor, feedback: bool):
+    """The Recorder's torch arithmetic for one tensor: codes, scales and the next r."""
+    d = (theta.double() - r).float()
+    codes, scales, dq = _encode(codec, d)
+    r = r + dq.double() if feedback else theta.double()
+    return codes.numpy().view(np.uint8), scales.numpy(), r.numpy()
+
+
+@pytest.mark.parametrize("codec", BLOCK_CODECS)
+@pytest.mark.parametrize("n", [0, 1, 2, 7, 1023, 1024, 1025, 4095, 4097, 9001, 70_001])
+@pytest.mark.parametrize("theta_dtype", [torch.float32, torch.float64])
+def test_the_compiled_recording_loop_gives_the_torch_paths_codes_scales_and_r(codec, n, theta_dtype):
+    _numba_or_skip()
+    from mlflow_amnesia.recording.store import fused
+
+    c = get_codec(codec)
+    for feedback in (True, False):
+        for kind in ("mixed", "unchanged", "signed zeros"):
+            theta = (_values(n, seed=n) * 10).to(theta_dtype)
+            r = theta.double() - _values(n, seed=n + 1).double()  # zero, subnormal and huge blocks
+            if kind == "unchanged":  # d = 0: zero scales, +0.0 codes
+                r = theta.double().clone()
+            elif kind == "signed zeros":
+                theta, r = -torch.zeros(n, dtype=theta_dtype), -torch.zeros(n, dtype=torch.float64)
+            want = _recording_step_in_torch(c, theta, r, feedback)
+            cb, nb = c.encoded_sizes(n)
+            codes, scales, r_np = np.full(cb, 0xAB, np.uint8), np.full(nb, np.nan, np.float32), r.numpy().copy()
+            scratch = np.empty(c.block + 1, np.float32)
+            assert fused.encode_block_tensor(
+                theta.numpy(), r_np, codes, scales, scratch, block=c.block, levels=c.levels, bits=c.code_bits, feedback=feedback
+            )
+            assert codes.tobytes() == want[0].tobytes(), (kind, feedback)
+            assert scales.view(np.uint32).tobytes() == want[1].view(np.uint32).tobytes(), (kind, feedback)
+            assert r_np.view(np.uint64).tobytes() == want[2].view(np.uint64).tobytes(), (kind, feedback)
+
+
+def test_the_recorder_takes_the_compiled_loop_for_big_models_or_when_asked(monkeypatch, tmp_path):
+    from mlflow_amnesia.recording.store import fused
+
+    monkeypatch.setattr(fused, "available", lambda: True)
+    monkeypatch.delenv(fused.ENV, raising=False)
+    assert not fused.wanted(fused.MIN_STEP_VALUES - 1, fused.MIN_STEP_VALUES)
+    assert fused.wanted(fused.MIN_STEP_VALUES, fused.MIN_STEP_VALUES)
+
+    def recorder(name, env):
+        monkeypatch.setenv(fused.ENV, env) if env is not None else monkeypatch.delenv(fused.ENV, raising=False)
+        model = _model()
+        store = DeltaStore.create(str(tmp_path / name), layout=state_layout(model), codec="int8", key=None)
+        return Recorder(model, store, RecordIndexBuilder(KEY))
+
+    assert not recorder("a", None)._compiled  # 16,800 values a step: loading numba would not pay
+    assert recorder("b", "1")._compiled and not recorder("c", "0")._compiled
+    monkeypatch.setattr(fused, "MIN_STEP_VALUES", 1000)
+    assert recorder("d", None)._compiled
+
+
+def test_a_compiled_recording_loop_that_cannot_compile_falls_back_to_torch(monkeypatch, tmp_path):
+    _numba_or_skip()
+    from mlflow_amnesia.recording.store import fused
+
+    def refuses(*args):  # numba's typing error comes before any value is written
+        raise TypeError("No implementation of function 'encode_blocks' found for signature")
+
+    monkeypatch.setenv(fused.ENV, "1")
+    monkeypatch.setattr(fused, "_encoder", refuses)
+    monkeypatch.setattr(fused, "_kernel", fused._kernel)  # restored after: _disable clears both
+    with pytest.warns(RuntimeWarning, match="compiled loops are unavailable .*No implementation"):
+        r_enc = _record(str(tmp_path / "enc"), "int8", encoded=True, key=None)
+    monkeypatch.setenv(fused.ENV, "0")
+    r_ref = _record(str(tmp_path / "ref"), "int8", encoded=True, key=None)
+    assert all(torch.equal(r_enc[n], r_ref[n]) for n in r_enc)
+    for f in (tmp_path / "ref" / "chunks").glob("*.zst"):
+        assert (tmp_path / "enc" / "chunks" / f.name).read_bytes() == f.read_bytes()

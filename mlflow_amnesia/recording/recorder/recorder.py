@@ -35,7 +35,9 @@ step's. Float buffers are rank 0's (docs/ARCHITECTURE.md, "BatchNorm under DDP")
 Encoded hand-off: with a block codec (``int8``, ``int4``) and a store that takes payloads
 (``store.accepts_encoded``), one fused pass per tensor computes ``theta - r``, quantises it into
 the codes and block scales (``codec.quantize_into``) and adds the reconstructed values to ``r``;
-on CPU slice by slice, so each slice stays in cache. The store gets the codes and scales
+on CPU slice by slice, so each slice stays in cache, or, with numba and a model of at least a
+million recorded values, in one compiled loop per tensor with the same arithmetic
+(:func:`~mlflow_amnesia.recording.store.fused.encode_block_tensor`). The store gets the codes and scales
 (:class:`~mlflow_amnesia.recording.store.codecs.Encoded`), not float32, and does not quantise
 again; it stores the same bytes as the float path.
 
@@ -56,6 +58,7 @@ import torch
 
 from ...errors import InputError, RecordKeyError, StoreError
 from ...keys import hash_ids, key_id, load_key
+from ..store import fused
 from ..store.codecs import get_codec
 from ..store.delta_store import DeltaStore
 from .ddp import distributed_ranks
@@ -230,13 +233,25 @@ class Recorder:
             else None
         )
         self._encoded = self._encoded_layout(state)
+        self._compiled = False
         if self._encoded is not None:
             self._dq = torch.empty(largest, dtype=torch.float32, device=self.device)
             n_codes = 0 if self._reserving else max(c0 + cn for _, c0, cn, _, _ in self._encoded)
             n_scales = max(s0 + sn for _, _, _, s0, sn in self._encoded)
             self._codes = torch.empty(n_codes, dtype=self.codec.code_dtype, device=self.device)
             self._scales = torch.empty(n_scales, dtype=torch.float32, device=self.device)
-            self._setup_small(state)
+            # CPU: one compiled loop per tensor when numba is there (fused.encode_block_tensor), else
+            # torch slice by slice, the small tensors batched
+            self._compiled = (
+                self.device.type == "cpu"
+                and all(t.dtype in (torch.float32, torch.float64) for t in state.values())
+                and fused.wanted(sum(t.numel() for t in state.values()), fused.MIN_STEP_VALUES)
+            )
+            self._scratch = np.empty(self.codec.block + 1, dtype=np.float32)
+            self._r_np = {n: r.view(-1).numpy() for n, r in self._r.items()} if self._compiled else {}
+            self._small: list[str] = []
+            if not self._compiled:
+                self._setup_small(state)
         if pooled:
             pin = self.device.type == "cuda"
             self._staging = PooledStaging(
@@ -264,7 +279,7 @@ class Recorder:
         assert codec is not None and self._encoded is not None
         B = codec.block
         small = [(i, name) for i, (name, t) in enumerate(state.items()) if 0 < t.numel() < _SMALL and t.is_contiguous()]
-        self._small: list[str] = [name for _, name in small]
+        self._small = [name for _, name in small]
         if len(small) < 2:
             self._small = []
             return
@@ -477,46 +492,70 @@ class Recorder:
     def _encode_on(self, state: Mapping[str, torch.Tensor]) -> None:
         """theta - r, quantise into the flat codes/scales, r += the reconstructed delta: one pass.
 
-        On CPU slice by slice (float64 difference, rounded once to float32, as ``_sub_into``), so
-        every temporary stays in cache; on a device one fused kernel per operation per tensor.
-        The codes are those of ``codec.quantize(float32(theta - r))`` (the float path's).
+        On CPU with numba one compiled loop per tensor, block by block (:mod:`..store.fused`); else
+        slice by slice (float64 difference, rounded once to float32, as ``_sub_into``), so every
+        temporary stays in cache; on a device one fused kernel per operation per tensor. The codes
+        are those of ``codec.quantize(float32(theta - r))`` (the float path's) either way.
         """
         codec = self.codec
         assert codec is not None and self._encoded is not None
-        B = codec.block
         small = set(self._small)
         for name in self._small:
             self._check_tensor(name, state[name], self._r[name])
         if small:
             self._encode_small(state)
+        codes_np = self._codes.numpy().view(np.uint8) if self._compiled else None
+        scales_np = self._scales.numpy() if self._compiled else None
         for (name, theta), (_, c0, cn, s0, sn) in zip(state.items(), self._encoded):
             if name in small:
                 continue
             r = self._r[name]
             self._check_tensor(name, theta, r)
             codes, scales = self._codes[c0 : c0 + cn], self._scales[s0 : s0 + sn]
-            n = theta.numel()
-            if self._d64 is not None and theta.is_contiguous():
-                t, rr = theta.view(-1), r.view(-1)
-                for s in range(0, n, _SLICE):
-                    e = min(n, s + _SLICE)
-                    sc, d, dq = self._d64[: e - s], self._d[: e - s], self._dq[: e - s]
-                    torch.sub(t[s:e], rr[s:e], out=sc)
-                    d.copy_(sc)
-                    cs = codec.encoded_sizes(s)[0]
-                    codec.quantize_into(
-                        d, codes[cs : cs + codec.encoded_sizes(e - s)[0]], scales[s // B : -(-e // B)], dq
-                    )
-                    if self.error_feedback:
-                        rr[s:e].add_(dq)
-            else:
-                d, dq = self._d[:n], self._dq[:n]
-                _sub_into(theta, r, d.view(theta.shape), self._d64)
-                codec.quantize_into(d, codes, scales, dq)
+            if (
+                codes_np is not None
+                and scales_np is not None
+                and theta.is_contiguous()
+                and fused.encode_block_tensor(
+                    theta.view(-1).numpy(),
+                    self._r_np[name],
+                    codes_np[c0 : c0 + cn],
+                    scales_np[s0 : s0 + sn],
+                    self._scratch,
+                    block=codec.block,
+                    levels=codec.levels,
+                    bits=codec.code_bits,
+                    feedback=self.error_feedback,
+                )
+            ):
+                continue
+            self._encode_tensor(theta, r, codes, scales)
+
+    def _encode_tensor(self, theta: torch.Tensor, r: torch.Tensor, codes: torch.Tensor, scales: torch.Tensor) -> None:
+        """One tensor of :meth:`_encode_on` in torch."""
+        codec = self.codec
+        assert codec is not None
+        B = codec.block
+        n = theta.numel()
+        if self._d64 is not None and theta.is_contiguous():
+            t, rr = theta.view(-1), r.view(-1)
+            for s in range(0, n, _SLICE):
+                e = min(n, s + _SLICE)
+                sc, d, dq = self._d64[: e - s], self._d[: e - s], self._dq[: e - s]
+                torch.sub(t[s:e], rr[s:e], out=sc)
+                d.copy_(sc)
+                cs = codec.encoded_sizes(s)[0]
+                codec.quantize_into(d, codes[cs : cs + codec.encoded_sizes(e - s)[0]], scales[s // B : -(-e // B)], dq)
                 if self.error_feedback:
-                    r.add_(dq.view(theta.shape))
-            if not self.error_feedback:
-                r.copy_(theta)
+                    rr[s:e].add_(dq)
+        else:
+            d, dq = self._d[:n], self._dq[:n]
+            _sub_into(theta, r, d.view(theta.shape), self._d64)
+            codec.quantize_into(d, codes, scales, dq)
+            if self.error_feedback:
+                r.add_(dq.view(theta.shape))
+        if not self.error_feedback:
+            r.copy_(theta)
 
     def _deltas_on(self, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         assert self.codec is not None  # the writing process has one
