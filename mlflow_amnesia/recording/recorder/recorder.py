@@ -247,10 +247,11 @@ class Recorder:
                 and all(t.dtype in (torch.float32, torch.float64) for t in state.values())
                 and fused.wanted(sum(t.numel() for t in state.values()), fused.MIN_STEP_VALUES)
             )
-            self._scratch = np.empty(self.codec.block + 1, dtype=np.float32)
-            self._r_np = {n: r.view(-1).numpy() for n, r in self._r.items()} if self._compiled else {}
             self._small: list[str] = []
-            if not self._compiled:
+            if self._compiled:  # the loop's block scratch and numpy views of r
+                self._scratch = np.empty(self.codec.block + 1, dtype=np.float32)
+                self._r_np = {n: r.view(-1).numpy() for n, r in self._r.items()}
+            else:
                 self._setup_small(state)
         if pooled:
             pin = self.device.type == "cuda"
@@ -504,8 +505,8 @@ class Recorder:
             self._check_tensor(name, state[name], self._r[name])
         if small:
             self._encode_small(state)
-        codes_np = self._codes.numpy().view(np.uint8) if self._compiled else None
-        scales_np = self._scales.numpy() if self._compiled else None
+        if self._compiled:
+            codes_np, scales_np = self._codes.numpy().view(np.uint8), self._scales.numpy()
         for (name, theta), (_, c0, cn, s0, sn) in zip(state.items(), self._encoded):
             if name in small:
                 continue
@@ -513,8 +514,7 @@ class Recorder:
             self._check_tensor(name, theta, r)
             codes, scales = self._codes[c0 : c0 + cn], self._scales[s0 : s0 + sn]
             if (
-                codes_np is not None
-                and scales_np is not None
+                self._compiled
                 and theta.is_contiguous()
                 and fused.encode_block_tensor(
                     theta.view(-1).numpy(),

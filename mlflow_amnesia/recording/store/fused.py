@@ -37,7 +37,8 @@ import numpy as np
 
 __all__ = ["ENV", "MIN_STEP_VALUES", "MIN_WORK", "add_block_payloads", "available", "encode_block_tensor", "wanted"]
 
-#: ``1``: the compiled loop for every sum (where numba is installed); ``0``: never; unset: :data:`MIN_WORK`.
+#: ``1``: the compiled loops for every sum and every Recorder (where numba is installed); ``0``: never;
+#: unset: :data:`MIN_WORK` and :data:`MIN_STEP_VALUES`.
 ENV = "MLFLOW_AMNESIA_FUSED"
 #: Values a sum adds (steps x values per step) from which the compiled loop pays for loading it:
 #: it saves ~0.6 ns a value on this project's 2-core machine (bench/sum_kernels.py: 4.7 against
@@ -45,7 +46,7 @@ ENV = "MLFLOW_AMNESIA_FUSED"
 #: specialisations (a few: per payload count, accumulator dtype, read-only-ness of the arrays).
 MIN_WORK = 2_000_000_000
 #: Recorded values per step from which the Recorder quantises with the compiled loop (a ResNet18
-#: has 11.2M; it saves ~5 ns a value a step against ~0.5 s a process to load numba).
+#: has 11.2M; it saves ~3-6 ns a value a step, bench/recording.py, against ~0.5 s a process to load numba).
 MIN_STEP_VALUES = 1_000_000
 
 _lock = threading.Lock()
@@ -104,10 +105,8 @@ def _build(numba: Any) -> Any:
             top = np.uint32(0)  # absmax as bits: an integer max vectorises; a NaN gives a NaN
             for i in range(m):
                 top = max(top, du[i] & np.uint32(0x7FFFFFFF))
-            d[m] = 0  # a spare slot: view the bits as float32 (the scratch has block + 1 values)
-            du[m] = top
+            du[m] = top  # a spare slot to view the bits as float32 (the scratch has block + 1 values)
             s = d[m] / lv
-            d[m] = 0
             scales[b] = s
             if not s > 0:  # a zero (or NaN) scale: the block's codes are 0
                 for i in range(m):
