@@ -285,8 +285,11 @@ def test_ctrl_c_while_the_program_starts_is_one_line(tmp_path, monkeypatch, dela
     (tmp_path / "ids.txt").write_text("digits:1\n")
     before = sorted(tmp_path.iterdir())
     env = _env(MLFLOW_TRACKING_URI="sqlite:///mlflow.db", MLFLOW_REGISTRY_URI="sqlite:///mlflow.db")
+    # the child starts with SIGINT at its default, as under a terminal: pytest may itself have been
+    # started with it ignored (a background job of a non-interactive shell), which a child inherits
     p = subprocess.Popen([str(_PROGRAM), "forget", "--model", MODEL, "--records", "ids.txt", "--yes"], env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
     out, _ = p.communicate(timeout=120)
