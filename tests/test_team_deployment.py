@@ -33,7 +33,7 @@ import pytest
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-from helpers import invoke  # noqa: E402
+from helpers import FULL, invoke  # noqa: E402
 from team_servers import MlflowServer, Postgres, S3Server, why_no_postgres  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_no_postgres() is not None, reason=str(why_no_postgres()))]
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(why_no_postgres() is not None
 REPO = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("reliability_child.py")
 TEAM_KEY = "5a" * 32  # the team's record key, as every member gets it from the secret store
-TRIALS = 10
+TRIALS = 10 if FULL else 4  # even trials register at the same moment, odd ones race freely
 TAG_PARENT = "amnesia.parent_version"  # the registry tags a version carries (docs/ARCHITECTURE.md: a contract)
 TAG_STEPS = "amnesia.steps_rolled_back"
 
@@ -434,10 +434,9 @@ def _forget_while_the_server_goes_away(d: Deployment, base_model, machine: Path,
         d.server.start()
 
 
-# MLflow's HTTP client retries a refused connection 7 times with backoff (about four minutes per
-# request). The forget below is told to give up at once: what is left and the re-run do not
-# depend on how long it retried (test_a_server_that_goes_away_mid_forget_is_reported_within_40_seconds).
-FAST_FAIL = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# One forget, the server killed under it, serves the three tests below. It runs with the retry
+# budget every command sets for itself (MLFLOW_HTTP_REQUEST_MAX_RETRIES=4, backoff factor 2),
+# not MLflow's default (7 retries: about four minutes a request): reported within 40 s.
 
 
 @pytest.fixture(scope="module")
@@ -447,9 +446,8 @@ def server_gone(deployment, base_model, tmp_path_factory):
         machine = tmp_path_factory.mktemp("gone")
         _use(deployment, machine / "me", mp)
         ids = invoke("records", "--model", "team-base", "--limit", "2").output.split()
-        rc, out, _ = _forget_while_the_server_goes_away(deployment, base_model, machine, "team-gone", ids, 300,
-                                                        **FAST_FAIL)
-        return rc, out, machine, ids
+        rc, out, seconds = _forget_while_the_server_goes_away(deployment, base_model, machine, "team-gone", ids, 45)
+        return rc, out, seconds, machine, ids
     finally:
         mp.undo()
 
@@ -457,7 +455,7 @@ def server_gone(deployment, base_model, tmp_path_factory):
 def test_a_server_that_goes_away_mid_forget_leaves_nothing_registered_and_the_rerun_completes(team, server_gone):
     import mlflow_amnesia as ma
 
-    rc, out, machine, ids = server_gone
+    rc, out, _, machine, ids = server_gone
     assert rc == 1, out
     assert "Traceback" not in out and len(out.strip().splitlines()) == 1, out
     assert out.startswith("Error: cannot reach the tracking server at " + team.uri), out
@@ -476,15 +474,12 @@ def test_a_server_that_goes_away_mid_forget_leaves_nothing_registered_and_the_re
 
 
 def test_the_error_after_the_server_went_away_says_nothing_was_registered_and_to_rerun(server_gone):
-    rc, out, _, _ = server_gone
+    rc, out, _, _, _ = server_gone
     assert rc == 1, out
     assert "HTTPConnectionPool" not in out and "Caused by" not in out, out
     assert "nothing was registered" in out.lower() and "re-run the same command" in out, out
 
 
-def test_a_server_that_goes_away_mid_forget_is_reported_within_40_seconds(team, base_model, tmp_path):
-    ids = invoke("records", "--model", "team-base", "--limit", "2").output.split()
-    rc, out, seconds = _forget_while_the_server_goes_away(team, base_model, tmp_path / "slow", "team-gone-slow", ids,
-                                                          timeout=45)
+def test_a_server_that_goes_away_mid_forget_is_reported_within_40_seconds(server_gone):
+    rc, out, seconds, _, _ = server_gone
     assert rc == 1 and seconds < 40, f"exit {rc} after {seconds:.0f} s: {out}"
-    assert [int(v.version) for v in _versions("team-gone-slow")] == [1]
