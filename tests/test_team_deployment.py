@@ -398,7 +398,7 @@ def test_forgets_from_two_machines_leave_one_child_per_parent_and_subtract_no_st
 
 
 def _forget_while_the_server_goes_away(d: Deployment, base_model, machine: Path, name: str, ids: list[str],
-                                       timeout: float, **extra: str) -> tuple[Optional[int], str, float]:
+                                       timeout: float) -> tuple[Optional[int], str, float]:
     """Run a forget of ``name``; kill the tracking server once the forget is past its rollback,
     audit and upload, just before it registers (it waits at a barrier); let it go on. Returns
     (exit code or None if it ran past ``timeout`` and was killed, output, seconds from the
@@ -409,7 +409,7 @@ def _forget_while_the_server_goes_away(d: Deployment, base_model, machine: Path,
     barrier = machine / "barrier"
     barrier.mkdir()
     p = _child(env, "forget", "--model", name, "--records", _write(machine / "ids.txt", ids), "--yes", "--no-audit",
-               cwd=machine, AMNESIA_TEST_BARRIER=f"{barrier}:2", **extra)
+               cwd=machine, AMNESIA_TEST_BARRIER=f"{barrier}:2")
     try:
         deadline = time.monotonic() + 300
         while not list(barrier.glob("*.ready")):

@@ -14,8 +14,8 @@ rounded once), the block codec's ``scale = absmax / levels`` and codes ``round(d
 :func:`encode_block_tensor` does it block by block in one compiled loop with the same arithmetic
 (IEEE float32 division, round half to even, the clamp and the -0.0 fold), so the same codes,
 scales and ``r`` bits (tests/store/test_encoded.py); the Recorder takes it on CPU for models of
-at least :data:`MIN_STEP_VALUES` recorded values (its half second of loading is then earned back in
-a few steps), or always with ``MLFLOW_AMNESIA_FUSED=1``; ``=0`` never.
+at least :data:`MIN_STEP_VALUES` recorded values (on a ResNet18 its half second of loading is
+earned back in 10-30 steps), or always with ``MLFLOW_AMNESIA_FUSED=1``; ``=0`` never.
 
 numba is optional (``pip install 'mlflow-amnesia[fast]'``; the test extra installs it). The loops
 are compiled on a machine's first use and cached by numba (in ``__pycache__`` beside this file,
@@ -46,7 +46,8 @@ ENV = "MLFLOW_AMNESIA_FUSED"
 #: specialisations (a few: per payload count, accumulator dtype, read-only-ness of the arrays).
 MIN_WORK = 2_000_000_000
 #: Recorded values per step from which the Recorder quantises with the compiled loop (a ResNet18
-#: has 11.2M; it saves ~3-6 ns a value a step, bench/recording.py, against ~0.5 s a process to load numba).
+#: has 11.2M; bench/recording.py: it saves ~3-6 ns a value a step at batch 8 and ~1.6 at batch 128,
+#: against ~0.5 s a process to load numba).
 MIN_STEP_VALUES = 1_000_000
 
 _lock = threading.Lock()
