@@ -5,6 +5,7 @@ the flavor configuration read back). Serving over HTTP: tests/test_serving.py.""
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -224,6 +225,27 @@ def test_the_wheel_in_the_model_is_this_package(saved, tmp_path):
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert (target / "mlflow_amnesia" / "mlflow" / "wheel.py").is_file()
+
+
+def test_the_wheel_keeps_its_metadata_beside_a_source_trees_egg_info(tmp_path, monkeypatch):
+    """`pip install -e .` leaves ``mlflow_amnesia.egg-info`` (no METADATA) in the checkout; run from
+    there (`python -m ...`, `mlflow run . --env-manager local`) the checkout is first on sys.path and
+    importlib finds that egg-info first. The model's wheel must still carry the installed METADATA
+    (its Requires-Dist is what pip installs where the model is served), not an empty file."""
+    from mlflow_amnesia.mlflow import wheel
+
+    egg = tmp_path / "mlflow_amnesia.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: mlflow-amnesia\nVersion: 0.0.1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    wheel.package_wheel.cache_clear()
+    try:
+        built = wheel.package_wheel()
+    finally:
+        wheel.package_wheel.cache_clear()
+    with zipfile.ZipFile(io.BytesIO(built.data)) as z:
+        meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
+    assert "Requires-Dist: torch" in meta and f"Version: {built.version}" in meta
 
 
 def test_flavor_configuration_is_read_back(saved):

@@ -50,6 +50,19 @@ def _package_files() -> list[tuple[str, bytes]]:
     return files
 
 
+def _installed_metadata() -> tuple[str, str | None]:
+    """(METADATA, entry_points.txt) of the installed distribution. An installed one (``.dist-info``,
+    with METADATA) wins over a source tree's ``mlflow_amnesia.egg-info`` (PKG-INFO only, left by
+    ``pip install -e .``, found first when the checkout is on sys.path, and possibly stale); a
+    checkout never installed gets a name-only METADATA."""
+    found = list(metadata.distributions(name=DIST))
+    for dist in sorted(found, key=lambda d: not d.read_text("METADATA")):
+        meta = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+        if meta:
+            return meta, dist.read_text("entry_points.txt")
+    return f"Metadata-Version: 2.1\nName: {DIST}\n", None
+
+
 @functools.lru_cache(maxsize=1)
 def package_wheel() -> WheelFile:
     """The wheel of the running ``mlflow_amnesia`` (built once per process)."""
@@ -60,12 +73,7 @@ def package_wheel() -> WheelFile:
     for rel, data in files:
         digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
     version = f"{__version__}+{digest.hexdigest()[:12]}"
-    try:
-        dist = metadata.distribution(DIST)
-        meta = dist.read_text("METADATA") or ""
-        entry_points = dist.read_text("entry_points.txt")
-    except metadata.PackageNotFoundError:  # running from a checkout that was never installed
-        meta, entry_points = f"Metadata-Version: 2.1\nName: {DIST}\n", None
+    meta, entry_points = _installed_metadata()
     meta = (
         re.sub(r"(?m)^Version: .*$", f"Version: {version}", meta)
         if "\nVersion:" in meta
