@@ -14,19 +14,16 @@ import numpy as np
 
 from ..learning.data import forgotten_positions  # noqa: F401 - re-exported: its historical home
 from ..learning.training import evaluate
+from . import privacy as _settings
 from .privacy import PER_RECORD_ARTIFACT as PER_RECORD_ARTIFACT
 from .verdict import parent_metric
 
-#: ``acc.retain`` is measured on at most this many retained records, a seeded sample (the same for
-#: a forget's child and its parent), its size logged as ``acc.retain.n``: on CIFAR-100's 50,000 a
-#: full pass is most of a forget's time, and 5,000 records give the figure a standard error of at
-#: most 0.007.
-RETAIN_SAMPLE = 5000
 
-
-def retain_sample(retain: np.ndarray, limit: int = RETAIN_SAMPLE) -> np.ndarray:
-    """The retained records ``acc.retain`` is measured on: all of them up to ``limit``, else a
-    sample of ``limit`` drawn with a fixed seed (sorted), so the same set gives the same sample."""
+def retain_sample(retain: np.ndarray, limit: int | None = None) -> np.ndarray:
+    """The retained records ``acc.retain`` is measured on: all of them up to ``limit`` (default
+    :data:`~mlflow_amnesia.audit.privacy.RETAIN_SAMPLE`), else a sample of ``limit`` drawn with a
+    fixed seed (sorted), so the same set gives the same sample."""
+    limit = _settings.RETAIN_SAMPLE if limit is None else int(limit)
     retain = np.asarray(retain, np.int64)
     if len(retain) <= limit:
         return retain

@@ -35,8 +35,7 @@ def test_acc_retain_carries_its_size_and_child_and_parent_share_the_sample(monke
     forget = np.array([3, 7], np.int64)
     m = audit.full_audit(child, recs, sp, forget, forget, arch_spec={}, recipe={}, privacy=False)
     assert m["acc.retain.n"] == 38.0
-    monkeypatch.setattr(audit, "RETAIN_SAMPLE", 10)
-    monkeypatch.setattr(audit.retain_sample, "__defaults__", (10,))
+    monkeypatch.setattr(audit.privacy, "RETAIN_SAMPLE", 10)
     m = audit.full_audit(child, recs, sp, forget, forget, arch_spec={}, recipe={}, privacy=False)
     assert m["acc.retain.n"] == 10.0
     sample = audit.retain_sample(np.setdiff1d(sp.train, forget), limit=10)
@@ -71,6 +70,20 @@ def test_a_forget_without_the_audit_leaves_the_retained_records_pass_to_the_audi
     s = AuditSettings()
     assert s.fingerprint({}, [1, 8, 8], privacy=False, forgot=True, retained=False) != s.fingerprint(
         {}, [1, 8, 8], privacy=False, forgot=True)
+
+
+def test_the_acc_retain_cap_is_part_of_what_an_audit_computes(monkeypatch):
+    """An audit logged under another cap on acc.retain's sample (another release) measured another
+    figure: `audit` must measure again rather than show it as this settings' figures."""
+    from mlflow_amnesia.audit import privacy
+
+    s = privacy.AuditSettings()
+    before = [s.fingerprint({}, [1, 8, 8], privacy=p, forgot=True) for p in (False, True)]
+    quick = s.fingerprint({}, [1, 8, 8], privacy=False, forgot=True, retained=False)
+    monkeypatch.setattr(privacy, "RETAIN_SAMPLE", 10)
+    after = [s.fingerprint({}, [1, 8, 8], privacy=p, forgot=True) for p in (False, True)]
+    assert before[0] != after[0] and before[1] != after[1]
+    assert s.fingerprint({}, [1, 8, 8], privacy=False, forgot=True, retained=False) == quick  # no acc.retain
 
 
 def test_inference_batches_on_a_cpu_keep_a_batch_of_activations_in_cache():
