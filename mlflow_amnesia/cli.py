@@ -324,7 +324,10 @@ def main() -> None:
     help="fsspec URL under which to keep the delta store (default: inside the run's artifacts).",
 )
 @click.option(
-    "--model-name", default=None, help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet)."
+    "--model-name",
+    default=None,
+    callback=_checked(validation.registered_model_name),
+    help="Registered model name (default: <dataset>-<arch>, e.g. digits-resnet).",
 )
 @click.option("--data-root", default=None, help="Where mnist/cifar100 are (or are downloaded to).")
 @click.option(
@@ -451,7 +454,12 @@ def train(
 )
 @click.option("--dry-run", is_flag=True, help="Report the affected steps and what would be registered; change nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Proceed without asking, also above --max-step-share.")
-@click.option("--set-alias", default=None, help="Move this alias (e.g. production) to the new version.")
+@click.option(
+    "--set-alias",
+    default=None,
+    callback=_checked(validation.alias_name),
+    help="Move this alias (e.g. production) to the new version.",
+)
 @click.option(
     "--purge",
     "purge_parent",

@@ -57,6 +57,11 @@ _BAD_TRAIN = [
     (["--store-uri", "https://example.com/deltas"], "--store-uri https://example.com/deltas", "served through MLflow"),
     (["--store-uri", "{file}/deltas"], "--store-uri {file}/deltas", "is not a directory"),
     (["--store-uri", "{file}"], "--store-uri {file}", "is not a directory"),
+    # MLflow refuses these names only at registration, after the whole training run
+    (["--model-name", "a/b"], "--model-name a/b", "cannot contain / or :"),
+    (["--model-name", "models:/x"], "--model-name models:/x", "cannot contain / or :"),
+    (["--model-name", "  "], "--model-name   ", "blank"),
+    (["--model-name", ".."], "--model-name ..", "starting with .."),
 ]
 
 
@@ -132,6 +137,14 @@ _BAD_FORGET = [
     (["--repair-lr", "0"], "--repair-lr 0", "above 0"),
     (["--store-uri", "garbage://x"], "--store-uri garbage://x", "unknown scheme"),
     (["--store-uri", "mlflow-artifacts:/x"], "--store-uri mlflow-artifacts:/x", "served through MLflow"),
+    # MLflow refuses these aliases only when the alias is set, after v2 is registered
+    (["--set-alias", "latest"], "--set-alias latest", "reserved by MLflow"),
+    (["--set-alias", "V3"], "--set-alias V3", "reserved by MLflow"),
+    (["--set-alias", "a b"], "--set-alias a b", "letters, digits, _ and - only"),
+    (["--set-alias", ""], "--set-alias ", "letters, digits, _ and - only"),
+    # only amnesiac repairs: the version would carry a repair tag and params for a repair that never ran
+    (["--method", "retrain"], "--repair finetune with --method retrain", "only --method amnesiac repairs"),
+    (["--method", "relabel"], "--repair finetune with --method relabel", "only --method amnesiac repairs"),
 ]
 
 
@@ -159,7 +172,7 @@ def test_bad_forget_options_are_one_line_before_any_run_or_rollback(registry_cop
     ({"lr": float("nan")}, "lr=nan"), ({"lr": 0.0}, "lr=0.0"), ({"momentum": -1.0}, "momentum=-1.0"),
     ({"weight_decay": float("inf")}, "weight_decay=inf"), ({"codec": "zip"}, "codec='zip'"),
     ({"store_uri": "garbage://x"}, "store_uri='garbage://x'"), ({"epochs": 0}, "epochs=0"),
-    ({"batch_size": 2.5}, "batch_size=2.5"),
+    ({"batch_size": 2.5}, "batch_size=2.5"), ({"model_name": "a/b"}, "model_name='a/b'"),
 ])
 def test_train_in_python_checks_its_arguments_first(tmp_path, monkeypatch, kwargs, named):
     from mlflow_amnesia.errors import InputError
@@ -173,7 +186,9 @@ def test_train_in_python_checks_its_arguments_first(tmp_path, monkeypatch, kwarg
 
 @pytest.mark.parametrize("kwargs, named", [({"repair_lr": float("nan")}, "repair_lr=nan"),
                                            ({"repair_lr": -1.0}, "repair_lr=-1.0"),
-                                           ({"store_uri": "runs:/x"}, "store_uri='runs:/x'")])
+                                           ({"store_uri": "runs:/x"}, "store_uri='runs:/x'"),
+                                           ({"set_alias": "latest"}, "set_alias='latest'"),
+                                           ({"method": "retrain"}, "--repair finetune with --method retrain")])
 def test_forget_in_python_checks_its_arguments_first(tmp_path, monkeypatch, kwargs, named):
     from mlflow_amnesia.errors import InputError
     from mlflow_amnesia.jobs.forget import forget
@@ -182,3 +197,56 @@ def test_forget_in_python_checks_its_arguments_first(tmp_path, monkeypatch, kwar
     with pytest.raises(InputError, match="^" + named.replace(".", r"\.")):
         forget("no-such-model", ids=["digits:1"], repair="finetune", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("uri", ["file:///{tmp}/fs", "{tmp}/fs", "./mlruns"])
+def test_a_file_store_tracking_uri_is_one_line_and_creates_nothing(tmp_path, monkeypatch, uri):
+    """MLflow 3 refuses the file store with a traceback-sized exception; the command says it in one
+    line, naming the variable and the fix, and nothing is created."""
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    uri = uri.format(tmp=tmp_path)
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.setenv(var, uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for args in (["records", "--model", "m"], ["train", "--arch", "cnn"]):
+        r = CliRunner().invoke(main, args)
+        _one_line_refusal(r, f"the tracking URI {uri} (MLFLOW_TRACKING_URI) is a file store",
+                          "sqlite:///mlflow.db", "MLFLOW_ALLOW_FILE_STORE=true")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_options_mlflow_refuses_late_are_checked_as_mlflow_checks_them():
+    """The early checks take what MLflow takes and refuse what it refuses (so no forget is refused
+    that MLflow would have registered)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils import validation as mv
+
+    from mlflow_amnesia.errors import InputError
+    from mlflow_amnesia.jobs.validation import alias_name, registered_model_name
+
+    def mlflow_alias(a):
+        mv._validate_model_alias_name(a)
+        mv._validate_model_alias_name_reserved(a)
+
+    for check, theirs, values in (
+        (alias_name, mlflow_alias, ["production", "a-b_9", "latest", "LATEST", "v3", "V12", "v", "v3a", "a b",
+                                    "", "é", "x" * 255, "x" * 256, "a.b", "a/b"]),
+        (registered_model_name, mv._validate_model_name, ["digits-cnn", "a b", "a/b", "a:b", ".", "..", "..x",
+                                                          "x..y", " ", "é-model", "a.b"]),
+    ):
+        for v in values:
+            try:
+                theirs(v)
+                ok = True
+            except MlflowException:
+                ok = False
+            try:
+                check(v)
+                mine = True
+            except InputError:
+                mine = False
+            assert mine == ok, (check.__name__, v, ok)

@@ -18,7 +18,7 @@ import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
@@ -172,14 +172,21 @@ class ForgetRequest:
         """The request with its options checked and normalised, before any database, lock, run or
         rollback exists (InputError naming the option otherwise)."""
         from ..mlflow.tracking import check_tracking_store
-        from ..unlearn.base import check_repair
+        from ..unlearn.base import METHODS, check_repair
         from .validation import check_forget_options, received_date
 
         share = check_step_share(self.max_step_share)
-        check_forget_options(repair_lr=self.repair_lr, store_uri=self.store_uri)
+        check_forget_options(repair_lr=self.repair_lr, store_uri=self.store_uri, set_alias=self.set_alias)
         received = received_date(self.received, "received")
+        repair = check_repair(self.repair)
+        if repair != "none" and "repair" not in {f.name for f in fields(METHODS.get(self.method).Options)}:
+            takes = sorted(n for n in METHODS.names() if "repair" in {f.name for f in fields(METHODS.get(n).Options)})
+            raise InputError(
+                f"--repair {repair} with --method {self.method}: only --method {' / '.join(takes)} repairs (the "
+                f"version would record a repair that never ran); drop --repair or use --method amnesiac"
+            )
         check_tracking_store(create=False)  # a missing database is an error, never created
-        return replace(self, max_step_share=share, repair=check_repair(self.repair), received=received)
+        return replace(self, max_step_share=share, repair=repair, received=received)
 
     def method_options(self) -> AllOptions:
         """Every method's options (each method keeps its own: ``TheirOptions.of(...)``)."""

@@ -102,6 +102,7 @@ def train(
         weight_decay=weight_decay,
         codec=codec,
         store_uri=store_uri,
+        model_name=model_name,
     )  # before any database, run or file exists
     check_tracking_store(create=True)  # a new local sqlite database is created whole, or not at all
     check_store_location(store_uri)  # behind an artifact proxy without --store-uri: refused before a run exists

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 from urllib.parse import urlparse
 
 from ..errors import InputError
@@ -140,6 +141,42 @@ def _probe(directory: str, what: str) -> str | None:
     return None
 
 
+_ALIAS = re.compile(r"[\w\-]{1,255}")
+_VERSION_ALIAS = re.compile(r"[vV]\d+")
+
+
+def alias_name(value: str, name: str = "--set-alias") -> str:
+    """An alias MLflow will take (letters, digits, ``_`` and ``-``, at most 255; not ``latest``,
+    not ``v3``-like, which name versions), checked before a forget registers anything: MLflow
+    refuses the others only when the alias is set, after the new version exists."""
+    v = str(value)
+    if not _ALIAS.fullmatch(v):
+        why = "letters, digits, _ and - only, 1 to 255 of them"
+    elif v.lower() == "latest" or _VERSION_ALIAS.fullmatch(v):
+        why = "reserved by MLflow (latest and v<N> name versions)"
+    else:
+        return v
+    raise InputError(f"{_given(name, value)}: not an alias MLflow accepts ({why}); choose another, e.g. production")
+
+
+def registered_model_name(value: str, name: str = "--model-name") -> str:
+    """A name MLflow can register (not blank, no ``/`` or ``:``, not ``.`` or ``..``-led; ``""`` is
+    the default name), checked before training: MLflow refuses the others only at registration,
+    after the whole run."""
+    v = str(value)
+    if not v:  # "" is "not given" (the MLproject's default): <dataset>-<arch>
+        return v
+    if not v.strip():
+        why = "it is blank"
+    elif "/" in v or ":" in v:
+        why = "MLflow names cannot contain / or :"
+    elif v == "." or v.startswith(".."):
+        why = "MLflow refuses . and a name starting with .."
+    else:
+        return v
+    raise InputError(f"{_given(name, value)}: not a model name MLflow accepts ({why}); choose another, e.g. digits-cnn")
+
+
 def check_train_options(
     *,
     epochs: int,
@@ -149,8 +186,11 @@ def check_train_options(
     weight_decay: float,
     codec: str | None,
     store_uri: str | None,
+    model_name: str | None = None,
 ) -> None:
     """The arguments of :func:`mlflow_amnesia.jobs.train.train` that could fail later, checked first."""
+    if model_name is not None:
+        registered_model_name(model_name, "model_name")
     whole_number(epochs, "epochs", "number of epochs")
     whole_number(batch_size, "batch_size", "batch size")
     positive_number(lr, "lr")
@@ -160,8 +200,10 @@ def check_train_options(
     writable_store_uri(store_uri, "store_uri")
 
 
-def check_forget_options(*, repair_lr: float | None, store_uri: str | None) -> None:
+def check_forget_options(*, repair_lr: float | None, store_uri: str | None, set_alias: str | None = None) -> None:
     """The arguments of :func:`mlflow_amnesia.jobs.forget.forget` checked before any lock, run or rollback."""
+    if set_alias is not None:
+        alias_name(set_alias, "set_alias")
     if repair_lr is not None:
         positive_number(repair_lr, "repair_lr", "repair learning rate")
     writable_store_uri(store_uri, "store_uri")

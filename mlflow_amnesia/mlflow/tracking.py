@@ -229,6 +229,20 @@ def _check_scheme(what: str, env: str, uri: str) -> None:
             f"the {what} URI {uri} ({env}) has a scheme MLflow does not know ({urlparse(uri).scheme!r}; it knows "
             f"{known}): set {env} to e.g. sqlite:///mlflow.db or http://HOST:5000. Nothing was changed."
         ) from None
+    if urlparse(uri).scheme in ("", "file") and not _file_store_allowed():
+        raise InputError(
+            f"the {what} URI {uri} ({env}) is a file store, which MLflow 3 refuses: set {env} to e.g. "
+            f"sqlite:///mlflow.db (`mlflow migrate-filestore` moves an existing one), or MLFLOW_ALLOW_FILE_STORE=true "
+            f"to use it anyway. Nothing was changed."
+        )
+
+
+def _file_store_allowed() -> bool:
+    try:
+        from mlflow.environment_variables import MLFLOW_ALLOW_FILE_STORE
+    except ImportError:  # an MLflow without the switch: it takes file stores
+        return True
+    return bool(MLFLOW_ALLOW_FILE_STORE.get())
 
 
 def _check_sqlite(path: str, uri: str, env: str, create: bool) -> bool:
